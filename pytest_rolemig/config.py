@@ -1,0 +1,225 @@
+"""Settings of the plugin: declared once, resolved once into a frozen dataclass.
+
+Each setting exists as a command-line option ``--rolemig-x`` and an ini key
+``rolemig_x`` sharing one help text. Precedence: command line, then environment
+(only ``DATABASE_URL`` for the server), then ini / ``[tool.pytest.ini_options]``,
+then the default. "Set" means ``is not None``, so a command-line ``0`` wins.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from pytest_rolemig import resources
+from pytest_rolemig.errors import ConfigError
+from pytest_rolemig.target import Target
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its name (``rolemig_<name>`` / ``--rolemig-<name>``), help, kind, default."""
+
+    name: str
+    help: str
+    kind: str = "string"  # string | int | linelist | bool
+    default: Any = None
+    env: str | None = None
+
+    @property
+    def ini(self) -> str:
+        return f"rolemig_{self.name}"
+
+    @property
+    def flag(self) -> str:
+        return "--rolemig-" + self.name.replace("_", "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("schema", "Schema SQL files to load, in order (globs allowed). Default: the bundled demo.",
+            "linelist"),
+    Setting("mapping", "Role mapping TOML file (new_roles + [mapping]). Default: the bundled demo mapping."),
+    Setting("profiles_table", "Table holding one row per user with the role column.", default="public.user_profiles"),
+    Setting("key_column", "User key column of the profiles table.", default="id"),
+    Setting("role_column", "Role column of the profiles table.", default="role"),
+    Setting("sessions_table", "Table holding user sessions.", default="auth.sessions"),
+    Setting("sessions_user_column", "Column of the sessions table naming the user.", default="user_id"),
+    Setting("policy_schemas", "Schemas whose RLS policies are backed up and rewritten.", "linelist",
+            default=("public", "auth")),
+    Setting("users", "Number of users to seed, spread over every legacy role.", "int", default=130),
+    Setting("batch_size", "Users migrated per batch.", "int", default=1000),
+    Setting("dsn", "Use this existing server (libpq DSN) instead of an ephemeral one; "
+            "databases are created and dropped on it.", env="DATABASE_URL"),
+    Setting("pg_bin", "Folder of the PostgreSQL server binaries (or pg_ctl itself). Default: searched."),
+    Setting("report_dir", "Folder for the gate's reports (JSON and Markdown).", default="reports"),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class RolemigConfig:
+    """Every resolved setting, and where each value came from."""
+
+    gate: bool
+    schema_files: tuple[Path, ...]
+    mapping_file: Path
+    target: Target
+    users: int
+    dsn: str | None
+    pg_bin: str | None
+    report_dir: Path
+    sources: dict[str, str] = field(default_factory=dict, hash=False)
+
+    @property
+    def is_demo(self) -> bool:
+        return self.schema_files == (resources.demo_schema(),)
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """Declare ``--rolemig`` and every setting, as option and ini key."""
+    group = parser.getgroup("rolemig", "role migration gate (pytest-rolemig)")
+    group.addoption("--rolemig", action="store_true", dest="rolemig", default=False,
+                    help="Run the built-in migration gate tests.")
+    for s in SETTINGS:
+        help_text = f"{s.help} [ini: {s.ini}]"
+        if s.kind == "linelist":
+            group.addoption(s.flag, action="append", dest=s.ini, default=None, help=help_text)
+            parser.addini(s.ini, s.help, type="linelist", default=[])
+        else:
+            group.addoption(s.flag, action="store", dest=s.ini, default=None,
+                            type=int if s.kind == "int" else str, help=help_text)
+            parser.addini(s.ini, s.help, type="string", default="")
+
+
+def _raw(config: pytest.Config, s: Setting) -> tuple[Any, str]:
+    cli = config.getoption(s.ini)
+    if cli is not None:
+        return cli, f"command line {s.flag}"
+    if s.env and os.environ.get(s.env):
+        return os.environ[s.env], f"environment {s.env}"
+    ini = config.getini(s.ini)
+    if ini not in (None, "", []):
+        return ini, f"ini {s.ini}"
+    return s.default, "default"
+
+
+def _path(value: str, root: Path) -> Path:
+    path = Path(value)
+    return path if path.is_absolute() else root / path
+
+
+def _as_int(s: Setting, value: Any, source: str, minimum: int) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{s.flag} / {s.ini} must be a whole number, got {value!r} ({source})") from None
+    if number < minimum:
+        raise ConfigError(f"{s.flag} / {s.ini} must be at least {minimum}, got {number} ({source})")
+    return number
+
+
+def _schema_files(value: list[str], root: Path, source: str) -> tuple[Path, ...]:
+    files: list[Path] = []
+    for entry in value:
+        for part in str(entry).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            pattern = str(_path(part, root))
+            matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+            if not matches:
+                raise ConfigError(f"--rolemig-schema / rolemig_schema: {part!r} matches no file ({source})")
+            for match in matches:
+                if not Path(match).is_file():
+                    raise ConfigError(
+                        f"--rolemig-schema / rolemig_schema: schema file {match} does not exist ({source})"
+                    )
+                files.append(Path(match))
+    return tuple(files)
+
+
+def resolve(config: pytest.Config) -> RolemigConfig:
+    """Resolve every setting once; raise :class:`ConfigError` naming the first bad one."""
+    root = Path(str(config.rootpath))
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for s in SETTINGS:
+        values[s.name], sources[s.name] = _raw(config, s)
+
+    schema = values["schema"]
+    if schema in (None, []):
+        schema_files: tuple[Path, ...] = (resources.demo_schema(),)
+        sources["schema"] = "default (bundled demo)"
+    else:
+        schema_files = _schema_files(list(schema), root, sources["schema"])
+
+    mapping_file = (
+        _path(values["mapping"], root) if values["mapping"] else resources.demo_mapping()
+    )
+    if not values["mapping"]:
+        sources["mapping"] = "default (bundled demo)"
+    if not mapping_file.is_file():
+        raise ConfigError(
+            f"--rolemig-mapping / rolemig_mapping: role mapping file {mapping_file} does not exist "
+            f"({sources['mapping']})"
+        )
+
+    policy_schemas = tuple(
+        p.strip() for entry in values["policy_schemas"] for p in str(entry).split(",") if p.strip()
+    )
+    target = Target(
+        profiles_table=_qualified("profiles_table", values["profiles_table"], sources),
+        key_column=_identifier("key_column", values["key_column"], sources),
+        role_column=_identifier("role_column", values["role_column"], sources),
+        sessions_table=_qualified("sessions_table", values["sessions_table"], sources),
+        sessions_user_column=_identifier("sessions_user_column", values["sessions_user_column"], sources),
+        policy_schemas=policy_schemas or ("public",),
+        batch_size=_as_int(_BY_NAME["batch_size"], values["batch_size"], sources["batch_size"], 1),
+    )
+    return RolemigConfig(
+        gate=bool(config.getoption("rolemig")),
+        schema_files=schema_files,
+        mapping_file=mapping_file,
+        target=target,
+        users=_as_int(_BY_NAME["users"], values["users"], sources["users"], 0),
+        dsn=values["dsn"] or None,
+        pg_bin=values["pg_bin"] or None,
+        report_dir=_path(values["report_dir"], root),
+        sources=sources,
+    )
+
+
+def _identifier(name: str, value: Any, sources: dict[str, str]) -> str:
+    s = _BY_NAME[name]
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{s.flag} / {s.ini} must name a column ({sources[name]})")
+    return value.strip()
+
+
+def _qualified(name: str, value: Any, sources: dict[str, str]) -> str:
+    s = _BY_NAME[name]
+    text = _identifier(name, value, sources)
+    if "." not in text:
+        text = f"public.{text}"
+    return text
+
+
+def header_lines(cfg: RolemigConfig) -> list[str]:
+    """Chosen values and their source, for ``pytest_report_header``."""
+    show: dict[str, Callable[[RolemigConfig], Any]] = {
+        "schema": lambda c: ", ".join(str(p) for p in c.schema_files),
+        "mapping": lambda c: c.mapping_file,
+        "profiles_table": lambda c: f"{c.target.profiles_table} (key {c.target.key_column}, "
+        f"role {c.target.role_column})",
+        "sessions_table": lambda c: f"{c.target.sessions_table} (user {c.target.sessions_user_column})",
+        "users": lambda c: c.users,
+        "batch_size": lambda c: c.target.batch_size,
+        "dsn": lambda c: "ephemeral server" if c.dsn is None else "existing server (DSN set)",
+    }
+    return [f"rolemig {key}: {fn(cfg)} [{cfg.sources.get(key, 'default')}]" for key, fn in show.items()]

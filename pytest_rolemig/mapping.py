@@ -1,0 +1,92 @@
+"""The role mapping: a TOML file naming the new roles and one new role per legacy role.
+
+The mapping is data. It is read here, checked for shape, and loaded into
+``migration_control.role_mapping`` by :func:`load_into`; whether it covers every
+legacy role the schema and data allow is checked against the database.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_rolemig.errors import MappingError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class RoleMapping:
+    """New roles, legacy -> new mapping, and the file it came from."""
+
+    new_roles: tuple[str, ...]
+    mapping: dict[str, str] = field(hash=False)
+    source: str = "<memory>"
+
+    @property
+    def legacy_roles(self) -> tuple[str, ...]:
+        return tuple(self.mapping)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"new_roles": list(self.new_roles), "mapping": dict(self.mapping)}
+
+
+def parse_mapping(data: dict[str, Any], source: str = "<memory>") -> RoleMapping:
+    """Check the shape of a mapping document and build a :class:`RoleMapping`."""
+    unknown = sorted(set(data) - {"new_roles", "mapping"})
+    if unknown:
+        raise MappingError(
+            f"role mapping {source}: unknown key(s) {', '.join(unknown)}; "
+            "expected only 'new_roles' (a list) and a [mapping] table"
+        )
+    new_roles = data.get("new_roles")
+    if not isinstance(new_roles, list) or not new_roles or not all(
+        isinstance(r, str) and r for r in new_roles
+    ):
+        raise MappingError(f"role mapping {source}: 'new_roles' must be a non-empty list of role names")
+    duplicates = sorted({r for r in new_roles if new_roles.count(r) > 1})
+    if duplicates:
+        raise MappingError(f"role mapping {source}: new role(s) listed twice: {', '.join(duplicates)}")
+    mapping = data.get("mapping")
+    if not isinstance(mapping, dict) or not mapping:
+        raise MappingError(f"role mapping {source}: a [mapping] table with one line per legacy role is required")
+    bad_values = sorted(k for k, v in mapping.items() if not isinstance(v, str))
+    if bad_values:
+        raise MappingError(
+            f"role mapping {source}: legacy role(s) {', '.join(bad_values)} must map to one role name (a string)"
+        )
+    outside = sorted(f"{k} -> {v}" for k, v in mapping.items() if v not in new_roles)
+    if outside:
+        raise MappingError(
+            f"role mapping {source}: maps outside the new roles ({', '.join(new_roles)}): {', '.join(outside)}"
+        )
+    return RoleMapping(new_roles=tuple(new_roles), mapping=dict(mapping), source=source)
+
+
+def load_mapping(path: str | Path) -> RoleMapping:
+    """Read and check a TOML mapping file."""
+    path = Path(path)
+    if not path.is_file():
+        raise MappingError(
+            f"role mapping file {path} does not exist (set --rolemig-mapping or the rolemig_mapping ini key)"
+        )
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise MappingError(f"role mapping file {path} is not valid TOML: {exc}") from exc
+    return parse_mapping(data, source=str(path))
+
+
+def load_into(conn: Any, mapping: RoleMapping) -> None:
+    """Replace the mapping stored in the database by this one (same transaction as the caller)."""
+    from psycopg.types.json import Jsonb
+
+    conn.execute(
+        "SELECT * FROM migration_control.load_role_mapping(%s, %s)",
+        (Jsonb(mapping.mapping), list(mapping.new_roles)),
+    )

