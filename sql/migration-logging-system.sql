@@ -1,1 +1,305 @@
--- placeholder: being written
+-- Migration logging system: the first component of the migration infrastructure.
+--
+-- Provides:
+--   * the four schemas migration_tracking, migration_backup, migration_validation,
+--     migration_control (every later file relies on them);
+--   * the configuration tables migration_control.target_config (one row: which table,
+--     columns and schemas the migration works on), migration_control.new_roles and
+--     migration_control.role_mapping (filled by migration_control.load_role_mapping);
+--   * the tracking tables migration_tracking.migration_batch, migration_log and
+--     rls_policy_changes;
+--   * migration_tracking.start_migration_batch, log_user_migration,
+--     complete_migration_batch and get_migration_status.
+-- Depends on: PostgreSQL 13+ (gen_random_uuid is built in). Nothing else.
+-- Idempotent: safe to run twice; contains no psql meta-commands.
+
+CREATE SCHEMA IF NOT EXISTS migration_tracking;
+CREATE SCHEMA IF NOT EXISTS migration_backup;
+CREATE SCHEMA IF NOT EXISTS migration_validation;
+CREATE SCHEMA IF NOT EXISTS migration_control;
+
+COMMENT ON SCHEMA migration_tracking IS 'Role migration: batches, per-user log, RLS policy changes';
+COMMENT ON SCHEMA migration_backup IS 'Role migration: backups and rollbacks';
+COMMENT ON SCHEMA migration_validation IS 'Role migration: validation checks and their results';
+COMMENT ON SCHEMA migration_control IS 'Role migration: configuration and orchestration';
+
+-- ------------------------------------------------------ configuration ----
+
+CREATE TABLE IF NOT EXISTS migration_control.target_config (
+    singleton            boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    profiles_schema      text NOT NULL DEFAULT 'public',
+    profiles_table       text NOT NULL DEFAULT 'user_profiles',
+    key_column           text NOT NULL DEFAULT 'id',
+    role_column          text NOT NULL DEFAULT 'role',
+    sessions_schema      text NOT NULL DEFAULT 'auth',
+    sessions_table       text NOT NULL DEFAULT 'sessions',
+    sessions_key_column  text NOT NULL DEFAULT 'id',
+    sessions_user_column text NOT NULL DEFAULT 'user_id',
+    policy_schemas       text[] NOT NULL DEFAULT ARRAY['public', 'auth'],
+    batch_size           integer NOT NULL DEFAULT 1000 CHECK (batch_size > 0),
+    auth_role            text NOT NULL DEFAULT 'authenticated',
+    role_claim           text NOT NULL DEFAULT 'user_role',
+    updated_at           timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE migration_control.target_config IS
+    'The one row saying where the application keeps profiles, roles and sessions (identifiers unquoted)';
+
+CREATE TABLE IF NOT EXISTS migration_control.new_roles (
+    role_name text PRIMARY KEY,
+    position  integer NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS migration_control.role_mapping (
+    legacy_role text PRIMARY KEY,
+    new_role    text NOT NULL REFERENCES migration_control.new_roles
+);
+
+-- ----------------------------------------------------------- tracking ----
+
+CREATE TABLE IF NOT EXISTS migration_tracking.migration_batch (
+    batch_id        text PRIMARY KEY,
+    run_id          text,
+    migration_name  text NOT NULL,
+    batch_number    integer,
+    status          text NOT NULL DEFAULT 'running'
+                    CHECK (status IN ('running', 'completed', 'failed', 'rolled_back')),
+    batch_size      integer,
+    first_key       text,
+    last_key        text,
+    processed_users integer NOT NULL DEFAULT 0,
+    failed_users    integer NOT NULL DEFAULT 0,
+    started_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+    completed_at    timestamptz,
+    error           text,
+    details         jsonb NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS migration_batch_run_idx ON migration_tracking.migration_batch (run_id);
+CREATE INDEX IF NOT EXISTS migration_batch_status_idx ON migration_tracking.migration_batch (status);
+
+CREATE TABLE IF NOT EXISTS migration_tracking.migration_log (
+    log_id    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    batch_id  text NOT NULL REFERENCES migration_tracking.migration_batch ON DELETE CASCADE,
+    user_key  text NOT NULL,
+    old_role  text,
+    new_role  text,
+    status    text NOT NULL CHECK (status IN ('migrated', 'unchanged', 'failed', 'rolled_back')),
+    message   text,
+    logged_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS migration_log_user_key_idx ON migration_tracking.migration_log (user_key);
+CREATE INDEX IF NOT EXISTS migration_log_batch_id_idx ON migration_tracking.migration_log (batch_id);
+
+CREATE TABLE IF NOT EXISTS migration_tracking.rls_policy_changes (
+    change_id   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id      text,
+    schema_name text NOT NULL,
+    table_name  text NOT NULL,
+    policy_name text NOT NULL,
+    change_type text NOT NULL CHECK (change_type IN ('rewrite', 'restore', 'create', 'drop')),
+    old_using   text,
+    new_using   text,
+    old_check   text,
+    new_check   text,
+    changed_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS rls_policy_changes_run_idx ON migration_tracking.rls_policy_changes (run_id);
+
+-- ---------------------------------------------------------- functions ----
+
+CREATE OR REPLACE FUNCTION migration_tracking.start_migration_batch(
+    p_migration_name text DEFAULT 'role_system_migration',
+    p_batch_size integer DEFAULT NULL,
+    p_run_id text DEFAULT NULL,
+    p_details jsonb DEFAULT '{}'
+) RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_batch_id     text;
+    v_batch_number integer;
+    v_batch_size   integer;
+BEGIN
+    -- Opens a batch in status 'running' and returns its readable id. Within a run the batch
+    -- number is the next free one (an advisory lock on the run id keeps two callers from
+    -- taking the same number); a batch without a run is batch 1 of its own. The batch size
+    -- defaults to the configured one so the batch row always says how big it was meant to be.
+    IF p_migration_name IS NULL OR btrim(p_migration_name) = '' THEN
+        RAISE EXCEPTION 'migration name must not be empty (got %)', coalesce(quote_literal(p_migration_name), 'NULL')
+            USING DETAIL = 'Every batch is recorded under the name of the migration it belongs to.',
+                  HINT = 'Pass a name, e.g. start_migration_batch(''role_system_migration'').';
+    END IF;
+    IF p_batch_size IS NOT NULL AND p_batch_size <= 0 THEN
+        RAISE EXCEPTION 'batch size must be positive (got %)', p_batch_size
+            USING DETAIL = 'A batch processes at most batch_size users.',
+                  HINT = 'Pass a positive number, or NULL for the configured batch size.';
+    END IF;
+
+    v_batch_size := coalesce(p_batch_size,
+                             (SELECT c.batch_size FROM migration_control.target_config AS c));
+
+    IF p_run_id IS NULL THEN
+        v_batch_number := 1;
+    ELSE
+        PERFORM pg_advisory_xact_lock(hashtext('pytest_rolemig.batch_number:' || p_run_id));
+        SELECT coalesce(max(b.batch_number), 0) + 1
+          INTO v_batch_number
+          FROM migration_tracking.migration_batch AS b
+         WHERE b.run_id = p_run_id;
+    END IF;
+
+    v_batch_id := 'batch_' || to_char(clock_timestamp(), 'YYYYMMDD_HH24MISS') || '_'
+                  || left(replace(gen_random_uuid()::text, '-', ''), 6);
+
+    INSERT INTO migration_tracking.migration_batch
+           (batch_id, run_id, migration_name, batch_number, status, batch_size, details)
+    VALUES (v_batch_id, p_run_id, p_migration_name, v_batch_number, 'running', v_batch_size,
+            coalesce(p_details, '{}'::jsonb));
+
+    RETURN v_batch_id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION migration_tracking.log_user_migration(
+    p_batch_id text,
+    p_user_id text,
+    p_old_role text,
+    p_new_role text,
+    p_status text DEFAULT 'migrated',
+    p_message text DEFAULT NULL
+) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_batch_status text;
+    v_log_id       bigint;
+BEGIN
+    -- Records what happened to one user in a running batch and bumps the batch counters
+    -- (processed_users for 'migrated'/'unchanged', failed_users for 'failed'). The batch row
+    -- is locked first, so a batch that another session completes meanwhile is refused rather
+    -- than silently logged into after the fact.
+    IF p_status IS NULL OR p_status NOT IN ('migrated', 'unchanged', 'failed', 'rolled_back') THEN
+        RAISE EXCEPTION 'invalid user migration status %', coalesce(quote_literal(p_status), 'NULL')
+            USING DETAIL = format('batch %s, user %s', p_batch_id, p_user_id),
+                  HINT = 'Use one of: migrated, unchanged, failed, rolled_back.';
+    END IF;
+    IF p_user_id IS NULL THEN
+        RAISE EXCEPTION 'user key must not be NULL (batch %)', p_batch_id
+            USING DETAIL = 'Every log row names the user it is about.',
+                  HINT = 'Pass the key column value of the user as text.';
+    END IF;
+
+    SELECT b.status INTO v_batch_status
+      FROM migration_tracking.migration_batch AS b
+     WHERE b.batch_id = p_batch_id
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'migration batch % does not exist', coalesce(quote_literal(p_batch_id), 'NULL')
+            USING DETAIL = format('Cannot log user %s (%s -> %s).', p_user_id, p_old_role, p_new_role),
+                  HINT = 'Start a batch with migration_tracking.start_migration_batch() and log into its id.';
+    END IF;
+    IF v_batch_status <> 'running' THEN
+        RAISE EXCEPTION 'migration batch % is already %', p_batch_id, v_batch_status
+            USING DETAIL = format('Cannot log user %s (%s -> %s) into a finished batch.',
+                                  p_user_id, p_old_role, p_new_role),
+                  HINT = 'Start a new batch for further users.';
+    END IF;
+
+    INSERT INTO migration_tracking.migration_log (batch_id, user_key, old_role, new_role, status, message)
+    VALUES (p_batch_id, p_user_id, p_old_role, p_new_role, p_status, p_message)
+    RETURNING log_id INTO v_log_id;
+
+    UPDATE migration_tracking.migration_batch AS b
+       SET processed_users = b.processed_users
+                             + CASE WHEN p_status IN ('migrated', 'unchanged') THEN 1 ELSE 0 END,
+           failed_users    = b.failed_users + CASE WHEN p_status = 'failed' THEN 1 ELSE 0 END
+     WHERE b.batch_id = p_batch_id;
+
+    RETURN v_log_id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION migration_tracking.complete_migration_batch(
+    p_batch_id text,
+    p_status text DEFAULT 'completed',
+    p_error text DEFAULT NULL
+) RETURNS TABLE (batch_id text, status text, processed_users integer, failed_users integer,
+                 duration interval)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_current text;
+BEGIN
+    -- Finishes a running batch. The counters are recomputed from migration_log (set-based,
+    -- whoever wrote the log rows), so a batch filled by one INSERT ... SELECT and a batch
+    -- filled by log_user_migration end up counted the same way.
+    IF p_status IS NULL OR p_status NOT IN ('completed', 'failed', 'rolled_back') THEN
+        RAISE EXCEPTION 'invalid final batch status %', coalesce(quote_literal(p_status), 'NULL')
+            USING DETAIL = format('batch %s', p_batch_id),
+                  HINT = 'Use one of: completed, failed, rolled_back.';
+    END IF;
+
+    SELECT b.status INTO v_current
+      FROM migration_tracking.migration_batch AS b
+     WHERE b.batch_id = p_batch_id
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'migration batch % does not exist', coalesce(quote_literal(p_batch_id), 'NULL')
+            USING DETAIL = 'Only a batch returned by start_migration_batch() can be completed.',
+                  HINT = 'List batches with migration_tracking.get_migration_status().';
+    END IF;
+    IF v_current <> 'running' THEN
+        RAISE EXCEPTION 'migration batch % is already %', p_batch_id, v_current
+            USING DETAIL = format('Requested final status: %s.', p_status),
+                  HINT = 'A batch is completed once; start a new batch instead.';
+    END IF;
+
+    RETURN QUERY
+    UPDATE migration_tracking.migration_batch AS b
+       SET status          = p_status,
+           completed_at    = clock_timestamp(),
+           error           = coalesce(p_error, b.error),
+           processed_users = c.processed,
+           failed_users    = c.failed
+      FROM (SELECT count(*) FILTER (WHERE l.status IN ('migrated', 'unchanged'))::integer AS processed,
+                   count(*) FILTER (WHERE l.status = 'failed')::integer AS failed
+              FROM migration_tracking.migration_log AS l
+             WHERE l.batch_id = p_batch_id) AS c
+     WHERE b.batch_id = p_batch_id
+    RETURNING b.batch_id, b.status, b.processed_users, b.failed_users, b.completed_at - b.started_at;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION migration_tracking.get_migration_status(p_batch_id text DEFAULT NULL)
+RETURNS TABLE (batch_id text, run_id text, migration_name text, batch_number integer, status text,
+               processed_users integer, failed_users integer, started_at timestamptz,
+               completed_at timestamptz, error text)
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    -- One batch by id, or every batch newest first when the id is NULL. An unknown id raises:
+    -- an empty answer would look like "nothing happened" to a monitoring script.
+    IF p_batch_id IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM migration_tracking.migration_batch AS b WHERE b.batch_id = p_batch_id
+    ) THEN
+        RAISE EXCEPTION 'migration batch % does not exist', quote_literal(p_batch_id)
+            USING DETAIL = 'No row in migration_tracking.migration_batch has this batch_id.',
+                  HINT = 'Call get_migration_status() without argument to list every batch.';
+    END IF;
+
+    RETURN QUERY
+    SELECT b.batch_id, b.run_id, b.migration_name, b.batch_number, b.status,
+           b.processed_users, b.failed_users, b.started_at, b.completed_at, b.error
+      FROM migration_tracking.migration_batch AS b
+     WHERE p_batch_id IS NULL OR b.batch_id = p_batch_id
+     ORDER BY b.started_at DESC, b.batch_id DESC;
+END
+$$;
+
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA migration_tracking FROM PUBLIC;
