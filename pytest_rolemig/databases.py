@@ -11,6 +11,8 @@ from __future__ import annotations
 import itertools
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -98,6 +100,18 @@ def drop_database(server: Server, name: str) -> None:
             conn.execute(sql.SQL("ALTER DATABASE {} WITH is_template false").format(sql.Identifier(name)))
         force = sql.SQL(" WITH (FORCE)") if _major(conn) >= 13 else sql.SQL("")
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)) + force)
+
+
+@contextmanager
+def clone(server: Server, template: str | None, prefix: str) -> Iterator[psycopg.Connection[Any]]:
+    """A new database copied from ``template`` (empty when None), with an autocommit connection; dropped after."""
+    name = unique_name(prefix)
+    create_database(server, name, template=template)
+    try:
+        with psycopg.connect(server.dsn(name), autocommit=True) as conn:
+            yield conn
+    finally:
+        drop_database(server, name)
 
 
 _PSQL_META = re.compile(r"^\s*\\(?!\\)", re.MULTILINE)

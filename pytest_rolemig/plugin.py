@@ -8,42 +8,50 @@ tests (:mod:`pytest_rolemig.gate`) are collected as well.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pytest_rolemig import config as rolemig_config
+from pytest_rolemig import config as settings
 from pytest_rolemig.errors import RolemigError
 
 logger = logging.getLogger("pytest_rolemig")
 
-_CONFIG_KEY = pytest.StashKey["rolemig_config.RolemigConfig"]()
+_CONFIG_KEY = pytest.StashKey["settings.RolemigConfig"]()
 _SERVER_LINE = pytest.StashKey[str]()
 GATE_MODULE = Path(__file__).with_name("gate.py")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     """Declare ``--rolemig`` and the ``--rolemig-*`` settings with their ini keys."""
-    rolemig_config.add_options(parser)
+    settings.add_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Resolve settings once; a bad one ends the run with one line naming it."""
     unknown = sorted(
-        key for key in getattr(config, "inicfg", {})
-        if key.startswith("rolemig_") and key not in {s.ini for s in rolemig_config.SETTINGS}
+        key for key in _ini_keys(config)
+        if key.startswith("rolemig_") and key not in {s.ini for s in settings.SETTINGS}
     )
     if unknown:
-        known = ", ".join(s.ini for s in rolemig_config.SETTINGS)
+        known = ", ".join(s.ini for s in settings.SETTINGS)
         raise pytest.UsageError(f"rolemig: unknown ini key(s) {', '.join(unknown)}; known keys: {known}")
     try:
-        config.stash[_CONFIG_KEY] = rolemig_config.resolve(config)
+        config.stash[_CONFIG_KEY] = settings.resolve(config)
     except RolemigError as exc:
         raise pytest.UsageError(f"rolemig: {exc}") from None
     if config.getoption("rolemig") and str(GATE_MODULE) not in config.args:
         config.args.append(str(GATE_MODULE))
+
+
+def _ini_keys(config: pytest.Config) -> list[str]:
+    """Keys present in the ini file (pytest has no public accessor for the raw keys)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return list(getattr(config, "inicfg", None) or {})
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
@@ -51,7 +59,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     cfg = config.stash.get(_CONFIG_KEY, None)
     if cfg is None or not cfg.gate:
         return None
-    return rolemig_config.header_lines(cfg)
+    return settings.header_lines(cfg)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -68,13 +76,13 @@ def _fail_setup(exc: RolemigError) -> None:
 # ----------------------------------------------------------------- fixtures ---
 
 @pytest.fixture(scope="session")
-def rolemig_config(pytestconfig: pytest.Config) -> rolemig_config.RolemigConfig:
+def rolemig_config(pytestconfig: pytest.Config) -> settings.RolemigConfig:
     """The resolved settings (command line > environment > ini > default)."""
     return pytestconfig.stash[_CONFIG_KEY]
 
 
 @pytest.fixture(scope="session")
-def rolemig_mapping(rolemig_config: rolemig_config.RolemigConfig) -> Any:
+def rolemig_mapping(rolemig_config: settings.RolemigConfig) -> Any:
     """The role mapping read from ``rolemig_mapping`` (the demo mapping by default)."""
     from pytest_rolemig.mapping import load_mapping
 
@@ -85,7 +93,7 @@ def rolemig_mapping(rolemig_config: rolemig_config.RolemigConfig) -> Any:
 
 
 @pytest.fixture(scope="session")
-def rolemig_server(rolemig_config: rolemig_config.RolemigConfig, pytestconfig: pytest.Config) -> Iterator[Any]:
+def rolemig_server(rolemig_config: settings.RolemigConfig, pytestconfig: pytest.Config) -> Iterator[Any]:
     """A PostgreSQL server for the session: ephemeral (pytest-postgresql) unless a DSN is set."""
     from pytest_rolemig.databases import ExistingServer
     from pytest_rolemig.server import EphemeralServer, find_binaries
@@ -106,7 +114,7 @@ def rolemig_server(rolemig_config: rolemig_config.RolemigConfig, pytestconfig: p
 
 
 @pytest.fixture(scope="session")
-def rolemig_template(rolemig_server: Any, rolemig_config: rolemig_config.RolemigConfig,
+def rolemig_template(rolemig_server: Any, rolemig_config: settings.RolemigConfig,
                      rolemig_mapping: Any) -> Iterator[Any]:
     """Template database: schema + infrastructure + mapping + seeded users, built once."""
     from pytest_rolemig.databases import build_template, drop_database
@@ -135,34 +143,28 @@ def rolemig_bare_template(rolemig_server: Any, rolemig_template: Any) -> Iterato
     drop_database(rolemig_server, name)
 
 
-def _clone(server: Any, template: str | None, prefix: str) -> Iterator[Any]:
-    import psycopg
-
-    from pytest_rolemig.databases import create_database, drop_database, unique_name
-
-    name = unique_name(prefix)
-    create_database(server, name, template=template)
-    conn = psycopg.connect(server.dsn(name), autocommit=True)
-    try:
-        yield conn
-    finally:
-        conn.close()
-        drop_database(server, name)
-
-
 @pytest.fixture
 def rolemig_db(rolemig_server: Any, rolemig_template: Any) -> Iterator[Any]:
     """Connection (autocommit) to this test's own copy of the template database."""
-    yield from _clone(rolemig_server, rolemig_template.name, "rolemig_test")
+    from pytest_rolemig.databases import clone
+
+    with clone(rolemig_server, rolemig_template.name, "rolemig_test") as conn:
+        yield conn
 
 
 @pytest.fixture
 def rolemig_bare_db(rolemig_server: Any, rolemig_bare_template: str) -> Iterator[Any]:
     """Connection to a copy with the application and users, without the infrastructure."""
-    yield from _clone(rolemig_server, rolemig_bare_template, "rolemig_bare")
+    from pytest_rolemig.databases import clone
+
+    with clone(rolemig_server, rolemig_bare_template, "rolemig_bare") as conn:
+        yield conn
 
 
 @pytest.fixture
 def rolemig_empty_db(rolemig_server: Any) -> Iterator[Any]:
     """Connection to a new, empty database on the session's server."""
-    yield from _clone(rolemig_server, None, "rolemig_empty")
+    from pytest_rolemig.databases import clone
+
+    with clone(rolemig_server, None, "rolemig_empty") as conn:
+        yield conn
