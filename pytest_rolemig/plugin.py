@@ -22,7 +22,7 @@ logger = logging.getLogger("pytest_rolemig")
 
 _CONFIG_KEY = pytest.StashKey["settings.RolemigConfig"]()
 _SERVER_LINE = pytest.StashKey[str]()
-GATE_MODULE = Path(__file__).with_name("gate.py")
+GATE_DIR = Path(__file__).with_name("gate")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -43,8 +43,15 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[_CONFIG_KEY] = settings.resolve(config)
     except RolemigError as exc:
         raise pytest.UsageError(f"rolemig: {exc}") from None
-    if config.getoption("rolemig") and str(GATE_MODULE) not in config.args:
-        config.args.append(str(GATE_MODULE))
+    if config.getoption("rolemig"):
+        for module in gate_modules():
+            if str(module) not in config.args:
+                config.args.append(str(module))
+
+
+def gate_modules() -> list[Path]:
+    """The built-in gate test modules, in the order they run."""
+    return sorted(GATE_DIR.glob("test_*.py"))
 
 
 def _ini_keys(config: pytest.Config) -> list[str]:
@@ -168,3 +175,14 @@ def rolemig_empty_db(rolemig_server: Any) -> Iterator[Any]:
 
     with clone(rolemig_server, None, "rolemig_empty") as conn:
         yield conn
+
+
+@pytest.fixture(scope="session")
+def rolemig_rehearsal(rolemig_server: Any, rolemig_template: Any, rolemig_config: settings.RolemigConfig,
+                      rolemig_mapping: Any) -> Iterator[Any]:
+    """One full rehearsal (install, backup, migrate, rollback) shared by the gate's tests."""
+    from pytest_rolemig.databases import clone
+    from pytest_rolemig.rehearsal import Rehearsal
+
+    with clone(rolemig_server, rolemig_template.name, "rolemig_gate") as conn:
+        yield Rehearsal(conn=conn, target=rolemig_config.target, mapping=rolemig_mapping)

@@ -1,29 +1,19 @@
-"""The built-in migration gate: collected with ``pytest --rolemig``.
+"""The migration gate: the promises of a role migration, checked on a rehearsal.
 
 One test per promise, so the CI report reads like a checklist. All tests share
-one rehearsal on a copy of the template database (the team's schema, the
+one rehearsal (the ``rolemig_rehearsal`` fixture) on a copy of the template database (the team's schema, the
 infrastructure, the mapping and seeded users of every legacy role).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from pytest_rolemig import api
 from pytest_rolemig.assertions import RolemigAssertionError, assert_checks_pass
-from pytest_rolemig.databases import clone
 from pytest_rolemig.rehearsal import Rehearsal
-
-
-@pytest.fixture(scope="module")
-def rehearsal(rolemig_server: Any, rolemig_template: Any, rolemig_config: Any,
-              rolemig_mapping: Any) -> Iterator[Rehearsal]:
-    """One rehearsal for the whole gate, on its own database copy."""
-    with clone(rolemig_server, rolemig_template.name, "rolemig_gate") as conn:
-        yield Rehearsal(conn=conn, target=rolemig_config.target, mapping=rolemig_mapping)
 
 
 def _pick(report: Any, names: tuple[str, ...]) -> Any:
@@ -32,86 +22,86 @@ def _pick(report: Any, names: tuple[str, ...]) -> Any:
     return CheckReport(report.source, tuple(c for c in report.checks if c.name in names))
 
 
-def test_infrastructure_installs_and_initializes(rehearsal: Rehearsal) -> None:
+def test_infrastructure_installs_and_initializes(rolemig_rehearsal: Rehearsal) -> None:
     """All four schemas install on the target and each component works for real."""
-    assert_checks_pass(rehearsal.run("install"), "migration infrastructure does not initialize",
+    assert_checks_pass(rolemig_rehearsal.run("install"), "migration infrastructure does not initialize",
                        "every component (logging, backup, rollback, validation) passes its self-test")
 
 
-def test_every_legacy_role_is_mapped(rehearsal: Rehearsal, rolemig_template: Any) -> None:
+def test_every_legacy_role_is_mapped(rolemig_rehearsal: Rehearsal, rolemig_template: Any) -> None:
     """Every role the schema allows or the data holds has exactly one new role."""
-    unmapped = [r for r in api.legacy_roles(rehearsal.conn) if r[2] is None]
+    unmapped = [r for r in api.legacy_roles(rolemig_rehearsal.conn) if r[2] is None]
     if unmapped:
         raise RolemigAssertionError(
             "role mapping is not total: " + ", ".join(r[0] for r in unmapped),
             expected="every legacy role found in the schema (enum, CHECK) or in the data is mapped",
             sections={"Unmapped roles (role: found in)": "\n".join(f"{r[0]}: {', '.join(r[1])}" for r in unmapped),
-                      "Fix": f"add a line for each to the [mapping] table of {rehearsal.mapping.source}"},
+                      "Fix": f"add a line for each to the [mapping] table of {rolemig_rehearsal.mapping.source}"},
         )
-    report = api.pre_migration_checks(rehearsal.conn)
+    report = api.pre_migration_checks(rolemig_rehearsal.conn)
     assert_checks_pass(_pick(report, ("no_null_roles", "all_roles_known", "mapping_total", "mapping_targets_valid")),
                        "users or mapping outside the known roles")
 
 
-def test_backup_is_complete(rehearsal: Rehearsal) -> None:
+def test_backup_is_complete(rolemig_rehearsal: Rehearsal) -> None:
     """The backup holds every profile, session and policy; counts and checksums recompute."""
-    backup = rehearsal.run("backup")
-    assert_checks_pass(api.validate_backup(rehearsal.conn, backup.backup_id),
+    backup = rolemig_rehearsal.run("backup")
+    assert_checks_pass(api.validate_backup(rolemig_rehearsal.conn, backup.backup_id),
                        f"backup {backup.backup_id} is not complete")
-    assert rehearsal.before is not None
-    assert backup.profiles_count == len(rehearsal.before.profiles), "backup missed profile rows"
-    assert backup.sessions_count == len(rehearsal.before.sessions), "backup missed session rows"
+    assert rolemig_rehearsal.before is not None
+    assert backup.profiles_count == len(rolemig_rehearsal.before.profiles), "backup missed profile rows"
+    assert backup.sessions_count == len(rolemig_rehearsal.before.sessions), "backup missed session rows"
 
 
-def test_pre_migration_state_is_valid(rehearsal: Rehearsal) -> None:
+def test_pre_migration_state_is_valid(rolemig_rehearsal: Rehearsal) -> None:
     """Known roles only, a total mapping, a valid backup, no migration running."""
-    rehearsal.run("backup")
-    assert_checks_pass(api.pre_migration_checks(rehearsal.conn), "pre-migration state is not valid")
+    rolemig_rehearsal.run("backup")
+    assert_checks_pass(api.pre_migration_checks(rolemig_rehearsal.conn), "pre-migration state is not valid")
 
 
-def test_migration_maps_every_user_as_the_mapping_says(rehearsal: Rehearsal) -> None:
+def test_migration_maps_every_user_as_the_mapping_says(rolemig_rehearsal: Rehearsal) -> None:
     """Each user ends with mapping[their legacy role]; no user lost or added."""
-    _, result = rehearsal.run("migrate")
+    _, result = rolemig_rehearsal.run("migrate")
     assert result.status == "completed", f"migration ended with status {result.status}: {result.error}"
     wrong = {
-        key: (old, rehearsal.mapping.mapping.get(old), rehearsal.roles_after_migration.get(key))
-        for key, old in rehearsal.roles_at_backup.items()
-        if rehearsal.roles_after_migration.get(key) != rehearsal.mapping.mapping.get(old)
+        key: (old, rolemig_rehearsal.mapping.mapping.get(old), rolemig_rehearsal.roles_after_migration.get(key))
+        for key, old in rolemig_rehearsal.roles_at_backup.items()
+        if rolemig_rehearsal.roles_after_migration.get(key) != rolemig_rehearsal.mapping.mapping.get(old)
     }
-    if wrong or len(rehearsal.roles_after_migration) != len(rehearsal.roles_at_backup):
+    if wrong or len(rolemig_rehearsal.roles_after_migration) != len(rolemig_rehearsal.roles_at_backup):
         sample = "\n".join(f"{k}: {o} -> expected {e}, got {g}" for k, (o, e, g) in list(wrong.items())[:20])
         raise RolemigAssertionError(
             f"{len(wrong)} user(s) do not hold the mapped role after the migration",
             expected="role after migration == mapping[role before], for every user",
             sections={"Users (key: before -> expected, got)": sample or "(none)",
-                      "Counts": f"before {len(rehearsal.roles_at_backup)}, "
-                                f"after {len(rehearsal.roles_after_migration)}"},
+                      "Counts": f"before {len(rolemig_rehearsal.roles_at_backup)}, "
+                                f"after {len(rolemig_rehearsal.roles_after_migration)}"},
         )
-    report = api.post_migration_checks(rehearsal.conn, rehearsal.results["backup"].backup_id)
+    report = api.post_migration_checks(rolemig_rehearsal.conn, rolemig_rehearsal.results["backup"].backup_id)
     assert_checks_pass(_pick(report, ("every_user_has_new_role", "roles_match_mapping", "user_count_unchanged")),
                        "post-migration role checks failed")
 
 
-def test_no_policy_names_a_legacy_role(rehearsal: Rehearsal) -> None:
+def test_no_policy_names_a_legacy_role(rolemig_rehearsal: Rehearsal) -> None:
     """After the migration, no RLS policy still names a legacy-only role."""
-    rehearsal.run("migrate")
-    report = api.post_migration_checks(rehearsal.conn, rehearsal.results["backup"].backup_id)
+    rolemig_rehearsal.run("migrate")
+    report = api.post_migration_checks(rolemig_rehearsal.conn, rolemig_rehearsal.results["backup"].backup_id)
     assert_checks_pass(_pick(report, ("no_legacy_roles_in_policies",)), "policies still name legacy roles")
-    assert_checks_pass(api.rls_checks(rehearsal.conn, "post"), "RLS policies do not match the new roles")
+    assert_checks_pass(api.rls_checks(rolemig_rehearsal.conn, "post"), "RLS policies do not match the new roles")
 
 
-def test_every_user_still_authenticates_and_reaches_own_data(rehearsal: Rehearsal, rolemig_config: Any) -> None:
+def test_every_user_still_authenticates_and_reaches_own_data(rolemig_rehearsal: Rehearsal, rolemig_config: Any) -> None:
     """As 'authenticated' with their JWT claims, users read their own profile and sessions."""
-    rehearsal.run("migrate")
-    assert_checks_pass(api.authentication_checks(rehearsal.conn, max(rolemig_config.users, 1)),
+    rolemig_rehearsal.run("migrate")
+    assert_checks_pass(api.authentication_checks(rolemig_rehearsal.conn, max(rolemig_config.users, 1)),
                        "users are locked out after the migration")
 
 
-def test_sessions_survive(rehearsal: Rehearsal) -> None:
+def test_sessions_survive(rolemig_rehearsal: Rehearsal) -> None:
     """No session row is changed or lost by the migration: nobody is logged out."""
-    rehearsal.run("migrate")
-    assert rehearsal.before is not None and rehearsal.after_migration is not None
-    before, after = rehearsal.before.sessions, rehearsal.after_migration.sessions
+    rolemig_rehearsal.run("migrate")
+    assert rolemig_rehearsal.before is not None and rolemig_rehearsal.after_migration is not None
+    before, after = rolemig_rehearsal.before.sessions, rolemig_rehearsal.after_migration.sessions
     if before != after:
         lost = sorted(set(before) - set(after))
         changed = sorted(k for k in set(before) & set(after) if before[k] != after[k])
@@ -121,18 +111,18 @@ def test_sessions_survive(rehearsal: Rehearsal) -> None:
             sections={"Lost sessions": "\n".join(lost[:20]) or "(none)",
                       "Changed sessions": "\n".join(changed[:20]) or "(none)"},
         )
-    report = api.post_migration_checks(rehearsal.conn, rehearsal.results["backup"].backup_id)
+    report = api.post_migration_checks(rolemig_rehearsal.conn, rolemig_rehearsal.results["backup"].backup_id)
     assert_checks_pass(_pick(report, ("sessions_intact",)), "sessions did not survive")
 
 
-def test_rollback_restores_everything_exactly(rehearsal: Rehearsal) -> None:
+def test_rollback_restores_everything_exactly(rolemig_rehearsal: Rehearsal) -> None:
     """Rollback returns profiles, sessions and policies to the backed-up content."""
-    result = rehearsal.run("rollback")
-    backup_id = rehearsal.results["backup"].backup_id
-    assert_checks_pass(api.validate_rollback(rehearsal.conn, backup_id, result.rollback_id),
+    result = rolemig_rehearsal.run("rollback")
+    backup_id = rolemig_rehearsal.results["backup"].backup_id
+    assert_checks_pass(api.validate_rollback(rolemig_rehearsal.conn, backup_id, result.rollback_id),
                        "rollback is not exact")
-    assert rehearsal.before is not None and rehearsal.after_rollback is not None
-    diffs = rehearsal.before.differences(rehearsal.after_rollback)
+    assert rolemig_rehearsal.before is not None and rolemig_rehearsal.after_rollback is not None
+    diffs = rolemig_rehearsal.before.differences(rolemig_rehearsal.after_rollback)
     if diffs:
         raise RolemigAssertionError(
             "after rollback the data differs from before the migration",

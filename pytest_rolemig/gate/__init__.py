@@ -1,0 +1,1 @@
+"""Built-in gate tests, collected with ``pytest --rolemig`` (one module per concern)."""

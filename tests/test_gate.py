@@ -1,0 +1,116 @@
+"""The gate as a user runs it: ``pytest --rolemig`` in a project, through pytester.
+
+Each scenario runs a real pytest session with its own ephemeral server. The
+passing runs show the checklist; each broken migration fails with its cause.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from pytest_rolemig import resources
+
+EXAMPLES = Path(__file__).parent / "examples"
+GATE_TESTS = 9
+
+pytestmark = pytest.mark.slow
+
+
+def _mapping(pytester, name="roles.toml", drop=(), **override):
+    text = resources.demo_mapping().read_text()
+    lines = [
+        line for line in text.splitlines()
+        if not any(line.replace(" ", "").startswith(f"{role}=") for role in drop)
+    ]
+    for role, new in override.items():
+        lines = [f'{role} = "{new}"' if line.replace(" ", "").startswith(f"{role}=") else line
+                 for line in lines]
+    path = pytester.path / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _run(pytester, *args):
+    return pytester.runpytest_subprocess("--rolemig", "-p", "no:cacheprovider", "-rf", *args)
+
+
+def test_gate_passes_on_the_demo(pytester):
+    result = _run(pytester, "-v")
+    result.assert_outcomes(passed=GATE_TESTS)
+    result.stdout.fnmatch_lines([
+        "rolemig schema: *demo-schema.sql*",
+        "*test_rollback_restores_everything_exactly PASSED*",
+        "rolemig: PostgreSQL *",
+    ])
+
+
+def test_gate_passes_on_a_custom_schema_and_names(pytester):
+    schema = pytester.path / "db.sql"
+    schema.write_text((EXAMPLES / "custom-app.sql").read_text())
+    pytester.makeini(
+        """
+        [pytest]
+        rolemig_schema = db.sql
+        rolemig_profiles_table = app.members
+        rolemig_key_column = member_id
+        rolemig_role_column = access_level
+        rolemig_sessions_table = app.logins
+        rolemig_sessions_user_column = member_id
+        rolemig_policy_schemas = app
+        rolemig_users = 39
+        rolemig_batch_size = 5
+        """
+    )
+    result = _run(pytester, "-v")
+    result.assert_outcomes(passed=GATE_TESTS)
+    result.stdout.fnmatch_lines(["rolemig profiles_table: app.members (key member_id, role access_level) [ini*"])
+
+
+def test_gate_fails_on_a_mapping_that_leaves_a_role_out(pytester):
+    mapping = _mapping(pytester, drop=("support_agent",))
+    result = _run(pytester, f"--rolemig-mapping={mapping}")
+    result.stdout.fnmatch_lines(["*role mapping is not total: support_agent*"])
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+def test_gate_refuses_a_mapping_into_a_role_that_is_not_new(pytester):
+    mapping = _mapping(pytester, super_admin="god")
+    result = _run(pytester, f"--rolemig-mapping={mapping}")
+    result.stderr.fnmatch_lines(["*rolemig: role mapping*maps outside the new roles*super_admin -> god*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_gate_fails_on_a_policy_the_migration_cannot_rewrite(pytester):
+    extra = pytester.path / "sneaky.sql"
+    extra.write_text(
+        "CREATE POLICY \"billing: shouting admins\" ON public.billing_accounts FOR SELECT TO authenticated\n"
+        "    USING (upper(public.current_user_role()) = 'BILLING_ADMIN');\n"
+    )
+    result = _run(pytester, f"--rolemig-schema={resources.demo_schema()}", f"--rolemig-schema={extra}")
+    result.stdout.fnmatch_lines(["*FAILED*test_no_policy_names_a_legacy_role*"])
+    result.stdout.fnmatch_lines(["*billing: shouting admins*"])
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+def test_gate_fails_on_users_with_a_role_outside_the_legacy_roles(pytester):
+    schema = pytester.path / "db.sql"
+    schema.write_text(
+        (EXAMPLES / "custom-app.sql").read_text()
+        + "\nINSERT INTO app.members (member_id, handle, access_level) VALUES (900001, 'temp', 'intern');\n"
+    )
+    pytester.makeini(
+        """
+        [pytest]
+        rolemig_schema = db.sql
+        rolemig_profiles_table = app.members
+        rolemig_key_column = member_id
+        rolemig_role_column = access_level
+        rolemig_sessions_table = app.logins
+        rolemig_sessions_user_column = member_id
+        rolemig_policy_schemas = app
+        """
+    )
+    result = _run(pytester)
+    result.stdout.fnmatch_lines(["*role mapping is not total: intern*"])
+    result.stdout.fnmatch_lines(["*FAILED*test_migration_maps_every_user_as_the_mapping_says*"])
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
