@@ -1,1 +1,804 @@
--- placeholder: being written
+-- Migration rollback system: puts the database back the way a backup found it.
+--
+-- Provides (schema migration_backup):
+--   * table rollback_log (one row per rollback attempt, kept even when it fails);
+--   * execute_rollback   -- revert mode: undoes what the migration changed and nothing else
+--                           (role compare-and-swap, role CHECK constraints, policies, RLS flags);
+--   * emergency_rollback -- full restore from the backup tables alone (every column of every
+--                           backed-up profile, existing sessions, constraints, policies), for a
+--                           half-done migration or broken tracking tables;
+--   * validate_rollback_success, list_available_backups;
+--   * helpers: backup_intact, role_conflicts, restore_role_checks, restore_policies,
+--     perform_rollback.
+-- Depends on: migration-logging-system.sql (schemas, target_config, role_mapping, tracking
+--   tables) and comprehensive-backup-system.sql (backup tables, describe_policies,
+--   role_check_constraints, backup_checksums, validate_backup_completeness).
+-- The target table and columns are read from the backup's own copy of
+-- migration_control.target_config (backup_log.target), so a restore goes back into the table
+-- the backup was taken from.
+-- Idempotent: safe to run twice; contains no psql meta-commands.
+
+CREATE TABLE IF NOT EXISTS migration_backup.rollback_log (
+    rollback_id       text PRIMARY KEY,
+    backup_id         text NOT NULL,
+    reason            text,
+    mode              text NOT NULL CHECK (mode IN ('revert', 'emergency')),
+    status            text NOT NULL CHECK (status IN ('running', 'completed', 'failed')),
+    started_at        timestamptz NOT NULL DEFAULT clock_timestamp(),
+    completed_at      timestamptz,
+    profiles_restored bigint,
+    sessions_restored bigint,
+    policies_restored integer,
+    conflicts         jsonb NOT NULL DEFAULT '[]',
+    error             text
+);
+CREATE INDEX IF NOT EXISTS rollback_log_backup_idx ON migration_backup.rollback_log (backup_id);
+
+-- ------------------------------------------------------------ helpers ----
+
+CREATE OR REPLACE FUNCTION migration_backup.backup_intact(p_backup_id text)
+RETURNS boolean
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- True when the backup is completed and its rows still match the counts and checksums
+    -- recorded when it was taken (and each row's key/role agree with its row_data): the
+    -- minimum a restore needs. Live data is not looked at.
+    SELECT coalesce(bool_and(v.status <> 'fail'), false)
+      FROM migration_backup.validate_backup_completeness(p_backup_id) AS v
+     WHERE v.check_name <> 'covers_live_users'
+$$;
+
+CREATE OR REPLACE FUNCTION migration_backup.role_conflicts(p_backup_id text, p_include_deleted boolean)
+RETURNS jsonb
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_t        jsonb;
+    v_key_type text;
+    v_result   jsonb;
+BEGIN
+    -- Backed-up users whose current role is neither their backed-up role nor what the migration
+    -- writes for it (the mapping now, or the mapping stored with the backup): somebody else
+    -- changed them after the backup. Optionally also the backed-up users that no longer exist.
+    SELECT l.target INTO v_t FROM migration_backup.backup_log AS l WHERE l.backup_id = p_backup_id;
+    SELECT format_type(a.atttypid, a.atttypmod) INTO v_key_type
+      FROM pg_catalog.pg_attribute AS a
+     WHERE a.attrelid = format('%I.%I', v_t ->> 'profiles_schema', v_t ->> 'profiles_table')::regclass
+       AND a.attname = v_t ->> 'key_column' AND NOT a.attisdropped;
+
+    EXECUTE format(
+        'SELECT coalesce(jsonb_agg(jsonb_build_object(
+                    ''user_key'', b.user_key, ''backup_role'', b.role, ''current_role'', t.%3$I::text,
+                    ''reason'', CASE WHEN t.%1$I IS NULL THEN ''deleted after backup''
+                                     ELSE ''role changed after backup'' END) ORDER BY b.user_key), ''[]'')
+           FROM migration_backup.user_profiles_complete_backup AS b
+           LEFT JOIN %4$I.%5$I AS t ON t.%1$I = b.user_key::%2$s
+          WHERE b.backup_id = $1
+            AND CASE WHEN t.%1$I IS NULL THEN $3
+                     ELSE t.%3$I::text IS DISTINCT FROM b.role
+                          AND t.%3$I::text IS DISTINCT FROM ($2 -> ''mapping'' ->> b.role)
+                          AND t.%3$I::text IS DISTINCT FROM
+                              (SELECT m.new_role FROM migration_control.role_mapping AS m
+                                WHERE m.legacy_role = b.role) END',
+        v_t ->> 'key_column', v_key_type, v_t ->> 'role_column',
+        v_t ->> 'profiles_schema', v_t ->> 'profiles_table')
+    INTO v_result
+    USING p_backup_id, v_t, p_include_deleted;
+    RETURN v_result;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION migration_backup.restore_role_checks(p_backup_id text, p_phase text)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_t       jsonb;
+    v_con     record;
+    v_changes integer := 0;
+BEGIN
+    -- Puts the CHECK constraints on the role column back to their backed-up definitions, in two
+    -- phases around the data restore: 'drop' removes every current role check that is not in
+    -- the backup with the same name and definition (e.g. the widened or narrowed one), so the
+    -- restored roles are not rejected; 'add' re-creates the backed-up ones that are missing.
+    -- A backed-up check that rows changed by the application after the backup now violate is
+    -- added NOT VALID (enforced for new writes) rather than failing the whole rollback.
+    IF p_phase NOT IN ('drop', 'add') THEN
+        RAISE EXCEPTION 'unknown phase % for restore_role_checks', quote_literal(p_phase)
+            USING DETAIL = format('backup %s', p_backup_id), HINT = 'Use ''drop'' or ''add''.';
+    END IF;
+    SELECT l.target INTO v_t FROM migration_backup.backup_log AS l WHERE l.backup_id = p_backup_id;
+
+    IF p_phase = 'drop' THEN
+        FOR v_con IN
+            SELECT c.name
+              FROM migration_backup.role_check_constraints(v_t ->> 'profiles_schema', v_t ->> 'profiles_table',
+                                                           v_t ->> 'role_column') AS c
+             WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements(v_t -> 'role_checks') AS k(j)
+                                WHERE k.j ->> 'name' = c.name AND k.j ->> 'definition' = c.definition)
+        LOOP
+            EXECUTE format('ALTER TABLE %I.%I DROP CONSTRAINT %I',
+                           v_t ->> 'profiles_schema', v_t ->> 'profiles_table', v_con.name);
+            v_changes := v_changes + 1;
+        END LOOP;
+    ELSE
+        FOR v_con IN
+            SELECT k.j ->> 'name' AS name, k.j ->> 'definition' AS definition
+              FROM jsonb_array_elements(v_t -> 'role_checks') AS k(j)
+             WHERE NOT EXISTS (SELECT 1
+                                 FROM migration_backup.role_check_constraints(
+                                          v_t ->> 'profiles_schema', v_t ->> 'profiles_table',
+                                          v_t ->> 'role_column') AS c
+                                WHERE c.name = k.j ->> 'name')
+        LOOP
+            BEGIN
+                EXECUTE format('ALTER TABLE %I.%I ADD CONSTRAINT %I %s',
+                               v_t ->> 'profiles_schema', v_t ->> 'profiles_table', v_con.name, v_con.definition);
+            EXCEPTION WHEN check_violation THEN
+                EXECUTE format('ALTER TABLE %I.%I ADD CONSTRAINT %I %s NOT VALID',
+                               v_t ->> 'profiles_schema', v_t ->> 'profiles_table', v_con.name, v_con.definition);
+                RAISE WARNING 'role constraint % restored NOT VALID: rows changed after backup % violate it',
+                              v_con.name, p_backup_id
+                    USING HINT = 'See the conflicts of the rollback; VALIDATE CONSTRAINT once they are fixed.';
+            END;
+            v_changes := v_changes + 1;
+        END LOOP;
+    END IF;
+    RETURN v_changes;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION migration_backup.restore_policies(p_backup_id text, p_rollback_id text)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_t       jsonb;
+    v_created timestamptz;
+    v_p       record;
+    v_roles   text;
+    v_changes integer := 0;
+BEGIN
+    -- Restores the row-level security of the migrated tables as backed up: each backed-up
+    -- policy that differs is altered back (ALTER POLICY for roles / USING / WITH CHECK; drop and
+    -- re-create when the command, permissiveness or a removed clause cannot be altered) or
+    -- re-created when missing; policies the migration created after the backup (logged as
+    -- 'create') are dropped; RLS enabled/forced flags are reset. Every policy change is logged
+    -- in migration_tracking.rls_policy_changes under the rollback id. Loops over policies only.
+    SELECT l.target, l.created_at INTO v_t, v_created
+      FROM migration_backup.backup_log AS l WHERE l.backup_id = p_backup_id;
+
+    FOR v_p IN
+        SELECT b.schema_name, b.table_name, b.policy_name, b.permissive, b.command, b.roles,
+               b.using_expr, b.check_expr, c.policy_name AS cur_name, c.permissive AS cur_permissive,
+               c.command AS cur_command, c.using_expr AS cur_using, c.check_expr AS cur_check
+          FROM migration_backup.rls_policies_backup AS b
+          LEFT JOIN migration_backup.describe_policies() AS c
+            ON c.schema_name = b.schema_name AND c.table_name = b.table_name AND c.policy_name = b.policy_name
+         WHERE b.backup_id = p_backup_id
+           AND (c.policy_name IS NULL OR c.permissive <> b.permissive OR c.command <> b.command
+                OR c.roles <> b.roles OR c.using_expr IS DISTINCT FROM b.using_expr
+                OR c.check_expr IS DISTINCT FROM b.check_expr)
+         ORDER BY b.schema_name, b.table_name, b.policy_name
+    LOOP
+        SELECT string_agg(CASE WHEN r = 'public' THEN 'PUBLIC' ELSE format('%I', r) END, ', ')
+          INTO v_roles FROM unnest(v_p.roles) AS r;
+        IF v_p.cur_name IS NOT NULL
+           AND v_p.cur_permissive = v_p.permissive AND v_p.cur_command = v_p.command
+           AND NOT (v_p.using_expr IS NULL AND v_p.cur_using IS NOT NULL)
+           AND NOT (v_p.check_expr IS NULL AND v_p.cur_check IS NOT NULL) THEN
+            EXECUTE format('ALTER POLICY %I ON %I.%I TO %s', v_p.policy_name, v_p.schema_name, v_p.table_name,
+                           v_roles)
+                    || CASE WHEN v_p.using_expr IS NOT NULL THEN format(' USING (%s)', v_p.using_expr) ELSE '' END
+                    || CASE WHEN v_p.check_expr IS NOT NULL THEN format(' WITH CHECK (%s)', v_p.check_expr) ELSE '' END;
+        ELSE
+            IF v_p.cur_name IS NOT NULL THEN
+                EXECUTE format('DROP POLICY %I ON %I.%I', v_p.policy_name, v_p.schema_name, v_p.table_name);
+            END IF;
+            EXECUTE format('CREATE POLICY %I ON %I.%I AS %s FOR %s TO %s', v_p.policy_name, v_p.schema_name,
+                           v_p.table_name, v_p.permissive, v_p.command, v_roles)
+                    || CASE WHEN v_p.using_expr IS NOT NULL THEN format(' USING (%s)', v_p.using_expr) ELSE '' END
+                    || CASE WHEN v_p.check_expr IS NOT NULL THEN format(' WITH CHECK (%s)', v_p.check_expr) ELSE '' END;
+        END IF;
+        INSERT INTO migration_tracking.rls_policy_changes
+               (run_id, schema_name, table_name, policy_name, change_type, old_using, new_using, old_check, new_check)
+        VALUES (p_rollback_id, v_p.schema_name, v_p.table_name, v_p.policy_name, 'restore',
+                v_p.cur_using, v_p.using_expr, v_p.cur_check, v_p.check_expr);
+        v_changes := v_changes + 1;
+    END LOOP;
+
+    FOR v_p IN
+        SELECT DISTINCT c.schema_name, c.table_name, c.policy_name, c.using_expr, c.check_expr
+          FROM migration_tracking.rls_policy_changes AS ch
+          JOIN migration_backup.describe_policies() AS c
+            ON c.schema_name = ch.schema_name AND c.table_name = ch.table_name AND c.policy_name = ch.policy_name
+         WHERE ch.change_type = 'create' AND ch.changed_at >= v_created
+           AND NOT EXISTS (SELECT 1 FROM migration_backup.rls_policies_backup AS b
+                            WHERE b.backup_id = p_backup_id AND b.schema_name = c.schema_name
+                              AND b.table_name = c.table_name AND b.policy_name = c.policy_name)
+         ORDER BY 1, 2, 3
+    LOOP
+        EXECUTE format('DROP POLICY %I ON %I.%I', v_p.policy_name, v_p.schema_name, v_p.table_name);
+        INSERT INTO migration_tracking.rls_policy_changes
+               (run_id, schema_name, table_name, policy_name, change_type, old_using, new_using, old_check, new_check)
+        VALUES (p_rollback_id, v_p.schema_name, v_p.table_name, v_p.policy_name, 'drop',
+                v_p.using_expr, NULL, v_p.check_expr, NULL);
+        v_changes := v_changes + 1;
+    END LOOP;
+
+    FOR v_p IN
+        SELECT r.j ->> 'schema' AS schema_name, r.j ->> 'table' AS table_name,
+               (r.j ->> 'enabled')::boolean AS enabled, (r.j ->> 'forced')::boolean AS forced,
+               c.relrowsecurity, c.relforcerowsecurity
+          FROM jsonb_array_elements(v_t -> 'rls_tables') AS r(j)
+          JOIN pg_catalog.pg_namespace AS n ON n.nspname = r.j ->> 'schema'
+          JOIN pg_catalog.pg_class AS c ON c.relnamespace = n.oid AND c.relname = r.j ->> 'table'
+         WHERE c.relrowsecurity IS DISTINCT FROM (r.j ->> 'enabled')::boolean
+            OR c.relforcerowsecurity IS DISTINCT FROM (r.j ->> 'forced')::boolean
+    LOOP
+        EXECUTE format('ALTER TABLE %I.%I %s ROW LEVEL SECURITY, %s ROW LEVEL SECURITY',
+                       v_p.schema_name, v_p.table_name,
+                       CASE WHEN v_p.enabled THEN 'ENABLE' ELSE 'DISABLE' END,
+                       CASE WHEN v_p.forced THEN 'FORCE' ELSE 'NO FORCE' END);
+    END LOOP;
+
+    RETURN v_changes;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION migration_backup.perform_rollback(p_backup_id text, p_mode text, p_reason text)
+RETURNS TABLE (rollback_id text, status text, profiles_restored bigint, sessions_restored bigint,
+               policies_restored integer, conflicts bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_rollback_id text;
+    v_log         migration_backup.backup_log;
+    v_t           jsonb;
+    v_rel         regclass;
+    v_srel        regclass;
+    v_key_type    text;
+    v_role_type   text;
+    v_cols        text[];
+    v_set_cols    text[];
+    v_scols       text[];
+    v_sset_cols   text[];
+    v_conflicts   jsonb;
+    v_profiles    bigint := 0;
+    v_inserted    bigint := 0;
+    v_sessions    bigint := 0;
+    v_policies    integer := 0;
+    v_error       text;
+BEGIN
+    -- The restore shared by execute_rollback ('revert') and emergency_rollback ('emergency');
+    -- the callers have already refused what must be refused. A rollback_log row is written
+    -- first; all data and schema changes happen in an inner block, so an error undoes every
+    -- change of the attempt while the log row survives with status 'failed' and the error.
+    -- revert:    role column compare-and-swap only (current = mapped(backup role) -> backup role).
+    -- emergency: every backed-up column of every backed-up profile (UPDATE where different,
+    --            INSERT where missing) and of every still-existing session.
+    -- Both: role CHECK constraints, policies, RLS flags; running batches -> 'rolled_back';
+    -- a 'rolled_back' log row for each reverted user that has a migration_log entry.
+    SELECT * INTO v_log FROM migration_backup.backup_log AS l WHERE l.backup_id = p_backup_id;
+    v_t := v_log.target;
+    v_rollback_id := 'rb_' || to_char(clock_timestamp(), 'YYYYMMDD_HH24MISS') || '_'
+                     || left(replace(gen_random_uuid()::text, '-', ''), 6);
+    INSERT INTO migration_backup.rollback_log (rollback_id, backup_id, reason, mode, status)
+    VALUES (v_rollback_id, p_backup_id, p_reason, p_mode, 'running');
+
+    BEGIN
+        v_rel := format('%I.%I', v_t ->> 'profiles_schema', v_t ->> 'profiles_table')::regclass;
+        SELECT max(format_type(a.atttypid, a.atttypmod)) FILTER (WHERE a.attname = v_t ->> 'key_column'),
+               max(format_type(a.atttypid, a.atttypmod)) FILTER (WHERE a.attname = v_t ->> 'role_column')
+          INTO v_key_type, v_role_type
+          FROM pg_catalog.pg_attribute AS a
+         WHERE a.attrelid = v_rel AND a.attnum > 0 AND NOT a.attisdropped;
+        IF v_key_type IS NULL OR v_role_type IS NULL THEN
+            RAISE EXCEPTION 'table % has no column % or %', v_rel, v_t ->> 'key_column', v_t ->> 'role_column'
+                USING DETAIL = format('Backup %s was taken with key column %s and role column %s.',
+                                      p_backup_id, v_t ->> 'key_column', v_t ->> 'role_column'),
+                      HINT = 'Restore the table definition first; a rollback restores data, not columns.';
+        END IF;
+
+        v_conflicts := migration_backup.role_conflicts(p_backup_id, p_mode = 'revert');
+        PERFORM migration_backup.restore_role_checks(p_backup_id, 'drop');
+
+        IF p_mode = 'revert' THEN
+            EXECUTE format(
+                'WITH cand AS (
+                     SELECT t.%1$I AS k, b.user_key, b.role AS backup_role, t.%3$I::text AS current_role
+                       FROM migration_backup.user_profiles_complete_backup AS b
+                       JOIN %5$s AS t ON t.%1$I = b.user_key::%2$s
+                      WHERE b.backup_id = $1
+                        AND t.%3$I::text IS DISTINCT FROM b.role
+                        AND (t.%3$I::text = ($2 -> ''mapping'' ->> b.role)
+                             OR t.%3$I::text = (SELECT m.new_role FROM migration_control.role_mapping AS m
+                                                 WHERE m.legacy_role = b.role))),
+                 upd AS (
+                     UPDATE %5$s AS t SET %3$I = c.backup_role::%4$s
+                       FROM cand AS c
+                      WHERE t.%1$I = c.k AND t.%3$I::text = c.current_role
+                     RETURNING c.user_key, c.backup_role, c.current_role),
+                 logged AS (
+                     INSERT INTO migration_tracking.migration_log (batch_id, user_key, old_role, new_role, status, message)
+                     SELECT DISTINCT ON (u.user_key) l.batch_id, u.user_key, u.current_role, u.backup_role,
+                            ''rolled_back'', $3
+                       FROM upd AS u
+                       JOIN migration_tracking.migration_log AS l
+                         ON l.user_key = u.user_key AND l.status = ''migrated'' AND l.logged_at >= $4
+                      ORDER BY u.user_key, l.log_id DESC
+                     RETURNING 1)
+                 SELECT count(*) FROM upd',
+                v_t ->> 'key_column', v_key_type, v_t ->> 'role_column', v_role_type, v_rel)
+            INTO v_profiles
+            USING p_backup_id, v_t, 'rollback ' || v_rollback_id, v_log.created_at;
+        ELSE
+            -- Columns restorable from the backup: present both in the table (not generated) and
+            -- in the backed-up rows; identity GENERATED ALWAYS columns and the key are not SET.
+            SELECT array_agg(a.attname::text ORDER BY a.attnum),
+                   array_agg(a.attname::text ORDER BY a.attnum)
+                       FILTER (WHERE a.attidentity <> 'a' AND a.attname <> v_t ->> 'key_column')
+              INTO v_cols, v_set_cols
+              FROM pg_catalog.pg_attribute AS a
+             WHERE a.attrelid = v_rel AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+               AND EXISTS (SELECT 1 FROM migration_backup.user_profiles_complete_backup AS b
+                            WHERE b.backup_id = p_backup_id AND b.row_data ? a.attname
+                            LIMIT 1);
+            IF v_set_cols IS NOT NULL THEN
+                EXECUTE format(
+                    'WITH upd AS (
+                         UPDATE %1$s AS t SET (%2$s) = ROW(%3$s)
+                           FROM (SELECT jsonb_populate_record(NULL::%1$s, b.row_data) AS r
+                                   FROM migration_backup.user_profiles_complete_backup AS b
+                                  WHERE b.backup_id = $1) AS src
+                           JOIN %1$s AS cur ON cur.%4$I = (src.r).%4$I
+                          WHERE t.%4$I = (src.r).%4$I AND ROW(%5$s)::text IS DISTINCT FROM ROW(%6$s)::text
+                         RETURNING t.%4$I::text AS user_key, cur.%7$I::text AS old_role, t.%7$I::text AS new_role),
+                     logged AS (
+                         INSERT INTO migration_tracking.migration_log (batch_id, user_key, old_role, new_role, status, message)
+                         SELECT DISTINCT ON (u.user_key) l.batch_id, u.user_key, u.old_role, u.new_role,
+                                ''rolled_back'', $2
+                           FROM upd AS u
+                           JOIN migration_tracking.migration_log AS l
+                             ON l.user_key = u.user_key AND l.status = ''migrated'' AND l.logged_at >= $3
+                          WHERE u.old_role IS DISTINCT FROM u.new_role
+                          ORDER BY u.user_key, l.log_id DESC
+                         RETURNING 1)
+                     SELECT count(*) FROM upd',
+                    v_rel,
+                    (SELECT string_agg(format('%I', c), ', ') FROM unnest(v_set_cols) AS c),
+                    (SELECT string_agg(format('(src.r).%I', c), ', ') FROM unnest(v_set_cols) AS c),
+                    v_t ->> 'key_column',
+                    (SELECT string_agg(format('t.%I', c), ', ') FROM unnest(v_cols) AS c),
+                    (SELECT string_agg(format('(src.r).%I', c), ', ') FROM unnest(v_cols) AS c),
+                    v_t ->> 'role_column')
+                INTO v_profiles
+                USING p_backup_id, 'emergency rollback ' || v_rollback_id, v_log.created_at;
+            END IF;
+
+            EXECUTE format(
+                'INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE
+                 SELECT %3$s
+                   FROM (SELECT jsonb_populate_record(NULL::%1$s, b.row_data) AS r
+                           FROM migration_backup.user_profiles_complete_backup AS b
+                          WHERE b.backup_id = $1) AS src
+                  WHERE NOT EXISTS (SELECT 1 FROM %1$s AS t WHERE t.%4$I = (src.r).%4$I)',
+                v_rel,
+                (SELECT string_agg(format('%I', c), ', ') FROM unnest(v_cols) AS c),
+                (SELECT string_agg(format('(src.r).%I', c), ', ') FROM unnest(v_cols) AS c),
+                v_t ->> 'key_column')
+            USING p_backup_id;
+            GET DIAGNOSTICS v_inserted = ROW_COUNT;
+            v_profiles := v_profiles + v_inserted;
+
+            -- Sessions: rows still present get their backed-up content; deleted ones stay deleted.
+            v_srel := format('%I.%I', v_t ->> 'sessions_schema', v_t ->> 'sessions_table')::regclass;
+            SELECT array_agg(a.attname::text ORDER BY a.attnum),
+                   array_agg(a.attname::text ORDER BY a.attnum)
+                       FILTER (WHERE a.attidentity <> 'a' AND a.attname <> v_t ->> 'sessions_key_column')
+              INTO v_scols, v_sset_cols
+              FROM pg_catalog.pg_attribute AS a
+             WHERE a.attrelid = v_srel AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+               AND EXISTS (SELECT 1 FROM migration_backup.user_sessions_backup AS b
+                            WHERE b.backup_id = p_backup_id AND b.row_data ? a.attname
+                            LIMIT 1);
+            IF v_sset_cols IS NOT NULL THEN
+                EXECUTE format(
+                    'UPDATE %1$s AS t SET (%2$s) = ROW(%3$s)
+                       FROM (SELECT jsonb_populate_record(NULL::%1$s, b.row_data) AS r
+                               FROM migration_backup.user_sessions_backup AS b
+                              WHERE b.backup_id = $1) AS src
+                      WHERE t.%4$I = (src.r).%4$I AND ROW(%5$s)::text IS DISTINCT FROM ROW(%6$s)::text',
+                    v_srel,
+                    (SELECT string_agg(format('%I', c), ', ') FROM unnest(v_sset_cols) AS c),
+                    (SELECT string_agg(format('(src.r).%I', c), ', ') FROM unnest(v_sset_cols) AS c),
+                    v_t ->> 'sessions_key_column',
+                    (SELECT string_agg(format('t.%I', c), ', ') FROM unnest(v_scols) AS c),
+                    (SELECT string_agg(format('(src.r).%I', c), ', ') FROM unnest(v_scols) AS c))
+                USING p_backup_id;
+                GET DIAGNOSTICS v_sessions = ROW_COUNT;
+            END IF;
+        END IF;
+
+        PERFORM migration_backup.restore_role_checks(p_backup_id, 'add');
+        v_policies := migration_backup.restore_policies(p_backup_id, v_rollback_id);
+
+        UPDATE migration_tracking.migration_batch AS b
+           SET status = 'rolled_back', completed_at = coalesce(b.completed_at, clock_timestamp()),
+               error = coalesce(b.error, format('left running; rolled back by %s', v_rollback_id))
+         WHERE b.status = 'running';
+
+        UPDATE migration_backup.rollback_log AS r
+           SET status = 'completed', completed_at = clock_timestamp(), profiles_restored = v_profiles,
+               sessions_restored = v_sessions, policies_restored = v_policies, conflicts = v_conflicts
+         WHERE r.rollback_id = v_rollback_id;
+    EXCEPTION WHEN OTHERS THEN
+        v_error := SQLERRM;
+        UPDATE migration_backup.rollback_log AS r
+           SET status = 'failed', completed_at = clock_timestamp(), error = v_error,
+               profiles_restored = 0, sessions_restored = 0, policies_restored = 0
+         WHERE r.rollback_id = v_rollback_id;
+        RAISE WARNING 'rollback % of backup % failed, nothing was changed: %', v_rollback_id, p_backup_id, v_error
+            USING HINT = 'The error is kept in migration_backup.rollback_log; emergency_rollback() restores from the backup alone.';
+    END;
+
+    RETURN QUERY
+    SELECT r.rollback_id, r.status, r.profiles_restored, r.sessions_restored, r.policies_restored,
+           jsonb_array_length(r.conflicts)::bigint
+      FROM migration_backup.rollback_log AS r
+     WHERE r.rollback_id = v_rollback_id;
+END
+$$;
+
+-- ---------------------------------------------------------- rollbacks ----
+
+CREATE OR REPLACE FUNCTION migration_backup.execute_rollback(
+    p_backup_id text,
+    p_reason text DEFAULT 'manual rollback'
+) RETURNS TABLE (rollback_id text, status text, profiles_restored bigint, sessions_restored bigint,
+                 policies_restored integer, conflicts bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_failed jsonb;
+BEGIN
+    -- Reverts what the migration changed and nothing else (see perform_rollback, mode 'revert').
+    -- Refuses, by raising before anything is written, an unknown backup, a backup whose
+    -- validation has a 'fail', and a rollback while a migration holds the migration lock.
+    IF NOT EXISTS (SELECT 1 FROM migration_backup.backup_log AS l WHERE l.backup_id = p_backup_id) THEN
+        RAISE EXCEPTION 'backup % does not exist', coalesce(quote_literal(p_backup_id), 'NULL')
+            USING DETAIL = 'No row in migration_backup.backup_log has this backup_id; nothing was changed.',
+                  HINT = 'List restorable backups with migration_backup.list_available_backups().';
+    END IF;
+
+    SELECT jsonb_agg(jsonb_build_object('check', v.check_name, 'details', v.details))
+      INTO v_failed
+      FROM migration_backup.validate_backup_completeness(p_backup_id) AS v
+     WHERE v.status = 'fail';
+    IF v_failed IS NOT NULL THEN
+        RAISE EXCEPTION 'backup % failed validation; refusing to roll back from it', p_backup_id
+            USING DETAIL = format('Failed checks: %s. Nothing was changed.', v_failed),
+                  HINT = 'Pick another backup from list_available_backups(), or use emergency_rollback() '
+                         'if only live-data checks fail.';
+    END IF;
+
+    IF NOT pg_try_advisory_xact_lock(hashtext('pytest_rolemig.migration')) THEN
+        RAISE EXCEPTION 'another role migration is running; refusing to roll back backup %', p_backup_id
+            USING DETAIL = 'The migration advisory lock is held by another session. Nothing was changed.',
+                  HINT = 'Wait for it to finish (or terminate it), then roll back.';
+    END IF;
+
+    RETURN QUERY
+    SELECT r.rollback_id, r.status, r.profiles_restored, r.sessions_restored, r.policies_restored, r.conflicts
+      FROM migration_backup.perform_rollback(p_backup_id, 'revert', p_reason) AS r;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION migration_backup.emergency_rollback(p_backup_id text DEFAULT NULL)
+RETURNS TABLE (rollback_id text, status text, profiles_restored bigint, sessions_restored bigint,
+               policies_restored integer, conflicts bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_backup_id text := p_backup_id;
+BEGIN
+    -- Full restore that trusts only the backup tables (see perform_rollback, mode
+    -- 'emergency'): works when the tracking tables are inconsistent or a migration stopped
+    -- half way. NULL picks the newest completed backup that is intact. The only validation
+    -- required is the backup's own: completed, counts and checksums as recorded.
+    IF v_backup_id IS NULL THEN
+        SELECT l.backup_id INTO v_backup_id
+          FROM migration_backup.backup_log AS l
+         WHERE l.status = 'completed' AND migration_backup.backup_intact(l.backup_id)
+         ORDER BY l.created_at DESC, l.backup_id DESC
+         LIMIT 1;
+        IF v_backup_id IS NULL THEN
+            RAISE EXCEPTION 'no intact completed backup to restore from'
+                USING DETAIL = 'migration_backup.backup_log has no completed backup whose checksums match.',
+                      HINT = 'See migration_backup.list_available_backups().';
+        END IF;
+    ELSIF NOT EXISTS (SELECT 1 FROM migration_backup.backup_log AS l WHERE l.backup_id = v_backup_id) THEN
+        RAISE EXCEPTION 'backup % does not exist', quote_literal(v_backup_id)
+            USING DETAIL = 'No row in migration_backup.backup_log has this backup_id; nothing was changed.',
+                  HINT = 'Call emergency_rollback() without argument to use the newest intact backup.';
+    ELSIF NOT migration_backup.backup_intact(v_backup_id) THEN
+        RAISE EXCEPTION 'backup % is not intact; refusing to restore from it', v_backup_id
+            USING DETAIL = format('Failed checks: %s. Nothing was changed.',
+                                  (SELECT jsonb_agg(v.check_name)
+                                     FROM migration_backup.validate_backup_completeness(v_backup_id) AS v
+                                    WHERE v.status = 'fail')),
+                  HINT = 'Restore from another backup (list_available_backups() shows which are restorable).';
+    END IF;
+
+    IF NOT pg_try_advisory_xact_lock(hashtext('pytest_rolemig.migration')) THEN
+        RAISE EXCEPTION 'another role migration is running; refusing emergency rollback of backup %', v_backup_id
+            USING DETAIL = 'The migration advisory lock is held by another session. Nothing was changed.',
+                  HINT = 'Terminate that session (pg_terminate_backend), then run emergency_rollback() again.';
+    END IF;
+
+    RETURN QUERY
+    SELECT r.rollback_id, r.status, r.profiles_restored, r.sessions_restored, r.policies_restored, r.conflicts
+      FROM migration_backup.perform_rollback(v_backup_id, 'emergency', 'emergency rollback') AS r;
+END
+$$;
+
+-- --------------------------------------------------------- validation ----
+
+CREATE OR REPLACE FUNCTION migration_backup.validate_rollback_success(
+    p_backup_id text,
+    p_rollback_id text DEFAULT NULL
+) RETURNS TABLE (check_name text, status text, details jsonb)
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_log       migration_backup.backup_log;
+    v_rb        migration_backup.rollback_log;
+    v_mode      text;
+    v_t         jsonb;
+    v_rel       regclass;
+    v_srel      regclass;
+    v_key_type  text;
+    v_skey_type text;
+    v_conflict_keys text[];
+    v_n         bigint;
+    v_n2        bigint;
+    v_n3        bigint;
+    v_sample    jsonb;
+    v_sample2   jsonb;
+BEGIN
+    -- Compares the live database with the backup, content not counts: roles, full profile rows,
+    -- sessions, policies, RLS flags and role CHECK constraints, plus the rollback's own record.
+    -- Strictness follows the rollback mode: an emergency rollback restores every column, so any
+    -- difference fails; a revert restores roles only, so other differences (and conflicts it
+    -- deliberately left alone) are warnings. Without a rollback id the newest one of the backup.
+    SELECT * INTO v_log FROM migration_backup.backup_log AS l WHERE l.backup_id = p_backup_id;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'rollback_recorded'::text, 'fail'::text,
+                            jsonb_build_object('backup_id', p_backup_id, 'error', 'backup does not exist');
+        RETURN;
+    END IF;
+    v_t := v_log.target;
+
+    SELECT * INTO v_rb FROM migration_backup.rollback_log AS r
+     WHERE (p_rollback_id IS NULL AND r.backup_id = p_backup_id) OR r.rollback_id = p_rollback_id
+     ORDER BY r.started_at DESC, r.rollback_id DESC
+     LIMIT 1;
+    v_mode := coalesce(v_rb.mode, 'revert');
+    RETURN QUERY SELECT 'rollback_recorded'::text,
+                        CASE WHEN v_rb.rollback_id IS NOT NULL AND v_rb.backup_id = p_backup_id
+                                  AND v_rb.status = 'completed' THEN 'pass' ELSE 'fail' END,
+                        jsonb_build_object('rollback_id', coalesce(v_rb.rollback_id, p_rollback_id),
+                                           'found', v_rb.rollback_id IS NOT NULL,
+                                           'rollback_backup_id', v_rb.backup_id, 'backup_id', p_backup_id,
+                                           'mode', v_rb.mode, 'status', v_rb.status, 'error', v_rb.error);
+    SELECT coalesce(array_agg(c.j ->> 'user_key'), '{}') INTO v_conflict_keys
+      FROM jsonb_array_elements(CASE WHEN v_mode = 'revert' THEN coalesce(v_rb.conflicts, '[]') ELSE '[]' END) AS c(j);
+
+    v_rel := to_regclass(format('%I.%I', v_t ->> 'profiles_schema', v_t ->> 'profiles_table'));
+    SELECT format_type(a.atttypid, a.atttypmod) INTO v_key_type
+      FROM pg_catalog.pg_attribute AS a
+     WHERE a.attrelid = v_rel AND a.attname = v_t ->> 'key_column' AND NOT a.attisdropped;
+    IF v_key_type IS NULL THEN
+        RETURN QUERY SELECT 'profiles_count'::text, 'fail'::text,
+                            jsonb_build_object('error', 'profiles table or key column missing',
+                                               'table', format('%I.%I', v_t ->> 'profiles_schema', v_t ->> 'profiles_table'),
+                                               'key_column', v_t ->> 'key_column');
+    ELSE
+        -- roles
+        EXECUTE format(
+            'SELECT count(*), jsonb_agg(x.j) FILTER (WHERE x.rn <= 20)
+               FROM (SELECT jsonb_build_object(''user_key'', b.user_key, ''backup_role'', b.role,
+                                               ''current_role'', t.%2$I::text) AS j,
+                            row_number() OVER (ORDER BY b.user_key) AS rn
+                       FROM migration_backup.user_profiles_complete_backup AS b
+                       JOIN %3$s AS t ON t.%1$I = b.user_key::%4$s
+                      WHERE b.backup_id = $1 AND t.%2$I::text IS DISTINCT FROM b.role
+                        AND NOT (b.user_key = ANY ($2))) AS x',
+            v_t ->> 'key_column', v_t ->> 'role_column', v_rel, v_key_type)
+        INTO v_n, v_sample USING p_backup_id, v_conflict_keys;
+        RETURN QUERY SELECT 'profiles_roles_restored'::text, CASE WHEN v_n = 0 THEN 'pass' ELSE 'fail' END,
+                            jsonb_build_object('users_not_restored', v_n, 'conflicts_excluded',
+                                               cardinality(v_conflict_keys), 'sample', coalesce(v_sample, '[]'));
+
+        -- full content, compared column by column on the backed-up columns
+        EXECUTE format(
+            'SELECT count(*), jsonb_agg(x.j) FILTER (WHERE x.rn <= 20)
+               FROM (SELECT jsonb_build_object(''user_key'', b.user_key, ''columns'',
+                                (SELECT jsonb_agg(e.key ORDER BY e.key) FROM jsonb_each(b.row_data) AS e
+                                  WHERE to_jsonb(t) -> e.key IS DISTINCT FROM e.value)) AS j,
+                            row_number() OVER (ORDER BY b.user_key) AS rn
+                       FROM migration_backup.user_profiles_complete_backup AS b
+                       JOIN %2$s AS t ON t.%1$I = b.user_key::%3$s
+                      WHERE b.backup_id = $1 AND to_jsonb(t) <> b.row_data
+                        AND EXISTS (SELECT 1 FROM jsonb_each(b.row_data) AS e
+                                     WHERE to_jsonb(t) -> e.key IS DISTINCT FROM e.value)) AS x',
+            v_t ->> 'key_column', v_rel, v_key_type)
+        INTO v_n, v_sample USING p_backup_id;
+        RETURN QUERY SELECT 'profiles_content'::text,
+                            CASE WHEN v_n = 0 THEN 'pass' WHEN v_mode = 'emergency' THEN 'fail' ELSE 'warn' END,
+                            jsonb_build_object('rows_differing', v_n, 'mode', v_mode,
+                                               'sample', coalesce(v_sample, '[]'));
+
+        -- counts: backed-up users missing, live users not in the backup
+        EXECUTE format(
+            'SELECT (SELECT count(*) FROM migration_backup.user_profiles_complete_backup AS b
+                      WHERE b.backup_id = $1
+                        AND NOT EXISTS (SELECT 1 FROM %2$s AS t WHERE t.%1$I = b.user_key::%3$s)),
+                    (SELECT jsonb_agg(x.user_key) FROM (
+                        SELECT b.user_key FROM migration_backup.user_profiles_complete_backup AS b
+                         WHERE b.backup_id = $1
+                           AND NOT EXISTS (SELECT 1 FROM %2$s AS t WHERE t.%1$I = b.user_key::%3$s)
+                         ORDER BY b.user_key LIMIT 20) AS x),
+                    (SELECT count(*) FROM %2$s AS t
+                      WHERE NOT EXISTS (SELECT 1 FROM migration_backup.user_profiles_complete_backup AS b
+                                         WHERE b.backup_id = $1 AND b.user_key = t.%1$I::text)),
+                    (SELECT count(*) FROM %2$s)',
+            v_t ->> 'key_column', v_rel, v_key_type)
+        INTO v_n, v_sample, v_n2, v_n3 USING p_backup_id;
+        RETURN QUERY SELECT 'profiles_count'::text,
+                            CASE WHEN v_n > 0 AND EXISTS (
+                                          SELECT 1 FROM jsonb_array_elements_text(coalesce(v_sample, '[]')) AS m(k)
+                                           WHERE NOT (m.k = ANY (v_conflict_keys))) THEN 'fail'
+                                 WHEN v_n > 0 OR v_n2 > 0 THEN 'warn' ELSE 'pass' END,
+                            jsonb_build_object('backup_count', v_log.profiles_count, 'live_count', v_n3,
+                                               'missing_from_live', v_n, 'not_in_backup', v_n2,
+                                               'sample', coalesce(v_sample, '[]'));
+    END IF;
+
+    -- sessions
+    v_srel := to_regclass(format('%I.%I', v_t ->> 'sessions_schema', v_t ->> 'sessions_table'));
+    SELECT format_type(a.atttypid, a.atttypmod) INTO v_skey_type
+      FROM pg_catalog.pg_attribute AS a
+     WHERE a.attrelid = v_srel AND a.attname = v_t ->> 'sessions_key_column' AND NOT a.attisdropped;
+    IF v_skey_type IS NULL THEN
+        RETURN QUERY SELECT 'sessions_intact'::text, 'fail'::text,
+                            jsonb_build_object('error', 'sessions table or key column missing',
+                                               'table', format('%I.%I', v_t ->> 'sessions_schema', v_t ->> 'sessions_table'));
+    ELSE
+        EXECUTE format(
+            'SELECT count(*) FILTER (WHERE t.%1$I IS NULL),
+                    count(*) FILTER (WHERE t.%1$I IS NOT NULL AND to_jsonb(t) <> b.row_data
+                                       AND EXISTS (SELECT 1 FROM jsonb_each(b.row_data) AS e
+                                                    WHERE to_jsonb(t) -> e.key IS DISTINCT FROM e.value)),
+                    (SELECT jsonb_agg(x.session_key) FROM (
+                        SELECT s.session_key FROM migration_backup.user_sessions_backup AS s
+                         WHERE s.backup_id = $1
+                           AND NOT EXISTS (SELECT 1 FROM %2$s AS t2 WHERE t2.%1$I = s.session_key::%3$s)
+                         ORDER BY s.session_key LIMIT 20) AS x),
+                    (SELECT jsonb_agg(x.session_key) FROM (
+                        SELECT s.session_key FROM migration_backup.user_sessions_backup AS s
+                          JOIN %2$s AS t2 ON t2.%1$I = s.session_key::%3$s
+                         WHERE s.backup_id = $1 AND to_jsonb(t2) <> s.row_data
+                           AND EXISTS (SELECT 1 FROM jsonb_each(s.row_data) AS e
+                                        WHERE to_jsonb(t2) -> e.key IS DISTINCT FROM e.value)
+                         ORDER BY s.session_key LIMIT 20) AS x)
+               FROM migration_backup.user_sessions_backup AS b
+               LEFT JOIN %2$s AS t ON t.%1$I = b.session_key::%3$s
+              WHERE b.backup_id = $1',
+            v_t ->> 'sessions_key_column', v_srel, v_skey_type)
+        INTO v_n, v_n2, v_sample, v_sample2 USING p_backup_id;
+        RETURN QUERY SELECT 'sessions_intact'::text,
+                            CASE WHEN v_n2 > 0 AND v_mode = 'emergency' THEN 'fail'
+                                 WHEN v_n2 > 0 OR v_n > 0 THEN 'warn' ELSE 'pass' END,
+                            jsonb_build_object('backup_count', v_log.sessions_count,
+                                               'revoked_after_backup', v_n, 'revoked_sample', coalesce(v_sample, '[]'),
+                                               'content_differs', v_n2, 'differs_sample', coalesce(v_sample2, '[]'));
+    END IF;
+
+    -- policies: every backed-up policy identical; none left that the migration created
+    SELECT count(*), jsonb_agg(x.j) FILTER (WHERE x.rn <= 20)
+      INTO v_n, v_sample
+      FROM (SELECT jsonb_build_object('schema', b.schema_name, 'table', b.table_name, 'policy', b.policy_name,
+                                      'problem', CASE WHEN c.policy_name IS NULL THEN 'missing' ELSE 'differs' END,
+                                      'want', jsonb_build_object('permissive', b.permissive, 'command', b.command,
+                                                                 'roles', b.roles, 'using', b.using_expr,
+                                                                 'check', b.check_expr),
+                                      'have', CASE WHEN c.policy_name IS NOT NULL THEN
+                                                  jsonb_build_object('permissive', c.permissive, 'command', c.command,
+                                                                     'roles', c.roles, 'using', c.using_expr,
+                                                                     'check', c.check_expr) END) AS j,
+                   row_number() OVER (ORDER BY b.schema_name, b.table_name, b.policy_name) AS rn
+              FROM migration_backup.rls_policies_backup AS b
+              LEFT JOIN migration_backup.describe_policies() AS c
+                ON c.schema_name = b.schema_name AND c.table_name = b.table_name AND c.policy_name = b.policy_name
+             WHERE b.backup_id = p_backup_id
+               AND (c.policy_name IS NULL OR c.permissive <> b.permissive OR c.command <> b.command
+                    OR c.roles <> b.roles OR c.using_expr IS DISTINCT FROM b.using_expr
+                    OR c.check_expr IS DISTINCT FROM b.check_expr)) AS x;
+    SELECT count(*), jsonb_agg(DISTINCT jsonb_build_object('schema', c.schema_name, 'table', c.table_name,
+                                                           'policy', c.policy_name))
+      INTO v_n2, v_sample2
+      FROM migration_tracking.rls_policy_changes AS ch
+      JOIN migration_backup.describe_policies() AS c
+        ON c.schema_name = ch.schema_name AND c.table_name = ch.table_name AND c.policy_name = ch.policy_name
+     WHERE ch.change_type = 'create' AND ch.changed_at >= v_log.created_at
+       AND NOT EXISTS (SELECT 1 FROM migration_backup.rls_policies_backup AS b
+                        WHERE b.backup_id = p_backup_id AND b.schema_name = c.schema_name
+                          AND b.table_name = c.table_name AND b.policy_name = c.policy_name);
+    RETURN QUERY SELECT 'policies_restored'::text, CASE WHEN v_n + v_n2 = 0 THEN 'pass' ELSE 'fail' END,
+                        jsonb_build_object('backup_count', v_log.policies_count, 'not_restored', v_n,
+                                           'sample', coalesce(v_sample, '[]'),
+                                           'created_by_migration_still_present', coalesce(v_sample2, '[]'));
+
+    SELECT count(*), jsonb_agg(r.j)
+      INTO v_n, v_sample
+      FROM jsonb_array_elements(v_t -> 'rls_tables') AS r(j)
+      LEFT JOIN pg_catalog.pg_namespace AS n ON n.nspname = r.j ->> 'schema'
+      LEFT JOIN pg_catalog.pg_class AS c ON c.relnamespace = n.oid AND c.relname = r.j ->> 'table'
+     WHERE c.relrowsecurity IS DISTINCT FROM (r.j ->> 'enabled')::boolean
+        OR c.relforcerowsecurity IS DISTINCT FROM (r.j ->> 'forced')::boolean;
+    RETURN QUERY SELECT 'rls_flags_restored'::text, CASE WHEN v_n = 0 THEN 'pass' ELSE 'fail' END,
+                        jsonb_build_object('tables', jsonb_array_length(coalesce(v_t -> 'rls_tables', '[]')),
+                                           'differing', coalesce(v_sample, '[]'));
+
+    -- role CHECK constraints: the backed-up set, same names and definitions
+    SELECT count(*) FILTER (WHERE coalesce(w.name, h.name) IS NOT NULL
+                              AND h.definition IS DISTINCT FROM w.definition
+                              AND h.definition IS DISTINCT FROM w.definition || ' NOT VALID'),
+           count(*) FILTER (WHERE h.definition = w.definition || ' NOT VALID'),
+           jsonb_agg(jsonb_build_object('name', coalesce(w.name, h.name), 'want', w.definition, 'have', h.definition))
+               FILTER (WHERE h.definition IS DISTINCT FROM w.definition)
+      INTO v_n, v_n2, v_sample
+      FROM (SELECT k.j ->> 'name' AS name, k.j ->> 'definition' AS definition
+              FROM jsonb_array_elements(coalesce(v_t -> 'role_checks', '[]')) AS k(j)) AS w
+      FULL JOIN migration_backup.role_check_constraints(v_t ->> 'profiles_schema', v_t ->> 'profiles_table',
+                                                        v_t ->> 'role_column') AS h
+        ON h.name = w.name;
+    RETURN QUERY SELECT 'role_constraints_restored'::text,
+                        CASE WHEN v_n > 0 THEN 'fail' WHEN v_n2 > 0 THEN 'warn' ELSE 'pass' END,
+                        jsonb_build_object('backup_count', jsonb_array_length(coalesce(v_t -> 'role_checks', '[]')),
+                                           'differing', coalesce(v_sample, '[]'), 'not_valid', v_n2);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION migration_backup.list_available_backups()
+RETURNS TABLE (backup_id text, backup_name text, created_at timestamptz, status text, profiles_count bigint,
+               sessions_count bigint, policies_count integer, restorable boolean)
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- Every backup, newest first; restorable = completed and its rows still match the recorded
+    -- counts and checksums (migration_backup.backup_intact).
+    SELECT l.backup_id, l.backup_name, l.created_at, l.status, l.profiles_count, l.sessions_count,
+           l.policies_count, l.status = 'completed' AND migration_backup.backup_intact(l.backup_id)
+      FROM migration_backup.backup_log AS l
+     ORDER BY l.created_at DESC, l.backup_id DESC
+$$;
+
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA migration_backup FROM PUBLIC;
