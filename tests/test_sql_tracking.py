@@ -31,7 +31,7 @@ def one(conn, query, params=None):
 
 
 def start(conn, name="role_system_migration", size=None, run=None, details=None):
-    return one(conn, "SELECT migration_tracking.start_migration_batch(%s, %s, %s, coalesce(%s, '{}')) AS id",
+    return one(conn, "SELECT migration_tracking.start_migration_batch(%s::text, %s::integer, %s::text, coalesce(%s::jsonb, '{}')) AS id",
                (name, size, run, details))["id"]
 
 
