@@ -1,1 +1,677 @@
--- placeholder: being written
+-- Migration validation functions: every check the rehearsal runs before and after the
+-- migration, each returning rows (check_name, status 'pass'|'fail'|'warn', details jsonb),
+-- and a results table that keeps every run.
+--
+-- Provides (schema migration_validation):
+--   validation_results                       stored rows of run_comprehensive_validation
+--   quoted_literals(text)                    the string literals of a deparsed expression
+--   migrated_tables()                        tables in policy_schemas with RLS or policies + profiles
+--   policy_role_literals()                   each quoted role name in a policy of those tables
+--   validate_pre_migration_state()           target, mapping, data, backup, nothing running
+--   validate_post_migration_state(text)      data vs backup and mapping, policies, sessions
+--   test_user_authentication(integer)        sample users read their own rows under RLS
+--   validate_rls_policies(text)              RLS enabled, policy role names fit the phase
+--   run_comprehensive_validation(text)       the checks of a phase, stored
+--
+-- Depends on: migration-logging-system.sql (schemas, migration_control.target_config,
+-- new_roles, role_mapping, migration_tracking.migration_batch), comprehensive-backup-system.sql
+-- (backup_log, user_profiles_complete_backup, user_sessions_backup, validate_backup_completeness),
+-- migration-rollback-system.sql (rollback_log, validate_rollback_success) and, at run time,
+-- migration-control-system.sql (discover_legacy_roles, verify_target).
+
+CREATE SCHEMA IF NOT EXISTS migration_validation;
+
+CREATE TABLE IF NOT EXISTS migration_validation.validation_results (
+    result_id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    validation_run  text NOT NULL,
+    validation_type text NOT NULL,
+    check_name      text NOT NULL,
+    status          text NOT NULL,
+    details         jsonb,
+    checked_at      timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS validation_results_run_idx ON migration_validation.validation_results (validation_run);
+
+-- ------------------------------------------------------------------ helpers ----
+
+CREATE OR REPLACE FUNCTION migration_validation.quoted_literals(p_expr text)
+RETURNS TABLE(literal text, ordinality bigint)
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- The values of the single-quoted string literals of a deparsed expression, in order.
+    -- Double-quoted identifiers are matched (and skipped) so a quote inside one cannot
+    -- start a false literal; doubled quotes inside a literal are un-doubled.
+    SELECT replace(substr(m.tok[1], 2, length(m.tok[1]) - 2), '''''', ''''), m.n
+    FROM pg_catalog.regexp_matches(coalesce(p_expr, ''),
+             '"(?:[^"]|"")*"|''(?:[^'']|'''')*''|[^''"]+', 'g') WITH ORDINALITY AS m(tok, n)
+    WHERE left(m.tok[1], 1) = ''''
+$$;
+
+CREATE OR REPLACE FUNCTION migration_validation.target()
+RETURNS migration_control.target_config
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_cfg migration_control.target_config;
+BEGIN
+    -- The configured target, or a clear error when there is none.
+    SELECT * INTO v_cfg FROM migration_control.target_config;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'migration target is not configured'
+            USING DETAIL = 'migration_control.target_config has no row.',
+                  HINT = 'call migration_control.configure_target() or migration_control.ensure_target_configured()';
+    END IF;
+    RETURN v_cfg;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION migration_validation.migrated_tables()
+RETURNS TABLE(schema_name text, table_name text, table_oid oid, rls_enabled boolean, rls_forced boolean,
+              policy_count integer)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- The tables the migration may touch: every table of the policy schemas that has RLS
+    -- enabled or a policy, plus the profiles table.
+    SELECT n.nspname::text, c.relname::text, c.oid, c.relrowsecurity, c.relforcerowsecurity,
+           (SELECT count(*)::integer FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid)
+    FROM pg_catalog.pg_class c
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    CROSS JOIN migration_control.target_config t
+    WHERE c.relkind IN ('r', 'p')
+      AND ((n.nspname = ANY (t.policy_schemas)
+            AND (c.relrowsecurity OR EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid)))
+           OR (n.nspname = t.profiles_schema AND c.relname = t.profiles_table))
+    ORDER BY 1, 2
+$$;
+
+CREATE OR REPLACE FUNCTION migration_validation.policy_role_literals()
+RETURNS TABLE(schema_name text, table_name text, policy_name text, clause text, role_name text,
+              is_legacy boolean, is_new boolean)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- Every quoted literal in a USING / WITH CHECK expression of a policy of the migrated
+    -- tables that names a role (legacy or new). Literals that are not role names (claim
+    -- names such as 'user_role', statuses) are not listed.
+    SELECT t.schema_name, t.table_name, p.polname::text, x.clause, q.literal,
+           EXISTS (SELECT 1 FROM migration_control.role_mapping m WHERE m.legacy_role = q.literal),
+           EXISTS (SELECT 1 FROM migration_control.new_roles r WHERE r.role_name = q.literal)
+    FROM migration_validation.migrated_tables() t
+    JOIN pg_catalog.pg_policy p ON p.polrelid = t.table_oid
+    CROSS JOIN LATERAL (VALUES ('using', pg_catalog.pg_get_expr(p.polqual, p.polrelid)),
+                               ('check', pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid))) AS x(clause, expr)
+    CROSS JOIN LATERAL migration_validation.quoted_literals(x.expr) AS q
+    WHERE x.expr IS NOT NULL
+      AND (EXISTS (SELECT 1 FROM migration_control.role_mapping m WHERE m.legacy_role = q.literal)
+           OR EXISTS (SELECT 1 FROM migration_control.new_roles r WHERE r.role_name = q.literal))
+$$;
+
+CREATE OR REPLACE FUNCTION migration_validation.newest_backup()
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- The id of the newest completed backup (NULL when there is none).
+    SELECT b.backup_id FROM migration_backup.backup_log b
+    WHERE b.status = 'completed'
+    ORDER BY b.created_at DESC, b.backup_id DESC
+    LIMIT 1
+$$;
+
+-- ------------------------------------------------------------ pre-migration ----
+
+CREATE OR REPLACE FUNCTION migration_validation.validate_pre_migration_state()
+RETURNS TABLE(check_name text, status text, details jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_cfg       migration_control.target_config;
+    v_total     bigint;
+    v_nulls     bigint;
+    v_sample    jsonb;
+    v_unknown   jsonb;
+    v_on_new    jsonb;
+    v_list      jsonb;
+    v_backup    text;
+    v_n         bigint;
+BEGIN
+    -- Is the database ready to migrate? Target and mapping present, every user on a mapped
+    -- legacy role, every role the schema allows mapped onto a new role, a valid backup, and
+    -- no other migration running. Each check returns counts and up to 20 offending rows.
+    SELECT * INTO v_cfg FROM migration_control.target_config;
+    check_name := 'target_configured';
+    IF NOT FOUND THEN
+        status := 'fail';
+        details := jsonb_build_object('error', 'migration_control.target_config has no row',
+                                      'hint', 'call migration_control.configure_target()');
+        RETURN NEXT;
+        RETURN;  -- nothing else can be checked without a target
+    END IF;
+    BEGIN
+        PERFORM migration_control.verify_target(v_cfg.profiles_schema, v_cfg.profiles_table, v_cfg.key_column,
+                    v_cfg.role_column, v_cfg.sessions_schema, v_cfg.sessions_table,
+                    v_cfg.sessions_user_column, v_cfg.policy_schemas);
+        status := 'pass';
+        details := jsonb_build_object('profiles_table', format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table),
+                                      'key_column', v_cfg.key_column, 'role_column', v_cfg.role_column,
+                                      'sessions_table', format('%I.%I', v_cfg.sessions_schema, v_cfg.sessions_table));
+        RETURN NEXT;
+    EXCEPTION WHEN OTHERS THEN
+        status := 'fail';
+        details := jsonb_build_object('error', SQLERRM, 'config', to_jsonb(v_cfg));
+        RETURN NEXT;
+        RETURN;
+    END;
+
+    check_name := 'mapping_loaded';
+    SELECT count(*) INTO v_n FROM migration_control.role_mapping;
+    status := CASE WHEN v_n > 0 AND EXISTS (SELECT 1 FROM migration_control.new_roles) THEN 'pass' ELSE 'fail' END;
+    details := jsonb_build_object('legacy_roles', v_n,
+                                  'new_roles', (SELECT count(*) FROM migration_control.new_roles));
+    RETURN NEXT;
+
+    EXECUTE format(
+        'SELECT count(*), count(*) FILTER (WHERE t.%2$I IS NULL),
+                (SELECT coalesce(jsonb_agg(s.k), ''[]'') FROM (SELECT u.%1$I::text AS k FROM %3$I.%4$I u
+                   WHERE u.%2$I IS NULL ORDER BY u.%1$I LIMIT 20) s)
+         FROM %3$I.%4$I t',
+        v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table)
+    INTO v_total, v_nulls, v_sample;
+    check_name := 'no_null_roles';
+    status := CASE WHEN v_nulls = 0 THEN 'pass' ELSE 'fail' END;
+    details := jsonb_build_object('users', v_total, 'null_roles', v_nulls, 'sample', v_sample);
+    RETURN NEXT;
+
+    -- users per role that is not a mapped legacy role: unknown (fail) or already a new role (warn)
+    EXECUTE format(
+        'WITH r AS (
+             SELECT t.%2$I::text AS role, t.%1$I::text AS k,
+                    row_number() OVER (PARTITION BY t.%2$I::text ORDER BY t.%1$I) AS n
+             FROM %3$I.%4$I t
+             WHERE t.%2$I IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM migration_control.role_mapping m WHERE m.legacy_role = t.%2$I::text))
+         SELECT coalesce(jsonb_object_agg(g.role, jsonb_build_object(''count'', g.cnt, ''sample'', g.keys))
+                         FILTER (WHERE NOT g.is_new), ''{}''),
+                coalesce(jsonb_object_agg(g.role, jsonb_build_object(''count'', g.cnt, ''sample'', g.keys))
+                         FILTER (WHERE g.is_new), ''{}''),
+                (SELECT coalesce(jsonb_agg(jsonb_build_object(''key'', s.k, ''role'', s.role)), ''[]'')
+                 FROM (SELECT r.k, r.role FROM r ORDER BY r.role, r.k LIMIT 20) s)
+         FROM (SELECT r.role, count(*) AS cnt, jsonb_agg(r.k ORDER BY r.k) FILTER (WHERE r.n <= 5) AS keys,
+                      EXISTS (SELECT 1 FROM migration_control.new_roles nr WHERE nr.role_name = r.role) AS is_new
+               FROM r GROUP BY r.role) g',
+        v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table)
+    INTO v_unknown, v_on_new, v_sample;
+    check_name := 'all_roles_known';
+    status := CASE WHEN v_unknown <> '{}' THEN 'fail' WHEN v_on_new <> '{}' THEN 'warn' ELSE 'pass' END;
+    details := jsonb_build_object('users', v_total, 'unknown_roles', v_unknown,
+                                  'already_on_new_roles', v_on_new, 'sample', v_sample);
+    RETURN NEXT;
+
+    check_name := 'mapping_total';
+    BEGIN
+        SELECT count(*),
+               coalesce(jsonb_agg(jsonb_build_object('role', d.role_name, 'sources', d.sources))
+                        FILTER (WHERE d.mapped_to IS NULL), '[]')
+        INTO v_n, v_list
+        FROM migration_control.discover_legacy_roles() d;
+        status := CASE WHEN v_list = '[]' THEN 'pass' ELSE 'fail' END;
+        details := jsonb_build_object('legacy_roles_found', v_n,
+                                      'unmapped_roles', (SELECT coalesce(jsonb_agg(e -> 'role'), '[]')
+                                                         FROM jsonb_array_elements(v_list) e),
+                                      'sample', v_list);
+    EXCEPTION WHEN OTHERS THEN
+        status := 'fail';
+        details := jsonb_build_object('error', SQLERRM);
+    END;
+    RETURN NEXT;
+
+    check_name := 'mapping_targets_valid';
+    SELECT coalesce(jsonb_agg(jsonb_build_object('legacy_role', m.legacy_role, 'new_role', m.new_role)), '[]')
+    INTO v_list
+    FROM migration_control.role_mapping m
+    WHERE NOT EXISTS (SELECT 1 FROM migration_control.new_roles r WHERE r.role_name = m.new_role);
+    status := CASE WHEN v_list = '[]' THEN 'pass' ELSE 'fail' END;
+    details := jsonb_build_object('mappings', (SELECT count(*) FROM migration_control.role_mapping),
+                                  'invalid_targets', v_list);
+    RETURN NEXT;
+
+    check_name := 'valid_backup_exists';
+    v_backup := migration_validation.newest_backup();
+    IF v_backup IS NULL THEN
+        status := 'fail';
+        details := jsonb_build_object('backup_id', NULL, 'error', 'no completed backup',
+                                      'hint', 'run migration_control.prepare_for_migration() or migration_backup.create_comprehensive_backup()');
+    ELSE
+        SELECT coalesce(jsonb_agg(jsonb_build_object('check_name', v.check_name, 'details', v.details))
+                        FILTER (WHERE v.status = 'fail'), '[]')
+        INTO v_list FROM migration_backup.validate_backup_completeness(v_backup) v;
+        status := CASE WHEN v_list = '[]' THEN 'pass' ELSE 'fail' END;
+        details := jsonb_build_object('backup_id', v_backup, 'failing_checks', v_list);
+    END IF;
+    RETURN NEXT;
+
+    check_name := 'no_migration_running';
+    SELECT count(*) INTO v_n FROM pg_catalog.pg_locks l
+    WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
+      AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtext('pytest_rolemig.migration')::bigint;
+    SELECT coalesce(jsonb_agg(jsonb_build_object('batch_id', b.batch_id, 'run_id', b.run_id,
+                                                 'started_at', b.started_at)), '[]')
+    INTO v_list
+    FROM (SELECT * FROM migration_tracking.migration_batch b WHERE b.status = 'running'
+          ORDER BY b.started_at LIMIT 20) b;
+    status := CASE WHEN v_n = 0 AND v_list = '[]' THEN 'pass' ELSE 'fail' END;
+    details := jsonb_build_object('lock_held', v_n > 0, 'running_batches', jsonb_array_length(v_list),
+                                  'sample', v_list);
+    RETURN NEXT;
+END;
+$$;
+
+-- ----------------------------------------------------------- post-migration ----
+
+CREATE OR REPLACE FUNCTION migration_validation.validate_post_migration_state(p_backup_id text DEFAULT NULL)
+RETURNS TABLE(check_name text, status text, details jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_cfg      migration_control.target_config;
+    v_backup   text := coalesce(p_backup_id, migration_validation.newest_backup());
+    v_found    boolean;
+    v_total    bigint;
+    v_bad      bigint;
+    v_sample   jsonb;
+    v_n        bigint;
+    v_m        bigint;
+BEGIN
+    -- Did the migration do what the mapping says and nothing else? Every user on a new
+    -- role, each backed-up user on mapping(backed-up role), the same number of users, no
+    -- legacy-only role left in a policy, every backed-up session still there. Data checks
+    -- compare against the given backup (NULL = newest completed).
+    v_cfg := migration_validation.target();
+    v_found := v_backup IS NOT NULL
+               AND EXISTS (SELECT 1 FROM migration_backup.backup_log b WHERE b.backup_id = v_backup);
+
+    EXECUTE format(
+        'SELECT count(*), count(*) FILTER (WHERE r.role_name IS NULL),
+                (SELECT coalesce(jsonb_agg(jsonb_build_object(''key'', s.k, ''role'', s.role)), ''[]'')
+                 FROM (SELECT u.%1$I::text AS k, u.%2$I::text AS role FROM %3$I.%4$I u
+                       WHERE u.%2$I IS NULL OR NOT EXISTS (SELECT 1 FROM migration_control.new_roles nr
+                                                          WHERE nr.role_name = u.%2$I::text)
+                       ORDER BY u.%1$I LIMIT 20) s)
+         FROM %3$I.%4$I t LEFT JOIN migration_control.new_roles r ON r.role_name = t.%2$I::text',
+        v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table)
+    INTO v_total, v_bad, v_sample;
+    check_name := 'every_user_has_new_role';
+    status := CASE WHEN v_bad = 0 THEN 'pass' ELSE 'fail' END;
+    details := jsonb_build_object('users', v_total, 'not_on_new_role', v_bad, 'sample', v_sample);
+    RETURN NEXT;
+
+    check_name := 'roles_match_mapping';
+    IF NOT v_found THEN
+        status := 'fail';
+        details := jsonb_build_object('backup_id', v_backup, 'error', 'backup not found',
+                                      'hint', 'pass the backup_id taken before the migration');
+    ELSE
+        EXECUTE format(
+            'WITH c AS (
+                 SELECT b.user_key, b.role AS backed_up_role, m.new_role AS expected_role,
+                        t.%2$I::text AS current_role, (t.%1$I IS NULL) AS missing
+                 FROM migration_backup.user_profiles_complete_backup b
+                 LEFT JOIN migration_control.role_mapping m ON m.legacy_role = b.role
+                 LEFT JOIN %3$I.%4$I t ON t.%1$I::text = b.user_key
+                 WHERE b.backup_id = $1)
+             SELECT count(*),
+                    count(*) FILTER (WHERE c.missing OR c.current_role IS DISTINCT FROM c.expected_role),
+                    (SELECT coalesce(jsonb_agg(to_jsonb(s)), ''[]'') FROM
+                       (SELECT c.user_key, c.backed_up_role, c.expected_role, c.current_role, c.missing FROM c
+                        WHERE c.missing OR c.current_role IS DISTINCT FROM c.expected_role
+                        ORDER BY c.user_key LIMIT 20) s)
+             FROM c',
+            v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table)
+        INTO v_n, v_bad, v_sample USING v_backup;
+        status := CASE WHEN v_bad = 0 THEN 'pass' ELSE 'fail' END;
+        details := jsonb_build_object('backup_id', v_backup, 'backed_up_users', v_n, 'mismatched', v_bad,
+                                      'sample', v_sample);
+    END IF;
+    RETURN NEXT;
+
+    check_name := 'user_count_unchanged';
+    IF NOT v_found THEN
+        status := 'fail';
+        details := jsonb_build_object('backup_id', v_backup, 'error', 'backup not found', 'live_users', v_total);
+    ELSE
+        SELECT count(*) INTO v_n FROM migration_backup.user_profiles_complete_backup b WHERE b.backup_id = v_backup;
+        status := CASE WHEN v_n = v_total THEN 'pass' ELSE 'fail' END;
+        details := jsonb_build_object('backup_id', v_backup, 'backed_up_users', v_n, 'live_users', v_total);
+    END IF;
+    RETURN NEXT;
+
+    check_name := 'no_legacy_roles_in_policies';
+    SELECT count(*),
+           coalesce(jsonb_agg(jsonb_build_object('schema', s.schema_name, 'table', s.table_name,
+                                                 'policy', s.policy_name, 'clause', s.clause, 'role', s.role_name)), '[]')
+    INTO v_bad, v_sample
+    FROM (SELECT * FROM migration_validation.policy_role_literals() l
+          WHERE l.is_legacy AND NOT l.is_new
+          ORDER BY l.schema_name, l.table_name, l.policy_name, l.clause, l.role_name LIMIT 20) s;
+    SELECT count(*) INTO v_bad FROM migration_validation.policy_role_literals() l WHERE l.is_legacy AND NOT l.is_new;
+    SELECT count(*) INTO v_n
+    FROM migration_validation.migrated_tables() t JOIN pg_catalog.pg_policy p ON p.polrelid = t.table_oid;
+    status := CASE WHEN v_bad = 0 THEN 'pass' ELSE 'fail' END;
+    details := jsonb_build_object('policies_checked', v_n, 'legacy_literals', v_bad,
+                                  'policies', (SELECT coalesce(jsonb_agg(DISTINCT e ->> 'policy'), '[]')
+                                               FROM jsonb_array_elements(v_sample) e),
+                                  'sample', v_sample);
+    RETURN NEXT;
+
+    check_name := 'sessions_intact';
+    IF NOT v_found THEN
+        status := 'fail';
+        details := jsonb_build_object('backup_id', v_backup, 'error', 'backup not found');
+    ELSE
+        EXECUTE format(
+            'WITH miss AS (
+                 SELECT b.session_key, b.user_key FROM migration_backup.user_sessions_backup b
+                 WHERE b.backup_id = $1
+                   AND NOT EXISTS (SELECT 1 FROM %1$I.%2$I s WHERE s.%3$I::text = b.session_key))
+             SELECT (SELECT count(*) FROM migration_backup.user_sessions_backup b WHERE b.backup_id = $1),
+                    (SELECT count(*) FROM miss),
+                    (SELECT coalesce(jsonb_agg(to_jsonb(x)), ''[]'')
+                     FROM (SELECT * FROM miss ORDER BY miss.session_key LIMIT 20) x)',
+            v_cfg.sessions_schema, v_cfg.sessions_table, v_cfg.sessions_key_column)
+        INTO v_n, v_m, v_sample USING v_backup;
+        status := CASE WHEN v_m = 0 THEN 'pass' ELSE 'fail' END;
+        details := jsonb_build_object('backup_id', v_backup, 'backed_up_sessions', v_n, 'missing', v_m,
+                                      'sample', v_sample);
+    END IF;
+    RETURN NEXT;
+END;
+$$;
+
+-- ----------------------------------------------------------- authentication ----
+
+CREATE OR REPLACE FUNCTION migration_validation.test_user_authentication(p_sample_size integer DEFAULT 50)
+RETURNS TABLE(check_name text, status text, details jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_cfg          migration_control.target_config;
+    v_user         record;
+    v_prev_role    text := current_setting('role');
+    v_prev_claims  text := current_setting('request.jwt.claims', true);
+    v_total        bigint;
+    v_rows         bigint;
+    v_own_key      text;
+    v_own_role     text;
+    v_sessions     bigint;
+    v_all_roles    text[];
+    v_profile_bad  jsonb := '[]';
+    v_session_bad  jsonb := '[]';
+    v_sees_all     jsonb := '[]';
+    v_filtered     integer := 0;
+    v_tested       integer := 0;
+    v_users        jsonb;
+BEGIN
+    -- Logs in as a sample of users the way PostgREST does (JWT claims in
+    -- request.jwt.claims, SET ROLE to the API role, both transaction-local) so RLS really
+    -- applies, and checks each can read their own profile and their own sessions. A
+    -- superuser or the table owner would bypass RLS, hence the role switch; this function
+    -- is SECURITY INVOKER on purpose. The caller's role and claims are restored after each
+    -- user, also when a query fails (the per-user block's rollback undoes set_config).
+    IF p_sample_size IS NULL OR p_sample_size < 1 THEN
+        RAISE EXCEPTION 'sample size must be a positive integer, got %', p_sample_size
+            USING DETAIL = 'p_sample_size is how many users are logged in.', HINT = 'use e.g. 50';
+    END IF;
+    v_cfg := migration_validation.target();
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = v_cfg.auth_role) THEN
+        RAISE EXCEPTION 'API role % does not exist', v_cfg.auth_role
+            USING DETAIL = 'target_config.auth_role names the role a logged-in user runs as.',
+                  HINT = 'create the role or update migration_control.target_config.auth_role';
+    END IF;
+    EXECUTE format('SELECT count(*) FROM %I.%I', v_cfg.profiles_schema, v_cfg.profiles_table) INTO v_total;
+
+    -- roles that a SELECT policy of the profiles table names: those are meant to see all rows
+    SELECT coalesce(array_agg(DISTINCT q.literal), '{}') INTO v_all_roles
+    FROM pg_catalog.pg_policy p
+    CROSS JOIN LATERAL migration_validation.quoted_literals(pg_catalog.pg_get_expr(p.polqual, p.polrelid)) q
+    WHERE p.polrelid = to_regclass(format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table))
+      AND p.polcmd IN ('r', '*') AND p.polpermissive;
+
+    FOR v_user IN EXECUTE format(
+        'WITH per_role AS (
+             SELECT DISTINCT ON (t.%2$I::text) t.%1$I::text AS k, t.%2$I::text AS role
+             FROM %3$I.%4$I t WHERE t.%2$I IS NOT NULL ORDER BY t.%2$I::text, random()),
+         rest AS (
+             SELECT t.%1$I::text AS k, t.%2$I::text AS role FROM %3$I.%4$I t
+             WHERE t.%2$I IS NOT NULL AND t.%1$I::text NOT IN (SELECT per_role.k FROM per_role)
+             ORDER BY random()
+             LIMIT greatest($1 - (SELECT count(*) FROM per_role), 0))
+         SELECT u.k, u.role,
+                (SELECT count(*) FROM %5$I.%6$I s WHERE s.%7$I::text = u.k) AS sessions
+         FROM (SELECT * FROM per_role UNION ALL SELECT * FROM rest) u ORDER BY u.role, u.k',
+        v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table,
+        v_cfg.sessions_schema, v_cfg.sessions_table, v_cfg.sessions_user_column)
+        USING p_sample_size
+    LOOP
+        v_tested := v_tested + 1;
+        BEGIN
+            PERFORM set_config('request.jwt.claims',
+                               jsonb_build_object('sub', v_user.k, 'role', v_cfg.auth_role,
+                                                  v_cfg.role_claim, v_user.role)::text, true);
+            PERFORM set_config('role', v_cfg.auth_role, true);
+
+            EXECUTE format('SELECT count(*), min(t.%1$I::text), min(t.%2$I::text) FROM %3$I.%4$I t WHERE t.%1$I::text = $1',
+                           v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table)
+            INTO v_rows, v_own_key, v_own_role USING v_user.k;
+            IF v_rows <> 1 OR v_own_key IS DISTINCT FROM v_user.k OR v_own_role IS DISTINCT FROM v_user.role THEN
+                v_profile_bad := v_profile_bad || jsonb_build_object('key', v_user.k, 'role', v_user.role,
+                                     'rows_seen', v_rows, 'role_seen', v_own_role);
+            END IF;
+
+            EXECUTE format('SELECT count(*) FROM %I.%I s WHERE s.%I::text = $1',
+                           v_cfg.sessions_schema, v_cfg.sessions_table, v_cfg.sessions_user_column)
+            INTO v_sessions USING v_user.k;
+            IF v_sessions <> v_user.sessions THEN
+                v_session_bad := v_session_bad || jsonb_build_object('key', v_user.k, 'role', v_user.role,
+                                     'sessions', v_user.sessions, 'sessions_seen', v_sessions);
+            END IF;
+
+            EXECUTE format('SELECT count(*) FROM %I.%I', v_cfg.profiles_schema, v_cfg.profiles_table) INTO v_rows;
+            IF v_rows < v_total THEN
+                v_filtered := v_filtered + 1;
+            ELSIF v_total > 1 AND v_user.role <> ALL (v_all_roles) THEN
+                v_sees_all := v_sees_all || jsonb_build_object('key', v_user.k, 'role', v_user.role, 'rows_seen', v_rows);
+            END IF;
+
+            PERFORM set_config('role', v_prev_role, true);
+            PERFORM set_config('request.jwt.claims', coalesce(v_prev_claims, ''), true);
+        EXCEPTION WHEN OTHERS THEN
+            -- the block's rollback restored role and claims; record the user as failing both reads
+            v_profile_bad := v_profile_bad || jsonb_build_object('key', v_user.k, 'role', v_user.role, 'error', SQLERRM);
+            v_session_bad := v_session_bad || jsonb_build_object('key', v_user.k, 'role', v_user.role, 'error', SQLERRM);
+        END;
+    END LOOP;
+
+    v_users := jsonb_build_object('users_tested', v_tested, 'auth_role', v_cfg.auth_role);
+
+    check_name := 'own_profile_readable';
+    status := CASE WHEN v_tested = 0 THEN 'warn' WHEN v_profile_bad = '[]' THEN 'pass' ELSE 'fail' END;
+    details := v_users || jsonb_build_object('failing_users', jsonb_array_length(v_profile_bad),
+                   'failing_roles', (SELECT coalesce(jsonb_agg(DISTINCT e ->> 'role'), '[]') FROM jsonb_array_elements(v_profile_bad) e),
+                   'sample', (SELECT coalesce(jsonb_agg(e), '[]') FROM (SELECT e FROM jsonb_array_elements(v_profile_bad) e LIMIT 20) x));
+    RETURN NEXT;
+
+    check_name := 'own_sessions_readable';
+    status := CASE WHEN v_tested = 0 THEN 'warn' WHEN v_session_bad = '[]' THEN 'pass' ELSE 'fail' END;
+    details := v_users || jsonb_build_object('failing_users', jsonb_array_length(v_session_bad),
+                   'failing_roles', (SELECT coalesce(jsonb_agg(DISTINCT e ->> 'role'), '[]') FROM jsonb_array_elements(v_session_bad) e),
+                   'sample', (SELECT coalesce(jsonb_agg(e), '[]') FROM (SELECT e FROM jsonb_array_elements(v_session_bad) e LIMIT 20) x));
+    RETURN NEXT;
+
+    check_name := 'rls_applies';
+    status := CASE WHEN v_tested = 0 THEN 'warn'
+                   WHEN v_sees_all <> '[]' OR (v_filtered = 0 AND v_total > 1) THEN 'warn' ELSE 'pass' END;
+    details := v_users || jsonb_build_object('total_rows', v_total, 'users_filtered', v_filtered,
+                   'roles_meant_to_see_all', to_jsonb(v_all_roles),
+                   'unexpectedly_see_all', jsonb_array_length(v_sees_all),
+                   'sample', (SELECT coalesce(jsonb_agg(e), '[]') FROM (SELECT e FROM jsonb_array_elements(v_sees_all) e LIMIT 20) x));
+    RETURN NEXT;
+END;
+$$;
+
+-- --------------------------------------------------------------------- RLS ----
+
+CREATE OR REPLACE FUNCTION migration_validation.validate_rls_policies(p_phase text DEFAULT 'auto')
+RETURNS TABLE(check_name text, status text, details jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_cfg     migration_control.target_config;
+    v_phase   text := p_phase;
+    v_legacy  bigint;
+    v_new     bigint;
+    v_sample  jsonb;
+    v_bad     bigint;
+BEGIN
+    -- RLS must stay on for every migrated table that has policies (and the profiles
+    -- table), and the role names in the policies must fit the phase: before the migration
+    -- no new-only role, after it no legacy-only role, in between ('expand') both.
+    -- 'auto' reads the phase from the data: users on legacy-only roles only -> pre, on
+    -- new-only roles only (or none on legacy-only roles) -> post, both -> expand.
+    IF p_phase IS NULL OR p_phase NOT IN ('auto', 'pre', 'post', 'expand') THEN
+        RAISE EXCEPTION 'unknown RLS validation phase %', coalesce(quote_literal(p_phase), 'NULL')
+            USING DETAIL = 'Phases: auto, pre, post, expand.', HINT = 'use validate_rls_policies(''auto'')';
+    END IF;
+    v_cfg := migration_validation.target();
+    IF v_phase = 'auto' THEN
+        EXECUTE format(
+            'SELECT count(*) FILTER (WHERE m.legacy_role IS NOT NULL AND r.role_name IS NULL),
+                    count(*) FILTER (WHERE m.legacy_role IS NULL AND r.role_name IS NOT NULL)
+             FROM %I.%I t
+             LEFT JOIN migration_control.role_mapping m ON m.legacy_role = t.%I::text
+             LEFT JOIN migration_control.new_roles r ON r.role_name = t.%I::text',
+            v_cfg.profiles_schema, v_cfg.profiles_table, v_cfg.role_column, v_cfg.role_column)
+        INTO v_legacy, v_new;
+        v_phase := CASE WHEN v_legacy > 0 AND v_new > 0 THEN 'expand' WHEN v_legacy > 0 THEN 'pre' ELSE 'post' END;
+    END IF;
+
+    check_name := 'rls_enabled';
+    SELECT count(*) FILTER (WHERE NOT t.rls_enabled),
+           coalesce(jsonb_agg(jsonb_build_object('schema', t.schema_name, 'table', t.table_name,
+                                                 'policies', t.policy_count)) FILTER (WHERE NOT t.rls_enabled), '[]')
+    INTO v_bad, v_sample
+    FROM migration_validation.migrated_tables() t
+    WHERE t.policy_count > 0 OR (t.schema_name = v_cfg.profiles_schema AND t.table_name = v_cfg.profiles_table);
+    status := CASE WHEN v_bad = 0 THEN 'pass' ELSE 'fail' END;
+    details := jsonb_build_object('tables_checked', (SELECT count(*) FROM migration_validation.migrated_tables()),
+                                  'rls_disabled', v_bad, 'sample', v_sample);
+    RETURN NEXT;
+
+    check_name := 'policy_roles_match_phase';
+    SELECT count(*), coalesce(jsonb_agg(to_jsonb(s)), '[]') INTO v_bad, v_sample
+    FROM (SELECT l.schema_name, l.table_name, l.policy_name, l.clause, l.role_name,
+                 CASE WHEN l.is_legacy THEN 'legacy' ELSE 'new' END AS kind
+          FROM migration_validation.policy_role_literals() l
+          WHERE (v_phase = 'pre' AND l.is_new AND NOT l.is_legacy)
+             OR (v_phase = 'post' AND l.is_legacy AND NOT l.is_new)
+          ORDER BY 1, 2, 3, 4, 5) s;
+    status := CASE WHEN v_bad = 0 THEN 'pass' ELSE 'fail' END;
+    details := jsonb_build_object('phase', v_phase, 'requested_phase', p_phase,
+                   'role_literals', (SELECT count(*) FROM migration_validation.policy_role_literals()),
+                   'offending_literals', v_bad,
+                   'policies', (SELECT coalesce(jsonb_agg(DISTINCT e ->> 'policy_name'), '[]') FROM jsonb_array_elements(v_sample) e),
+                   'sample', (SELECT coalesce(jsonb_agg(e), '[]') FROM (SELECT e FROM jsonb_array_elements(v_sample) e LIMIT 20) x));
+    RETURN NEXT;
+END;
+$$;
+
+-- ------------------------------------------------------------------- runner ----
+
+CREATE OR REPLACE FUNCTION migration_validation.run_comprehensive_validation(p_phase text DEFAULT 'pre_migration')
+RETURNS TABLE(validation_type text, check_name text, status text, details jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_run      text;
+    v_backup   text;
+    v_rollback record;
+    v_rows     jsonb := '[]';
+BEGIN
+    -- Runs the checks of one phase and stores every row in validation_results under one
+    -- validation_run id (also added to each row's details):
+    --   pre_migration  = pre-migration state + RLS ('pre') + completeness of the newest backup
+    --   post_migration = post-migration state + RLS ('post') + authentication
+    --   post_rollback  = rollback checks of the newest rollback + RLS ('pre') + authentication
+    IF p_phase IS NULL OR p_phase NOT IN ('pre_migration', 'post_migration', 'post_rollback') THEN
+        RAISE EXCEPTION 'unknown validation phase %', coalesce(quote_literal(p_phase), 'NULL')
+            USING DETAIL = 'Phases: pre_migration, post_migration, post_rollback.',
+                  HINT = 'use run_comprehensive_validation(''pre_migration'')';
+    END IF;
+    v_run := 'val_' || to_char(clock_timestamp(), 'YYYYMMDD_HH24MISS') || '_'
+             || substr(replace(gen_random_uuid()::text, '-', ''), 1, 6);
+
+    IF p_phase = 'pre_migration' THEN
+        v_rows := v_rows || (SELECT coalesce(jsonb_agg(jsonb_build_object('t', 'pre_migration_state', 'c', v.check_name,
+                                  's', v.status, 'd', v.details)), '[]')
+                             FROM migration_validation.validate_pre_migration_state() v);
+        v_rows := v_rows || (SELECT coalesce(jsonb_agg(jsonb_build_object('t', 'rls_policies', 'c', v.check_name,
+                                  's', v.status, 'd', v.details)), '[]')
+                             FROM migration_validation.validate_rls_policies('pre') v);
+        v_backup := migration_validation.newest_backup();
+        IF v_backup IS NULL THEN
+            v_rows := v_rows || jsonb_build_object('t', 'backup', 'c', 'backup_exists', 's', 'fail',
+                                                   'd', jsonb_build_object('error', 'no completed backup'));
+        ELSE
+            v_rows := v_rows || (SELECT coalesce(jsonb_agg(jsonb_build_object('t', 'backup', 'c', v.check_name,
+                                      's', v.status, 'd', v.details || jsonb_build_object('backup_id', v_backup))), '[]')
+                                 FROM migration_backup.validate_backup_completeness(v_backup) v);
+        END IF;
+    ELSIF p_phase = 'post_migration' THEN
+        v_rows := v_rows || (SELECT coalesce(jsonb_agg(jsonb_build_object('t', 'post_migration_state', 'c', v.check_name,
+                                  's', v.status, 'd', v.details)), '[]')
+                             FROM migration_validation.validate_post_migration_state() v);
+        v_rows := v_rows || (SELECT coalesce(jsonb_agg(jsonb_build_object('t', 'rls_policies', 'c', v.check_name,
+                                  's', v.status, 'd', v.details)), '[]')
+                             FROM migration_validation.validate_rls_policies('post') v);
+        v_rows := v_rows || (SELECT coalesce(jsonb_agg(jsonb_build_object('t', 'authentication', 'c', v.check_name,
+                                  's', v.status, 'd', v.details)), '[]')
+                             FROM migration_validation.test_user_authentication() v);
+    ELSE
+        SELECT r.rollback_id, r.backup_id INTO v_rollback
+        FROM migration_backup.rollback_log r ORDER BY r.started_at DESC, r.rollback_id DESC LIMIT 1;
+        IF NOT FOUND THEN
+            v_rows := v_rows || jsonb_build_object('t', 'rollback', 'c', 'rollback_recorded', 's', 'fail',
+                                                   'd', jsonb_build_object('error', 'no rollback recorded'));
+        ELSE
+            v_rows := v_rows || (SELECT coalesce(jsonb_agg(jsonb_build_object('t', 'rollback', 'c', v.check_name,
+                                      's', v.status, 'd', v.details || jsonb_build_object('rollback_id', v_rollback.rollback_id))), '[]')
+                                 FROM migration_backup.validate_rollback_success(v_rollback.backup_id, v_rollback.rollback_id) v);
+        END IF;
+        v_rows := v_rows || (SELECT coalesce(jsonb_agg(jsonb_build_object('t', 'rls_policies', 'c', v.check_name,
+                                  's', v.status, 'd', v.details)), '[]')
+                             FROM migration_validation.validate_rls_policies('pre') v);
+        v_rows := v_rows || (SELECT coalesce(jsonb_agg(jsonb_build_object('t', 'authentication', 'c', v.check_name,
+                                  's', v.status, 'd', v.details)), '[]')
+                             FROM migration_validation.test_user_authentication() v);
+    END IF;
+
+    RETURN QUERY
+    WITH stored AS (
+        INSERT INTO migration_validation.validation_results (validation_run, validation_type, check_name, status, details)
+        SELECT v_run, r ->> 't', r ->> 'c', r ->> 's', coalesce(r -> 'd', '{}') || jsonb_build_object('validation_run', v_run)
+        FROM jsonb_array_elements(v_rows) WITH ORDINALITY AS e(r, n)
+        ORDER BY e.n
+        RETURNING result_id, validation_results.validation_type, validation_results.check_name,
+                  validation_results.status, validation_results.details)
+    SELECT s.validation_type, s.check_name, s.status, s.details FROM stored s ORDER BY s.result_id;
+END;
+$$;
+
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA migration_validation FROM PUBLIC;

@@ -1,1 +1,470 @@
--- placeholder: being written
+-- Role migration: moves every user from their legacy role to the new role the mapping
+-- names, in keyset batches, then rewrites the role names in the RLS policies and narrows
+-- the role CHECK constraints to the new roles.
+--
+-- Provides (schema migration_control):
+--   rewrite_role_literals(text, text)     one expression's quoted legacy role names -> new names
+--   adjust_role_constraints(text)         widen / narrow the CHECK constraints on the role column
+--   rewrite_role_policies(text)           ALTER POLICY every migrated table's policy naming legacy roles
+--   execute_role_migration(...)           the migration run (batches, logging, policies, constraints)
+--
+-- Depends on: migration-logging-system.sql (target_config, new_roles, role_mapping,
+-- migration_tracking.start_migration_batch / complete_migration_batch, migration_batch,
+-- migration_log, rls_policy_changes), comprehensive-backup-system.sql (backup_log,
+-- validate_backup_completeness), migration-rollback-system.sql (rollback_log),
+-- migration-validation-functions.sql (target, migrated_tables, quoted_literals) and
+-- migration-control-system.sql (verify_target, discover_legacy_roles).
+--
+-- Rollout, as the rehearsal runs it:
+--   1. widen : role CHECK constraints accept legacy + new roles (the data is mixed meanwhile)
+--   2. batches: users move to their new role, p_max_batches at a time if asked; resumable
+--   3. finish: once no user is left on a legacy role, policies are rewritten and the CHECK
+--              constraints narrowed to the new roles.
+
+CREATE SCHEMA IF NOT EXISTS migration_control;
+
+CREATE OR REPLACE FUNCTION migration_control.rewrite_role_literals(p_expr text, p_mode text DEFAULT 'migrate')
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_out   text;
+    v_again text;
+BEGIN
+    -- Rewrites the quoted string literals of one deparsed expression (pg_get_expr output)
+    -- that name a mapped legacy role into the quoted new role; everything else (claim names
+    -- such as 'user_role', identifiers, other literals, the ::text casts) is kept byte for
+    -- byte. The expression is cut into tokens once, so 'admin' -> 'owner' and 'owner' ->
+    -- 'x' can never chain. Modes:
+    --   migrate     every literal naming a legacy role whose new name differs
+    --   legacy_only only literals naming a legacy role that is not also a new role name
+    IF p_mode IS NULL OR p_mode NOT IN ('migrate', 'legacy_only') THEN
+        RAISE EXCEPTION 'unknown rewrite mode %', coalesce(quote_literal(p_mode), 'NULL')
+            USING DETAIL = 'Modes: migrate, legacy_only.', HINT = 'use rewrite_role_literals(expr, ''migrate'')';
+    END IF;
+    IF p_expr IS NULL THEN
+        RETURN NULL;
+    END IF;
+
+    SELECT string_agg(CASE WHEN m.new_role IS NOT NULL AND m.new_role <> l.lit
+                                AND (p_mode = 'migrate'
+                                     OR NOT EXISTS (SELECT 1 FROM migration_control.new_roles r
+                                                    WHERE r.role_name = l.lit))
+                           THEN quote_literal(m.new_role)
+                           ELSE x.t[1] END, '' ORDER BY x.n),
+           string_agg(x.t[1], '' ORDER BY x.n)
+    INTO v_out, v_again
+    FROM pg_catalog.regexp_matches(p_expr, '"(?:[^"]|"")*"|''(?:[^'']|'''')*''|[^''"]+', 'g') WITH ORDINALITY AS x(t, n)
+    CROSS JOIN LATERAL (SELECT CASE WHEN left(x.t[1], 1) = ''''
+                                    THEN replace(substr(x.t[1], 2, length(x.t[1]) - 2), '''''', '''') END AS lit) l
+    LEFT JOIN migration_control.role_mapping m ON m.legacy_role = l.lit;
+
+    IF v_again IS DISTINCT FROM p_expr THEN
+        RAISE EXCEPTION 'cannot tokenize expression for role rewrite: %', p_expr
+            USING DETAIL = 'An unbalanced quote left part of the expression unmatched.',
+                  HINT = 'rewrite this policy by hand; nothing was changed';
+    END IF;
+    RETURN v_out;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION migration_control.adjust_role_constraints(p_mode text)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_cfg     migration_control.target_config;
+    v_rel     oid;
+    v_attnum  smallint;
+    v_con     record;
+    v_target  text[];
+    v_newdef  text;
+    v_changes jsonb := '[]';
+BEGIN
+    -- Rewrites the role-list CHECK constraints of the role column: 'widen' lets them accept
+    -- the new roles as well (before the batches), 'narrow' leaves only the new roles (after
+    -- every user moved). A role-list constraint is a single-column CHECK on the role column
+    -- whose literals are all role names (legacy or new); any other CHECK is left alone. The
+    -- constraint keeps its name (DROP + ADD in one ALTER TABLE). Returns what changed.
+    IF p_mode IS NULL OR p_mode NOT IN ('widen', 'narrow') THEN
+        RAISE EXCEPTION 'unknown constraint mode %', coalesce(quote_literal(p_mode), 'NULL')
+            USING DETAIL = 'Modes: widen, narrow.', HINT = 'use adjust_role_constraints(''widen'')';
+    END IF;
+    v_cfg := migration_validation.target();
+    v_rel := to_regclass(format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table));
+    SELECT a.attnum INTO v_attnum FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = v_rel AND a.attname = v_cfg.role_column AND NOT a.attisdropped;
+
+    FOR v_con IN
+        SELECT c.conname::text AS name, pg_catalog.pg_get_constraintdef(c.oid) AS def,
+               (SELECT array_agg(q.literal ORDER BY q.ordinality)
+                FROM migration_validation.quoted_literals(pg_catalog.pg_get_constraintdef(c.oid)) q) AS lits
+        FROM pg_catalog.pg_constraint c
+        WHERE c.conrelid = v_rel AND c.contype = 'c' AND c.conkey = ARRAY[v_attnum]
+        ORDER BY c.conname
+    LOOP
+        CONTINUE WHEN v_con.lits IS NULL OR EXISTS (
+            SELECT 1 FROM unnest(v_con.lits) AS l
+            WHERE NOT EXISTS (SELECT 1 FROM migration_control.role_mapping m WHERE m.legacy_role = l)
+              AND NOT EXISTS (SELECT 1 FROM migration_control.new_roles r WHERE r.role_name = l));
+        IF p_mode = 'widen' THEN
+            SELECT array_agg(u.r ORDER BY u.o) INTO v_target
+            FROM (SELECT l AS r, min(n) AS o FROM unnest(v_con.lits) WITH ORDINALITY AS x(l, n) GROUP BY l
+                  UNION ALL
+                  SELECT r.role_name, 100000 + r.position FROM migration_control.new_roles r
+                  WHERE r.role_name <> ALL (v_con.lits)) u;
+        ELSE
+            SELECT array_agg(r.role_name ORDER BY r.position) INTO v_target FROM migration_control.new_roles r;
+        END IF;
+        CONTINUE WHEN v_target @> v_con.lits AND v_con.lits @> v_target;  -- already in shape
+
+        SELECT format('CHECK ((%I)::text = ANY (ARRAY[%s]))', v_cfg.role_column,
+                      string_agg(quote_literal(t) || '::text', ', ' ORDER BY n))
+        INTO v_newdef FROM unnest(v_target) WITH ORDINALITY AS u(t, n);
+        EXECUTE format('ALTER TABLE %I.%I DROP CONSTRAINT %I, ADD CONSTRAINT %I %s',
+                       v_cfg.profiles_schema, v_cfg.profiles_table, v_con.name, v_con.name, v_newdef);
+        v_changes := v_changes || jsonb_build_object(
+            'constraint', v_con.name, 'action', p_mode, 'old_definition', v_con.def,
+            'new_definition', (SELECT pg_catalog.pg_get_constraintdef(c.oid) FROM pg_catalog.pg_constraint c
+                               WHERE c.conrelid = v_rel AND c.conname = v_con.name));
+    END LOOP;
+    RETURN v_changes;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION migration_control.rewrite_role_policies(p_run_id text)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_pol       record;
+    v_new_using text;
+    v_new_check text;
+    v_sql       text;
+    v_count     integer := 0;
+BEGIN
+    -- Rewrites, through ALTER POLICY, every policy of the migrated tables whose USING or
+    -- WITH CHECK names a legacy role, replacing each quoted legacy role by its new role
+    -- (rewrite_role_literals); logs old and new text in rls_policy_changes under p_run_id.
+    -- Expressions are deparsed and re-parsed under this function's search_path, so the
+    -- names in them stay schema-qualified and resolve to the same objects.
+    FOR v_pol IN
+        SELECT t.schema_name, t.table_name, p.polname::text AS policy_name, p.oid AS pol_oid,
+               pg_catalog.pg_get_expr(p.polqual, p.polrelid) AS using_expr,
+               pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) AS check_expr
+        FROM migration_validation.migrated_tables() t
+        JOIN pg_catalog.pg_policy p ON p.polrelid = t.table_oid
+        ORDER BY t.schema_name, t.table_name, p.polname
+    LOOP
+        v_new_using := migration_control.rewrite_role_literals(v_pol.using_expr, 'migrate');
+        v_new_check := migration_control.rewrite_role_literals(v_pol.check_expr, 'migrate');
+        CONTINUE WHEN v_new_using IS NOT DISTINCT FROM v_pol.using_expr
+                  AND v_new_check IS NOT DISTINCT FROM v_pol.check_expr;
+
+        v_sql := format('ALTER POLICY %I ON %I.%I', v_pol.policy_name, v_pol.schema_name, v_pol.table_name);
+        IF v_new_using IS DISTINCT FROM v_pol.using_expr THEN
+            v_sql := v_sql || format(' USING (%s)', v_new_using);
+        END IF;
+        IF v_new_check IS DISTINCT FROM v_pol.check_expr THEN
+            v_sql := v_sql || format(' WITH CHECK (%s)', v_new_check);
+        END IF;
+        EXECUTE v_sql;
+
+        INSERT INTO migration_tracking.rls_policy_changes
+            (run_id, schema_name, table_name, policy_name, change_type, old_using, new_using, old_check, new_check)
+        SELECT p_run_id, v_pol.schema_name, v_pol.table_name, v_pol.policy_name, 'rewrite',
+               v_pol.using_expr, pg_catalog.pg_get_expr(p.polqual, p.polrelid),
+               v_pol.check_expr, pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)
+        FROM pg_catalog.pg_policy p WHERE p.oid = v_pol.pol_oid;
+        v_count := v_count + 1;
+    END LOOP;
+    RETURN v_count;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION migration_control.execute_role_migration(
+    p_migration_name text DEFAULT 'role_system_migration',
+    p_batch_size integer DEFAULT NULL,
+    p_backup_id text DEFAULT NULL,
+    p_max_batches integer DEFAULT NULL,
+    p_rewrite_policies boolean DEFAULT true)
+RETURNS TABLE(run_id text, batches integer, users_migrated bigint, users_unchanged bigint,
+              policies_rewritten integer, status text, error text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_cfg         migration_control.target_config;
+    v_rel         oid;
+    v_role_type   text;
+    v_key_type    text;
+    v_role_typid  oid;
+    v_batch_size  integer;
+    v_backup      text;
+    v_bad         text;
+    v_cand        record;
+    v_run         text;
+    v_cutoff      timestamptz;
+    v_pending_sql text;
+    v_batch_sql   text;
+    v_batch_id    text;
+    v_last_key    text;
+    v_first       text;
+    v_last        text;
+    v_cnt_m       bigint;
+    v_cnt_u       bigint;
+    v_pending     bigint;
+    v_batches     integer := 0;
+    v_migrated    bigint := 0;
+    v_unchanged   bigint := 0;
+    v_policies    integer := 0;
+    v_widened     jsonb := '[]';
+    v_narrowed    jsonb := '[]';
+    v_status      text := 'completed';
+    v_error       text;
+BEGIN
+    -- Migrates every user from the legacy role to mapping(legacy role). Refuses to start
+    -- (raise, nothing changed) while another migration holds the lock, when a user's role
+    -- is unknown, a legacy role is unmapped, or no valid backup exists. Then: widen the role
+    -- CHECK constraints; walk the pending users in keyset batches, each one UPDATE ... FROM
+    -- role_mapping plus one INSERT of every user of the batch into migration_log from the
+    -- UPDATE's RETURNING; stop after p_max_batches if asked (a later call resumes with the
+    -- users still pending); once nobody is left, rewrite the policies and narrow the
+    -- constraints. Each step runs in its own subtransaction: an error undoes that step only,
+    -- is kept in a failed batch row and returned with status 'failed'.
+    IF NOT pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext('pytest_rolemig.migration')) THEN
+        RAISE EXCEPTION 'another role migration is running'
+            USING DETAIL = format('Migration %L could not take the migration advisory lock.', p_migration_name),
+                  HINT = 'wait for the other execute_role_migration call to finish (see migration_tracking.get_migration_status())';
+    END IF;
+    IF p_migration_name IS NULL OR btrim(p_migration_name) = '' THEN
+        RAISE EXCEPTION 'migration name must not be empty, got %', coalesce(quote_literal(p_migration_name), 'NULL')
+            USING DETAIL = 'The name groups the batches so that a later call can resume.',
+                  HINT = 'use e.g. ''role_system_migration''';
+    END IF;
+    IF p_batch_size IS NOT NULL AND p_batch_size < 1 THEN
+        RAISE EXCEPTION 'batch size must be a positive integer, got %', p_batch_size
+            USING DETAIL = 'p_batch_size is the number of users per batch; NULL takes target_config.batch_size.',
+                  HINT = 'use e.g. 1000';
+    END IF;
+    IF p_max_batches IS NOT NULL AND p_max_batches < 1 THEN
+        RAISE EXCEPTION 'max batches must be a positive integer or NULL, got %', p_max_batches
+            USING DETAIL = 'p_max_batches stops the run early (a partial migration); NULL runs to the end.',
+                  HINT = 'pass NULL to migrate everybody';
+    END IF;
+
+    v_cfg := migration_validation.target();
+    PERFORM migration_control.verify_target(v_cfg.profiles_schema, v_cfg.profiles_table, v_cfg.key_column,
+                v_cfg.role_column, v_cfg.sessions_schema, v_cfg.sessions_table,
+                v_cfg.sessions_user_column, v_cfg.policy_schemas);
+    v_batch_size := coalesce(p_batch_size, v_cfg.batch_size);
+    IF NOT EXISTS (SELECT 1 FROM migration_control.role_mapping) THEN
+        RAISE EXCEPTION 'no role mapping loaded'
+            USING DETAIL = 'migration_control.role_mapping is empty.',
+                  HINT = 'call migration_control.load_role_mapping(mapping, new_roles)';
+    END IF;
+
+    v_rel := to_regclass(format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table));
+    SELECT pg_catalog.format_type(a.atttypid, a.atttypmod), a.atttypid INTO v_role_type, v_role_typid
+    FROM pg_catalog.pg_attribute a WHERE a.attrelid = v_rel AND a.attname = v_cfg.role_column;
+    SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) INTO v_key_type
+    FROM pg_catalog.pg_attribute a WHERE a.attrelid = v_rel AND a.attname = v_cfg.key_column;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_type t WHERE t.oid = v_role_typid AND t.typtype = 'e') THEN
+        SELECT string_agg(r.role_name, ', ' ORDER BY r.position) INTO v_bad
+        FROM migration_control.new_roles r
+        WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_enum e WHERE e.enumtypid = v_role_typid AND e.enumlabel = r.role_name);
+        IF v_bad IS NOT NULL THEN
+            RAISE EXCEPTION 'enum % lacks new role(s) %', v_role_type, v_bad
+                USING DETAIL = format('The role column %I is an enum; users can only move to labels it has.', v_cfg.role_column),
+                      HINT = format('ALTER TYPE %s ADD VALUE ... for each, and commit, before migrating', v_role_type);
+        END IF;
+    END IF;
+
+    EXECUTE format(
+        'SELECT string_agg(coalesce(quote_literal(s.r), ''NULL'') || '' ('' || s.n || '' users)'', '', '' ORDER BY s.r)
+         FROM (SELECT t.%1$I::text AS r, count(*) AS n FROM %2$I.%3$I t
+               WHERE t.%1$I IS NULL
+                  OR (NOT EXISTS (SELECT 1 FROM migration_control.role_mapping m WHERE m.legacy_role = t.%1$I::text)
+                      AND NOT EXISTS (SELECT 1 FROM migration_control.new_roles r WHERE r.role_name = t.%1$I::text))
+               GROUP BY 1) s',
+        v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table)
+    INTO v_bad;
+    IF v_bad IS NOT NULL THEN
+        RAISE EXCEPTION 'users have unknown roles: %', v_bad
+            USING DETAIL = 'These roles are neither legacy roles of the mapping nor new roles; nothing was changed.',
+                  HINT = 'add them to the role mapping (migration_control.load_role_mapping) or fix those users';
+    END IF;
+    SELECT string_agg(format('%s (found in %s)', d.role_name, array_to_string(d.sources, ', ')), '; ' ORDER BY d.role_name)
+    INTO v_bad FROM migration_control.discover_legacy_roles() d WHERE d.mapped_to IS NULL;
+    IF v_bad IS NOT NULL THEN
+        RAISE EXCEPTION 'unmapped legacy roles: %', v_bad
+            USING DETAIL = 'Every role the schema allows or the data holds must map onto a new role; nothing was changed.',
+                  HINT = 'add them to the role mapping (migration_control.load_role_mapping)';
+    END IF;
+
+    IF p_backup_id IS NOT NULL THEN
+        IF NOT EXISTS (SELECT 1 FROM migration_backup.backup_log b
+                       WHERE b.backup_id = p_backup_id AND b.status = 'completed') THEN
+            RAISE EXCEPTION 'backup % does not exist or is not completed', p_backup_id
+                USING DETAIL = 'The migration only runs with a completed, valid backup to roll back to.',
+                      HINT = 'see migration_backup.list_available_backups(), or pass NULL for the newest valid backup';
+        END IF;
+        SELECT string_agg(v.check_name, ', ') INTO v_bad
+        FROM migration_backup.validate_backup_completeness(p_backup_id) v WHERE v.status = 'fail';
+        IF v_bad IS NOT NULL THEN
+            RAISE EXCEPTION 'backup % does not validate: %', p_backup_id, v_bad
+                USING DETAIL = 'migration_backup.validate_backup_completeness reports these checks as failing.',
+                      HINT = 'take a new backup: SELECT * FROM migration_control.prepare_for_migration()';
+        END IF;
+        v_backup := p_backup_id;
+    ELSE
+        FOR v_cand IN SELECT b.backup_id FROM migration_backup.backup_log b WHERE b.status = 'completed'
+                      ORDER BY b.created_at DESC, b.backup_id DESC
+        LOOP
+            IF NOT EXISTS (SELECT 1 FROM migration_backup.validate_backup_completeness(v_cand.backup_id) v
+                           WHERE v.status = 'fail') THEN
+                v_backup := v_cand.backup_id;
+                EXIT;
+            END IF;
+        END LOOP;
+        IF v_backup IS NULL THEN
+            RAISE EXCEPTION 'no valid backup: refusing to migrate without one'
+                USING DETAIL = 'No completed backup in migration_backup.backup_log validates without a failing check.',
+                      HINT = 'take one first: SELECT * FROM migration_control.prepare_for_migration()';
+        END IF;
+    END IF;
+
+    v_run := 'run_' || to_char(clock_timestamp(), 'YYYYMMDD_HH24MISS') || '_'
+             || substr(replace(gen_random_uuid()::text, '-', ''), 1, 6);
+    -- users logged as done before the newest completed rollback are pending again
+    SELECT coalesce(max(r.started_at), '-infinity') INTO v_cutoff
+    FROM migration_backup.rollback_log r WHERE r.status = 'completed';
+
+    -- pending = on a legacy role of the mapping and not already logged as done (with the
+    -- role they hold now) by a completed batch of this migration: identity-mapped users
+    -- ('admin' -> 'admin') keep a legacy name, the log tells they were handled.
+    v_pending_sql := format(
+        't.%2$I::text IN (SELECT m.legacy_role FROM migration_control.role_mapping m)
+         AND NOT EXISTS (SELECT 1 FROM migration_tracking.migration_log l
+                         JOIN migration_tracking.migration_batch b ON b.batch_id = l.batch_id
+                         WHERE l.user_key = t.%1$I::text AND l.new_role = t.%2$I::text
+                           AND l.status IN (''migrated'', ''unchanged'') AND l.logged_at > $2
+                           AND b.migration_name = $1 AND b.status = ''completed'')',
+        v_cfg.key_column, v_cfg.role_column);
+    v_batch_sql := format(
+        'WITH batch AS (
+             SELECT t.%1$I AS k, t.%2$I::text AS role
+             FROM %3$I.%4$I t
+             WHERE %7$s AND ($3::text IS NULL OR t.%1$I > $3::text::%5$s)
+             ORDER BY t.%1$I
+             LIMIT $4
+             FOR UPDATE OF t),
+         upd AS (
+             UPDATE %3$I.%4$I AS t SET %2$I = m.new_role::%6$s
+             FROM batch b, migration_control.role_mapping m
+             WHERE t.%1$I = b.k AND m.legacy_role = t.%2$I::text AND m.new_role <> m.legacy_role
+             RETURNING t.%1$I AS k, m.legacy_role AS old_role, m.new_role),
+         logged AS (
+             INSERT INTO migration_tracking.migration_log (batch_id, user_key, old_role, new_role, status)
+             SELECT $5, b.k::text, b.role, coalesce(u.new_role, b.role),
+                    CASE WHEN u.k IS NULL THEN ''unchanged'' ELSE ''migrated'' END
+             FROM batch b LEFT JOIN upd u ON u.k = b.k
+             RETURNING migration_log.status)
+         SELECT count(*) FILTER (WHERE logged.status = ''migrated''),
+                count(*) FILTER (WHERE logged.status = ''unchanged''),
+                (SELECT b.k::text FROM batch b ORDER BY b.k LIMIT 1),
+                (SELECT b.k::text FROM batch b ORDER BY b.k DESC LIMIT 1)
+         FROM logged',
+        v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table,
+        v_key_type, v_role_type, v_pending_sql);
+
+    -- 1. widen
+    BEGIN
+        v_widened := migration_control.adjust_role_constraints('widen');
+    EXCEPTION WHEN OTHERS THEN
+        v_error := 'widening role constraints failed: ' || SQLERRM;
+        v_batch_id := migration_tracking.start_migration_batch(p_migration_name, v_batch_size, v_run,
+                          jsonb_build_object('phase', 'widen', 'backup_id', v_backup));
+        PERFORM migration_tracking.complete_migration_batch(v_batch_id, 'failed', v_error);
+        RETURN QUERY SELECT v_run, 0, 0::bigint, 0::bigint, 0, 'failed'::text, v_error;
+        RETURN;
+    END;
+
+    -- 2. batches
+    LOOP
+        EXIT WHEN p_max_batches IS NOT NULL AND v_batches >= p_max_batches;
+        v_batch_id := migration_tracking.start_migration_batch(p_migration_name, v_batch_size, v_run,
+                          jsonb_build_object('phase', 'migrate', 'backup_id', v_backup)
+                          || CASE WHEN v_batches = 0 AND v_widened <> '[]'
+                                  THEN jsonb_build_object('constraints_widened', v_widened) ELSE '{}' END);
+        BEGIN
+            EXECUTE v_batch_sql INTO v_cnt_m, v_cnt_u, v_first, v_last
+                USING p_migration_name, v_cutoff, v_last_key, v_batch_size, v_batch_id;
+            IF v_first IS NULL THEN
+                -- nobody left: this batch row was only a probe
+                DELETE FROM migration_tracking.migration_batch b WHERE b.batch_id = v_batch_id;
+                EXIT;
+            END IF;
+            UPDATE migration_tracking.migration_batch b
+            SET first_key = v_first, last_key = v_last,
+                details = b.details || jsonb_build_object('migrated', v_cnt_m, 'unchanged', v_cnt_u)
+            WHERE b.batch_id = v_batch_id;
+            PERFORM migration_tracking.complete_migration_batch(v_batch_id);
+        EXCEPTION WHEN OTHERS THEN
+            v_error := SQLERRM;
+            PERFORM migration_tracking.complete_migration_batch(v_batch_id, 'failed', v_error);
+            v_batches := v_batches + 1;
+            v_status := 'failed';
+            EXIT;
+        END;
+        v_batches := v_batches + 1;
+        v_migrated := v_migrated + v_cnt_m;
+        v_unchanged := v_unchanged + v_cnt_u;
+        v_last_key := v_last;
+    END LOOP;
+
+    IF v_status = 'failed' THEN
+        RETURN QUERY SELECT v_run, v_batches, v_migrated, v_unchanged, 0, v_status, v_error;
+        RETURN;
+    END IF;
+
+    EXECUTE format('SELECT count(*) FROM %I.%I t WHERE %s', v_cfg.profiles_schema, v_cfg.profiles_table, v_pending_sql)
+    INTO v_pending USING p_migration_name, v_cutoff;
+    IF v_pending > 0 THEN
+        RETURN QUERY SELECT v_run, v_batches, v_migrated, v_unchanged, 0, 'partial'::text, NULL::text;
+        RETURN;
+    END IF;
+
+    -- 3. finish: policies, then constraints; one subtransaction
+    BEGIN
+        IF p_rewrite_policies THEN
+            v_policies := migration_control.rewrite_role_policies(v_run);
+        END IF;
+        v_narrowed := migration_control.adjust_role_constraints('narrow');
+        IF v_policies > 0 OR v_narrowed <> '[]' OR (v_batches = 0 AND v_widened <> '[]') THEN
+            v_batch_id := migration_tracking.start_migration_batch(p_migration_name, v_batch_size, v_run,
+                              jsonb_build_object('phase', 'finalize', 'backup_id', v_backup,
+                                                 'policies_rewritten', v_policies,
+                                                 'constraints_narrowed', v_narrowed)
+                              || CASE WHEN v_batches = 0 AND v_widened <> '[]'
+                                      THEN jsonb_build_object('constraints_widened', v_widened) ELSE '{}' END);
+            PERFORM migration_tracking.complete_migration_batch(v_batch_id);
+        END IF;
+    EXCEPTION WHEN OTHERS THEN
+        v_error := 'finishing the migration failed: ' || SQLERRM;
+        v_policies := 0;
+        v_batch_id := migration_tracking.start_migration_batch(p_migration_name, v_batch_size, v_run,
+                          jsonb_build_object('phase', 'finalize', 'backup_id', v_backup));
+        PERFORM migration_tracking.complete_migration_batch(v_batch_id, 'failed', v_error);
+        RETURN QUERY SELECT v_run, v_batches, v_migrated, v_unchanged, 0, 'failed'::text, v_error;
+        RETURN;
+    END;
+
+    RETURN QUERY SELECT v_run, v_batches, v_migrated, v_unchanged, v_policies, 'completed'::text, NULL::text;
+END;
+$$;
+
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA migration_control FROM PUBLIC;
