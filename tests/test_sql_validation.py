@@ -1,0 +1,363 @@
+"""migration-validation-functions.sql: every check, driven to its passing and its failing result.
+
+Runs on real PostgreSQL through the plugin's ``rolemig_db`` fixture (a fresh clone per test with
+the infrastructure installed, the demo mapping loaded and 130 seeded users, no backup yet).
+Expectations come from independent queries on the live tables, not from the functions under test.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+PRE_CHECKS = ["target_configured", "mapping_loaded", "no_null_roles", "all_roles_known", "mapping_total",
+              "mapping_targets_valid", "valid_backup_exists", "no_migration_running"]
+POST_CHECKS = ["every_user_has_new_role", "roles_match_mapping", "user_count_unchanged",
+               "no_legacy_roles_in_policies", "sessions_intact"]
+AUTH_CHECKS = ["own_profile_readable", "own_sessions_readable", "rls_applies"]
+LEGACY_ONLY = {"super_admin", "org_owner", "org_admin", "billing_admin", "team_lead", "author", "contributor",
+               "support_agent"}
+
+
+def rows(conn, query, params=None):
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query, params)
+        return cur.fetchall()
+
+
+def one(conn, query, params=None):
+    result = rows(conn, query, params)
+    assert len(result) == 1, result
+    return result[0]
+
+
+def checks(conn, call, params=None):
+    result = rows(conn, f"SELECT * FROM {call}", params)
+    for r in result:
+        assert r["status"] in ("pass", "fail", "warn"), r
+        assert isinstance(r["details"], dict), r
+        assert len(r["details"].get("sample", [])) <= 20, r
+    return {r["check_name"]: r for r in result}
+
+
+def pre(conn):
+    return checks(conn, "migration_validation.validate_pre_migration_state()")
+
+
+def post(conn, backup_id=None):
+    return checks(conn, "migration_validation.validate_post_migration_state(%s)", (backup_id,))
+
+
+def auth(conn, size=50):
+    return checks(conn, "migration_validation.test_user_authentication(%s)", (size,))
+
+
+def backup(conn):
+    return one(conn, "SELECT backup_id FROM migration_backup.create_comprehensive_backup()")["backup_id"]
+
+
+def migrate(conn, **kw):
+    args = ", ".join(f"{k} => %({k})s" for k in kw)
+    return one(conn, f"SELECT * FROM migration_control.execute_role_migration({args})", kw)
+
+
+# ----------------------------------------------------------- pre-migration ----
+
+def test_pre_migration_passes_once_a_backup_exists(rolemig_db):
+    before = pre(rolemig_db)
+    assert list(before) == PRE_CHECKS
+    assert before["valid_backup_exists"]["status"] == "fail"
+    assert "no completed backup" in before["valid_backup_exists"]["details"]["error"]
+    assert {k: v["status"] for k, v in before.items() if k != "valid_backup_exists"} == dict.fromkeys(
+        [c for c in PRE_CHECKS if c != "valid_backup_exists"], "pass")
+    assert before["no_null_roles"]["details"]["users"] == 130
+    assert before["mapping_total"]["details"]["legacy_roles_found"] == 13
+
+    bid = backup(rolemig_db)
+    after = pre(rolemig_db)
+    assert {k: v["status"] for k, v in after.items()} == dict.fromkeys(PRE_CHECKS, "pass")
+    assert after["valid_backup_exists"]["details"]["backup_id"] == bid
+
+
+def test_unknown_role_fails_all_roles_known_and_mapping_total_naming_it(rolemig_db):
+    rolemig_db.execute("ALTER TABLE public.user_profiles DROP CONSTRAINT user_profiles_role_check")
+    key = one(rolemig_db, """UPDATE public.user_profiles SET role = 'ghost'
+                              WHERE id = (SELECT min(id::text)::uuid FROM public.user_profiles) RETURNING id::text""")["id"]
+    result = pre(rolemig_db)
+    known = result["all_roles_known"]
+    assert known["status"] == "fail"
+    assert known["details"]["unknown_roles"] == {"ghost": {"count": 1, "sample": [key]}}
+    assert known["details"]["sample"] == [{"key": key, "role": "ghost"}]
+    total = result["mapping_total"]
+    assert total["status"] == "fail" and total["details"]["unmapped_roles"] == ["ghost"]
+    assert total["details"]["sample"] == [{"role": "ghost", "sources": ["data"]}]
+
+
+def test_user_already_on_new_role_only_warns(rolemig_db):
+    rolemig_db.execute("ALTER TABLE public.user_profiles DROP CONSTRAINT user_profiles_role_check")
+    rolemig_db.execute("UPDATE public.user_profiles SET role = 'owner' WHERE role = 'super_admin'")
+    known = pre(rolemig_db)["all_roles_known"]
+    assert known["status"] == "warn"
+    assert known["details"]["unknown_roles"] == {}
+    assert known["details"]["already_on_new_roles"]["owner"]["count"] == 10
+
+
+def test_mapping_missing_a_legacy_role_fails_mapping_total_naming_it(rolemig_db):
+    rolemig_db.execute("DELETE FROM migration_control.role_mapping WHERE legacy_role = 'team_lead'")
+    total = pre(rolemig_db)["mapping_total"]
+    assert total["status"] == "fail"
+    assert total["details"]["unmapped_roles"] == ["team_lead"]
+    assert total["details"]["sample"] == [{"role": "team_lead", "sources": ["check", "data"]}]
+
+
+def test_role_allowed_by_check_only_is_found_unmapped(rolemig_db):
+    rolemig_db.execute("""ALTER TABLE public.user_profiles DROP CONSTRAINT user_profiles_role_check,
+        ADD CONSTRAINT user_profiles_role_check CHECK (role IN ('super_admin', 'admin', 'org_owner', 'org_admin',
+        'billing_admin', 'manager', 'team_lead', 'editor', 'author', 'contributor', 'moderator', 'support_agent',
+        'viewer', 'auditor'))""")
+    total = pre(rolemig_db)["mapping_total"]
+    assert total["status"] == "fail" and total["details"]["unmapped_roles"] == ["auditor"]
+    assert total["details"]["sample"] == [{"role": "auditor", "sources": ["check"]}]
+
+
+def test_null_role_fails_naming_the_user(rolemig_db):
+    rolemig_db.execute("ALTER TABLE public.user_profiles ALTER COLUMN role DROP NOT NULL")
+    key = one(rolemig_db, """UPDATE public.user_profiles SET role = NULL
+                              WHERE id = (SELECT max(id::text)::uuid FROM public.user_profiles) RETURNING id::text""")["id"]
+    result = pre(rolemig_db)["no_null_roles"]
+    assert result["status"] == "fail"
+    assert result["details"]["null_roles"] == 1 and result["details"]["sample"] == [key]
+
+
+def test_target_and_mapping_problems_fail(rolemig_db):
+    rolemig_db.execute("DELETE FROM migration_control.role_mapping")
+    assert pre(rolemig_db)["mapping_loaded"]["status"] == "fail"
+    rolemig_db.execute("UPDATE migration_control.target_config SET profiles_table = 'no_such_table'")
+    result = pre(rolemig_db)
+    assert list(result) == ["target_configured"]
+    assert result["target_configured"]["status"] == "fail"
+    assert "public.no_such_table does not exist" in result["target_configured"]["details"]["error"]
+
+
+def test_corrupt_backup_fails_valid_backup_exists(rolemig_db):
+    bid = backup(rolemig_db)
+    rolemig_db.execute("""DELETE FROM migration_backup.user_profiles_complete_backup
+                           WHERE backup_id = %s AND user_key = (SELECT min(user_key)
+                                 FROM migration_backup.user_profiles_complete_backup WHERE backup_id = %s)""", (bid, bid))
+    result = pre(rolemig_db)["valid_backup_exists"]
+    assert result["status"] == "fail" and result["details"]["backup_id"] == bid
+    assert {c["check_name"] for c in result["details"]["failing_checks"]} >= {"profiles_count"}
+
+
+def test_running_batch_or_held_lock_fails_no_migration_running(rolemig_db, rolemig_server):
+    assert pre(rolemig_db)["no_migration_running"]["status"] == "pass"
+    with psycopg.connect(rolemig_server.dsn(rolemig_db.info.dbname)) as other:
+        other.execute("SELECT pg_advisory_xact_lock(hashtext('pytest_rolemig.migration'))")
+        held = pre(rolemig_db)["no_migration_running"]
+        assert held["status"] == "fail" and held["details"]["lock_held"] is True
+        other.rollback()
+    assert pre(rolemig_db)["no_migration_running"]["status"] == "pass"
+    batch = one(rolemig_db, "SELECT migration_tracking.start_migration_batch('role_system_migration') AS id")["id"]
+    running = pre(rolemig_db)["no_migration_running"]
+    assert running["status"] == "fail"
+    assert [b["batch_id"] for b in running["details"]["sample"]] == [batch]
+
+
+# ---------------------------------------------------------- post-migration ----
+
+def test_post_migration_fails_before_and_passes_after_migration(rolemig_db):
+    bid = backup(rolemig_db)
+    before = post(rolemig_db)
+    assert list(before) == POST_CHECKS
+    assert before["every_user_has_new_role"]["status"] == "fail"
+    assert before["every_user_has_new_role"]["details"]["not_on_new_role"] == 80
+    assert before["roles_match_mapping"]["status"] == "fail"
+    assert before["roles_match_mapping"]["details"]["mismatched"] == 80
+    assert before["no_legacy_roles_in_policies"]["status"] == "fail"
+    assert before["user_count_unchanged"]["status"] == "pass"
+    assert before["sessions_intact"]["status"] == "pass"
+
+    assert migrate(rolemig_db)["status"] == "completed"
+    after = post(rolemig_db, bid)
+    assert {k: v["status"] for k, v in after.items()} == dict.fromkeys(POST_CHECKS, "pass")
+    assert after["roles_match_mapping"]["details"]["backed_up_users"] == 130
+
+
+def test_policy_left_with_legacy_literal_fails_naming_it(rolemig_db):
+    backup(rolemig_db)
+    migrate(rolemig_db)
+    rolemig_db.execute("""CREATE POLICY "tickets: leads read" ON public.support_tickets FOR SELECT TO authenticated
+                          USING (public.current_user_role() = 'team_lead')""")
+    result = post(rolemig_db)["no_legacy_roles_in_policies"]
+    assert result["status"] == "fail"
+    assert result["details"]["policies"] == ["tickets: leads read"]
+    assert result["details"]["sample"] == [{"schema": "public", "table": "support_tickets",
+                                           "policy": "tickets: leads read", "clause": "using", "role": "team_lead"}]
+    rls = checks(rolemig_db, "migration_validation.validate_rls_policies('post')")["policy_roles_match_phase"]
+    assert rls["status"] == "fail" and rls["details"]["policies"] == ["tickets: leads read"]
+
+
+def test_post_migration_names_changed_users_missing_sessions_and_users(rolemig_db):
+    bid = backup(rolemig_db)
+    migrate(rolemig_db)
+    changed = one(rolemig_db, """UPDATE public.user_profiles SET role = 'viewer'
+        WHERE id = (SELECT min(id::text)::uuid FROM public.user_profiles WHERE role = 'owner') RETURNING id::text""")["id"]
+    session = one(rolemig_db, "DELETE FROM auth.sessions WHERE id = (SELECT min(id::text)::uuid FROM auth.sessions) "
+                              "RETURNING id::text, user_id::text")
+    result = post(rolemig_db, bid)
+    mismatch = result["roles_match_mapping"]
+    assert mismatch["status"] == "fail" and mismatch["details"]["mismatched"] == 1
+    assert mismatch["details"]["sample"][0]["user_key"] == changed
+    assert mismatch["details"]["sample"][0]["expected_role"] == "owner"
+    assert mismatch["details"]["sample"][0]["current_role"] == "viewer"
+    sessions = result["sessions_intact"]
+    assert sessions["status"] == "fail"
+    assert sessions["details"]["sample"] == [{"session_key": session["id"], "user_key": session["user_id"]}]
+
+    gone = one(rolemig_db, """DELETE FROM auth.users WHERE id = (SELECT max(id::text)::uuid FROM public.user_profiles)
+                               RETURNING id::text""")["id"]
+    result = post(rolemig_db, bid)
+    assert result["user_count_unchanged"]["status"] == "fail"
+    assert result["user_count_unchanged"]["details"] == {"backup_id": bid, "backed_up_users": 130, "live_users": 129}
+    assert any(s["user_key"] == gone and s["missing"] for s in result["roles_match_mapping"]["details"]["sample"])
+
+
+def test_post_migration_with_unknown_backup_fails(rolemig_db):
+    result = post(rolemig_db, "bk_nope")
+    for name in ("roles_match_mapping", "user_count_unchanged", "sessions_intact"):
+        assert result[name]["status"] == "fail" and result[name]["details"]["error"] == "backup not found"
+
+
+# ---------------------------------------------------------- authentication ----
+
+def test_authentication_passes_before_and_after_migration(rolemig_db):
+    before = auth(rolemig_db, 200)
+    assert {k: v["status"] for k, v in before.items()} == dict.fromkeys(AUTH_CHECKS, "pass")
+    assert before["own_profile_readable"]["details"]["users_tested"] == 130
+    # staff roles see every profile (a policy names them), everybody else only their own
+    assert before["rls_applies"]["details"]["users_filtered"] == 80
+    backup(rolemig_db)
+    migrate(rolemig_db)
+    after = auth(rolemig_db, 200)
+    assert {k: v["status"] for k, v in after.items()} == dict.fromkeys(AUTH_CHECKS, "pass")
+    # after the migration: owner, admin and moderator read all (from super_admin, admin, org_owner, org_admin, support_agent)
+    assert after["rls_applies"]["details"]["users_filtered"] == 130 - 70
+
+
+def test_sample_has_every_role_and_the_callers_role_is_restored(rolemig_db):
+    result = auth(rolemig_db, 1)
+    assert result["own_profile_readable"]["details"]["users_tested"] == 13  # at least one per role
+    state = one(rolemig_db, "SELECT current_user::text AS u, current_setting('role') AS r, "
+                            "coalesce(current_setting('request.jwt.claims', true), '') AS c")
+    assert state == {"u": rolemig_db.info.user, "r": "none", "c": ""}
+    prosecdef = one(rolemig_db, """SELECT p.prosecdef FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = 'migration_validation' AND p.proname = 'test_user_authentication'""")["prosecdef"]
+    assert prosecdef is False
+
+
+def test_policy_that_locks_users_out_fails_naming_them(rolemig_db):
+    rolemig_db.execute("""CREATE POLICY "lockout" ON public.user_profiles AS RESTRICTIVE FOR SELECT TO authenticated
+                          USING (public.current_user_role() IS DISTINCT FROM 'author')""")
+    authors = {r["id"] for r in rows(rolemig_db, "SELECT id::text FROM public.user_profiles WHERE role = 'author'")}
+    result = auth(rolemig_db, 200)
+    profile = result["own_profile_readable"]
+    assert profile["status"] == "fail"
+    assert profile["details"]["failing_roles"] == ["author"] and profile["details"]["failing_users"] == 10
+    assert {s["key"] for s in profile["details"]["sample"]} == authors
+    assert all(s["rows_seen"] == 0 for s in profile["details"]["sample"])
+    assert result["own_sessions_readable"]["status"] == "pass"
+
+
+def test_sessions_hidden_by_policy_fail_own_sessions_readable(rolemig_db):
+    rolemig_db.execute("""CREATE POLICY "no viewers" ON auth.sessions AS RESTRICTIVE FOR SELECT TO authenticated
+                          USING ((auth.jwt() ->> 'user_role') <> 'viewer')""")
+    viewers_with_sessions = one(rolemig_db, """SELECT count(DISTINCT p.id) AS n FROM public.user_profiles p
+        JOIN auth.sessions s ON s.user_id = p.id WHERE p.role = 'viewer'""")["n"]
+    assert viewers_with_sessions > 0
+    result = auth(rolemig_db, 200)["own_sessions_readable"]
+    assert result["status"] == "fail" and result["details"]["failing_roles"] == ["viewer"]
+    assert result["details"]["failing_users"] == viewers_with_sessions
+
+
+def test_everyone_seeing_every_profile_warns(rolemig_db):
+    rolemig_db.execute("""CREATE POLICY "open" ON public.user_profiles FOR SELECT TO authenticated USING (true)""")
+    result = auth(rolemig_db, 200)["rls_applies"]
+    assert result["status"] == "warn"
+    assert result["details"]["users_filtered"] == 0
+    assert {s["role"] for s in result["details"]["sample"]} <= {"manager", "team_lead", "editor", "author",
+                                                                "contributor", "moderator", "viewer", "billing_admin"}
+
+
+def test_bad_sample_size_raises(rolemig_db):
+    with pytest.raises(psycopg.errors.RaiseException, match="sample size must be a positive integer, got 0"):
+        auth(rolemig_db, 0)
+
+
+# --------------------------------------------------------------------- RLS ----
+
+def test_rls_disabled_table_fails_rls_enabled(rolemig_db):
+    assert checks(rolemig_db, "migration_validation.validate_rls_policies()")["rls_enabled"]["status"] == "pass"
+    rolemig_db.execute("ALTER TABLE public.documents DISABLE ROW LEVEL SECURITY")
+    result = checks(rolemig_db, "migration_validation.validate_rls_policies()")["rls_enabled"]
+    assert result["status"] == "fail"
+    assert result["details"]["sample"] == [{"schema": "public", "table": "documents", "policies": 6}]
+
+
+def test_policy_roles_match_phase(rolemig_db):
+    def phase(p):
+        return checks(rolemig_db, "migration_validation.validate_rls_policies(%s)", (p,))["policy_roles_match_phase"]
+
+    assert phase("pre")["status"] == "pass"
+    assert phase("expand")["status"] == "pass"
+    assert phase("auto")["details"]["phase"] == "pre"
+    before_post = phase("post")
+    assert before_post["status"] == "fail"
+    assert {s["role_name"] for s in before_post["details"]["sample"]} <= LEGACY_ONLY
+    assert "billing: billing staff" in before_post["details"]["policies"]
+
+    backup(rolemig_db)
+    migrate(rolemig_db, p_batch_size=7, p_max_batches=1)
+    assert phase("auto")["details"]["phase"] == "expand"
+    migrate(rolemig_db)
+    assert phase("auto")["details"]["phase"] == "post"
+    assert phase("post")["status"] == "pass"
+    after_pre = phase("pre")
+    assert after_pre["status"] == "fail" and {s["role_name"] for s in after_pre["details"]["sample"]} == {"owner"}
+    with pytest.raises(psycopg.errors.RaiseException, match="unknown RLS validation phase 'during'"):
+        phase("during")
+
+
+# ------------------------------------------------------------------ runner ----
+
+def test_comprehensive_validation_stores_every_row(rolemig_db):
+    result = rows(rolemig_db, "SELECT * FROM migration_validation.run_comprehensive_validation('pre_migration')")
+    assert [r["validation_type"] for r in result][:8] == ["pre_migration_state"] * 8
+    assert {r["validation_type"] for r in result} == {"pre_migration_state", "rls_policies", "backup"}
+    run = result[0]["details"]["validation_run"]
+    stored = rows(rolemig_db, """SELECT validation_type, check_name, status FROM migration_validation.validation_results
+                                  WHERE validation_run = %s ORDER BY result_id""", (run,))
+    assert stored == [{k: r[k] for k in ("validation_type", "check_name", "status")} for r in result]
+
+    backup(rolemig_db)
+    migrate(rolemig_db)
+    result = rows(rolemig_db, "SELECT * FROM migration_validation.run_comprehensive_validation('post_migration')")
+    assert {r["validation_type"] for r in result} == {"post_migration_state", "rls_policies", "authentication"}
+    assert all(r["status"] == "pass" for r in result), [r for r in result if r["status"] != "pass"]
+
+
+def test_post_rollback_validation(rolemig_db):
+    result = rows(rolemig_db, "SELECT * FROM migration_validation.run_comprehensive_validation('post_rollback')")
+    assert result[0]["check_name"] == "rollback_recorded" and result[0]["status"] == "fail"
+    bid = backup(rolemig_db)
+    migrate(rolemig_db)
+    one(rolemig_db, "SELECT * FROM migration_backup.execute_rollback(%s)", (bid,))
+    result = rows(rolemig_db, "SELECT * FROM migration_validation.run_comprehensive_validation('post_rollback')")
+    assert {r["validation_type"] for r in result} == {"rollback", "rls_policies", "authentication"}
+    assert all(r["status"] == "pass" for r in result), [r for r in result if r["status"] != "pass"]
+
+
+def test_unknown_phase_raises(rolemig_db):
+    with pytest.raises(psycopg.errors.RaiseException, match="unknown validation phase 'mid_migration'") as err:
+        rolemig_db.execute("SELECT * FROM migration_validation.run_comprehensive_validation('mid_migration')")
+    assert "pre_migration, post_migration, post_rollback" in err.value.diag.message_detail
