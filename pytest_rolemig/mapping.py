@@ -27,6 +27,8 @@ class RoleMapping:
     new_roles: tuple[str, ...]
     mapping: dict[str, str] = field(hash=False)
     source: str = "<memory>"
+    # legacy role -> {"gains": (...), "loses": (...)}: deliberate access changes, each "table:COMMAND"
+    access_changes: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict, hash=False)
 
     @property
     def legacy_roles(self) -> tuple[str, ...]:
@@ -38,11 +40,11 @@ class RoleMapping:
 
 def parse_mapping(data: dict[str, Any], source: str = "<memory>") -> RoleMapping:
     """Check the shape of a mapping document and build a :class:`RoleMapping`."""
-    unknown = sorted(set(data) - {"new_roles", "mapping"})
+    unknown = sorted(set(data) - {"new_roles", "mapping", "access_changes"})
     if unknown:
         raise MappingError(
             f"role mapping {source}: unknown key(s) {', '.join(unknown)}; "
-            "expected only 'new_roles' (a list) and a [mapping] table"
+            "expected only 'new_roles' (a list), a [mapping] table and an optional [access_changes] table"
         )
     new_roles = data.get("new_roles")
     if not isinstance(new_roles, list) or not new_roles or not all(
@@ -65,7 +67,38 @@ def parse_mapping(data: dict[str, Any], source: str = "<memory>") -> RoleMapping
         raise MappingError(
             f"role mapping {source}: maps outside the new roles ({', '.join(new_roles)}): {', '.join(outside)}"
         )
-    return RoleMapping(new_roles=tuple(new_roles), mapping=dict(mapping), source=source)
+    return RoleMapping(new_roles=tuple(new_roles), mapping=dict(mapping), source=source,
+                       access_changes=_access_changes(data.get("access_changes", {}), mapping, source))
+
+
+_COMMANDS = ("SELECT", "INSERT", "UPDATE", "DELETE", "*")
+
+
+def _access_changes(data: Any, mapping: dict[str, str], source: str) -> dict[str, dict[str, tuple[str, ...]]]:
+    """Check ``[access_changes]``: ``role = { gains = ["table:COMMAND"], loses = [...] }`` per legacy role."""
+    if not isinstance(data, dict):
+        raise MappingError(f"role mapping {source}: [access_changes] must be a table of legacy roles")
+    changes: dict[str, dict[str, tuple[str, ...]]] = {}
+    for role, entry in data.items():
+        where = f"role mapping {source}: [access_changes] {role}"
+        if role not in mapping:
+            raise MappingError(f"{where}: not a legacy role of the [mapping] table")
+        if not isinstance(entry, dict) or set(entry) - {"gains", "loses"}:
+            raise MappingError(f'{where}: expected {{ gains = ["table:COMMAND", ...], loses = [...] }}')
+        parsed: dict[str, tuple[str, ...]] = {}
+        for kind in ("gains", "loses"):
+            items = entry.get(kind, [])
+            bad = [i for i in items if not isinstance(i, str) or i.count(":") != 1
+                   or not i.split(":")[0] or i.split(":")[1].upper() not in _COMMANDS] \
+                if isinstance(items, list) else [items]
+            if bad:
+                raise MappingError(
+                    f"{where}.{kind}: {', '.join(map(repr, bad))} must be \"table:COMMAND\" "
+                    f"(table as name, schema.name or *; COMMAND one of {', '.join(_COMMANDS)})"
+                )
+            parsed[kind] = tuple(f"{i.split(':')[0]}:{i.split(':')[1].upper()}" for i in items)
+        changes[role] = parsed
+    return changes
 
 
 def load_mapping(path: str | Path) -> RoleMapping:

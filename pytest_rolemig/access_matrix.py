@@ -1,0 +1,384 @@
+"""The access matrix: which rows each kind of user can really reach, measured through RLS.
+
+Policy text can look clean while a helper function, a view, an enum comparison or
+a JWT claim still decides on a legacy role name, and a superuser connection
+bypasses every policy. So the matrix does what PostgREST does for a request:
+inside a transaction it sets ``request.jwt.claims`` (``sub``, ``role``, the app
+role claim) and switches to the API role (``authenticated``, or ``anon``), then
+for every RLS-protected table of the policy schemas records, per command, the
+keys of the rows the user reaches:
+
+- SELECT: the keys the user sees;
+- UPDATE / DELETE: the keys a no-op ``UPDATE t SET c = c RETURNING key`` /
+  ``DELETE ... RETURNING key`` affects, in a savepoint that is rolled back (with
+  ``RETURNING``, as with PostgREST's ``return=representation``, a row must also
+  be visible to be reached);
+- INSERT: the template rows whose copy, owned by the acting user, passes the
+  WITH CHECK (an integrity error after the check still means RLS let it pass).
+
+Triggers (and so foreign-key actions) are off during the writes
+(``session_replication_role = replica``): the matrix measures RLS, not side effects.
+Everything runs in one transaction per user that is rolled back: nothing changes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pytest_rolemig.seeding import split_name
+from pytest_rolemig.target import Target
+
+COMMANDS = ("SELECT", "INSERT", "UPDATE", "DELETE")
+ANON = "(anon)"
+TEMPLATES_PER_TABLE = 2
+
+Cell = tuple[str, str, str, str]  # (legacy role, user key, table, command)
+
+
+@dataclass(frozen=True)
+class Actor:
+    """An application user the matrix acts as: the legacy role it stands for and its key."""
+
+    role: str
+    key: str | None  # None = anonymous (no JWT subject)
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """How a request is authenticated: the API roles and the claim carrying the app role."""
+
+    auth_role: str = "authenticated"
+    anon_role: str = "anon"
+    role_claim: str = "user_role"
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """What the matrix needs to know to exercise one table."""
+
+    schema: str
+    name: str
+    key_expr: sql.Composable
+    update_column: str | None
+    insert: sql.Composable | None
+    owner_columns: tuple[str, ...]
+    templates: tuple[tuple[str, str], ...]  # (key, row as JSON text)
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+
+@dataclass
+class Matrix:
+    """Rows reached per (legacy role, user, table, command), and the claims each user acted with."""
+
+    label: str
+    cells: dict[Cell, frozenset[str]] = field(default_factory=dict)
+    claims: dict[str, str | None] = field(default_factory=dict)  # user key -> app role in the JWT
+    errors: dict[Cell, str] = field(default_factory=dict)
+    tables: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+    def by_role(self) -> dict[str, dict[str, dict[str, dict[str, list[str]]]]]:
+        """role -> table -> command -> {user key: sorted row keys}."""
+        out: dict[str, dict[str, dict[str, dict[str, list[str]]]]] = {}
+        for (role, user, table, command), rows in sorted(self.cells.items()):
+            out.setdefault(role, {}).setdefault(table, {}).setdefault(command, {})[user] = sorted(rows)
+        return out
+
+    def counts(self) -> dict[str, dict[str, dict[str, int]]]:
+        """role -> table -> command -> rows reached (summed over the role's acting users)."""
+        out: dict[str, dict[str, dict[str, int]]] = {}
+        for (role, _user, table, command), rows in sorted(self.cells.items()):
+            slot = out.setdefault(role, {}).setdefault(table, {})
+            slot[command] = slot.get(command, 0) + len(rows)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """The plain-data form (also what :meth:`from_json` reads)."""
+        return {
+            "label": self.label, "seconds": round(self.seconds, 3), "tables": list(self.tables),
+            "claims": self.claims, "matrix": self.by_role(),
+            "errors": [{"role": c[0], "user": c[1], "table": c[2], "command": c[3], "error": e}
+                       for c, e in sorted(self.errors.items())],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Matrix:
+        cells = {
+            (role, user, table, command): frozenset(rows)
+            for role, tables in data["matrix"].items()
+            for table, commands in tables.items()
+            for command, users in commands.items()
+            for user, rows in users.items()
+        }
+        errors = {(e["role"], e["user"], e["table"], e["command"]): e["error"] for e in data.get("errors", [])}
+        return cls(label=data["label"], cells=cells, claims=dict(data.get("claims", {})), errors=errors,
+                   tables=tuple(data.get("tables", ())), seconds=float(data.get("seconds", 0.0)))
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=1, sort_keys=True)
+
+
+# ------------------------------------------------------------------ catalog ---
+
+def auth_settings(conn: psycopg.Connection[Any]) -> AuthSettings:
+    """The API role and role claim from ``migration_control.target_config`` when installed."""
+    if conn.execute("SELECT to_regclass('migration_control.target_config')").fetchone()[0] is None:
+        return AuthSettings()
+    row = conn.execute("SELECT auth_role, role_claim FROM migration_control.target_config").fetchone()
+    return AuthSettings(auth_role=row[0], role_claim=row[1]) if row else AuthSettings()
+
+
+def rls_tables(conn: psycopg.Connection[Any], schemas: Iterable[str]) -> list[tuple[str, str]]:
+    """Tables with row level security enabled in ``schemas``, in name order."""
+    return [tuple(r) for r in conn.execute(
+        """
+        SELECT n.nspname, c.relname FROM pg_catalog.pg_class c
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relrowsecurity
+          AND n.nspname = ANY(%s)
+        ORDER BY 1, 2
+        """, (list(schemas),)).fetchall()]
+
+
+def owner_references(conn: psycopg.Connection[Any], target: Target) -> set[tuple[str, str, str]]:
+    """(schema, table, column) that identify a user: the profiles key and what it references."""
+    schema, table = split_name(target.profiles_table)
+    refs = {(schema, table, target.key_column)}
+    row = conn.execute(
+        """
+        SELECT fn.nspname, fc.relname, fa.attname
+        FROM pg_catalog.pg_constraint k
+        JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_catalog.pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = k.conkey[1]
+        JOIN pg_catalog.pg_class fc ON fc.oid = k.confrelid
+        JOIN pg_catalog.pg_namespace fn ON fn.oid = fc.relnamespace
+        JOIN pg_catalog.pg_attribute fa ON fa.attrelid = k.confrelid AND fa.attnum = k.confkey[1]
+        WHERE k.contype = 'f' AND cardinality(k.conkey) = 1
+          AND n.nspname = %s AND c.relname = %s AND a.attname = %s
+        """, (schema, table, target.key_column)).fetchone()
+    if row:
+        refs.add(tuple(row))
+    return refs
+
+
+def _columns(conn: psycopg.Connection[Any], schema: str, table: str, role: str) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        """
+        SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attgenerated <> '',
+               a.attidentity, a.atthasdef,
+               coalesce(i.indisprimary, false),
+               pg_catalog.has_column_privilege(%s, c.oid, a.attname, 'UPDATE'),
+               (SELECT array_agg(array[fn.nspname, fc.relname, fa.attname])
+                FROM pg_catalog.pg_constraint k
+                JOIN pg_catalog.pg_class fc ON fc.oid = k.confrelid
+                JOIN pg_catalog.pg_namespace fn ON fn.oid = fc.relnamespace
+                JOIN pg_catalog.pg_attribute fa ON fa.attrelid = k.confrelid AND fa.attnum = k.confkey[1]
+                WHERE k.conrelid = c.oid AND k.contype = 'f' AND k.conkey = array[a.attnum])
+        FROM pg_catalog.pg_attribute a
+        JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        LEFT JOIN pg_catalog.pg_index i ON i.indrelid = c.oid AND i.indisprimary AND a.attnum = ANY(i.indkey)
+        WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
+        ORDER BY a.attnum
+        """, (role, schema, table)).fetchall()
+
+
+def table_info(conn: psycopg.Connection[Any], schema: str, table: str, owners: set[tuple[str, str, str]],
+               auth: AuthSettings) -> TableInfo:
+    """Key expression, the column a no-op UPDATE sets, the owned-copy INSERT and its templates."""
+    cols = _columns(conn, schema, table, auth.auth_role)
+    pk = [c[0] for c in cols if c[5]]
+    if len(pk) == 1:
+        key_expr: sql.Composable = sql.SQL("{}::text").format(sql.Identifier("t", pk[0]))
+    elif pk:
+        key_expr = sql.SQL("concat_ws(',', {})").format(
+            sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier("t", c)) for c in pk))
+    else:  # no primary key: the row's content is its identity
+        key_expr = sql.SQL("md5(to_jsonb(t)::text)")
+    settable = [c for c in cols if not c[2] and c[3] != "a"]
+    update_column = next((c[0] for c in settable if c[6]), None)
+
+    is_owner = {c[0] for c in cols
+                if (schema, table, c[0]) in owners or any(tuple(r) in owners for r in (c[7] or []))}
+    targets, values = [], []
+    for name, type_name, _gen, _ident, has_default, primary, _upd, _refs in settable:
+        if name in is_owner:
+            values.append(sql.SQL("coalesce(%(user)s::{}, r.{})").format(sql.SQL(type_name), sql.Identifier(name)))
+        elif primary and has_default:
+            continue  # a fresh key from the column default
+        elif primary and type_name == "uuid":
+            values.append(sql.SQL("gen_random_uuid()"))
+        else:  # an equal key fails on the unique index, after RLS has let the row through
+            values.append(sql.SQL("r.{}").format(sql.Identifier(name)))
+        targets.append(sql.Identifier(name))
+    insert = sql.SQL("INSERT INTO {t} ({cols}) SELECT {vals} FROM jsonb_populate_record(NULL::{t}, %(row)s) AS r").format(
+        t=sql.Identifier(schema, table), cols=sql.SQL(", ").join(targets), vals=sql.SQL(", ").join(values),
+    ) if targets else None
+    templates = tuple(conn.execute(
+        sql.SQL("SELECT {k}, to_jsonb(t)::text FROM {t} AS t ORDER BY 1 LIMIT {n}").format(
+            k=key_expr, t=sql.Identifier(schema, table), n=sql.Literal(TEMPLATES_PER_TABLE))).fetchall())
+    return TableInfo(schema, table, key_expr, update_column, insert, tuple(sorted(is_owner)), templates)
+
+
+def choose_actors(conn: psycopg.Connection[Any], target: Target, per_role: int = 2,
+                  anonymous: bool = True) -> list[Actor]:
+    """The first ``per_role`` users (by key) of every role in the profiles table, and an anonymous caller."""
+    schema, table = split_name(target.profiles_table)
+    rows = conn.execute(sql.SQL(
+        """
+        SELECT r, k FROM (
+            SELECT t.{r}::text AS r, t.{k}::text AS k,
+                   row_number() OVER (PARTITION BY t.{r}::text ORDER BY t.{k}::text) AS n
+            FROM {t} AS t WHERE t.{r} IS NOT NULL) x
+        WHERE n <= %s ORDER BY r, k
+        """).format(r=sql.Identifier(target.role_column), k=sql.Identifier(target.key_column),
+                    t=sql.Identifier(schema, table)), (per_role,)).fetchall()
+    actors = [Actor(role, key) for role, key in rows]
+    return actors + [Actor(ANON, None)] if anonymous else actors
+
+
+def current_roles(conn: psycopg.Connection[Any], target: Target, keys: list[str]) -> dict[str, str]:
+    """The role each of ``keys`` holds now: what a freshly issued token would carry."""
+    schema, table = split_name(target.profiles_table)
+    return dict(conn.execute(sql.SQL("SELECT t.{k}::text, t.{r}::text FROM {t} AS t WHERE t.{k}::text = ANY(%s)").format(
+        k=sql.Identifier(target.key_column), r=sql.Identifier(target.role_column),
+        t=sql.Identifier(schema, table)), (keys,)).fetchall())
+
+
+# ---------------------------------------------------------------- computing ---
+
+def _keys(conn: psycopg.Connection[Any], query: sql.Composable, params: dict[str, Any] | None = None) -> frozenset[str]:
+    cur = conn.execute(query, params or {})
+    return frozenset(r[0] for r in cur.fetchall()) if cur.description else frozenset()
+
+
+def _attempt(conn: psycopg.Connection[Any], query: sql.Composable,
+             params: dict[str, Any] | None = None) -> tuple[frozenset[str], psycopg.Error | None]:
+    """Run a write in a savepoint that is always rolled back; the keys it returned, or its error."""
+    try:
+        with conn.transaction(force_rollback=True):
+            return _keys(conn, query, params), None
+    except psycopg.Error as exc:
+        return frozenset(), exc
+
+
+def _write(conn: psycopg.Connection[Any], info: TableInfo, command: str,
+           visible: frozenset[str]) -> tuple[frozenset[str], str | None]:
+    """Keys reached by a no-op UPDATE / a DELETE; row by row over the visible rows if the statement fails."""
+    if command == "UPDATE":
+        if info.update_column is None:
+            return frozenset(), None  # the API role may update no column: nothing reached
+        col = sql.Identifier(info.update_column)
+        head = sql.SQL("UPDATE {t} AS t SET {c} = t.{c}").format(t=info.ident, c=col)
+    else:
+        head = sql.SQL("DELETE FROM {t} AS t").format(t=info.ident)
+    returning = sql.SQL(" RETURNING {}").format(info.key_expr)
+    keys, error = _attempt(conn, head + returning)
+    if error is None:
+        return keys, None
+    if error.sqlstate == "42501" and "permission denied" in str(error):
+        return frozenset(), None  # no privilege on the table: nothing reached
+    # e.g. one row passes USING but fails WITH CHECK: the statement fails as a whole; decide per row
+    reached = set()
+    for key in visible:
+        one, _ = _attempt(conn, head + sql.SQL(" WHERE {} = %(k)s").format(info.key_expr) + returning, {"k": key})
+        reached |= one
+    return frozenset(reached), str(error).strip().splitlines()[0]
+
+
+def _insert(conn: psycopg.Connection[Any], info: TableInfo, user: str | None) -> tuple[frozenset[str], str | None]:
+    """Template keys whose copy, owned by ``user``, passes the INSERT policies."""
+    if info.insert is None or not info.templates:
+        return frozenset(), None
+    allowed, note = set(), None
+    for key, row in info.templates:
+        _, error = _attempt(conn, info.insert, {"user": user, "row": row})
+        if error is None or (error.sqlstate or "").startswith("23"):
+            allowed.add(key)  # accepted, or refused by a constraint checked after the policies
+        elif error.sqlstate != "42501":
+            note = str(error).strip().splitlines()[0]
+    return frozenset(allowed), note
+
+
+def _act_as(conn: psycopg.Connection[Any], actor: Actor, claim_role: str | None, auth: AuthSettings) -> None:
+    """Become the user as PostgREST does, transaction-local: claims, then the API role."""
+    conn.execute("SELECT set_config('session_replication_role', 'replica', true)")
+    if actor.key is None:
+        claims = {"role": auth.anon_role}
+        db_role = auth.anon_role
+    else:
+        claims = {"sub": actor.key, "role": auth.auth_role, auth.role_claim: claim_role}
+        db_role = auth.auth_role
+    conn.execute("SELECT set_config('request.jwt.claims', %s, true)", (json.dumps(claims),))
+    conn.execute("SELECT set_config('role', %s, true)", (db_role,))
+    is_super = conn.execute("SELECT rolsuper OR rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = current_user").fetchone()
+    if is_super is None or is_super[0]:
+        raise RuntimeError(f"acting as {db_role!r} would bypass RLS (superuser or BYPASSRLS): the matrix would prove nothing")
+
+
+def compute_matrix(conn: psycopg.Connection[Any], target: Target, actors: list[Actor], label: str,
+                   auth: AuthSettings | None = None) -> Matrix:
+    """The access matrix of ``actors`` on every RLS-protected table of the target's policy schemas."""
+    started = time.perf_counter()
+    auth = auth or auth_settings(conn)
+    owners = owner_references(conn, target)
+    infos = [table_info(conn, s, t, owners, auth) for s, t in rls_tables(conn, target.policy_schemas)]
+    claims = current_roles(conn, target, [a.key for a in actors if a.key is not None])
+    matrix = Matrix(label=label, tables=tuple(i.qualified for i in infos))
+    for actor in actors:
+        user = actor.key or ANON
+        matrix.claims[user] = claims.get(actor.key) if actor.key else None
+        with conn.transaction(force_rollback=True):
+            _act_as(conn, actor, matrix.claims[user], auth)
+            for info in infos:
+                cell = (actor.role, user, info.qualified)
+                visible, error = _attempt(conn, sql.SQL("SELECT {} FROM {} AS t").format(info.key_expr, info.ident))
+                matrix.cells[cell + ("SELECT",)] = visible
+                if error is not None and error.sqlstate != "42501":
+                    matrix.errors[cell + ("SELECT",)] = str(error).strip().splitlines()[0]
+                for command in ("UPDATE", "DELETE"):
+                    keys, note = _write(conn, info, command, visible)
+                    matrix.cells[cell + (command,)] = keys
+                    if note:
+                        matrix.errors[cell + (command,)] = note
+                keys, note = _insert(conn, info, actor.key)
+                matrix.cells[cell + ("INSERT",)] = keys
+                if note:
+                    matrix.errors[cell + ("INSERT",)] = note
+    matrix.seconds = time.perf_counter() - started
+    return matrix
+
+
+def row_lookup(conn: psycopg.Connection[Any], width: int = 160) -> Any:
+    """A function (table, key) -> the row's content as short JSON, read as the connecting (owner) role."""
+    exprs: dict[str, sql.Composable] = {}
+
+    def lookup(table: str, key: str) -> str:
+        schema, name = split_name(table)
+        if table not in exprs:
+            pk = [r[0] for r in _columns(conn, schema, name, "public") if r[5]]
+            exprs[table] = (sql.SQL("{}::text").format(sql.Identifier("t", pk[0])) if len(pk) == 1 else
+                            sql.SQL("concat_ws(',', {})").format(sql.SQL(", ").join(
+                                sql.SQL("{}::text").format(sql.Identifier("t", c)) for c in pk)) if pk else
+                            sql.SQL("md5(to_jsonb(t)::text)"))
+        row = conn.execute(sql.SQL("SELECT to_jsonb(t)::text FROM {} AS t WHERE {} = %s LIMIT 1").format(
+            sql.Identifier(schema, name), exprs[table]), (key,)).fetchone()
+        text = row[0] if row else ""
+        return text if len(text) <= width else text[: width - 3] + "..."
+
+    return lookup

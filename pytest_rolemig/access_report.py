@@ -1,0 +1,195 @@
+"""Comparing two access matrices, and the report a person or a CI system reads.
+
+A difference is one (legacy role, user, table, command) whose reachable rows
+changed: rows gained, rows lost, an example row. It is *declared* when the
+mapping file's ``[access_changes]`` names it for that legacy role
+(``team_lead = { gains = ["projects:DELETE"] }``); everything else is
+unexpected and fails the gate. Rendered as a text table (assertion messages),
+Markdown and JSON (files in the report folder).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_rolemig.access_matrix import COMMANDS, Matrix
+
+Changes = dict[str, dict[str, tuple[str, ...]]]
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One cell of the matrix that changed between two states."""
+
+    role: str
+    user: str
+    claim_before: str | None
+    claim_after: str | None
+    table: str
+    command: str
+    gained: tuple[str, ...]
+    lost: tuple[str, ...]
+    declared: bool
+    example: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {"role": self.role, "user": self.user, "claim_before": self.claim_before,
+                "claim_after": self.claim_after, "table": self.table, "command": self.command,
+                "gained": list(self.gained), "lost": list(self.lost), "declared": self.declared,
+                "example": self.example}
+
+
+@dataclass
+class Comparison:
+    """Two matrices compared: what changed, and which changes were not declared."""
+
+    title: str
+    expected: str
+    before: Matrix
+    after: Matrix
+    differences: list[Difference] = field(default_factory=list)
+    declared_unused: list[str] = field(default_factory=list)
+
+    @property
+    def unexpected(self) -> list[Difference]:
+        return [d for d in self.differences if not d.declared]
+
+    @property
+    def ok(self) -> bool:
+        return not self.unexpected
+
+    # ------------------------------------------------------------ rendering --
+    def rows(self, only_unexpected: bool = False) -> list[list[str]]:
+        chosen = self.unexpected if only_unexpected else self.differences
+        return [[f"{d.role} ({d.claim_before or '-'} -> {d.claim_after or '-'})", _short(d.user), d.table,
+                 d.command, str(len(d.gained)), str(len(d.lost)), "yes" if d.declared else "NO",
+                 d.example] for d in chosen]
+
+    HEAD = ["role (claim before -> after)", "user", "table", "command", "gained", "lost", "declared",
+            "example row"]
+
+    def text(self, only_unexpected: bool = True, limit: int = 40) -> str:
+        """A fixed-width table of the differences, for an assertion message."""
+        rows = self.rows(only_unexpected)
+        more = len(rows) - limit
+        rows = [[c if len(c) <= 90 else c[:87] + "..." for c in r] for r in rows[:limit]]
+        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(self.HEAD)]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(self.HEAD, widths)).rstrip(),
+                 "  ".join("-" * w for w in widths)]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        if more > 0:
+            lines.append(f"... and {more} more (see the report files)")
+        return "\n".join(lines)
+
+    def markdown(self) -> str:
+        """A section for the Markdown report: the verdict, then every difference."""
+        verdict = "PASS" if self.ok else f"FAIL: {len(self.unexpected)} undeclared difference(s)"
+        out = [f"## {self.title}: {verdict}", "", f"Expected: {self.expected}", "",
+               f"States: `{self.before.label}` ({self.before.seconds:.2f} s) vs `{self.after.label}` "
+               f"({self.after.seconds:.2f} s); {len(self.differences)} cell(s) changed, "
+               f"{len(self.differences) - len(self.unexpected)} of them declared.", ""]
+        if self.differences:
+            out += ["| " + " | ".join(self.HEAD) + " |", "|" + "---|" * len(self.HEAD)]
+            out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in self.rows()]
+            out.append("")
+        if self.declared_unused:
+            out += ["Declared in the mapping but not observed: " + ", ".join(self.declared_unused), ""]
+        return "\n".join(out)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"title": self.title, "expected": self.expected, "ok": self.ok,
+                "before": self.before.label, "after": self.after.label,
+                "seconds": {self.before.label: round(self.before.seconds, 3),
+                            self.after.label: round(self.after.seconds, 3)},
+                "differences": [d.as_json() for d in self.differences],
+                "declared_unused": self.declared_unused}
+
+
+def _short(key: str) -> str:
+    return key if len(key) <= 13 else key[:8] + "..."
+
+
+def _declared(changes: Changes, role: str, kind: str, table: str, command: str) -> str | None:
+    """The ``[access_changes]`` entry covering this change, if any."""
+    bare = table.rpartition(".")[2]
+    for entry in changes.get(role, {}).get(kind, ()):
+        t, _, c = entry.partition(":")
+        if t in ("*", table, bare) and c in ("*", command):
+            return entry
+    return None
+
+
+def compare(before: Matrix, after: Matrix, title: str, changes: Changes | None = None,
+            examples: Any = None) -> Comparison:
+    """Every cell whose rows differ; a change is declared only where ``changes`` names it.
+
+    ``changes`` None means nothing may change (e.g. after a rollback). ``examples``,
+    if given, is called with (table, key) and returns the row to show.
+    """
+    changes = changes or {}
+    used: set[str] = set()
+    diffs: list[Difference] = []
+    for cell in sorted(set(before.cells) | set(after.cells)):
+        was, now = before.cells.get(cell, frozenset()), after.cells.get(cell, frozenset())
+        if was == now:
+            continue
+        role, user, table, command = cell
+        gained, lost = tuple(sorted(now - was)), tuple(sorted(was - now))
+        gain_ok = _declared(changes, role, "gains", table, command) if gained else "-"
+        loss_ok = _declared(changes, role, "loses", table, command) if lost else "-"
+        used |= {e for e in (gain_ok, loss_ok) if e and e != "-"}
+        key = (gained or lost)[0]
+        example = f"{'+' if gained else '-'}{key}"
+        if examples is not None:
+            row = examples(table, key)
+            example += f" {row}" if row else ""
+        diffs.append(Difference(role, user, before.claims.get(user), after.claims.get(user), table, command,
+                                gained, lost, bool(gain_ok and loss_ok), example))
+    unused = sorted(f"{role}: {entry}" for role, kinds in changes.items() for entry in
+                    (*kinds.get("gains", ()), *kinds.get("loses", ())) if entry not in used)
+    expected = ("access as declared in the mapping's [access_changes], otherwise unchanged" if changes
+                else "every user reaches exactly the same rows")
+    return Comparison(title, expected, before, after, diffs, unused)
+
+
+def counts_table(matrices: list[Matrix]) -> str:
+    """Markdown: rows reached per role and table, one column group per state (S/I/U/D)."""
+    if not matrices:
+        return ""
+    counts = [m.counts() for m in matrices]
+    roles = sorted({r for c in counts for r in c})
+    tables = sorted({t for m in matrices for t in m.tables})
+    head = ["role", "table"] + [m.label for m in matrices]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for role in roles:
+        for table in tables:
+            cells = ["/".join(str(c.get(role, {}).get(table, {}).get(cmd, 0)) for cmd in COMMANDS) for c in counts]
+            out.append(f"| {role} | {table} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def write_reports(report_dir: Path, comparisons: list[Comparison], matrices: list[Matrix],
+                  stem: str = "access-matrix") -> list[Path]:
+    """Write ``<stem>.md`` and ``<stem>.json`` into ``report_dir``; return their paths."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    md = ["# Access matrix", "",
+          "Rows each application user reaches through RLS, acting as PostgREST does "
+          "(API role + JWT claims), per table and command. Cells below: SELECT/INSERT/UPDATE/DELETE "
+          "rows reached, summed over the role's acting users.", ""]
+    md += [c.markdown() for c in comparisons]
+    md += ["## Rows reached per state", "", counts_table(matrices), ""]
+    md += ["Computing time: " + ", ".join(f"{m.label} {m.seconds:.2f} s" for m in matrices), ""]
+    paths = [report_dir / f"{stem}.md", report_dir / f"{stem}.json"]
+    paths[0].write_text("\n".join(md), encoding="utf-8")
+    paths[1].write_text(json.dumps({
+        "comparisons": [c.as_json() for c in comparisons],
+        "matrices": {m.label: {"seconds": round(m.seconds, 3), "tables": list(m.tables), "claims": m.claims,
+                               "counts": m.counts(),
+                               "errors": [dict(zip(("role", "user", "table", "command"), k), error=v)
+                                          for k, v in sorted(m.errors.items())]}
+                     for m in matrices},
+    }, indent=1, sort_keys=True), encoding="utf-8")
+    return paths
