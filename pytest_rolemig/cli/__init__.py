@@ -1,0 +1,171 @@
+"""``rolemig``: run the role migration on a real database, and see what it will change.
+
+Subcommands: install, status, plan, backup, migrate, validate, rollback,
+emergency-rollback, backups. The connection comes from ``--dsn`` or
+``DATABASE_URL``; ``--json`` prints machine-readable output; the exit code says
+what happened (see :mod:`pytest_rolemig.cli.errors`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from pytest_rolemig.cli import errors
+from pytest_rolemig.cli.errors import CliError
+
+_EPILOG = "exit codes:\n" + "\n".join(f"  {code:<4} {text}" for code, text in errors.EXIT_CODES.items())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser: common options on every subcommand, so they go before or after its name."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dsn", default=argparse.SUPPRESS,
+                        help="libpq connection string or URL (default: $DATABASE_URL)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print JSON for machines instead of tables")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bar")
+
+    parser = argparse.ArgumentParser(
+        prog="rolemig", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the user-role migration (legacy roles -> new roles) on a real PostgreSQL database.",
+        epilog=_EPILOG,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], help=help_text, description=help_text, epilog=_EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = add("install", "install the migration infrastructure, configure the target tables, load the role mapping")
+    p.add_argument("--mapping", metavar="FILE", help="role mapping TOML (default: the bundled demo mapping)")
+    p.add_argument("--profiles-table", default="public.user_profiles")
+    p.add_argument("--key-column", default="id")
+    p.add_argument("--role-column", default="role")
+    p.add_argument("--sessions-table", default="auth.sessions")
+    p.add_argument("--sessions-user-column", default="user_id")
+    p.add_argument("--policy-schema", action="append", metavar="SCHEMA",
+                   help="schema whose RLS policies are migrated (repeatable; default: public and auth)")
+    p.add_argument("--batch-size", type=_positive, default=1000, help="default batch size stored in the target")
+    p.add_argument("--demo", action="store_true",
+                   help="load the bundled demo application first (when its tables are missing) and seed users")
+    p.add_argument("--demo-users", type=int, default=130, metavar="N",
+                   help="users to seed with --demo into an empty profiles table (default 130)")
+
+    add("status", "infrastructure, backups, batches and the last validation at a glance")
+
+    p = add("plan", "dry run: users per role, policies rewritten, batches, time estimate, access changes")
+    p.add_argument("--batch-size", type=_positive, help="batch size (default: the stored target's)")
+    p.add_argument("--no-access", action="store_true", help="skip the access-change analysis")
+
+    p = add("backup", "back up profiles, sessions and policies, and validate the backup")
+    p.add_argument("--name", default="pre_migration_backup", help="label of the backup")
+
+    p = add("migrate", "run or resume the migration batch by batch (Ctrl-C stops after the current batch)")
+    p.add_argument("--batch-size", type=_positive, help="users per batch (default: the stored target's)")
+    p.add_argument("--backup-id", help="backup to rely on (default: the newest restorable one)")
+    p.add_argument("--max-batches", type=_positive, help="stop after N batches (resume later)")
+    p.add_argument("--name", default="role_system_migration", help="migration name recorded in the batches")
+    p.add_argument("--no-validate", action="store_true", help="skip the post-migration validation")
+
+    p = add("validate", "run the comprehensive validation; exit 1 when a check fails")
+    p.add_argument("--phase", default="auto",
+                   choices=["auto", "pre_migration", "post_migration", "post_rollback"],
+                   help="auto: post_migration once every user is migrated, else pre_migration")
+
+    for name, help_text in (("rollback", "revert what the migration changed (asks for confirmation)"),
+                            ("emergency-rollback",
+                             "restore every backed-up row, constraint and policy (asks for confirmation)")):
+        p = add(name, help_text)
+        p.add_argument("backup_id", nargs="?", help="backup to restore from (default: the newest restorable)")
+        p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+        if name == "rollback":
+            p.add_argument("--reason", default="manual rollback (rolemig)", help="recorded in the rollback log")
+
+    add("backups", "list backups, newest first, and whether each is restorable")
+    return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _safe_dsn(dsn: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    try:
+        params = conninfo_to_dict(dsn)
+    except Exception:  # noqa: BLE001 - shown only in an error message
+        return "<unparsable DSN>"
+    return make_conninfo(**{k: v for k, v in params.items() if k != "password"})
+
+
+def connect(dsn: str | None):  # type: ignore[no-untyped-def]
+    """An autocommit connection, or a :class:`CliError` naming the server and the fix."""
+    import psycopg
+
+    if not dsn:
+        raise CliError("no database given", errors.USAGE, hint="pass --dsn or set DATABASE_URL")
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10, application_name="rolemig")
+    except psycopg.ProgrammingError as exc:
+        raise CliError(f"invalid DSN: {str(exc).strip()}", errors.USAGE) from None
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+        raise CliError(f"cannot connect to {_safe_dsn(dsn)}: {first}", errors.CONNECTION,
+                       hint="check that the server runs and the DSN (--dsn / DATABASE_URL) is right") from None
+    return conn
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Run one subcommand; return its exit code (the console script exits with it)."""
+    import psycopg
+
+    from pytest_rolemig.cli.commands import COMMANDS, Context
+
+    out = out or sys.stdout
+    err = err or sys.stderr
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    for name, default in (("dsn", None), ("json", False), ("quiet", False)):
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    conn = None
+    try:
+        conn = connect(args.dsn or os.environ.get("DATABASE_URL"))
+        return COMMANDS[args.command](Context(args=args, conn=conn, out=out, err=err))
+    except CliError as exc:
+        _report(exc, err)
+        return exc.code
+    except psycopg.Error as exc:
+        cli_exc = errors.from_database(exc)
+        _report(cli_exc, err)
+        return cli_exc.code
+    except KeyboardInterrupt:
+        err.write("rolemig: interrupted\n")
+        return errors.INTERRUPTED
+    finally:
+        if conn is not None:
+            conn.close()
+
+
+def _report(exc: CliError, err: TextIO) -> None:
+    err.write(f"rolemig: error: {exc}\n")
+    if exc.hint:
+        err.write(f"rolemig: hint: {exc.hint}\n")
+    err.flush()
+
+
+def run() -> None:
+    """Entry point that exits with :func:`main`'s code."""
+    sys.exit(main())

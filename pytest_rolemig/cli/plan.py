@@ -1,0 +1,313 @@
+"""``rolemig plan``: what the migration would change, found by doing it and rolling back.
+
+The plan runs the real ``execute_role_migration`` inside one transaction that is
+always rolled back, so what it reports is what the migration would do, not a
+guess: users per legacy -> new role, policies rewritten (old and new text), the
+batch count and a time estimate measured on the first batch, and the access each
+legacy role gains or loses. Nothing is written; the transaction holds the same
+locks the migration would while it runs (``lock_timeout`` keeps it from queueing).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+OPS = ("SELECT", "INSERT", "UPDATE", "DELETE")
+_CMD = {"SELECT": ("r", "*"), "INSERT": ("a", "*"), "UPDATE": ("w", "*"), "DELETE": ("d", "*")}
+
+ACCESS_METHOD = (
+    "evaluated by PostgreSQL as a sample user of each legacy role: inside the rolled-back transaction, "
+    "with SET ROLE to the API role and request.jwt.claims of that user, the policies of each table "
+    "for each operation are evaluated on a row the user does not own, before and after the migration "
+    "(own-row access does not depend on the role and is not listed); table privileges of the API role "
+    "are taken into account"
+)
+
+
+def target_config(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """The stored target row as a dict."""
+    cur = conn.execute("SELECT * FROM migration_control.target_config")
+    row = cur.fetchone()
+    if row is None:
+        raise LookupError("migration_control.target_config has no row")
+    return {d.name: v for d, v in zip(cur.description or (), row)}
+
+
+def profiles_ident(cfg: dict[str, Any]) -> sql.Identifier:
+    """The profiles table as a qualified identifier."""
+    return sql.Identifier(cfg["profiles_schema"], cfg["profiles_table"])
+
+
+def role_counts(conn: psycopg.Connection[Any], cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Users per current role, with the role it maps to and what the migration does to them."""
+    query = sql.SQL(
+        """SELECT p.{role}::text AS role, m.new_role, count(*) AS users,
+                  EXISTS (SELECT 1 FROM migration_control.new_roles n WHERE n.role_name = p.{role}::text) AS is_new
+           FROM {profiles} AS p
+           LEFT JOIN migration_control.role_mapping AS m ON m.legacy_role = p.{role}::text
+           GROUP BY 1, 2 ORDER BY 1"""
+    ).format(role=sql.Identifier(cfg["role_column"]), profiles=profiles_ident(cfg))
+    out = []
+    for role, new_role, users, is_new in conn.execute(query):
+        if new_role is None:
+            action = "already new" if is_new else "UNMAPPED"
+        else:
+            action = "unchanged" if new_role == role else "moves"
+        out.append({"legacy_role": role, "new_role": new_role, "users": users, "action": action})
+    return out
+
+
+def remaining_users(conn: psycopg.Connection[Any], cfg: dict[str, Any]) -> int:
+    """Users whose role the migration still has to change (mapped to a different name)."""
+    query = sql.SQL(
+        """SELECT count(*) FROM {profiles} AS p
+           JOIN migration_control.role_mapping AS m ON m.legacy_role = p.{role}::text
+           WHERE m.new_role <> m.legacy_role"""
+    ).format(role=sql.Identifier(cfg["role_column"]), profiles=profiles_ident(cfg))
+    return int(conn.execute(query).fetchone()[0])
+
+
+def migrated_tables(conn: psycopg.Connection[Any], cfg: dict[str, Any]) -> list[tuple[str, str, int, bool]]:
+    """(schema, table, oid, rls enabled) of the tables the migration may touch."""
+    return [tuple(r) for r in conn.execute(
+        """SELECT n.nspname::text, c.relname::text, c.oid::int8, c.relrowsecurity
+           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+           WHERE c.relkind IN ('r', 'p')
+             AND ((n.nspname = ANY (%s) AND (c.relrowsecurity
+                   OR EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid)))
+                  OR (n.nspname = %s AND c.relname = %s))
+           ORDER BY 1, 2""",
+        (list(cfg["policy_schemas"]), cfg["profiles_schema"], cfg["profiles_table"]),
+    )]
+
+
+def policies(conn: psycopg.Connection[Any], cfg: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Every policy of the migrated tables: command, permissive, roles, USING and WITH CHECK text."""
+    out = {}
+    for row in conn.execute(
+        """SELECT n.nspname::text, c.relname::text, p.polname::text, p.polcmd::text, p.polpermissive,
+                  ARRAY(SELECT CASE WHEN r = 0 THEN 'public' ELSE pg_catalog.pg_get_userbyid(r)::text END
+                        FROM unnest(p.polroles) r ORDER BY 1),
+                  pg_catalog.pg_get_expr(p.polqual, p.polrelid),
+                  pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)
+           FROM pg_catalog.pg_policy p
+           JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+           WHERE c.oid = ANY (%s)""",
+        ([t[2] for t in migrated_tables(conn, cfg)],),
+    ):
+        schema, table, name, cmd, permissive, roles, using, check = row
+        out[(schema, table, name)] = {"cmd": cmd, "permissive": permissive, "roles": list(roles),
+                                      "using": using, "check": check}
+    return out
+
+
+def _combine(pols: list[dict[str, Any]], op: str, clause: str) -> str:
+    """Permissive policies OR-ed, restrictive AND-ed, for one operation and clause."""
+    def expr(p: dict[str, Any]) -> str:
+        text = p["check"] if clause == "check" and p["check"] is not None else p["using"]
+        return f"({text})" if text else "true"
+
+    relevant = [p for p in pols if p["cmd"] in _CMD[op]]
+    permissive = [expr(p) for p in relevant if p["permissive"]]
+    restrictive = [expr(p) for p in relevant if not p["permissive"]]
+    if not permissive:
+        return "false"
+    combined = "(" + " OR ".join(permissive) + ")"
+    if restrictive:
+        combined += " AND " + " AND ".join(restrictive)
+    return f"coalesce(({combined}), false)"
+
+
+def access(conn: psycopg.Connection[Any], cfg: dict[str, Any], user_key: str, role: str) -> dict[str, Any]:
+    """What one user may do on rows of other users, per table and operation (True / False / error text)."""
+    auth_role = cfg["auth_role"]
+    pols_by_table: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for (schema, table, _name), p in policies(conn, cfg).items():
+        if "public" in p["roles"] or auth_role in p["roles"]:
+            pols_by_table.setdefault((schema, table), []).append(p)
+    claims = json.dumps({"sub": user_key, "role": auth_role, cfg["role_claim"]: role})
+    result: dict[str, Any] = {}
+    for schema, table, oid, rls in migrated_tables(conn, cfg):
+        privileges = conn.execute(
+            "SELECT " + ", ".join(f"pg_catalog.has_table_privilege(%s, %s::oid, '{op}')" for op in OPS),
+            tuple(x for _ in OPS for x in (auth_role, oid)),
+        ).fetchone()
+        pols = pols_by_table.get((schema, table), [])
+        if not rls:
+            exprs = ["true"] * len(OPS)
+        else:
+            exprs = [
+                _combine(pols, "SELECT", "using"),
+                _combine(pols, "INSERT", "check"),
+                f"({_combine(pols, 'UPDATE', 'using')}) AND ({_combine(pols, 'UPDATE', 'check')})",
+                _combine(pols, "DELETE", "using"),
+            ]
+        query = sql.SQL("SELECT {} FROM (SELECT (NULL::{}).*) AS {}").format(
+            sql.SQL(", ").join(sql.SQL(e) for e in exprs),  # policy text read from pg_policy
+            sql.Identifier(schema, table), sql.Identifier(table),
+        )
+        name = f"{schema}.{table}"
+        conn.execute("SAVEPOINT rolemig_access")
+        try:
+            conn.execute("SELECT set_config('request.jwt.claims', %s, true), set_config('role', %s, true)",
+                         (claims, auth_role))
+            allowed = conn.execute(query).fetchone()
+            for op, ok, priv in zip(OPS, allowed, privileges):
+                result[f"{name}:{op}"] = bool(ok) and bool(priv)
+        except psycopg.Error as exc:
+            for op in OPS:
+                result[f"{name}:{op}"] = f"error: {str(exc).strip().splitlines()[0]}"
+        finally:
+            conn.execute("ROLLBACK TO SAVEPOINT rolemig_access")
+    conn.execute("RESET ROLE")
+    conn.execute("SELECT set_config('request.jwt.claims', '', true)")
+    return result
+
+
+def _by_table(keys: Any) -> dict[str, list[str]]:
+    """``{"schema.table": ["SELECT", ...]}`` from ``"schema.table:OP"`` keys, operations in OPS order."""
+    out: dict[str, list[str]] = {}
+    for key in keys:
+        table, op = key.rsplit(":", 1)
+        out.setdefault(table, []).append(op)
+    return {t: sorted(ops, key=OPS.index) for t, ops in sorted(out.items())}
+
+
+def pending_users(conn: psycopg.Connection[Any], cfg: dict[str, Any], migration_name: str) -> int:
+    """Users a batch would still pick up, as ``execute_role_migration`` defines them.
+
+    On a mapped legacy role and not logged as done (with the role they hold now) by a
+    completed batch of this migration since the newest completed rollback.
+    """
+    query = sql.SQL(
+        """SELECT count(*) FROM {profiles} AS t
+           WHERE t.{role}::text IN (SELECT m.legacy_role FROM migration_control.role_mapping m)
+             AND NOT EXISTS (
+                 SELECT 1 FROM migration_tracking.migration_log l
+                 JOIN migration_tracking.migration_batch b ON b.batch_id = l.batch_id
+                 WHERE l.user_key = t.{key}::text AND l.new_role = t.{role}::text
+                   AND l.status IN ('migrated', 'unchanged') AND b.migration_name = %s
+                   AND b.status = 'completed'
+                   AND l.logged_at > (SELECT coalesce(max(r.started_at), '-infinity')
+                                      FROM migration_backup.rollback_log r WHERE r.status = 'completed'))"""
+    ).format(role=sql.Identifier(cfg["role_column"]), key=sql.Identifier(cfg["key_column"]),
+             profiles=profiles_ident(cfg))
+    return int(conn.execute(query, (migration_name,)).fetchone()[0])
+
+
+def _sample_users(conn: psycopg.Connection[Any], cfg: dict[str, Any]) -> list[tuple[str, str]]:
+    query = sql.SQL(
+        """SELECT DISTINCT ON (p.{role}::text) p.{role}::text, p.{key}::text
+           FROM {profiles} AS p
+           JOIN migration_control.role_mapping AS m ON m.legacy_role = p.{role}::text
+           ORDER BY p.{role}::text, p.{key}::text"""
+    ).format(role=sql.Identifier(cfg["role_column"]), key=sql.Identifier(cfg["key_column"]),
+             profiles=profiles_ident(cfg))
+    return [(r[0], r[1]) for r in conn.execute(query)]
+
+
+def _current_role(conn: psycopg.Connection[Any], cfg: dict[str, Any], key: str) -> str:
+    query = sql.SQL("SELECT p.{role}::text FROM {profiles} AS p WHERE p.{key}::text = %s").format(
+        role=sql.Identifier(cfg["role_column"]), key=sql.Identifier(cfg["key_column"]),
+        profiles=profiles_ident(cfg))
+    return conn.execute(query, (key,)).fetchone()[0]
+
+
+def _migrate(conn: psycopg.Connection[Any], batch_size: int, backup_id: str | None,
+             max_batches: int | None) -> dict[str, Any]:
+    cur = conn.execute(
+        "SELECT * FROM migration_control.execute_role_migration("
+        "p_batch_size => %s, p_backup_id => %s, p_max_batches => %s)",
+        (batch_size, backup_id, max_batches),
+    )
+    row = cur.fetchone()
+    return {d.name: v for d, v in zip(cur.description or (), row)}
+
+
+def build_plan(conn: psycopg.Connection[Any], batch_size: int | None, with_access: bool = True,
+               lock_timeout: str = "5s") -> dict[str, Any]:
+    """Run the migration in a transaction, read what changed, roll back; return the plan."""
+    with conn.transaction(force_rollback=True):
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout,))
+        cfg = target_config(conn)
+        size = batch_size or cfg["batch_size"]
+        counts = role_counts(conn, cfg)
+        to_move = sum(r["users"] for r in counts if r["action"] == "moves")
+        samples = _sample_users(conn, cfg)
+        before_access = {role: access(conn, cfg, key, role) for role, key in samples} if with_access else {}
+        before_pols = policies(conn, cfg)
+
+        notes = []
+        backup_id = conn.execute(
+            "SELECT backup_id FROM migration_backup.list_available_backups() WHERE restorable LIMIT 1"
+        ).fetchone()
+        if backup_id is None:
+            backup_id = conn.execute(
+                "SELECT backup_id FROM migration_backup.create_comprehensive_backup('rolemig_plan_dry_run')"
+            ).fetchone()
+            notes.append("no restorable backup exists: the dry run took one inside its transaction "
+                         "(rolled back); run `rolemig backup` before `rolemig migrate`")
+        backup = backup_id[0]
+
+        started = time.perf_counter()
+        first = _migrate(conn, size, backup, 1)
+        sample_seconds = time.perf_counter() - started
+        sample_users = int(first["users_migrated"] or 0) + int(first["users_unchanged"] or 0)
+        rest_started = time.perf_counter()
+        rest = _migrate(conn, size, backup, None)
+        full_seconds = sample_seconds + time.perf_counter() - rest_started
+        failed = [r for r in (first, rest) if r.get("status") == "failed"]
+        batches = int(first["batches"] or 0) + int(rest["batches"] or 0)
+
+        after_pols = policies(conn, cfg)
+        rewritten = []
+        for key in sorted(set(before_pols) | set(after_pols)):
+            old, new = before_pols.get(key), after_pols.get(key)
+            if old == new:
+                continue
+            rewritten.append({
+                "schema": key[0], "table": key[1], "policy": key[2],
+                "old_using": old and old["using"], "new_using": new and new["using"],
+                "old_check": old and old["check"], "new_check": new and new["check"],
+                "change": "created" if old is None else "dropped" if new is None else "rewritten",
+            })
+
+        changes: dict[str, Any] = {}
+        if with_access:
+            for role, key in samples:
+                new_role = _current_role(conn, cfg, key)
+                after = access(conn, cfg, key, new_role)
+                before = before_access[role]
+                gains = _by_table(k for k in after if after[k] is True and before.get(k) is not True)
+                loses = _by_table(k for k in before if before[k] is True and after.get(k) is not True)
+                errors = sorted({v for v in list(before.values()) + list(after.values()) if isinstance(v, str)})
+                changes[role] = {"new_role": new_role, "sample_user": key, "gains": gains, "loses": loses,
+                                 "errors": errors}
+
+    per_batch = sample_seconds if sample_users else 0.0
+    return {
+        "dry_run": True,
+        "written": False,
+        "batch_size": size,
+        "users_per_role": counts,
+        "users_to_move": to_move,
+        "unmapped_roles": [r["legacy_role"] for r in counts if r["action"] == "UNMAPPED"],
+        "batches": batches,
+        "sample": {"batches": int(first["batches"] or 0), "users": sample_users,
+                   "seconds": round(sample_seconds, 4)},
+        "estimated_seconds": round(per_batch * max(batches, math.ceil(to_move / size) if size else 0), 3),
+        "dry_run_seconds": round(full_seconds, 4),
+        "policies_rewritten": rewritten,
+        "access_method": ACCESS_METHOD if with_access else None,
+        "access_changes": changes,
+        "migration_status": [first.get("status"), rest.get("status")],
+        "errors": [r.get("error") for r in failed],
+        "notes": notes,
+    }
