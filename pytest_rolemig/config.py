@@ -18,6 +18,7 @@ import pytest
 
 from pytest_rolemig import resources
 from pytest_rolemig.errors import ConfigError
+from pytest_rolemig.mapping import RoleMapping, load_mapping
 from pytest_rolemig.target import Target
 
 
@@ -69,6 +70,7 @@ class RolemigConfig:
     gate: bool
     schema_files: tuple[Path, ...]
     mapping_file: Path
+    mapping: RoleMapping
     target: Target
     users: int
     dsn: str | None
@@ -186,6 +188,7 @@ def resolve(config: pytest.Config) -> RolemigConfig:
         gate=bool(config.getoption("rolemig")),
         schema_files=schema_files,
         mapping_file=mapping_file,
+        mapping=load_mapping(mapping_file),
         target=target,
         users=_as_int(_BY_NAME["users"], values["users"], sources["users"], 0),
         dsn=values["dsn"] or None,

@@ -76,8 +76,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.write_line(f"rolemig: {line}")
 
 
-def _fail_setup(exc: RolemigError) -> None:
-    pytest.fail(f"rolemig: {exc}", pytrace=False)
+def _fail_setup(message: str) -> None:
+    pytest.fail(f"rolemig: {message}", pytrace=False)
 
 
 # ----------------------------------------------------------------- fixtures ---
@@ -90,13 +90,8 @@ def rolemig_config(pytestconfig: pytest.Config) -> settings.RolemigConfig:
 
 @pytest.fixture(scope="session")
 def rolemig_mapping(rolemig_config: settings.RolemigConfig) -> Any:
-    """The role mapping read from ``rolemig_mapping`` (the demo mapping by default)."""
-    from pytest_rolemig.mapping import load_mapping
-
-    try:
-        return load_mapping(rolemig_config.mapping_file)
-    except RolemigError as exc:
-        _fail_setup(exc)
+    """The role mapping read from ``rolemig_mapping`` (the demo mapping by default), checked at start-up."""
+    return rolemig_config.mapping
 
 
 @pytest.fixture(scope="session")
@@ -105,13 +100,16 @@ def rolemig_server(rolemig_config: settings.RolemigConfig, pytestconfig: pytest.
     from pytest_rolemig.databases import ExistingServer
     from pytest_rolemig.server import EphemeralServer, find_binaries
 
+    problem = None
     try:
         if rolemig_config.dsn:
             server: Any = ExistingServer(rolemig_config.dsn)
         else:
             server = EphemeralServer(find_binaries(rolemig_config.pg_bin)).start()
     except RolemigError as exc:
-        _fail_setup(exc)
+        problem = str(exc)
+    if problem is not None:
+        _fail_setup(problem)
     pytestconfig.stash[_SERVER_LINE] = server.describe()
     logger.info("rolemig: %s", server.describe())
     try:
@@ -126,11 +124,14 @@ def rolemig_template(rolemig_server: Any, rolemig_config: settings.RolemigConfig
     """Template database: schema + infrastructure + mapping + seeded users, built once."""
     from pytest_rolemig.databases import build_template, drop_database
 
+    problem = None
     try:
         template = build_template(rolemig_server, rolemig_config.schema_files, rolemig_config.target,
                                   rolemig_mapping, rolemig_config.users)
     except RolemigError as exc:
-        _fail_setup(exc)
+        problem = str(exc)
+    if problem is not None:
+        _fail_setup(problem)
     yield template
     drop_database(rolemig_server, template.name)
 
