@@ -63,13 +63,21 @@ class Comparison:
 
     # ------------------------------------------------------------ rendering --
     def rows(self, only_unexpected: bool = False) -> list[list[str]]:
+        """One row per (role, claims, table, command): the acting users of a role grouped, losses first."""
         chosen = self.unexpected if only_unexpected else self.differences
-        return [[f"{d.role} ({d.claim_before or '-'} -> {d.claim_after or '-'})", _short(d.user), d.table,
-                 d.command, str(len(d.gained)), str(len(d.lost)), "yes" if d.declared else "NO",
-                 d.example] for d in chosen]
+        groups: dict[tuple[Any, ...], list[Difference]] = {}
+        for d in chosen:
+            groups.setdefault((d.role, d.claim_before, d.claim_after, d.table, d.command, d.declared), []).append(d)
+        out = []
+        for (role, was, now, table, command, declared), ds in groups.items():
+            gained = set().union(*(d.gained for d in ds))
+            lost = set().union(*(d.lost for d in ds))
+            out.append([f"{role} ({was or '-'} -> {now or '-'})", str(len(ds)), table, command,
+                        str(len(gained)), str(len(lost)), "yes" if declared else "NO", ds[0].example])
+        return sorted(out, key=lambda r: (r[5] == "0", r[0], r[2], r[3]))
 
-    HEAD = ["role (claim before -> after)", "user", "table", "command", "gained", "lost", "declared",
-            "example row"]
+    HEAD = ["role (claim before -> after)", "users", "table", "command", "rows gained", "rows lost",
+            "declared", "example row"]
 
     def text(self, only_unexpected: bool = True, limit: int = 40) -> str:
         """A fixed-width table of the differences, for an assertion message."""

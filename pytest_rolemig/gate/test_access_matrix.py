@@ -1,0 +1,148 @@
+"""The access gate: what users can actually do, before, during and after the migration, and after rollback.
+
+Policy text can be clean while a helper function or a JWT claim still decides on
+a legacy role. These tests act as real application users through RLS (see
+:mod:`pytest_rolemig.access_matrix`) on their own copy of the template, and
+compare the rows each user reaches per table and command. Reports:
+``<report_dir>/access-matrix.md`` and ``.json``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pytest
+
+from pytest_rolemig import api
+from pytest_rolemig.access_data import SeededTables, seed_access_rows
+from pytest_rolemig.access_matrix import ANON, Actor, Matrix, choose_actors, compute_matrix, row_lookup
+from pytest_rolemig.access_report import Comparison, compare, write_reports
+from pytest_rolemig.assertions import RolemigAssertionError
+from pytest_rolemig.rehearsal import StepBlocked
+
+STEPS = ("before", "mid_migration", "after_migration", "after_rollback")
+
+
+@dataclass
+class AccessRehearsal:
+    """Matrices of one database copy through the migration, computed step by step and remembered."""
+
+    conn: Any
+    config: Any
+    mapping: Any
+    actors: list[Actor] = field(default_factory=list)
+    seeded: SeededTables | None = None
+    backup_id: str | None = None
+    migrated_mid: int = 0
+    matrices: dict[str, Matrix] = field(default_factory=dict)
+    comparisons: dict[str, Comparison] = field(default_factory=dict)
+    errors: dict[str, BaseException] = field(default_factory=dict)
+
+    def matrix(self, step: str) -> Matrix:
+        """The matrix at ``step``, running every earlier step first."""
+        for name in STEPS[: STEPS.index(step) + 1]:
+            if name not in self.matrices and name not in self.errors:
+                action: Callable[[], None] = getattr(self, f"_{name}")
+                try:
+                    action()
+                    self.matrices[name] = compute_matrix(self.conn, self.config.target, self.actors, name)
+                except Exception as exc:  # remembered: every later step is blocked by it
+                    self.errors[name] = exc
+            if name in self.errors:
+                if name == step:
+                    raise self.errors[name]
+                raise StepBlocked(f"step '{step}' did not run: step '{name}' failed: {self.errors[name]}")
+        return self.matrices[step]
+
+    def _before(self) -> None:
+        self.actors = choose_actors(self.conn, self.config.target, per_role=2)
+        self.seeded = seed_access_rows(self.conn, self.config.target, [a.key for a in self.actors if a.key])
+        self.conn.execute("ANALYZE")
+
+    def _mid_migration(self) -> None:
+        self.backup_id = api.backup(self.conn, "access_matrix").backup_id
+        users = self.conn.execute("SELECT count(*) FROM migration_backup.user_profiles_complete_backup "
+                                  "WHERE backup_id = %s", (self.backup_id,)).fetchone()[0]
+        result = api.migrate(self.conn, backup_id=self.backup_id, batch_size=max(1, math.ceil(users / 2)),
+                             max_batches=1)
+        self.migrated_mid = result.users_migrated + result.users_unchanged
+
+    def _after_migration(self) -> None:
+        api.migrate(self.conn, backup_id=self.backup_id, batch_size=self.config.target.batch_size)
+
+    def _after_rollback(self) -> None:
+        assert self.backup_id is not None
+        api.rollback(self.conn, self.backup_id, "access matrix gate")
+
+    def compare(self, step: str, title: str, declared: bool) -> Comparison:
+        """Compare ``step`` with the state before the migration; write the reports."""
+        before, after = self.matrix("before"), self.matrix(step)
+        result = compare(before, after, title, self.mapping.access_changes if declared else None,
+                         row_lookup(self.conn))
+        self.comparisons[step] = result
+        write_reports(self.config.report_dir, [self.comparisons[s] for s in STEPS if s in self.comparisons],
+                      [self.matrices[s] for s in STEPS if s in self.matrices])
+        return result
+
+
+@pytest.fixture(scope="module")
+def access_rehearsal(rolemig_server: Any, rolemig_template: Any, rolemig_config: Any,
+                     rolemig_mapping: Any) -> Any:
+    """Its own copy of the template: the matrix needs before, during, after and rollback states."""
+    from pytest_rolemig.databases import clone
+
+    with clone(rolemig_server, rolemig_template.name, "rolemig_matrix") as conn:
+        yield AccessRehearsal(conn=conn, config=rolemig_config, mapping=rolemig_mapping)
+
+
+def _fail(result: Comparison, rehearsal: AccessRehearsal, extra: dict[str, str] | None = None) -> None:
+    if result.ok:
+        return
+    lost = sum(1 for d in result.unexpected if d.lost)
+    raise RolemigAssertionError(
+        f"{result.title}: {len(result.unexpected)} undeclared access change(s) "
+        f"({lost} with rows lost) for role(s) {', '.join(sorted({d.role for d in result.unexpected}))}",
+        expected=result.expected,
+        sections={
+            "Differences (role, acting user, table, command, rows gained / lost, example)": result.text(),
+            **(extra or {}),
+            "Report": str(rehearsal.config.report_dir / "access-matrix.md"),
+            "Fix": "make the migration keep this access (helper functions, views and JWT claims that name "
+                   f"legacy roles), or declare it in [access_changes] of {rehearsal.mapping.source}",
+        },
+    )
+
+
+def test_access_matrix_acts_as_every_role_through_rls(access_rehearsal: AccessRehearsal) -> None:
+    """The matrix acts for every role in the data, through RLS, and sees rows to compare."""
+    before = access_rehearsal.matrix("before")
+    assert before.tables, (f"no RLS-protected table in the policy schemas "
+                           f"{', '.join(access_rehearsal.config.target.policy_schemas)}: nothing to measure")
+    acting = sorted({a.role for a in access_rehearsal.actors} - {ANON})
+    assert acting, "no user with a role in the profiles table: nobody to act as"
+    seen = {t: {len(r) for (_, _, tt, c), r in before.cells.items() if tt == t and c == "SELECT"}
+            for t in before.tables}
+    assert any(max(s) > 0 for s in seen.values()), "no user reaches any row of any table: the matrix proves nothing"
+    assert any(len(s) > 1 for s in seen.values()), (
+        "every user sees the same number of rows in every table: RLS does not discriminate "
+        f"(superuser or BYPASSRLS API role?): {seen}")
+
+
+def test_access_unchanged_mid_migration(access_rehearsal: AccessRehearsal) -> None:
+    """With half the users migrated (policies not yet rewritten), nobody's access changed."""
+    result = access_rehearsal.compare("mid_migration", "half the users migrated", declared=True)
+    _fail(result, access_rehearsal,
+          {"State": f"{access_rehearsal.migrated_mid} user(s) migrated by one batch (p_max_batches=1), "
+                    "policies not rewritten yet; acting users hold the role a fresh token would carry"})
+
+
+def test_access_after_migration_is_as_declared(access_rehearsal: AccessRehearsal) -> None:
+    """After the migration each user reaches what their legacy role reached, unless declared."""
+    _fail(access_rehearsal.compare("after_migration", "after the migration", declared=True), access_rehearsal)
+
+
+def test_access_restored_exactly_after_rollback(access_rehearsal: AccessRehearsal) -> None:
+    """After rollback every user reaches exactly the rows they reached before the migration."""
+    _fail(access_rehearsal.compare("after_rollback", "after rollback", declared=False), access_rehearsal)
