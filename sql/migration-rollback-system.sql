@@ -384,19 +384,21 @@ BEGIN
                 USING p_backup_id, 'emergency rollback ' || v_rollback_id, v_log.created_at;
             END IF;
 
-            EXECUTE format(
-                'INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE
-                 SELECT %3$s
-                   FROM (SELECT jsonb_populate_record(NULL::%1$s, b.row_data) AS r
-                           FROM migration_backup.user_profiles_complete_backup AS b
-                          WHERE b.backup_id = $1) AS src
-                  WHERE NOT EXISTS (SELECT 1 FROM %1$s AS t WHERE t.%4$I = (src.r).%4$I)',
-                v_rel,
-                (SELECT string_agg(format('%I', c), ', ') FROM unnest(v_cols) AS c),
-                (SELECT string_agg(format('(src.r).%I', c), ', ') FROM unnest(v_cols) AS c),
-                v_t ->> 'key_column')
-            USING p_backup_id;
-            GET DIAGNOSTICS v_inserted = ROW_COUNT;
+            IF v_cols IS NOT NULL THEN  -- a backup without profile rows has nothing to insert
+                EXECUTE format(
+                    'INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE
+                     SELECT %3$s
+                       FROM (SELECT jsonb_populate_record(NULL::%1$s, b.row_data) AS r
+                               FROM migration_backup.user_profiles_complete_backup AS b
+                              WHERE b.backup_id = $1) AS src
+                      WHERE NOT EXISTS (SELECT 1 FROM %1$s AS t WHERE t.%4$I = (src.r).%4$I)',
+                    v_rel,
+                    (SELECT string_agg(format('%I', c), ', ') FROM unnest(v_cols) AS c),
+                    (SELECT string_agg(format('(src.r).%I', c), ', ') FROM unnest(v_cols) AS c),
+                    v_t ->> 'key_column')
+                USING p_backup_id;
+                GET DIAGNOSTICS v_inserted = ROW_COUNT;
+            END IF;
             v_profiles := v_profiles + v_inserted;
 
             -- Sessions: rows still present get their backed-up content; deleted ones stay deleted.
