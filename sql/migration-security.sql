@@ -27,14 +27,24 @@ LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    -- The roles untrusted requests run as, as (name, oid); PUBLIC is oid 0 (every role is a
+    -- The roles untrusted requests run as, as (name, oid), and every role they can become
+    -- (SET ROLE needs membership only, even without INHERIT); PUBLIC is oid 0 (every role is a
     -- member of it). target_config.auth_role is read only when the table is there.
+    WITH base AS (
+        SELECT r.rolname::text AS role_name, r.oid AS role_oid
+          FROM pg_catalog.pg_roles AS r
+         WHERE r.rolname IN ('anon', 'authenticated', 'service_role', 'authenticator')
+            OR r.rolname IN (SELECT c.auth_role FROM migration_control.target_config AS c)
+    )
     SELECT 'PUBLIC'::text, 0::oid
+    UNION
+    SELECT b.role_name, b.role_oid FROM base AS b
     UNION
     SELECT r.rolname::text, r.oid
       FROM pg_catalog.pg_roles AS r
-     WHERE r.rolname IN ('anon', 'authenticated', 'service_role', 'authenticator')
-        OR r.rolname IN (SELECT c.auth_role FROM migration_control.target_config AS c)
+     WHERE NOT r.rolsuper
+       AND EXISTS (SELECT 1 FROM base AS b
+                    WHERE b.role_oid <> r.oid AND pg_catalog.pg_has_role(b.role_oid, r.oid, 'MEMBER'))
 $$;
 
 CREATE OR REPLACE FUNCTION migration_control.secure_migration_objects(p_owner text DEFAULT 'migration_owner')
@@ -58,7 +68,7 @@ BEGIN
     IF p_owner IS NULL OR p_owner = '' OR p_owner IN (SELECT a.role_name FROM migration_validation.application_roles() AS a)
        OR lower(p_owner) = 'public' THEN
         RAISE EXCEPTION 'cannot make % the owner of the migration schemas', coalesce(quote_literal(p_owner), 'NULL')
-            USING DETAIL = 'The owner must be a dedicated role, not one the API runs requests as.',
+            USING DETAIL = 'The owner must be a dedicated role that no API role is or can become (SET ROLE).',
                   HINT = 'use the default, migration_owner';
     END IF;
 
@@ -132,7 +142,8 @@ BEGIN
 
     -- Privileges: nothing for the application roles, on anything, in any of the four schemas.
     SELECT string_agg(CASE WHEN a.role_oid = 0 THEN 'PUBLIC' ELSE format('%I', a.role_name) END, ', ')
-      INTO v_roles FROM migration_validation.application_roles() AS a;
+      INTO v_roles FROM migration_validation.application_roles() AS a
+     WHERE a.role_name NOT IN (p_owner, current_user);
     v_n := 0;
     FOR v_obj IN SELECT s FROM unnest(v_schemas) AS s WHERE s IN (SELECT n.nspname FROM pg_catalog.pg_namespace AS n)
     LOOP
