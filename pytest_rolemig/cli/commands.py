@@ -460,8 +460,9 @@ def _rollback(ctx: Context, emergency: bool) -> int:
     what = "EMERGENCY-restore every backed-up row" if emergency else "roll back the role migration"
     confirm(ctx, f"{what} of database {ctx.dbname()!r} from backup {backup_id}")
     take_lock(ctx)
+    # the rollback is one SQL statement (one transaction): the bar has one step, honestly
     bar = ProgressBar(1, "emergency-rollback" if emergency else "rollback", stream=ctx.err,
-                      enabled=not ctx.args.quiet, unit="steps")
+                      enabled=not ctx.args.quiet, unit="steps", step="step")
     try:
         if emergency:
             cur = ctx.conn.execute("SELECT * FROM migration_backup.emergency_rollback(%s)", (backup_id,))

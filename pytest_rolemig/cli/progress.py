@@ -23,13 +23,14 @@ class ProgressBar:
     """Counts units (users) against a total; redraws in place on a terminal."""
 
     def __init__(self, total: int, label: str, stream: TextIO | None = None, width: int = 30,
-                 enabled: bool = True, unit: str = "users") -> None:
+                 enabled: bool = True, unit: str = "users", step: str = "batch") -> None:
         self.total = max(total, 0)
         self.label = label
         self.stream = stream or sys.stderr
         self.width = width
         self.enabled = enabled
         self.unit = unit
+        self.step = step
         self.done = 0
         self.steps = 0
         self.started = time.monotonic()
@@ -49,7 +50,7 @@ class ProgressBar:
         fraction = min(1.0, self.done / self.total) if self.total else 1.0
         filled = int(fraction * self.width)
         bar = "#" * filled + "-" * (self.width - filled)
-        text = (f"{self.label} [{bar}] {self.done}/{self.total} {self.unit}, batch {self.steps}, "
+        text = (f"{self.label} [{bar}] {self.done}/{self.total} {self.unit}, {self.step} {self.steps}, "
                 f"{rate:.0f} {self.unit}/s, elapsed {_duration(elapsed)}, left {_duration(left)}")
         return f"{text} {note}".rstrip()
 
