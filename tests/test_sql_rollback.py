@@ -354,8 +354,8 @@ def test_emergency_validation_fails_on_any_content_difference(rolemig_db):
     assert result["status"] == "completed" and result["profiles_restored"] > 0
     assert check_rollback(rolemig_db, bid)["profiles_content"]["status"] == "pass"
     key = key_of(rolemig_db, "")
-    rolemig_db.execute("UPDATE public.user_profiles SET locale = 'fr' WHERE id = %s", (key,))
-    rolemig_db.execute("UPDATE auth.sessions SET tag = 'x' WHERE id = (SELECT min(id::text)::uuid FROM auth.sessions)")
+    rolemig_db.execute("UPDATE public.user_profiles SET locale = 'zz-test' WHERE id = %s", (key,))
+    rolemig_db.execute("UPDATE auth.sessions SET tag = 'changed-by-test' WHERE id = (SELECT min(id::text)::uuid FROM auth.sessions)")
     checks = check_rollback(rolemig_db, bid)
     assert checks["profiles_content"]["status"] == "fail"
     assert checks["profiles_content"]["details"]["sample"] == [{"user_key": key, "columns": ["locale"]}]
@@ -443,3 +443,29 @@ def test_rollback_works_with_empty_search_path(rolemig_db):
     assert rollback(rolemig_db, bid)["status"] == "completed"
     rolemig_db.execute("RESET search_path")
     assert snapshot(rolemig_db) == before
+
+
+# ------------------------------------------------- with the real migration ----
+
+def _has_migration(conn):
+    return one(conn, """SELECT count(*) AS n FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                         WHERE n.nspname = 'migration_control' AND p.proname = 'execute_role_migration'""")["n"] > 0
+
+
+@pytest.mark.parametrize("max_batches", [None, 1])
+def test_rollback_of_execute_role_migration_restores_exactly(rolemig_db, max_batches):
+    if not _has_migration(rolemig_db):
+        pytest.skip("migration_control.execute_role_migration is not installed")
+    bid = backup(rolemig_db)
+    before = snapshot(rolemig_db)
+    run = one(rolemig_db, "SELECT * FROM migration_control.execute_role_migration(p_batch_size => 50, "
+                          "p_backup_id => %s, p_max_batches => %s)", (bid, max_batches))
+    assert run["status"] in ("completed", "partial"), run  # partial: stopped after p_max_batches
+    assert snapshot(rolemig_db) != before
+    result = rollback(rolemig_db, bid)
+    assert (result["status"], result["conflicts"]) == ("completed", 0)
+    assert snapshot(rolemig_db) == before
+    assert set(statuses(check_rollback(rolemig_db, bid)).values()) == {"pass"}
+    reverted = one(rolemig_db, "SELECT count(*) AS n FROM migration_tracking.migration_log "
+                               "WHERE status = 'rolled_back'")["n"]
+    assert reverted == result["profiles_restored"] > 0
