@@ -365,8 +365,8 @@ def compute_matrix(conn: psycopg.Connection[Any], target: Target, actors: list[A
 
 
 def row_lookup(conn: psycopg.Connection[Any], width: int = 160) -> Any:
-    """A function (table, key) -> the row's content as short JSON, read as the connecting (owner) role."""
-    exprs: dict[str, sql.Composable] = {}
+    """A function (table, key) -> the row's other columns as short JSON, read as the connecting (owner) role."""
+    exprs: dict[str, tuple[sql.Composable, list[str]]] = {}
 
     def lookup(table: str, key: str) -> str:
         schema, name = split_name(table)
@@ -375,9 +375,10 @@ def row_lookup(conn: psycopg.Connection[Any], width: int = 160) -> Any:
             exprs[table] = (sql.SQL("{}::text").format(sql.Identifier("t", pk[0])) if len(pk) == 1 else
                             sql.SQL("concat_ws(',', {})").format(sql.SQL(", ").join(
                                 sql.SQL("{}::text").format(sql.Identifier("t", c)) for c in pk)) if pk else
-                            sql.SQL("md5(to_jsonb(t)::text)"))
-        row = conn.execute(sql.SQL("SELECT to_jsonb(t)::text FROM {} AS t WHERE {} = %s LIMIT 1").format(
-            sql.Identifier(schema, name), exprs[table]), (key,)).fetchone()
+                            sql.SQL("md5(to_jsonb(t)::text)"), pk)
+        expr, pk = exprs[table]
+        row = conn.execute(sql.SQL("SELECT (to_jsonb(t) - %s::text[])::text FROM {} AS t WHERE {} = %s LIMIT 1").format(
+            sql.Identifier(schema, name), expr), (pk, key)).fetchone()
         text = row[0] if row else ""
         return text if len(text) <= width else text[: width - 3] + "..."
 

@@ -83,7 +83,7 @@ class Comparison:
         """A fixed-width table of the differences, for an assertion message."""
         rows = self.rows(only_unexpected)
         more = len(rows) - limit
-        rows = [[c if len(c) <= 90 else c[:87] + "..." for c in r] for r in rows[:limit]]
+        rows = [[c if len(c) <= 110 else c[:107] + "..." for c in r] for r in rows[:limit]]
         widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(self.HEAD)]
         lines = ["  ".join(h.ljust(w) for h, w in zip(self.HEAD, widths)).rstrip(),
                  "  ".join("-" * w for w in widths)]
