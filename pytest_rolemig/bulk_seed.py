@@ -1,0 +1,112 @@
+"""Seed large user sets with ``INSERT ... SELECT generate_series``: one statement per table.
+
+The factories (:mod:`pytest_rolemig.seeding`) stay the API for small, realistic
+sets; building a million factory rows in Python costs minutes and memory that
+grows with the count. Here PostgreSQL generates the rows itself: user ``i`` gets
+``md5(tag || i)`` as its uuid key (so the parent row and the profile agree
+without a round trip), role ``roles[i % n]`` (round-robin, like the factories),
+and ``i % (max_sessions + 1)`` sessions. Columns are chosen as the factory
+seeder chooses them: the key, the role, and every required column, filled by
+type; columns with defaults are left to their defaults.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pytest_rolemig.errors import ConfigError
+from pytest_rolemig.seeding import Column, Table, parent_of, read_table
+from pytest_rolemig.target import Target
+
+
+@dataclass(frozen=True)
+class BulkSeedResult:
+    """What was written and how fast."""
+
+    users: int
+    sessions: int
+    seconds: float
+
+    @property
+    def users_per_second(self) -> float:
+        """Seeding rate (users; their parent rows and sessions included in the time)."""
+        return self.users / self.seconds if self.seconds else float("inf")
+
+
+_BY_TYPE = {
+    "text": "{col} || '-' || i", "character varying": "{col} || '-' || i",
+    "jsonb": "'{{}}'::jsonb", "json": "'{{}}'::json", "boolean": "false",
+    "integer": "(i % 2147483647)::integer", "bigint": "i", "smallint": "0", "numeric": "i",
+    "timestamp with time zone": "now()", "timestamp without time zone": "localtimestamp",
+    "date": "current_date", "inet": "'127.0.0.1'::inet", "uuid": "gen_random_uuid()",
+}
+
+
+def _filler(column: Column, table: Table) -> sql.Composable:
+    base = column.type_name.split("(")[0]
+    if base not in _BY_TYPE:
+        raise ConfigError(
+            f"cannot bulk-seed {table}: required column {column.name} of type {column.type_name} has no "
+            "default; give it a default or seed that table yourself"
+        )
+    return sql.SQL(_BY_TYPE[base].format(col=sql.Literal(column.name).as_string(None)))
+
+
+def _key_expr(column: Column, offset: int) -> sql.Composable:
+    """User ``i``'s key: deterministic, so parent and profile rows agree."""
+    base = column.type_name.split("(")[0]
+    if base == "uuid":
+        return sql.SQL("md5('rolemig-bulk-' || i)::uuid")
+    if base in ("integer", "bigint", "smallint"):
+        return sql.SQL("(i + {})").format(sql.Literal(offset))
+    return sql.SQL("'bulk-user-' || i")
+
+
+def _insert(conn: psycopg.Connection[Any], table: Table, exprs: dict[str, sql.Composable],
+            source: sql.Composable) -> int:
+    """One ``INSERT ... SELECT`` writing ``exprs`` and every other required column."""
+    columns = dict(exprs)
+    for col in table.columns.values():
+        if col.required and not col.generated and col.name not in columns:
+            columns[col.name] = _filler(col, table)
+    query = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
+        table.ident, sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+        sql.SQL(", ").join(columns.values()), source,
+    )
+    return conn.execute(query).rowcount
+
+
+def bulk_seed_users(conn: psycopg.Connection[Any], target: Target, roles: list[str], count: int,
+                    start: int = 1, max_sessions: int = 3) -> BulkSeedResult:
+    """Write users ``start .. start+count-1`` (parent rows, profiles, sessions) in three statements."""
+    if not roles:
+        raise ConfigError("no legacy roles to seed users for: the mapping and the schema name none")
+    began = time.perf_counter()
+    profiles = read_table(conn, target.profiles_table, "rolemig_profiles_table")
+    sessions = read_table(conn, target.sessions_table, "rolemig_sessions_table")
+    parent = parent_of(conn, profiles, target.key_column)
+    key_col = profiles.columns[target.key_column]
+    offset = 0
+    if key_col.type_name in ("integer", "bigint", "smallint"):
+        offset = conn.execute(sql.SQL("SELECT coalesce(max({}), 0) FROM {}").format(
+            sql.Identifier(target.key_column), profiles.ident)).fetchone()[0]
+    key = _key_expr(key_col, offset)
+    series = sql.SQL("generate_series({}::bigint, {}::bigint) AS g(i)").format(
+        sql.Literal(start), sql.Literal(start + count - 1))
+    role_type = sql.SQL(profiles.columns[target.role_column].type_name)
+    role = sql.SQL("({}::text[])[1 + (i % {})]::{}").format(sql.Literal(roles), sql.Literal(len(roles)), role_type)
+
+    if parent is not None:
+        parent_table, parent_key = parent
+        _insert(conn, parent_table, {parent_key: key}, series)
+    users = _insert(conn, profiles, {target.key_column: key, target.role_column: role}, series)
+    # user i has i % (max_sessions + 1) sessions, as the factory seeder gives them
+    per_user = sql.SQL("{} CROSS JOIN LATERAL generate_series(1, (i % {})::integer) AS s(n)").format(
+        series, sql.Literal(max_sessions + 1))
+    written = _insert(conn, sessions, {target.sessions_user_column: key}, per_user)
+    return BulkSeedResult(users=users, sessions=written, seconds=time.perf_counter() - began)
