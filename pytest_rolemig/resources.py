@@ -18,6 +18,7 @@ INSTALL_ORDER = (
     "migration-validation-functions.sql",
     "migration-control-system.sql",
     "role-migration.sql",
+    "online-migration.sql",
     "migration-security.sql",
 )
 """Component files in dependency order; the master setup script includes them in this order."""

@@ -16,6 +16,7 @@ BEGIN;
 \ir migration-validation-functions.sql
 \ir migration-control-system.sql
 \ir role-migration.sql
+\ir online-migration.sql
 \ir migration-security.sql
 
 -- Fails with a clear message when the application's tables are not there.

@@ -1,0 +1,617 @@
+-- Online role migration: the same move as role-migration.sql, but safe under live traffic.
+--
+-- Provides (schema migration_control):
+--   expand_role_literals(text)            one expression's legacy role literals -> legacy OR new role
+--   online_precheck(text, integer, text)  the refusals of execute_role_migration; returns the backup id
+--   online_pending_sql()                  the "still to migrate" predicate (shared with the batch)
+--   online_batch(...)                     ONE keyset batch (UPDATE + log + batch row), no commit
+--   online_alter_policy(...)              ONE policy to its expanded or contracted form, logged
+--   run_online_migration(...)             PROCEDURE: expand (widen, policies, batches) or contract
+--
+-- Depends on: migration-logging-system.sql (tracking tables, start/complete_migration_batch),
+-- comprehensive-backup-system.sql (backup_log, validate_backup_completeness),
+-- migration-rollback-system.sql (rollback_log), migration-validation-functions.sql (target,
+-- migrated_tables), migration-control-system.sql (verify_target, discover_legacy_roles) and
+-- role-migration.sql (rewrite_role_literals, adjust_role_constraints).
+--
+-- Why a PROCEDURE and not a Python driver loop: a function runs in its caller's transaction,
+-- so execute_role_migration holds the row locks of every batch until its end. A procedure
+-- called with a top-level CALL in autocommit mode may COMMIT, so each batch (and each policy
+-- change) is its own transaction, and the whole rollout is one SQL statement that psql, the
+-- CLI or any driver can run; no client has to stay in a loop for the data to stay consistent.
+-- Consequences of the choice: the procedure has no SECURITY DEFINER and no SET clause (either
+-- forbids COMMIT), so every name in it is schema-qualified and the work that deparses or parses
+-- SQL lives in the helper functions above, which do pin search_path; CALL it outside an explicit
+-- transaction block (psycopg autocommit=True, psql without BEGIN), or COMMIT fails at once,
+-- before anything is locked or changed.
+--
+-- Rollout:
+--   CALL migration_control.run_online_migration();                      -- expand (resumable)
+--   ... wait until no token carries a legacy role name ...
+--   CALL migration_control.run_online_migration(p_phase => 'contract'); -- new names only
+-- expand   : widen the role CHECK constraints; rewrite each policy so that it accepts the legacy
+--            role AND its new role ('billing_admin'::text in a list -> 'billing_admin'::text,
+--            'admin'::text; = 'org_owner'::text -> = ANY (ARRAY['org_owner'::text, 'owner'::text]));
+--            then move the users in keyset batches, one COMMIT per batch. Access is the same for a
+--            user holding the legacy or the new role, in the database and in the token.
+-- contract : refused while users are pending; each policy goes back to the text it had before the
+--            expand, rewritten to the new names (rewrite_role_literals, the offline path's rewrite),
+--            then the CHECK constraints are narrowed.
+-- Safety: one run at a time (session-level advisory lock on the key execute_role_migration and
+-- the rollbacks use, so they exclude each other; released on every exit, and by the server when
+-- the backend dies); every lock-taking statement runs under lock_timeout and is retried with
+-- exponential backoff, so it never queues for long in front of application queries; a batch
+-- that cannot get its row locks in time is retried the same way. Resume = run it again: the
+-- pending predicate skips users a committed batch already logged, so no batch is applied twice,
+-- and a completed migration re-run changes nothing.
+
+CREATE SCHEMA IF NOT EXISTS migration_control;
+
+CREATE OR REPLACE FUNCTION migration_control.expand_role_literals(p_expr text)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_tok      text[];
+    v_n        integer;
+    v_lit      text;
+    v_new      text;
+    v_next     text;
+    v_cast     text;
+    v_in_array boolean := false;
+    v_cast_re  constant text := '^::(?:character varying|[A-Za-z_][A-Za-z_0-9]*)(?:\([0-9]+\))?';
+BEGIN
+    -- Expand form of one deparsed expression: each quoted legacy role whose new role differs
+    -- is made to accept the new role too. Inside ARRAY[...] the new role is added after it
+    -- (unless it already follows, so expanding twice changes nothing); after "= " / "<> " the
+    -- comparison becomes = ANY / <> ALL of both. Any other place is refused: guessing there
+    -- could change access. Tokenised like rewrite_role_literals (literals, quoted identifiers,
+    -- the rest), so claim names and identifiers are never touched.
+    IF p_expr IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT array_agg(x.t[1] ORDER BY x.n) INTO v_tok
+    FROM pg_catalog.regexp_matches(p_expr, '"(?:[^"]|"")*"|''(?:[^'']|'''')*''|[^''"]+', 'g') WITH ORDINALITY AS x(t, n);
+    IF array_to_string(v_tok, '') IS DISTINCT FROM p_expr THEN
+        RAISE EXCEPTION 'cannot tokenize expression for role expansion: %', p_expr
+            USING DETAIL = 'An unbalanced quote left part of the expression unmatched.',
+                  HINT = 'rewrite this policy by hand; nothing was changed';
+    END IF;
+    v_n := cardinality(v_tok);
+    FOR i IN 1 .. v_n LOOP
+        IF left(v_tok[i], 1) <> '''' THEN
+            v_in_array := right(v_tok[i], 6) = 'ARRAY['
+                          OR (v_in_array AND v_tok[i] ~ (v_cast_re || ', $') OR (v_in_array AND v_tok[i] = ', '));
+            CONTINUE;
+        END IF;
+        v_lit := replace(substr(v_tok[i], 2, length(v_tok[i]) - 2), '''''', '''');
+        SELECT m.new_role INTO v_new FROM migration_control.role_mapping m
+        WHERE m.legacy_role = v_lit AND m.new_role <> m.legacy_role;
+        CONTINUE WHEN v_new IS NULL;
+        v_next := coalesce(v_tok[i + 1], '');
+        v_cast := coalesce(substring(v_next FROM v_cast_re), '');
+        IF v_in_array THEN
+            CONTINUE WHEN i + 2 <= v_n AND v_tok[i + 2] = quote_literal(v_new)
+                          AND v_next ~ ('^(' || substr(v_cast_re, 2) || ')?, $');
+            v_tok[i] := v_tok[i] || v_cast || ', ' || quote_literal(v_new);
+        ELSIF i > 1 AND v_tok[i - 1] ~ '(^|[^<>=!])(=|<>) $' THEN
+            v_tok[i - 1] := regexp_replace(v_tok[i - 1], '(=|<>) $',
+                                CASE WHEN v_tok[i - 1] ~ '<> $' THEN '<> ALL (ARRAY[' ELSE '= ANY (ARRAY[' END);
+            v_tok[i] := v_tok[i] || v_cast || ', ' || quote_literal(v_new);
+            IF i + 1 <= v_n THEN
+                v_tok[i + 1] := v_cast || '])' || substr(v_next, length(v_cast) + 1);
+            ELSE
+                v_tok := v_tok || '])'::text;
+            END IF;
+        ELSE
+            RAISE EXCEPTION 'cannot expand role literal % in: %', v_tok[i], p_expr
+                USING DETAIL = 'Only literals inside ARRAY[...] or right of = / <> can be widened to accept the new role too.',
+                      HINT = 'rewrite the policy as role = ANY (ARRAY[...]), or use the offline execute_role_migration';
+        END IF;
+    END LOOP;
+    RETURN array_to_string(v_tok, '');
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION migration_control.online_pending_sql()
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- "User t still has to move" with $1 = migration name, $2 = cutoff (newest completed
+    -- rollback): on a legacy role and not logged as done, with the role they hold now, by a
+    -- completed batch of this migration since that rollback. The same predicate as
+    -- execute_role_migration, so the offline and online paths resume each other's work.
+    SELECT format(
+        't.%2$I::text IN (SELECT m.legacy_role FROM migration_control.role_mapping m)
+         AND NOT EXISTS (SELECT 1 FROM migration_tracking.migration_log l
+                         JOIN migration_tracking.migration_batch b ON b.batch_id = l.batch_id
+                         WHERE l.user_key = t.%1$I::text AND l.new_role = t.%2$I::text
+                           AND l.status IN (''migrated'', ''unchanged'') AND l.logged_at > $2
+                           AND b.migration_name = $1 AND b.status = ''completed'')',
+        c.key_column, c.role_column)
+    FROM migration_control.target_config c
+$$;
+
+CREATE OR REPLACE FUNCTION migration_control.online_precheck(
+    p_migration_name text, p_batch_size integer, p_backup_id text)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_cfg    migration_control.target_config;
+    v_bad    text;
+    v_cand   record;
+    v_backup text;
+BEGIN
+    -- The refusals of execute_role_migration, raised before anything changes: bad arguments,
+    -- target, empty mapping, users on unknown roles, unmapped legacy roles, no valid backup.
+    -- Returns the backup the run relies on (p_backup_id, or the newest valid one).
+    IF p_migration_name IS NULL OR btrim(p_migration_name) = '' THEN
+        RAISE EXCEPTION 'migration name must not be empty, got %', coalesce(quote_literal(p_migration_name), 'NULL')
+            USING DETAIL = 'The name groups the batches so that a later call can resume.',
+                  HINT = 'use e.g. ''role_system_migration''';
+    END IF;
+    IF p_batch_size IS NOT NULL AND p_batch_size < 1 THEN
+        RAISE EXCEPTION 'batch size must be a positive integer, got %', p_batch_size
+            USING DETAIL = 'p_batch_size is the number of users per batch; NULL takes target_config.batch_size.',
+                  HINT = 'use e.g. 1000';
+    END IF;
+    v_cfg := migration_validation.target();
+    PERFORM migration_control.verify_target(v_cfg.profiles_schema, v_cfg.profiles_table, v_cfg.key_column,
+                v_cfg.role_column, v_cfg.sessions_schema, v_cfg.sessions_table,
+                v_cfg.sessions_user_column, v_cfg.policy_schemas);
+    IF NOT EXISTS (SELECT 1 FROM migration_control.role_mapping) THEN
+        RAISE EXCEPTION 'no role mapping loaded'
+            USING DETAIL = 'migration_control.role_mapping is empty.',
+                  HINT = 'call migration_control.load_role_mapping(mapping, new_roles)';
+    END IF;
+    EXECUTE format(
+        'SELECT string_agg(coalesce(quote_literal(s.r), ''NULL'') || '' ('' || s.n || '' users)'', '', '' ORDER BY s.r)
+         FROM (SELECT t.%1$I::text AS r, count(*) AS n FROM %2$I.%3$I t
+               WHERE t.%1$I IS NULL
+                  OR (NOT EXISTS (SELECT 1 FROM migration_control.role_mapping m WHERE m.legacy_role = t.%1$I::text)
+                      AND NOT EXISTS (SELECT 1 FROM migration_control.new_roles r WHERE r.role_name = t.%1$I::text))
+               GROUP BY 1) s',
+        v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table)
+    INTO v_bad;
+    IF v_bad IS NOT NULL THEN
+        RAISE EXCEPTION 'users have unknown roles: %', v_bad
+            USING DETAIL = 'These roles are neither legacy roles of the mapping nor new roles; nothing was changed.',
+                  HINT = 'add them to the role mapping (migration_control.load_role_mapping) or fix those users';
+    END IF;
+    SELECT string_agg(format('%s (found in %s)', d.role_name, array_to_string(d.sources, ', ')), '; ' ORDER BY d.role_name)
+    INTO v_bad FROM migration_control.discover_legacy_roles() d WHERE d.mapped_to IS NULL;
+    IF v_bad IS NOT NULL THEN
+        RAISE EXCEPTION 'unmapped legacy roles: %', v_bad
+            USING DETAIL = 'Every role the schema allows or the data holds must map onto a new role; nothing was changed.',
+                  HINT = 'add them to the role mapping (migration_control.load_role_mapping)';
+    END IF;
+    FOR v_cand IN SELECT b.backup_id FROM migration_backup.backup_log b
+                  WHERE b.status = 'completed' AND (p_backup_id IS NULL OR b.backup_id = p_backup_id)
+                  ORDER BY b.created_at DESC, b.backup_id DESC
+    LOOP
+        IF NOT EXISTS (SELECT 1 FROM migration_backup.validate_backup_completeness(v_cand.backup_id) v
+                       WHERE v.status = 'fail') THEN
+            v_backup := v_cand.backup_id;
+            EXIT;
+        END IF;
+    END LOOP;
+    IF v_backup IS NULL THEN
+        RAISE EXCEPTION 'no valid backup%: refusing to migrate without one',
+                        CASE WHEN p_backup_id IS NOT NULL THEN ' ' || p_backup_id ELSE '' END
+            USING DETAIL = 'The backup must be completed and validate without a failing check.',
+                  HINT = 'take one first: SELECT * FROM migration_control.prepare_for_migration()';
+    END IF;
+    RETURN v_backup;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION migration_control.online_batch(
+    p_migration_name text, p_run_id text, p_batch_size integer, p_backup_id text,
+    p_cutoff timestamptz, p_lock_timeout_ms integer, p_after_key text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_cfg      migration_control.target_config;
+    v_rel      oid;
+    v_key_type text;
+    v_role_type text;
+    v_batch_id text;
+    v_m        bigint;
+    v_u        bigint;
+    v_first    text;
+    v_last     text;
+BEGIN
+    -- One batch in the caller's transaction: the first p_batch_size pending users in key order
+    -- after p_after_key (keyset over the primary key, never OFFSET; NULL starts at the first
+    -- key, and the pending predicate skips whoever a committed batch already moved), locked
+    -- FOR UPDATE under lock_timeout, moved to their new role and logged, with their completed
+    -- batch row, all or nothing. Returns {"done": true} when nobody is pending (no row written).
+    PERFORM pg_catalog.set_config('lock_timeout', p_lock_timeout_ms || 'ms', true);
+    v_cfg := migration_validation.target();
+    v_rel := to_regclass(format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table));
+    SELECT max(pg_catalog.format_type(a.atttypid, a.atttypmod)) FILTER (WHERE a.attname = v_cfg.key_column),
+           max(pg_catalog.format_type(a.atttypid, a.atttypmod)) FILTER (WHERE a.attname = v_cfg.role_column)
+    INTO v_key_type, v_role_type
+    FROM pg_catalog.pg_attribute a WHERE a.attrelid = v_rel AND a.attnum > 0 AND NOT a.attisdropped;
+
+    v_batch_id := migration_tracking.start_migration_batch(p_migration_name, p_batch_size, p_run_id,
+                      jsonb_build_object('phase', 'migrate', 'mode', 'online', 'backup_id', p_backup_id));
+    EXECUTE format(
+        'WITH batch AS (
+             SELECT t.%1$I AS k, t.%2$I::text AS role
+             FROM %3$I.%4$I t
+             WHERE %6$s AND ($5::text IS NULL OR t.%1$I > $5::text::%7$s)
+             ORDER BY t.%1$I
+             LIMIT $3
+             FOR UPDATE OF t),
+         upd AS (
+             UPDATE %3$I.%4$I AS t SET %2$I = m.new_role::%5$s
+             FROM batch b, migration_control.role_mapping m
+             WHERE t.%1$I = b.k AND m.legacy_role = t.%2$I::text AND m.new_role <> m.legacy_role
+             RETURNING t.%1$I AS k, m.new_role),
+         logged AS (
+             INSERT INTO migration_tracking.migration_log (batch_id, user_key, old_role, new_role, status)
+             SELECT $4, b.k::text, b.role, coalesce(u.new_role, b.role),
+                    CASE WHEN u.k IS NULL THEN ''unchanged'' ELSE ''migrated'' END
+             FROM batch b LEFT JOIN upd u ON u.k = b.k
+             RETURNING migration_log.status)
+         SELECT count(*) FILTER (WHERE logged.status = ''migrated''),
+                count(*) FILTER (WHERE logged.status = ''unchanged''),
+                (SELECT b.k::text FROM batch b ORDER BY b.k LIMIT 1),
+                (SELECT b.k::text FROM batch b ORDER BY b.k DESC LIMIT 1)
+         FROM logged',
+        v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table,
+        v_role_type, migration_control.online_pending_sql(), v_key_type)
+    INTO v_m, v_u, v_first, v_last
+    USING p_migration_name, p_cutoff, p_batch_size, v_batch_id, p_after_key;
+    IF v_first IS NULL THEN
+        DELETE FROM migration_tracking.migration_batch b WHERE b.batch_id = v_batch_id;
+        RETURN jsonb_build_object('done', true);
+    END IF;
+    UPDATE migration_tracking.migration_batch b
+    SET first_key = v_first, last_key = v_last,
+        details = b.details || jsonb_build_object('migrated', v_m, 'unchanged', v_u)
+    WHERE b.batch_id = v_batch_id;
+    PERFORM migration_tracking.complete_migration_batch(v_batch_id);
+    RETURN jsonb_build_object('done', false, 'batch_id', v_batch_id, 'migrated', v_m, 'unchanged', v_u,
+                              'first_key', v_first, 'last_key', v_last);
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION migration_control.online_alter_policy(
+    p_schema text, p_table text, p_policy text, p_phase text, p_run_id text, p_lock_timeout_ms integer)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_oid       oid;
+    v_using     text;
+    v_check     text;
+    v_base_u    text;
+    v_base_c    text;
+    v_last      migration_tracking.rls_policy_changes;
+    v_new_using text;
+    v_new_check text;
+    v_sql       text;
+BEGIN
+    -- Brings one policy to its expand form (legacy OR new role) or its contract form (new
+    -- roles only) under lock_timeout: ALTER POLICY takes an ACCESS EXCLUSIVE lock, and a
+    -- statement waiting for it would queue every application query behind it. A timeout
+    -- raises lock_not_available for the caller to retry. Contract starts from the text the
+    -- policy had before its expand when the policy still reads as the expand left it, so the
+    -- end state is exactly the offline rewrite. Logs the change; returns whether it changed.
+    IF p_phase NOT IN ('expand', 'contract') THEN
+        RAISE EXCEPTION 'unknown policy phase %', quote_literal(p_phase)
+            USING DETAIL = 'Phases: expand, contract.', HINT = 'use online_alter_policy(..., ''expand'', ...)';
+    END IF;
+    PERFORM pg_catalog.set_config('lock_timeout', p_lock_timeout_ms || 'ms', true);
+    SELECT p.oid, pg_catalog.pg_get_expr(p.polqual, p.polrelid), pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)
+    INTO v_oid, v_using, v_check
+    FROM pg_catalog.pg_policy p
+    WHERE p.polrelid = to_regclass(format('%I.%I', p_schema, p_table)) AND p.polname = p_policy;
+    IF v_oid IS NULL THEN
+        RETURN false;  -- dropped meanwhile: nothing to do
+    END IF;
+    IF p_phase = 'expand' THEN
+        v_new_using := migration_control.expand_role_literals(v_using);
+        v_new_check := migration_control.expand_role_literals(v_check);
+    ELSE
+        SELECT * INTO v_last FROM migration_tracking.rls_policy_changes c
+        WHERE c.schema_name = p_schema AND c.table_name = p_table AND c.policy_name = p_policy
+        ORDER BY c.change_id DESC LIMIT 1;
+        IF v_last.run_id LIKE 'expand:%' AND v_last.new_using IS NOT DISTINCT FROM v_using
+           AND v_last.new_check IS NOT DISTINCT FROM v_check THEN
+            v_base_u := v_last.old_using;
+            v_base_c := v_last.old_check;
+        ELSE
+            v_base_u := v_using;
+            v_base_c := v_check;
+        END IF;
+        v_new_using := migration_control.rewrite_role_literals(v_base_u, 'migrate');
+        v_new_check := migration_control.rewrite_role_literals(v_base_c, 'migrate');
+    END IF;
+    IF v_new_using IS NOT DISTINCT FROM v_using AND v_new_check IS NOT DISTINCT FROM v_check THEN
+        RETURN false;
+    END IF;
+    v_sql := format('ALTER POLICY %I ON %I.%I', p_policy, p_schema, p_table);
+    IF v_new_using IS DISTINCT FROM v_using THEN
+        v_sql := v_sql || format(' USING (%s)', v_new_using);
+    END IF;
+    IF v_new_check IS DISTINCT FROM v_check THEN
+        v_sql := v_sql || format(' WITH CHECK (%s)', v_new_check);
+    END IF;
+    EXECUTE v_sql;
+    INSERT INTO migration_tracking.rls_policy_changes
+        (run_id, schema_name, table_name, policy_name, change_type, old_using, new_using, old_check, new_check)
+    SELECT p_phase || ':' || p_run_id, p_schema, p_table, p_policy, 'rewrite',
+           v_using, pg_catalog.pg_get_expr(p.polqual, p.polrelid),
+           v_check, pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)
+    FROM pg_catalog.pg_policy p WHERE p.oid = v_oid;
+    RETURN true;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION migration_control.online_constraints(p_mode text, p_lock_timeout_ms integer)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- adjust_role_constraints (widen / narrow) under lock_timeout: ALTER TABLE takes an ACCESS
+    -- EXCLUSIVE lock. A timeout raises lock_not_available for the caller to retry.
+    PERFORM pg_catalog.set_config('lock_timeout', p_lock_timeout_ms || 'ms', true);
+    RETURN migration_control.adjust_role_constraints(p_mode);
+END;
+$$;
+
+CREATE OR REPLACE PROCEDURE migration_control.run_online_migration(
+    p_migration_name text DEFAULT 'role_system_migration',
+    p_batch_size integer DEFAULT NULL,
+    p_backup_id text DEFAULT NULL,
+    p_phase text DEFAULT 'expand',
+    p_lock_timeout_ms integer DEFAULT 100,
+    p_max_retries integer DEFAULT 50,
+    p_pause_ms integer DEFAULT 0,
+    p_max_batches integer DEFAULT NULL,
+    INOUT p_result jsonb DEFAULT NULL)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_lock_key  constant bigint := pg_catalog.hashtext('pytest_rolemig.migration');
+    v_backup    text;
+    v_run       text;
+    v_cutoff    timestamptz;
+    v_batch     jsonb;
+    v_last_key  text;
+    v_batches   integer := 0;
+    v_migrated  bigint := 0;
+    v_unchanged bigint := 0;
+    v_policies  integer := 0;
+    v_retries   integer := 0;
+    v_attempt   integer;
+    v_timed_out boolean;
+    v_changed   boolean;
+    v_err       text;
+    v_step      text;
+    v_pol       record;
+    v_pending   bigint;
+    v_cfg       migration_control.target_config;
+    v_widened   jsonb := '[]';
+    v_narrowed  jsonb := '[]';
+    v_status    text;
+BEGIN
+    -- Runs one phase of the online migration (see the file header), each step in its own
+    -- transaction. The first statement is a COMMIT: inside an explicit transaction block it
+    -- fails before the advisory lock is taken. Every error path releases the lock, records
+    -- what failed and raises; a killed backend loses at most its uncommitted step.
+    COMMIT;
+    IF p_phase IS NULL OR p_phase NOT IN ('expand', 'contract') THEN
+        RAISE EXCEPTION 'unknown phase %', coalesce(quote_literal(p_phase), 'NULL')
+            USING DETAIL = 'expand: widen constraints, policies accept legacy and new roles, move the users; '
+                           'contract: policies and constraints name the new roles only.',
+                  HINT = 'CALL migration_control.run_online_migration(p_phase => ''expand'')';
+    END IF;
+    IF p_lock_timeout_ms IS NULL OR p_lock_timeout_ms < 1 OR p_max_retries IS NULL OR p_max_retries < 0 THEN
+        RAISE EXCEPTION 'lock timeout must be >= 1 ms and retries >= 0, got % ms and %', p_lock_timeout_ms, p_max_retries
+            USING HINT = 'e.g. p_lock_timeout_ms => 100, p_max_retries => 50';
+    END IF;
+    IF NOT pg_catalog.pg_try_advisory_lock(v_lock_key) THEN
+        RAISE EXCEPTION 'another role migration is running'
+            USING DETAIL = format('Migration %L (%s) could not take the migration advisory lock; held by backend %s.',
+                                  p_migration_name, p_phase,
+                                  (SELECT string_agg(l.pid::text, ', ') FROM pg_catalog.pg_locks l
+                                   WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+                                     AND ((l.classid::bigint << 32) | l.objid::bigint) = v_lock_key)),
+                  HINT = 'wait for it to finish, or stop it (pg_terminate_backend) and CALL this again to resume';
+    END IF;
+
+    v_step := 'precheck';
+    BEGIN
+        v_backup := migration_control.online_precheck(p_migration_name, p_batch_size, p_backup_id);
+        v_cfg := migration_validation.target();
+        SELECT coalesce(max(r.started_at), '-infinity') INTO v_cutoff
+        FROM migration_backup.rollback_log r WHERE r.status = 'completed';
+        EXECUTE format('SELECT count(*) FROM %I.%I t WHERE %s', v_cfg.profiles_schema, v_cfg.profiles_table,
+                       migration_control.online_pending_sql())
+        INTO v_pending USING p_migration_name, v_cutoff;
+        IF p_phase = 'contract' AND v_pending > 0 THEN
+            RAISE EXCEPTION '% users are still on a legacy role: refusing to contract', v_pending
+                USING DETAIL = 'Contract makes policies accept the new role names only; pending users would lose access.',
+                      HINT = 'CALL migration_control.run_online_migration() (expand) to the end first';
+        END IF;
+    EXCEPTION WHEN OTHERS THEN
+        v_err := SQLERRM;
+    END;
+    IF v_err IS NOT NULL THEN
+        PERFORM pg_catalog.pg_advisory_unlock(v_lock_key);
+        RAISE EXCEPTION '%', v_err USING HINT = 'nothing was changed';
+    END IF;
+    v_run := 'online_' || to_char(clock_timestamp(), 'YYYYMMDD_HH24MISS') || '_'
+             || substr(replace(gen_random_uuid()::text, '-', ''), 1, 6);
+    COMMIT;
+
+    -- 1. constraints (expand: widen first; contract: narrow last, below)
+    IF p_phase = 'expand' THEN
+        v_step := 'widen constraints';
+        v_attempt := 0;
+        LOOP
+            v_timed_out := false;
+            BEGIN
+                v_widened := migration_control.online_constraints('widen', p_lock_timeout_ms);
+            EXCEPTION WHEN lock_not_available THEN v_timed_out := true;
+                      WHEN OTHERS THEN v_err := SQLERRM;
+            END;
+            COMMIT;
+            EXIT WHEN NOT v_timed_out OR v_err IS NOT NULL;
+            v_attempt := v_attempt + 1;
+            v_retries := v_retries + 1;
+            IF v_attempt > p_max_retries THEN
+                v_err := format('gave up after %s lock timeouts of %s ms', v_attempt, p_lock_timeout_ms);
+                EXIT;
+            END IF;
+            PERFORM pg_catalog.pg_sleep(least(2000, 20 * 2 ^ least(v_attempt, 7) * (0.5 + random())) / 1000.0);
+        END LOOP;
+    END IF;
+
+    -- 2. policies, one transaction each
+    IF v_err IS NULL THEN
+        v_step := p_phase || ' policies';
+        FOR v_pol IN
+            SELECT t.schema_name, t.table_name, p.polname::text AS policy_name
+            FROM migration_validation.migrated_tables() t
+            JOIN pg_catalog.pg_policy p ON p.polrelid = t.table_oid
+            ORDER BY 1, 2, 3
+        LOOP
+            v_attempt := 0;
+            LOOP
+                v_timed_out := false;
+                v_changed := false;
+                BEGIN
+                    v_changed := migration_control.online_alter_policy(v_pol.schema_name, v_pol.table_name,
+                                     v_pol.policy_name, p_phase, v_run, p_lock_timeout_ms);
+                EXCEPTION WHEN lock_not_available THEN v_timed_out := true;
+                          WHEN OTHERS THEN v_err := format('policy %I on %I.%I: %s', v_pol.policy_name,
+                                                            v_pol.schema_name, v_pol.table_name, SQLERRM);
+                END;
+                COMMIT;
+                EXIT WHEN NOT v_timed_out OR v_err IS NOT NULL;
+                v_attempt := v_attempt + 1;
+                v_retries := v_retries + 1;
+                RAISE NOTICE 'policy % on %.%: lock timeout (% ms), retry %', v_pol.policy_name,
+                             v_pol.schema_name, v_pol.table_name, p_lock_timeout_ms, v_attempt;
+                IF v_attempt > p_max_retries THEN
+                    v_err := format('policy %I on %I.%I: gave up after %s lock timeouts of %s ms',
+                                    v_pol.policy_name, v_pol.schema_name, v_pol.table_name, v_attempt, p_lock_timeout_ms);
+                    EXIT;
+                END IF;
+                PERFORM pg_catalog.pg_sleep(least(2000, 20 * 2 ^ least(v_attempt, 7) * (0.5 + random())) / 1000.0);
+            END LOOP;
+            EXIT WHEN v_err IS NOT NULL;
+            IF v_changed THEN
+                v_policies := v_policies + 1;
+            END IF;
+        END LOOP;
+    END IF;
+
+    -- 3. expand: the users, one COMMIT per batch
+    IF v_err IS NULL AND p_phase = 'expand' THEN
+        v_step := 'batches';
+        v_attempt := 0;
+        LOOP
+            EXIT WHEN p_max_batches IS NOT NULL AND v_batches >= p_max_batches;
+            v_timed_out := false;
+            BEGIN
+                v_batch := migration_control.online_batch(p_migration_name, v_run,
+                               coalesce(p_batch_size, v_cfg.batch_size), v_backup, v_cutoff, p_lock_timeout_ms,
+                               v_last_key);
+            EXCEPTION WHEN lock_not_available THEN v_timed_out := true;
+                      WHEN OTHERS THEN v_err := SQLERRM;
+            END;
+            COMMIT;
+            EXIT WHEN v_err IS NOT NULL;
+            IF v_timed_out THEN
+                v_attempt := v_attempt + 1;
+                v_retries := v_retries + 1;
+                IF v_attempt > p_max_retries THEN
+                    v_err := format('batch gave up after %s row-lock timeouts of %s ms', v_attempt, p_lock_timeout_ms);
+                    EXIT;
+                END IF;
+                PERFORM pg_catalog.pg_sleep(least(2000, 20 * 2 ^ least(v_attempt, 7) * (0.5 + random())) / 1000.0);
+                CONTINUE;
+            END IF;
+            EXIT WHEN (v_batch ->> 'done')::boolean;
+            v_attempt := 0;
+            v_batches := v_batches + 1;
+            v_migrated := v_migrated + (v_batch ->> 'migrated')::bigint;
+            v_unchanged := v_unchanged + (v_batch ->> 'unchanged')::bigint;
+            v_last_key := v_batch ->> 'last_key';
+            IF p_pause_ms > 0 THEN
+                PERFORM pg_catalog.pg_sleep(p_pause_ms / 1000.0);
+            END IF;
+        END LOOP;
+    END IF;
+
+    -- 4. contract: narrow the constraints last
+    IF v_err IS NULL AND p_phase = 'contract' THEN
+        v_step := 'narrow constraints';
+        v_attempt := 0;
+        LOOP
+            v_timed_out := false;
+            BEGIN
+                v_narrowed := migration_control.online_constraints('narrow', p_lock_timeout_ms);
+            EXCEPTION WHEN lock_not_available THEN v_timed_out := true;
+                      WHEN OTHERS THEN v_err := SQLERRM;
+            END;
+            COMMIT;
+            EXIT WHEN NOT v_timed_out OR v_err IS NOT NULL;
+            v_attempt := v_attempt + 1;
+            v_retries := v_retries + 1;
+            IF v_attempt > p_max_retries THEN
+                v_err := format('gave up after %s lock timeouts of %s ms', v_attempt, p_lock_timeout_ms);
+                EXIT;
+            END IF;
+            PERFORM pg_catalog.pg_sleep(least(2000, 20 * 2 ^ least(v_attempt, 7) * (0.5 + random())) / 1000.0);
+        END LOOP;
+    END IF;
+
+    IF v_err IS NULL THEN
+        EXECUTE format('SELECT count(*) FROM %I.%I t WHERE %s', v_cfg.profiles_schema, v_cfg.profiles_table,
+                       migration_control.online_pending_sql())
+        INTO v_pending USING p_migration_name, v_cutoff;
+        v_status := CASE WHEN v_pending > 0 THEN 'partial' ELSE 'completed' END;
+    ELSE
+        v_status := 'failed';
+    END IF;
+    -- a phase record only when something happened, so re-running a finished migration writes nothing
+    IF v_err IS NOT NULL OR v_policies > 0 OR v_widened <> '[]' OR v_narrowed <> '[]' OR v_retries > 0 THEN
+        PERFORM migration_tracking.complete_migration_batch(
+            migration_tracking.start_migration_batch(p_migration_name, p_batch_size, v_run,
+                jsonb_build_object('phase', p_phase, 'mode', 'online', 'backup_id', v_backup,
+                                   'policies_changed', v_policies, 'lock_retries', v_retries,
+                                   'constraints_widened', v_widened, 'constraints_narrowed', v_narrowed,
+                                   'failed_step', CASE WHEN v_err IS NOT NULL THEN v_step END)),
+            CASE WHEN v_err IS NULL THEN 'completed' ELSE 'failed' END, v_err);
+    END IF;
+    COMMIT;
+    PERFORM pg_catalog.pg_advisory_unlock(v_lock_key);
+    IF v_err IS NOT NULL THEN
+        RAISE EXCEPTION 'online migration (%) failed at %: %', p_phase, v_step, v_err
+            USING DETAIL = format('Run %s committed %s batches (%s users moved) and %s policy changes before the error.',
+                                  v_run, v_batches, v_migrated, v_policies),
+                  HINT = 'fix the cause and CALL run_online_migration again to resume, or roll back with migration_backup.execute_rollback';
+    END IF;
+    p_result := jsonb_build_object('run_id', v_run, 'phase', p_phase, 'status', v_status, 'backup_id', v_backup,
+                                   'batches', v_batches, 'users_migrated', v_migrated, 'users_unchanged', v_unchanged,
+                                   'policies_changed', v_policies, 'lock_retries', v_retries, 'pending', v_pending);
+END;
+$$;
+
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA migration_control FROM PUBLIC;
+REVOKE ALL ON PROCEDURE migration_control.run_online_migration(text, integer, text, text, integer, integer, integer, integer, jsonb) FROM PUBLIC;
