@@ -376,16 +376,16 @@ BEGIN
 
     check_name := 'no_legacy_roles_in_policies';
     WITH found AS (
-        SELECT l.schema_name, l.table_name, l.policy_name, l.clause, l.role_name, l.role_name AS literal
+        SELECT l.schema_name, l.table_name, l.policy_name, l.clause, l.role_name, NULL::text AS literal
         FROM migration_validation.policy_role_literals() l
         WHERE l.is_legacy AND NOT l.is_new
         UNION ALL
         SELECT h.schema_name, h.table_name, h.policy_name, h.clause, h.role_name, h.literal
         FROM migration_validation.policy_legacy_mentions() h)
     SELECT (SELECT count(*) FROM found),
-           (SELECT coalesce(jsonb_agg(jsonb_build_object('schema', s.schema_name, 'table', s.table_name,
-                                                         'policy', s.policy_name, 'clause', s.clause,
-                                                         'role', s.role_name, 'literal', s.literal)), '[]')
+           (SELECT coalesce(jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
+                        'schema', s.schema_name, 'table', s.table_name, 'policy', s.policy_name,
+                        'clause', s.clause, 'role', s.role_name, 'literal', s.literal))), '[]')
             FROM (SELECT * FROM found
                   ORDER BY found.schema_name, found.table_name, found.policy_name, found.clause,
                            found.role_name LIMIT 20) s)
@@ -447,6 +447,11 @@ DECLARE
     v_filtered     integer := 0;
     v_tested       integer := 0;
     v_users        jsonb;
+    v_key_type     text;
+    v_own_pred     text;
+    v_sess_pred    text;
+    v_probe        text[];
+    v_probe_seen   bigint;
 BEGIN
     -- Logs in as a sample of users the way PostgREST does (JWT claims in
     -- request.jwt.claims, SET ROLE to the API role, both transaction-local) so RLS really
@@ -466,6 +471,28 @@ BEGIN
     END IF;
     EXECUTE format('SELECT count(*) FROM %I.%I', v_cfg.profiles_schema, v_cfg.profiles_table) INTO v_total;
 
+    -- Lookups by key compare in the key column's own type, so the primary key (and an index on
+    -- the sessions' user column) serves them: comparing key::text scans the whole table, under
+    -- RLS, once per sampled user. A text key round-trips through its type (it came from key::text).
+    -- Sessions use the typed comparison only when their user column has the key's type.
+    SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) INTO v_key_type
+      FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid = to_regclass(format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table))
+       AND a.attname = v_cfg.key_column;
+    v_own_pred := format('t.%I = $1::%s', v_cfg.key_column, v_key_type);
+    v_sess_pred := CASE WHEN EXISTS (
+                            SELECT 1 FROM pg_catalog.pg_attribute a
+                             WHERE a.attrelid = to_regclass(format('%I.%I', v_cfg.sessions_schema, v_cfg.sessions_table))
+                               AND a.attname = v_cfg.sessions_user_column
+                               AND pg_catalog.format_type(a.atttypid, a.atttypmod) = v_key_type)
+                        THEN format('s.%I = $1::%s', v_cfg.sessions_user_column, v_key_type)
+                        ELSE format('s.%I::text = $1', v_cfg.sessions_user_column) END;
+    -- Two rows any user but their owner should be unable to see unless they see all: when a
+    -- user cannot see one of them, "sees fewer than every row" is settled by two index lookups
+    -- instead of a count over the whole table.
+    EXECUTE format('SELECT array[min(t.%1$I::text), max(t.%1$I::text)] FROM %2$I.%3$I t',
+                   v_cfg.key_column, v_cfg.profiles_schema, v_cfg.profiles_table) INTO v_probe;
+
     -- roles that a SELECT policy of the profiles table names: those are meant to see all rows
     SELECT coalesce(array_agg(DISTINCT q.literal), '{}') INTO v_all_roles
     FROM pg_catalog.pg_policy p
@@ -483,10 +510,10 @@ BEGIN
              ORDER BY random()
              LIMIT greatest($1 - (SELECT count(*) FROM per_role), 0))
          SELECT u.k, u.role,
-                (SELECT count(*) FROM %5$I.%6$I s WHERE s.%7$I::text = u.k) AS sessions
+                (SELECT count(*) FROM %5$I.%6$I s WHERE %7$s) AS sessions
          FROM (SELECT * FROM per_role UNION ALL SELECT * FROM rest) u ORDER BY u.role, u.k',
         v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table,
-        v_cfg.sessions_schema, v_cfg.sessions_table, v_cfg.sessions_user_column)
+        v_cfg.sessions_schema, v_cfg.sessions_table, replace(v_sess_pred, '$1', 'u.k'))
         USING p_sample_size
     LOOP
         v_tested := v_tested + 1;
@@ -496,23 +523,31 @@ BEGIN
                                                   v_cfg.role_claim, v_user.role)::text, true);
             PERFORM set_config('role', v_cfg.auth_role, true);
 
-            EXECUTE format('SELECT count(*), min(t.%1$I::text), min(t.%2$I::text) FROM %3$I.%4$I t WHERE t.%1$I::text = $1',
-                           v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table)
+            EXECUTE format('SELECT count(*), min(t.%1$I::text), min(t.%2$I::text) FROM %3$I.%4$I t WHERE %5$s',
+                           v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table,
+                           v_own_pred)
             INTO v_rows, v_own_key, v_own_role USING v_user.k;
             IF v_rows <> 1 OR v_own_key IS DISTINCT FROM v_user.k OR v_own_role IS DISTINCT FROM v_user.role THEN
                 v_profile_bad := v_profile_bad || jsonb_build_object('key', v_user.k, 'role', v_user.role,
                                      'rows_seen', v_rows, 'role_seen', v_own_role);
             END IF;
 
-            EXECUTE format('SELECT count(*) FROM %I.%I s WHERE s.%I::text = $1',
-                           v_cfg.sessions_schema, v_cfg.sessions_table, v_cfg.sessions_user_column)
+            EXECUTE format('SELECT count(*) FROM %I.%I s WHERE %s',
+                           v_cfg.sessions_schema, v_cfg.sessions_table, v_sess_pred)
             INTO v_sessions USING v_user.k;
             IF v_sessions <> v_user.sessions THEN
                 v_session_bad := v_session_bad || jsonb_build_object('key', v_user.k, 'role', v_user.role,
                                      'sessions', v_user.sessions, 'sessions_seen', v_sessions);
             END IF;
 
-            EXECUTE format('SELECT count(*) FROM %I.%I', v_cfg.profiles_schema, v_cfg.profiles_table) INTO v_rows;
+            EXECUTE format('SELECT count(*) FROM %I.%I t WHERE t.%I = ANY ($1::%s[])',
+                           v_cfg.profiles_schema, v_cfg.profiles_table, v_cfg.key_column, v_key_type)
+            INTO v_probe_seen USING array_remove(v_probe, v_user.k);
+            IF v_probe_seen < cardinality(array_remove(v_probe, v_user.k)) THEN
+                v_rows := v_probe_seen;  -- a row is hidden: fewer than v_total, no full count needed
+            ELSE
+                EXECUTE format('SELECT count(*) FROM %I.%I', v_cfg.profiles_schema, v_cfg.profiles_table) INTO v_rows;
+            END IF;
             IF v_rows < v_total THEN
                 v_filtered := v_filtered + 1;
             ELSIF v_total > 1 AND v_user.role <> ALL (v_all_roles) THEN
