@@ -150,6 +150,8 @@ def measure(benchmark: Any, results: Results, operation: str, size: int, kind: s
     benchmark.group = f"{operation} {label(size)}"
     benchmark.extra_info.update({"operation": operation, "users": size, "kind": kind})
     benchmark.pedantic(target, setup=setup, teardown=teardown, rounds=rounds_for(size), warmup_rounds=0)
+    if benchmark.stats is None:  # --benchmark-disable: the operation ran once, as a smoke test
+        return
     median = benchmark.stats.stats.median
     results.record(operation, size, kind, median)
     ratio = results.ratio(operation, size)
