@@ -249,7 +249,9 @@ def choose_actors(conn: psycopg.Connection[Any], target: Target, per_role: int =
         """).format(r=sql.Identifier(target.role_column), k=sql.Identifier(target.key_column),
                     t=sql.Identifier(schema, table)), (per_role,)).fetchall()
     actors = [Actor(role, key) for role, key in rows]
-    return actors + [Actor(ANON, None)] if anonymous else actors
+    anon_exists = conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s",
+                               (AuthSettings().anon_role,)).fetchone()
+    return actors + [Actor(ANON, None)] if anonymous and anon_exists else actors
 
 
 def current_roles(conn: psycopg.Connection[Any], target: Target, keys: list[str]) -> dict[str, str]:

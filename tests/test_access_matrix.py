@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from pytest_rolemig import api, resources
@@ -170,4 +169,3 @@ def test_superuser_connection_sees_everything_which_is_why_the_matrix_switches_r
     with rolemig_db.transaction(force_rollback=True):
         rolemig_db.execute("SELECT set_config('role', 'authenticated', true)")
         assert rolemig_db.execute("SELECT count(*) FROM public.billing_accounts").fetchone()[0] == 0 < rows
-    assert isinstance(rolemig_db, psycopg.Connection)
