@@ -193,7 +193,8 @@ def test_policy_left_with_legacy_literal_fails_naming_it(rolemig_db):
     assert result["status"] == "fail"
     assert result["details"]["policies"] == ["tickets: leads read"]
     assert result["details"]["sample"] == [{"schema": "public", "table": "support_tickets",
-                                           "policy": "tickets: leads read", "clause": "using", "role": "team_lead"}]
+                                           "policy": "tickets: leads read", "clause": "using", "role": "team_lead",
+                                           "literal": "team_lead"}]
     rls = checks(rolemig_db, "migration_validation.validate_rls_policies('post')")["policy_roles_match_phase"]
     assert rls["status"] == "fail" and rls["details"]["policies"] == ["tickets: leads read"]
 
