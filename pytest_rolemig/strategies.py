@@ -1,0 +1,440 @@
+"""Hypothesis strategies for user sets: users of the legacy roles, with their sessions.
+
+The data a role migration must not lose is whatever the application holds, so
+the strategies generate values at the edges PostgreSQL accepts: unicode and
+mixed-case names, e-mails with quotes and plus signs, empty and deeply nested
+jsonb, NULL in every nullable column, timestamps at the ends of the range and
+``infinity``, duplicate display names, users without sessions and with many.
+
+Rows are built from a :class:`TableShape` (the table's columns as the catalog
+describes them; :func:`pytest_rolemig.roundtrip.read_shape` reads it), so the
+same strategies fill the bundled demo or a team's own tables. Values are the
+text PostgreSQL reads in ``COPY``, so a failing example prints as it is stored.
+Every strategy shrinks towards small sets, NULLs and short plain values.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypothesis import strategies as st
+
+from pytest_rolemig.errors import ConfigError
+
+Row = dict[str, "str | None"]
+
+# ------------------------------------------------------------------ shapes ---
+
+
+@dataclass(frozen=True)
+class ColumnShape:
+    """One column as the generator needs it (read from ``pg_attribute``)."""
+
+    name: str
+    type_name: str  # format_type(), e.g. "character varying(255)"
+    base: str  # type name without modifiers; "enum" for enum types
+    nullable: bool
+    has_default: bool
+    skip: bool = False  # generated or identity column: PostgreSQL fills it
+    references: bool = False  # a foreign key points elsewhere: only NULL can be invented
+    unique: bool = False  # a single-column unique index
+    max_length: int | None = None
+    labels: tuple[str, ...] = ()  # enum labels
+
+
+@dataclass(frozen=True)
+class TableShape:
+    """A table's writable columns and its key column."""
+
+    schema: str
+    name: str
+    key: str
+    columns: tuple[ColumnShape, ...]
+
+    def column(self, name: str) -> ColumnShape:
+        """The column called ``name``."""
+        for col in self.columns:
+            if col.name == name:
+                return col
+        raise KeyError(f"{self.schema}.{self.name} has no column {name}")
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass(frozen=True)
+class UsersShape:
+    """Where users live: profiles (key + role column), sessions (user column), parent of the key."""
+
+    profiles: TableShape
+    role_column: str
+    sessions: TableShape
+    session_user_column: str
+    parent: TableShape | None = None  # e.g. auth.users, referenced by the profiles key
+
+
+@dataclass(frozen=True)
+class Edges:
+    """Which edge values to generate; all on by default. Turn one off only for a known, reported bug."""
+
+    json_null: bool = True  # a jsonb/json column holding the JSON scalar null (not SQL NULL)
+    json_text: bool = True  # json (not jsonb) text with spacing and duplicate keys, which json keeps
+
+
+# ------------------------------------------------------------- generated ---
+
+
+@dataclass(frozen=True)
+class GeneratedUser:
+    """One user: the profile row, session rows, and what the application changes after the backup.
+
+    ``profile_edit`` / ``session_edits`` are later values of non-key, non-role
+    columns (None: untouched), written after the backup to tell a rollback that
+    restores the backup from one that merely leaves things alone.
+    """
+
+    profile: Row
+    sessions: tuple[Row, ...] = ()
+    profile_edit: Row | None = None
+    session_edits: tuple[Row | None, ...] = ()
+    parent: Row = field(default_factory=dict)  # required columns of the key's parent table, if any
+
+    def __repr__(self) -> str:
+        parts = [f"profile={self.profile!r}"]
+        if self.sessions:
+            parts.append(f"sessions={list(self.sessions)!r}")
+        if self.profile_edit is not None:
+            parts.append(f"profile_edit={self.profile_edit!r}")
+        if any(e is not None for e in self.session_edits):
+            parts.append(f"session_edits={list(self.session_edits)!r}")
+        return f"GeneratedUser({', '.join(parts)})"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """Hypothesis prints falsifying examples with this."""
+        printer.text(repr(self))
+
+
+@dataclass(frozen=True)
+class UserSet:
+    """A generated set of users (keys unique), as one example of a property."""
+
+    users: tuple[GeneratedUser, ...]
+    shape: UsersShape = field(repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def __repr__(self) -> str:
+        inner = "".join(f"\n    {u!r}," for u in self.users)
+        return f"UserSet(users=[{inner}\n])" if self.users else "UserSet(users=[])"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """Hypothesis prints falsifying examples with this: the users, not the table shapes."""
+        printer.text(repr(self))
+
+    def key(self, user: GeneratedUser) -> str:
+        """The user's key, as text."""
+        value = user.profile[self.shape.profiles.key]
+        assert value is not None
+        return value
+
+    def role(self, user: GeneratedUser) -> str:
+        """The user's legacy role."""
+        value = user.profile[self.shape.role_column]
+        assert value is not None
+        return value
+
+    @property
+    def session_count(self) -> int:
+        """Sessions of every user together."""
+        return sum(len(u.sessions) for u in self.users)
+
+
+# ------------------------------------------------------------ primitives ---
+
+# PostgreSQL text cannot hold NUL; the utf-8 codec already excludes surrogates.
+_CHARS = st.characters(codec="utf-8", exclude_characters="\x00")
+
+_NAME_EDGES = (
+    "a", "Zoë", "ZOË", "zoë", "José Ñúñez", "e\u0301", "Ærøskøbing", "Ωμέγα", "Иван", "李小龍",
+    "محمد", "שלום", "🙂 smiley", "O'Brien", 'Quote "Q"', "  padded  ", "", "null", "NULL", "\\N",
+    "back\\slash", "tab\there", "new\nline", "ǅemal", "İstanbul", "straße", "ﬁnance", "\u200bzero-width",
+)
+
+
+_CASES: tuple[Callable[[str], str], ...] = (str, str.upper, str.lower, str.swapcase, str.title)
+
+
+def _cased(texts: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    """Each text as drawn, or upper, lower, swapped or title case (shrinks to as drawn)."""
+    return st.tuples(texts, st.integers(min_value=0, max_value=len(_CASES) - 1)).map(
+        lambda t: _CASES[t[1]](t[0]))
+
+
+def names() -> st.SearchStrategy[str]:
+    """Display-name-like text: unicode, mixed case, quotes, whitespace, backslashes."""
+    return st.one_of(
+        st.sampled_from(_NAME_EDGES),
+        _cased(st.text(_CHARS, max_size=30)),
+    )
+
+
+_LOCAL_EDGES = (
+    "a", "first+tag", "user+a+b", "o'brien", "MiXeD.Case", '"john..doe"', '"a b"', '"quoted+plus"',
+    '"esc\\"aped"', "x_y-z", "'single'", "+", "élodie", "用户",
+)
+_DOMAINS = ("example.com", "EXAMPLE.org", "sub.domain.co.uk", "bücher.example", "xn--bcher-kva.example",
+            "[127.0.0.1]", "localhost")
+
+
+def emails() -> st.SearchStrategy[str]:
+    """E-mail addresses with plus tags, quoted local parts, quotes, mixed case and unicode."""
+    plain = st.text(st.sampled_from("abcXYZ019._-+'"), min_size=1, max_size=12)
+    quoted = st.text(st.sampled_from('ab +."@\\'), max_size=8).map(
+        lambda s: '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    local = st.one_of(st.sampled_from(_LOCAL_EDGES), plain, quoted)
+    return _cased(st.builds(lambda lo, do: f"{lo}@{do}", local, st.sampled_from(_DOMAINS)))
+
+
+def _nest(depth: int, leaf: Any, as_list: bool) -> Any:
+    for level in range(depth):
+        leaf = [leaf] if as_list else {f"l{level}": leaf}
+    return leaf
+
+
+def json_values(max_leaves: int = 8, top_level_null: bool = True) -> st.SearchStrategy[Any]:
+    """JSON documents jsonb accepts: empty, scalars, unicode keys, and nesting up to 64 levels."""
+    json_text = st.text(_CHARS, max_size=12)
+    scalars = st.one_of(
+        st.none(), st.booleans(), st.integers(min_value=-(2**63), max_value=2**63),
+        st.floats(allow_nan=False, allow_infinity=False), json_text,
+    )
+    trees = st.recursive(
+        scalars,
+        lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                st.dictionaries(json_text, inner, max_size=4)),
+        max_leaves=max_leaves,
+    )
+    deep = st.builds(_nest, st.integers(min_value=1, max_value=64), scalars, st.booleans())
+    documents = st.one_of(st.just({}), st.just([]), trees, deep)
+    return documents if top_level_null else documents.filter(lambda v: v is not None)
+
+
+_TZ_EDGES = (
+    "-infinity", "infinity", "4713-11-24 00:00:00+00 BC", "0001-01-01 00:00:00+00", "1969-12-31 23:59:59.999999+00",
+    "1970-01-01 00:00:00+00", "2000-01-01 00:00:00+00", "2024-02-29 12:00:00+00", "2024-03-31 02:30:00+02",
+    "2038-01-19 03:14:07+00", "2038-01-19 03:14:08+00", "2025-01-01 00:00:00.000001+00", "1900-01-01 00:00:00+14",
+    "1900-01-01 00:00:00-12", "9999-12-31 23:59:59.999999+00", "294276-12-31 23:59:59.999999+00",
+)
+
+
+def timestamps(with_zone: bool = True) -> st.SearchStrategy[str]:
+    """Timestamps at the edges (±infinity, 4713 BC, 294276 AD, 2038, leap days) and ordinary ones."""
+    offsets = st.integers(min_value=-15 * 60, max_value=15 * 60).map(
+        lambda m: dt.timezone(dt.timedelta(minutes=m)))
+    ordinary = st.datetimes(min_value=dt.datetime(1, 1, 1), max_value=dt.datetime(9999, 12, 31),
+                            timezones=offsets if with_zone else st.none())
+    edges = _TZ_EDGES if with_zone else tuple(re.sub(r"[+-]\d\d( BC)?$", r"\1", e) for e in _TZ_EDGES)
+    return st.one_of(st.sampled_from(edges), ordinary.map(lambda d: d.isoformat(sep=" ")))
+
+
+def dates() -> st.SearchStrategy[str]:
+    """Dates at the edges and ordinary ones."""
+    edges = ("-infinity", "infinity", "4713-11-24 BC", "0001-01-01", "2024-02-29", "5874897-12-31")
+    return st.one_of(st.sampled_from(edges), st.dates().map(lambda d: d.isoformat()))
+
+
+def _int_range(base: str) -> tuple[int, int]:
+    bits = {"smallint": 16, "integer": 32, "bigint": 64}[base]
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
+_NAME_COLUMNS = re.compile(r"(^|_)(name|handle|username|nickname|title|label)$")
+
+
+def column_values(col: ColumnShape, *, display_names: Sequence[str] = (),
+                  edges: Edges = Edges()) -> st.SearchStrategy[str] | None:
+    """Text values (COPY input) for ``col``, by type and name; None when no value can be invented."""
+    base = col.base
+    values: st.SearchStrategy[str]
+    if col.references:
+        return None
+    if base in ("text", "character varying", "character", "citext", "name"):
+        if "mail" in col.name:
+            values = emails()
+        elif _NAME_COLUMNS.search(col.name):
+            values = st.one_of(st.sampled_from(display_names), names()) if display_names else names()
+        else:
+            values = names()
+        if col.max_length is not None:
+            limit = col.max_length
+            values = values.map(lambda s: s[:limit])
+    elif base == "uuid":
+        values = st.uuids().map(str)
+    elif base in ("smallint", "integer", "bigint"):
+        lo, hi = _int_range(base)
+        values = st.one_of(st.integers(min_value=lo, max_value=hi), st.sampled_from((lo, hi))).map(str)
+    elif base == "numeric":
+        values = st.decimals(allow_nan=False, allow_infinity=False, places=None).map(
+            lambda d: format(d, "f"))
+    elif base in ("real", "double precision"):
+        values = st.one_of(st.floats(allow_nan=False, width=32 if base == "real" else 64).map(repr),
+                           st.sampled_from(("NaN", "Infinity", "-Infinity", "-0")))
+    elif base == "boolean":
+        values = st.sampled_from(("f", "t"))
+    elif base in ("jsonb", "json"):
+        values = json_values(top_level_null=edges.json_null).map(lambda v: json.dumps(v, ensure_ascii=False))
+        if base == "json" and edges.json_text:  # json keeps its text: spacing and duplicate keys must survive too
+            values = st.one_of(values, st.sampled_from(('{ "a" : 1 , "a": 2 }', "[1,  2]", ' {"x":"y"} ')))
+    elif base == "timestamp with time zone":
+        values = timestamps(True)
+    elif base == "timestamp without time zone":
+        values = timestamps(False)
+    elif base == "date":
+        values = dates()
+    elif base in ("inet", "cidr"):
+        values = st.ip_addresses().map(str)
+    elif base == "enum" and col.labels:
+        values = st.sampled_from(col.labels)
+    else:
+        return None
+    return values
+
+
+def _required_gap(table: TableShape, col: ColumnShape) -> ConfigError:
+    return ConfigError(
+        f"cannot generate users for {table}: column {col.name} ({col.type_name}) is NOT NULL without a "
+        "default and no value can be invented for it (a foreign key or an unsupported type); give it a "
+        "default, or pass your own strategy to the round trip"
+    )
+
+
+def _fields(table: TableShape, exclude: Sequence[str], display_names: Sequence[str],
+            required_only: bool, edges: Edges) -> dict[str, st.SearchStrategy[str | None]]:
+    fields: dict[str, st.SearchStrategy[str | None]] = {}
+    for col in table.columns:
+        if col.skip or col.name in exclude:
+            continue
+        if required_only and (col.nullable or col.has_default):
+            continue
+        values = column_values(col, display_names=display_names, edges=edges)
+        if values is None:
+            if col.nullable or col.has_default:
+                continue  # left to NULL / the default
+            raise _required_gap(table, col)
+        fields[col.name] = st.one_of(st.none(), values) if col.nullable else values
+    return fields
+
+
+def rows(table: TableShape, *, exclude: Sequence[str] = (), display_names: Sequence[str] = (),
+         required_only: bool = False, edges: Edges = Edges()) -> st.SearchStrategy[Row]:
+    """Rows of ``table`` (without ``exclude``): NULL in nullable columns first, so examples shrink to NULLs."""
+    return st.fixed_dictionaries(_fields(table, exclude, display_names, required_only, edges))
+
+
+def changes(table: TableShape, *, exclude: Sequence[str] = (),
+            edges: Edges = Edges()) -> st.SearchStrategy[Row | None]:
+    """A later value for one column of a row (what the application changes), or None: no change."""
+    fields = _fields(table, exclude, (), False, edges)
+    if not fields:
+        return st.none()
+    return st.one_of(st.none(), *(f.map(lambda v, c=c: {c: v}) for c, f in fields.items()))
+
+
+def keys(col: ColumnShape) -> st.SearchStrategy[str]:
+    """Key values for ``col``: uuid, integers over the whole range, or unicode text (keyset order!)."""
+    if col.base in ("smallint", "integer", "bigint"):
+        lo, hi = _int_range(col.base)
+        return st.one_of(st.integers(min_value=1, max_value=10_000), st.integers(min_value=lo, max_value=hi),
+                         st.sampled_from((lo, hi, 0, -1))).map(str)
+    if col.base in ("text", "character varying", "citext"):
+        text = st.text(_CHARS, min_size=1, max_size=min(col.max_length or 20, 20))
+        return st.one_of(st.sampled_from(("a", "A", "b", "ä", "Z", "10", "9", "-", " x")), text)
+    values = column_values(ColumnShape(col.name, col.type_name, col.base, False, False))
+    if values is None:
+        raise ConfigError(f"cannot generate keys for column {col.name} ({col.type_name})")
+    return values
+
+
+def _user(shape: UsersShape, roles: Sequence[str], display_names: Sequence[str],
+          max_sessions: int, edits: bool, unique_cols: Sequence[str],
+          edges: Edges) -> st.SearchStrategy[dict[str, Any]]:
+    prof, sess = shape.profiles, shape.sessions
+    fixed = (prof.key, shape.role_column)
+    profile = rows(prof, exclude=fixed, display_names=display_names, edges=edges)
+    session_rows = rows(sess, exclude=(sess.key, shape.session_user_column), edges=edges)
+    # many sessions repeat a few drawn rows (each gets its own key): cheap to draw, still many rows
+    many = st.tuples(st.lists(session_rows, min_size=1, max_size=2),
+                     st.integers(min_value=min(4, max_sessions), max_value=max_sessions)).map(
+        lambda t: [t[0][i % len(t[0])] for i in range(t[1])])
+    sessions = st.one_of(st.lists(session_rows, max_size=min(3, max_sessions)), many)
+    none: st.SearchStrategy[Any] = st.none()
+    profile_edit = changes(prof, exclude=(*fixed, *unique_cols), edges=edges) if edits else none
+    session_edit = changes(sess, exclude=(sess.key, shape.session_user_column), edges=edges) if edits else none
+    parent = (rows(shape.parent, exclude=(shape.parent.key,), required_only=True, edges=edges)
+              if shape.parent is not None else st.just({}))
+    return st.fixed_dictionaries({
+        "key": keys(prof.column(prof.key)), "role": st.sampled_from(list(roles)), "profile": profile,
+        "sessions": sessions, "profile_edit": profile_edit,
+        "session_edits": st.lists(session_edit, max_size=max_sessions), "parent": parent,
+    })
+
+
+def user_sets(shape: UsersShape, roles: Sequence[str], *, min_users: int = 0, max_users: int = 12,
+              max_sessions: int = 8, edits: bool = True,
+              edges: Edges = Edges()) -> st.SearchStrategy[UserSet]:
+    """Sets of users over ``roles`` for the tables in ``shape``.
+
+    Keys are unique (and so are the values of single-column unique indexes);
+    display-name-like columns draw from a small shared pool, so duplicates are
+    common; each user has no session, a few, or many (up to ``max_sessions``).
+    With ``edits`` some users and sessions also carry post-backup changes.
+    """
+    if not roles:
+        raise ConfigError("no legacy roles to generate users for")
+    prof = shape.profiles
+    unique_cols = [c.name for c in prof.columns
+                   if c.unique and not c.skip and c.name not in (prof.key, shape.role_column)]
+    session_key = shape.sessions.column(shape.sessions.key)
+
+    @st.composite
+    def build(draw: Callable[[st.SearchStrategy[Any]], Any]) -> UserSet:
+        pool = draw(st.lists(names(), min_size=1, max_size=3))
+        drawn = draw(st.lists(
+            _user(shape, roles, pool, max_sessions, edits, unique_cols, edges),
+            min_size=min_users, max_size=max_users,
+            unique_by=(lambda u: u["key"], *[
+                (lambda u, c=c: u["profile"].get(c) if u["profile"].get(c) is not None else object())
+                for c in unique_cols
+            ]),
+        ))
+        total = sum(len(u["sessions"]) for u in drawn)
+        session_keys: list[str | None] = [None] * total
+        if total and not session_key.skip:
+            session_keys = draw(st.lists(keys(session_key), min_size=total, max_size=total, unique=True))
+        users, used = [], 0
+        for u in drawn:
+            key, sessions = u["key"], u["sessions"]
+            built_sessions = []
+            for row in sessions:
+                full = dict(row)
+                full[shape.session_user_column] = key
+                if session_keys[used] is not None:
+                    full[shape.sessions.key] = session_keys[used]
+                used += 1
+                built_sessions.append(full)
+            users.append(GeneratedUser(
+                profile={prof.key: key, shape.role_column: u["role"], **u["profile"]},
+                sessions=tuple(built_sessions),
+                profile_edit=u["profile_edit"],
+                session_edits=tuple((u["session_edits"] + [None] * len(sessions))[: len(sessions)]),
+                parent=u["parent"],
+            ))
+        return UserSet(tuple(users), shape)
+
+    return build()
