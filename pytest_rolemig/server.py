@@ -20,6 +20,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -224,7 +225,27 @@ class EphemeralServer:
                 f"on port {port}: {exc}. Server log: {log or '(empty)'}"
             ) from exc
         self.port = port
+        self._wait_until_accepting()
         return self
+
+    def _wait_until_accepting(self, timeout: float = 60.0) -> None:
+        """pg_ctl may return while the server still says "starting up": wait for a real connection."""
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                psycopg.connect(self.dsn(), connect_timeout=5).close()
+                return
+            except psycopg.OperationalError as exc:
+                if time.monotonic() > deadline:
+                    log = self.log_tail()
+                    self.stop()
+                    raise ServerError(
+                        f"PostgreSQL {self.binaries.version} started on port {self.port} but accepted "
+                        f"no connection within {timeout:.0f} s: {exc}. Server log: {log or '(empty)'}"
+                    ) from exc
+                time.sleep(0.1)
 
     def log_tail(self, lines: int = 20) -> str:
         if self.workdir is None:
