@@ -1,0 +1,120 @@
+"""How fast the gate is for a pull request, what a per-test clone costs, and Python memory vs user count.
+
+- the gate: ``pytest --rolemig --rolemig-users 10000`` in a subprocess, server start
+  included (target: under 20 s), with the child's peak RSS;
+- a per-test clone: ``CREATE DATABASE ... TEMPLATE`` of the gate's template and of a
+  bulk-seeded one (target: under 150 ms);
+- memory: tracemalloc peak of the plugin's Python paths on each prepared size. The
+  API calls fetch one result row, so their peak must not grow with the user count; the
+  oracle snapshot and the rehearsal's role map read every user on purpose (they are the
+  independent comparison) and are reported so their growth is visible.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from bench_report import label
+
+from pytest_rolemig import api
+from pytest_rolemig.databases import create_database, drop_database, unique_name
+from pytest_rolemig.oracle import take_snapshot
+from pytest_rolemig.rehearsal import Rehearsal
+
+GATE_USERS = 10_000
+
+
+def test_gate_wall_time(benchmark: Any, results: Any, tmp_path: Path) -> None:
+    """One run of the gate as a user runs it, from a folder with no configuration."""
+    command = [sys.executable, "-m", "pytest", "--rolemig", "--rolemig-users", str(GATE_USERS),
+               "-q", "-p", "no:cacheprovider", "-p", "no:benchmark"]
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        began = time.perf_counter()
+        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        outcome["seconds"] = time.perf_counter() - began
+        outcome["returncode"] = done.returncode
+        outcome["tail"] = done.stdout[-2000:]
+
+    benchmark.group = "gate"
+    benchmark.pedantic(run, rounds=1)
+    assert outcome["returncode"] == 0, outcome["tail"]
+    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    verdict = "ok" if outcome["seconds"] < 20 else "target missed"
+    benchmark.extra_info.update({"users": GATE_USERS, "seconds": round(outcome["seconds"], 2),
+                                 "child_peak_rss_mib": round(peak_mib, 1)})
+    results.figures.append(("gate, 10k users (server start included)",
+                            f"{outcome['seconds']:.1f} s wall, target < 20 s: {verdict}; "
+                            f"peak RSS of the pytest child {peak_mib:.0f} MiB"))
+
+
+@pytest.mark.parametrize("source", ["gate template (130 users)", "bulk-seeded"])
+def test_clone_time(benchmark: Any, results: Any, rolemig_server: Any, rolemig_template: Any,
+                    prepared: Any, source: str) -> None:
+    """``CREATE DATABASE ... TEMPLATE`` + connect, as the ``rolemig_db`` fixture does per test."""
+    template = rolemig_template.name if source.startswith("gate") else prepared.seeded
+    names: list[str] = []
+
+    def clone() -> None:
+        name = unique_name("bench_clone")
+        names.append(name)
+        create_database(rolemig_server, name, template=template)
+        psycopg.connect(rolemig_server.dsn(name)).close()
+
+    def teardown() -> None:
+        drop_database(rolemig_server, names.pop())
+
+    benchmark.group = f"clone {label(prepared.size)}"
+    benchmark.pedantic(clone, teardown=teardown, rounds=5 if prepared.size <= 10_000 else 2)
+    if benchmark.stats is None:
+        return
+    median_ms = benchmark.stats.stats.median * 1000
+    shown = source if source.startswith("gate") else f"{label(prepared.size)} users"
+    verdict = "ok" if median_ms < 150 else "target missed"
+    figure = (f"clone of {shown}", f"{median_ms:.0f} ms median, target < 150 ms: {verdict}")
+    if not any(name == figure[0] for name, _ in results.figures):  # the gate template: once per run
+        results.figures.append(figure)
+
+
+def _peak(call: Any) -> int:
+    tracemalloc.start()
+    try:
+        call()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_python_memory(results: Any, rolemig_server: Any, rolemig_config: Any, rolemig_mapping: Any,
+                       prepared: Any) -> None:
+    """tracemalloc peak per Python path on a copy of the migrated state."""
+    name = unique_name("bench_mem")
+    create_database(rolemig_server, name, template=prepared.migrated)
+    try:
+        with psycopg.connect(rolemig_server.dsn(name), autocommit=True) as conn:
+            peaks = {
+                "api.validate(post_migration)": _peak(lambda: api.validate(conn, "post_migration")),
+                "api.rollback": _peak(lambda: api.rollback(conn, prepared.backup_id, "bench")),
+                "api.validate_rollback": _peak(lambda: api.validate_rollback(conn, prepared.backup_id)),
+                "oracle.take_snapshot": _peak(lambda: take_snapshot(conn, rolemig_config.target)),
+                "Rehearsal.current_roles": _peak(
+                    lambda: Rehearsal(conn, rolemig_config.target, rolemig_mapping).current_roles()),
+            }
+    finally:
+        drop_database(rolemig_server, name)
+    for path, peak in peaks.items():
+        results.figures.append((f"python peak, {path}, {label(prepared.size)} users", f"{peak / 1024:,.0f} KiB"))
+    # the API paths fetch one row or a report: well under a MiB whatever the size
+    for path in ("api.validate(post_migration)", "api.rollback", "api.validate_rollback"):
+        assert peaks[path] < 1024 * 1024, f"{path} peaked at {peaks[path]} bytes: it fetches user rows"
