@@ -62,15 +62,25 @@ class AccessRehearsal:
         self.conn.execute("ANALYZE")
 
     def _mid_migration(self) -> None:
+        # The online path (expand phase, one COMMIT per batch) is what exposes a half-migrated
+        # state to the application; stop it after the first half of the users.
         self.backup_id = api.backup(self.conn, "access_matrix").backup_id
         users = self.conn.execute("SELECT count(*) FROM migration_backup.user_profiles_complete_backup "
                                   "WHERE backup_id = %s", (self.backup_id,)).fetchone()[0]
-        result = api.migrate(self.conn, backup_id=self.backup_id, batch_size=max(1, math.ceil(users / 2)),
-                             max_batches=1)
-        self.migrated_mid = result.users_migrated + result.users_unchanged
+        result = self._online(phase="expand", batch_size=max(1, math.ceil(users / 2)), max_batches=1)
+        self.migrated_mid = int(result["users_migrated"]) + int(result["users_unchanged"])
 
     def _after_migration(self) -> None:
-        api.migrate(self.conn, backup_id=self.backup_id, batch_size=self.config.target.batch_size)
+        self._online(phase="expand", batch_size=self.config.target.batch_size)
+        self._online(phase="contract")
+
+    def _online(self, phase: str, batch_size: int | None = None, max_batches: int | None = None) -> Any:
+        row = self.conn.execute(
+            "CALL migration_control.run_online_migration(p_backup_id => %s, p_batch_size => %s, "
+            "p_phase => %s, p_max_batches => %s)",
+            (self.backup_id, batch_size, phase, max_batches),
+        ).fetchone()
+        return row[0] if row else None
 
     def _after_rollback(self) -> None:
         assert self.backup_id is not None
@@ -131,11 +141,12 @@ def test_access_matrix_acts_as_every_role_through_rls(access_rehearsal: AccessRe
 
 
 def test_access_unchanged_mid_migration(access_rehearsal: AccessRehearsal) -> None:
-    """With half the users migrated (policies not yet rewritten), nobody's access changed."""
+    """Half-way through the online migration (expand phase), nobody's access changed."""
     result = access_rehearsal.compare("mid_migration", "half the users migrated", declared=True)
     _fail(result, access_rehearsal,
-          {"State": f"{access_rehearsal.migrated_mid} user(s) migrated by one batch (p_max_batches=1), "
-                    "policies not rewritten yet; acting users hold the role a fresh token would carry"})
+          {"State": f"{access_rehearsal.migrated_mid} user(s) migrated by one committed batch of the "
+                    "online migration (expand phase: policies accept legacy and new names); acting users "
+                    "hold the role a fresh token would carry"})
 
 
 def test_access_after_migration_is_as_declared(access_rehearsal: AccessRehearsal) -> None:
