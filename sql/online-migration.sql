@@ -123,8 +123,8 @@ AS $$
     -- rollback): on a legacy role and not logged as done, with the role they hold now, by a
     -- completed batch of this migration since that rollback. The same meaning as
     -- execute_role_migration's, so the offline and online paths resume each other's work; the
-    -- batch is read by a scalar subquery so the planner probes migration_log by user_key
-    -- (the join form, with stale statistics on the fast-growing log, became a nested loop over
+    -- OFFSET 0 keeps the NOT EXISTS a per-row probe of migration_log by user_key (as an
+    -- anti-join the join form, with stale statistics on the fast-growing log, became a nested loop over
     -- every logged row per user: 15 s per batch at 100,000 users).
     SELECT format(
         't.%2$I::text IN (SELECT m.legacy_role FROM migration_control.role_mapping m)
@@ -132,7 +132,8 @@ AS $$
                          WHERE l.user_key = t.%1$I::text AND l.new_role = t.%2$I::text
                            AND l.status IN (''migrated'', ''unchanged'') AND l.logged_at > $2
                            AND (SELECT b.migration_name = $1 AND b.status = ''completed''
-                                FROM migration_tracking.migration_batch b WHERE b.batch_id = l.batch_id))',
+                                FROM migration_tracking.migration_batch b WHERE b.batch_id = l.batch_id)
+                         OFFSET 0)',
         c.key_column, c.role_column)
     FROM migration_control.target_config c
 $$;
