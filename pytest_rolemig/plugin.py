@@ -49,9 +49,16 @@ def pytest_configure(config: pytest.Config) -> None:
                 config.args.append(str(module))
 
 
+def pytest_pycollect_makemodule(module_path: Path, parent: Any) -> Any:
+    """Give the gate's modules readable node ids (``rolemig-gate/test_x.py::...``) wherever installed."""
+    if module_path.parent == GATE_DIR:
+        return pytest.Module.from_parent(parent, path=module_path, nodeid=f"rolemig-gate/{module_path.name}")
+    return None
+
+
 def gate_modules() -> list[Path]:
-    """The built-in gate test modules, in the order they run."""
-    return sorted(GATE_DIR.glob("test_*.py"))
+    """The built-in gate test modules, in the order they run: the migration checklist first."""
+    return sorted(GATE_DIR.glob("test_*.py"), key=lambda p: (p.name != "test_migration.py", p.name))
 
 
 def _ini_keys(config: pytest.Config) -> list[str]:
