@@ -375,6 +375,17 @@ BEGIN
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION migration_control.online_backoff(p_attempt integer)
+RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- Sleep before retry number p_attempt: exponential (20 ms doubling, capped at 2 s) with
+    -- jitter. A function with a pinned search_path, so the procedure's call cannot be hijacked
+    -- through an operator or function planted in public.
+    SELECT pg_catalog.pg_sleep(least(2000, 20 * power(2, least(p_attempt, 7)) * (0.5 + random())) / 1000.0)
+$$;
+
 CREATE OR REPLACE PROCEDURE migration_control.run_online_migration(
     p_migration_name text DEFAULT 'role_system_migration',
     p_batch_size integer DEFAULT NULL,
@@ -417,7 +428,7 @@ BEGIN
     -- what failed and raises; a killed backend loses at most its uncommitted step.
     COMMIT;
     IF p_phase IS NULL OR p_phase NOT IN ('expand', 'contract') THEN
-        RAISE EXCEPTION 'unknown phase %', coalesce(quote_literal(p_phase), 'NULL')
+        RAISE EXCEPTION 'unknown phase %', coalesce(pg_catalog.quote_literal(p_phase), 'NULL')
             USING DETAIL = 'expand: widen constraints, policies accept legacy and new roles, move the users; '
                            'contract: policies and constraints name the new roles only.',
                   HINT = 'CALL migration_control.run_online_migration(p_phase => ''expand'')';
@@ -428,9 +439,9 @@ BEGIN
     END IF;
     IF NOT pg_catalog.pg_try_advisory_lock(v_lock_key) THEN
         RAISE EXCEPTION 'another role migration is running'
-            USING DETAIL = format('Migration %L (%s) could not take the migration advisory lock; held by backend %s.',
+            USING DETAIL = pg_catalog.format('Migration %L (%s) could not take the migration advisory lock; held by backend %s.',
                                   p_migration_name, p_phase,
-                                  (SELECT string_agg(l.pid::text, ', ') FROM pg_catalog.pg_locks l
+                                  (SELECT pg_catalog.string_agg(l.pid::text, ', ') FROM pg_catalog.pg_locks l
                                    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
                                      AND ((l.classid::bigint << 32) | l.objid::bigint) = v_lock_key)),
                   HINT = 'wait for it to finish, or stop it (pg_terminate_backend) and CALL this again to resume';
@@ -442,7 +453,7 @@ BEGIN
         v_cfg := migration_validation.target();
         SELECT coalesce(max(r.started_at), '-infinity') INTO v_cutoff
         FROM migration_backup.rollback_log r WHERE r.status = 'completed';
-        EXECUTE format('SELECT count(*) FROM %I.%I t WHERE %s', v_cfg.profiles_schema, v_cfg.profiles_table,
+        EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM %I.%I t WHERE %s', v_cfg.profiles_schema, v_cfg.profiles_table,
                        migration_control.online_pending_sql())
         INTO v_pending USING p_migration_name, v_cutoff;
         IF p_phase = 'contract' AND v_pending > 0 THEN
@@ -457,8 +468,8 @@ BEGIN
         PERFORM pg_catalog.pg_advisory_unlock(v_lock_key);
         RAISE EXCEPTION '%', v_err USING HINT = 'nothing was changed';
     END IF;
-    v_run := 'online_' || to_char(clock_timestamp(), 'YYYYMMDD_HH24MISS') || '_'
-             || substr(replace(gen_random_uuid()::text, '-', ''), 1, 6);
+    v_run := 'online_' || pg_catalog.to_char(pg_catalog.clock_timestamp(), 'YYYYMMDD_HH24MISS') || '_'
+             || pg_catalog.substr(pg_catalog.replace(pg_catalog.gen_random_uuid()::text, '-', ''), 1, 6);
     COMMIT;
 
     -- 1. constraints (expand: widen first; contract: narrow last, below)
@@ -477,10 +488,10 @@ BEGIN
             v_attempt := v_attempt + 1;
             v_retries := v_retries + 1;
             IF v_attempt > p_max_retries THEN
-                v_err := format('gave up after %s lock timeouts of %s ms', v_attempt, p_lock_timeout_ms);
+                v_err := pg_catalog.format('gave up after %s lock timeouts of %s ms', v_attempt, p_lock_timeout_ms);
                 EXIT;
             END IF;
-            PERFORM pg_catalog.pg_sleep(least(2000, 20 * 2 ^ least(v_attempt, 7) * (0.5 + random())) / 1000.0);
+            PERFORM migration_control.online_backoff(v_attempt);
         END LOOP;
     END IF;
 
@@ -501,7 +512,7 @@ BEGIN
                     v_changed := migration_control.online_alter_policy(v_pol.schema_name, v_pol.table_name,
                                      v_pol.policy_name, p_phase, v_run, p_lock_timeout_ms);
                 EXCEPTION WHEN lock_not_available THEN v_timed_out := true;
-                          WHEN OTHERS THEN v_err := format('policy %I on %I.%I: %s', v_pol.policy_name,
+                          WHEN OTHERS THEN v_err := pg_catalog.format('policy %I on %I.%I: %s', v_pol.policy_name,
                                                             v_pol.schema_name, v_pol.table_name, SQLERRM);
                 END;
                 COMMIT;
@@ -511,11 +522,11 @@ BEGIN
                 RAISE NOTICE 'policy % on %.%: lock timeout (% ms), retry %', v_pol.policy_name,
                              v_pol.schema_name, v_pol.table_name, p_lock_timeout_ms, v_attempt;
                 IF v_attempt > p_max_retries THEN
-                    v_err := format('policy %I on %I.%I: gave up after %s lock timeouts of %s ms',
+                    v_err := pg_catalog.format('policy %I on %I.%I: gave up after %s lock timeouts of %s ms',
                                     v_pol.policy_name, v_pol.schema_name, v_pol.table_name, v_attempt, p_lock_timeout_ms);
                     EXIT;
                 END IF;
-                PERFORM pg_catalog.pg_sleep(least(2000, 20 * 2 ^ least(v_attempt, 7) * (0.5 + random())) / 1000.0);
+                PERFORM migration_control.online_backoff(v_attempt);
             END LOOP;
             EXIT WHEN v_err IS NOT NULL;
             IF v_changed THEN
@@ -544,10 +555,10 @@ BEGIN
                 v_attempt := v_attempt + 1;
                 v_retries := v_retries + 1;
                 IF v_attempt > p_max_retries THEN
-                    v_err := format('batch gave up after %s row-lock timeouts of %s ms', v_attempt, p_lock_timeout_ms);
+                    v_err := pg_catalog.format('batch gave up after %s row-lock timeouts of %s ms', v_attempt, p_lock_timeout_ms);
                     EXIT;
                 END IF;
-                PERFORM pg_catalog.pg_sleep(least(2000, 20 * 2 ^ least(v_attempt, 7) * (0.5 + random())) / 1000.0);
+                PERFORM migration_control.online_backoff(v_attempt);
                 CONTINUE;
             END IF;
             EXIT WHEN (v_batch ->> 'done')::boolean;
@@ -557,7 +568,7 @@ BEGIN
             v_unchanged := v_unchanged + (v_batch ->> 'unchanged')::bigint;
             v_last_key := v_batch ->> 'last_key';
             IF p_pause_ms > 0 THEN
-                PERFORM pg_catalog.pg_sleep(p_pause_ms / 1000.0);
+                PERFORM pg_catalog.pg_sleep(p_pause_ms::double precision OPERATOR(pg_catalog./) 1000::double precision);
             END IF;
         END LOOP;
     END IF;
@@ -578,15 +589,15 @@ BEGIN
             v_attempt := v_attempt + 1;
             v_retries := v_retries + 1;
             IF v_attempt > p_max_retries THEN
-                v_err := format('gave up after %s lock timeouts of %s ms', v_attempt, p_lock_timeout_ms);
+                v_err := pg_catalog.format('gave up after %s lock timeouts of %s ms', v_attempt, p_lock_timeout_ms);
                 EXIT;
             END IF;
-            PERFORM pg_catalog.pg_sleep(least(2000, 20 * 2 ^ least(v_attempt, 7) * (0.5 + random())) / 1000.0);
+            PERFORM migration_control.online_backoff(v_attempt);
         END LOOP;
     END IF;
 
     IF v_err IS NULL THEN
-        EXECUTE format('SELECT count(*) FROM %I.%I t WHERE %s', v_cfg.profiles_schema, v_cfg.profiles_table,
+        EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM %I.%I t WHERE %s', v_cfg.profiles_schema, v_cfg.profiles_table,
                        migration_control.online_pending_sql())
         INTO v_pending USING p_migration_name, v_cutoff;
         v_status := CASE WHEN v_pending > 0 THEN 'partial' ELSE 'completed' END;
@@ -597,7 +608,7 @@ BEGIN
     IF v_err IS NOT NULL OR v_policies > 0 OR v_widened <> '[]' OR v_narrowed <> '[]' OR v_retries > 0 THEN
         PERFORM migration_tracking.complete_migration_batch(
             migration_tracking.start_migration_batch(p_migration_name, p_batch_size, v_run,
-                jsonb_build_object('phase', p_phase, 'mode', 'online', 'backup_id', v_backup,
+                pg_catalog.jsonb_build_object('phase', p_phase, 'mode', 'online', 'backup_id', v_backup,
                                    'policies_changed', v_policies, 'lock_retries', v_retries,
                                    'constraints_widened', v_widened, 'constraints_narrowed', v_narrowed,
                                    'failed_step', CASE WHEN v_err IS NOT NULL THEN v_step END)),
@@ -607,11 +618,11 @@ BEGIN
     PERFORM pg_catalog.pg_advisory_unlock(v_lock_key);
     IF v_err IS NOT NULL THEN
         RAISE EXCEPTION 'online migration (%) failed at %: %', p_phase, v_step, v_err
-            USING DETAIL = format('Run %s committed %s batches (%s users moved) and %s policy changes before the error.',
+            USING DETAIL = pg_catalog.format('Run %s committed %s batches (%s users moved) and %s policy changes before the error.',
                                   v_run, v_batches, v_migrated, v_policies),
                   HINT = 'fix the cause and CALL run_online_migration again to resume, or roll back with migration_backup.execute_rollback';
     END IF;
-    p_result := jsonb_build_object('run_id', v_run, 'phase', p_phase, 'status', v_status, 'backup_id', v_backup,
+    p_result := pg_catalog.jsonb_build_object('run_id', v_run, 'phase', p_phase, 'status', v_status, 'backup_id', v_backup,
                                    'batches', v_batches, 'users_migrated', v_migrated, 'users_unchanged', v_unchanged,
                                    'policies_changed', v_policies, 'lock_retries', v_retries, 'pending', v_pending);
 END;

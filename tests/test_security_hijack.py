@@ -172,12 +172,6 @@ def test_the_canary_catches_an_unpinned_function(rolemig_db):
     assert hits & {"public.to_jsonb", "pg_temp.to_jsonb", "public.format", "public.quote_ident"}, hits
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known hole: migration_control.run_online_migration is a PROCEDURE without SET search_path (it COMMITs) "
-    "and calls format(), to_char(), substr(), quote_literal() ... unqualified, so look-alikes in public "
-    "(an exact-type public.format(text, text, ...) beats pg_catalog.format(text, VARIADIC \"any\") even "
-    "under the default search_path) run as the operator; it must qualify every call (pg_catalog.format) "
-    "or set search_path itself"))
 def test_online_migration_procedure_is_not_hijacked(rolemig_db):
     backup = api.backup(rolemig_db)
     plant(rolemig_db)
