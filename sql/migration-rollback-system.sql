@@ -5,7 +5,7 @@
 --   * execute_rollback   -- revert mode: undoes what the migration changed and nothing else
 --                           (role compare-and-swap, role CHECK constraints, policies, RLS flags);
 --   * emergency_rollback -- full restore from the backup tables alone (every column of every
---                           backed-up profile, existing sessions, constraints, policies), for a
+--                           backed-up profile, constraints, policies; never sessions), for a
 --                           half-done migration or broken tracking tables;
 --   * validate_rollback_success, list_available_backups;
 --   * helpers: backup_intact, role_conflicts, restore_role_checks, restore_policies,
@@ -264,13 +264,10 @@ DECLARE
     v_log         migration_backup.backup_log;
     v_t           jsonb;
     v_rel         regclass;
-    v_srel        regclass;
     v_key_type    text;
     v_role_type   text;
     v_cols        text[];
     v_set_cols    text[];
-    v_scols       text[];
-    v_sset_cols   text[];
     v_conflicts   jsonb;
     v_profiles    bigint := 0;
     v_inserted    bigint := 0;
@@ -284,7 +281,7 @@ BEGIN
     -- change of the attempt while the log row survives with status 'failed' and the error.
     -- revert:    role column compare-and-swap only (current = mapped(backup role) -> backup role).
     -- emergency: every backed-up column of every backed-up profile (UPDATE where different,
-    --            INSERT where missing) and of every still-existing session.
+    --            INSERT where missing); sessions are left as they are.
     -- Both: role CHECK constraints, policies, RLS flags; running batches -> 'rolled_back';
     -- a 'rolled_back' log row for each reverted user that has a migration_log entry.
     SELECT * INTO v_log FROM migration_backup.backup_log AS l WHERE l.backup_id = p_backup_id;
@@ -401,33 +398,8 @@ BEGIN
             END IF;
             v_profiles := v_profiles + v_inserted;
 
-            -- Sessions: rows still present get their backed-up content; deleted ones stay deleted.
-            v_srel := format('%I.%I', v_t ->> 'sessions_schema', v_t ->> 'sessions_table')::regclass;
-            SELECT array_agg(a.attname::text ORDER BY a.attnum),
-                   array_agg(a.attname::text ORDER BY a.attnum)
-                       FILTER (WHERE a.attidentity <> 'a' AND a.attname <> v_t ->> 'sessions_key_column')
-              INTO v_scols, v_sset_cols
-              FROM pg_catalog.pg_attribute AS a
-             WHERE a.attrelid = v_srel AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-               AND EXISTS (SELECT 1 FROM migration_backup.user_sessions_backup AS b
-                            WHERE b.backup_id = p_backup_id AND b.row_data ? a.attname
-                            LIMIT 1);
-            IF v_sset_cols IS NOT NULL THEN
-                EXECUTE format(
-                    'UPDATE %1$s AS t SET (%2$s) = ROW(%3$s)
-                       FROM (SELECT jsonb_populate_record(NULL::%1$s, b.row_data) AS r
-                               FROM migration_backup.user_sessions_backup AS b
-                              WHERE b.backup_id = $1) AS src
-                      WHERE t.%4$I = (src.r).%4$I AND ROW(%5$s)::text IS DISTINCT FROM ROW(%6$s)::text',
-                    v_srel,
-                    (SELECT string_agg(format('%I', c), ', ') FROM unnest(v_sset_cols) AS c),
-                    (SELECT string_agg(format('(src.r).%I', c), ', ') FROM unnest(v_sset_cols) AS c),
-                    v_t ->> 'sessions_key_column',
-                    (SELECT string_agg(format('t.%I', c), ', ') FROM unnest(v_scols) AS c),
-                    (SELECT string_agg(format('(src.r).%I', c), ', ') FROM unnest(v_scols) AS c))
-                USING p_backup_id;
-                GET DIAGNOSTICS v_sessions = ROW_COUNT;
-            END IF;
+            -- Sessions are not written: the migration never touches them, and rewriting them
+            -- would revive sessions revoked or expired after the backup and undo refreshes.
         END IF;
 
         PERFORM migration_backup.restore_role_checks(p_backup_id, 'add');
@@ -715,8 +687,7 @@ BEGIN
             v_t ->> 'sessions_key_column', v_srel, v_skey_type)
         INTO v_n, v_n2, v_sample, v_sample2 USING p_backup_id;
         RETURN QUERY SELECT 'sessions_intact'::text,
-                            CASE WHEN v_n2 > 0 AND v_mode = 'emergency' THEN 'fail'
-                                 WHEN v_n2 > 0 OR v_n > 0 THEN 'warn' ELSE 'pass' END,
+                            CASE WHEN v_n2 > 0 OR v_n > 0 THEN 'warn' ELSE 'pass' END,
                             jsonb_build_object('backup_count', v_log.sessions_count,
                                                'revoked_after_backup', v_n, 'revoked_sample', coalesce(v_sample, '[]'),
                                                'content_differs', v_n2, 'differs_sample', coalesce(v_sample2, '[]'));

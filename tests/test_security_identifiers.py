@@ -211,10 +211,6 @@ def test_sessions_revoked_after_the_backup_stay_revoked(rolemig_db, migrate_firs
     assert check.status == "warn"  # reported as revoked after backup, not restored
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known hole: emergency_rollback rewrites every still-present session row to its backed-up content, so "
-    "a session revoked by expiry (not_after moved to the past) after the backup comes back to life; "
-    "the migration never touches sessions, so the emergency restore should not either"))
 def test_sessions_expired_after_the_backup_stay_expired(rolemig_db):
     """Revocation by expiry (not_after set to the past) must survive a rollback too."""
     alive_at_backup = [r[0] for r in rolemig_db.execute(
