@@ -216,7 +216,7 @@ DECLARE
     v_last        text;
     v_cnt_m       bigint;
     v_cnt_u       bigint;
-    v_pending     bigint;
+    v_any_pending boolean;
     v_batches     integer := 0;
     v_migrated    bigint := 0;
     v_unchanged   bigint := 0;
@@ -346,13 +346,18 @@ BEGIN
     -- pending = on a legacy role of the mapping and not already logged as done (with the
     -- role they hold now) by a completed batch of this migration: identity-mapped users
     -- ('admin' -> 'admin') keep a legacy name, the log tells they were handled.
+    -- OFFSET 0 keeps the NOT EXISTS a per-row probe of migration_log by user_key (index),
+    -- and the batch is read by a scalar subquery so the probe cannot start from the batch
+    -- table: planned with the stale statistics of the log (it grows by a batch each step),
+    -- the join forms became a scan of the whole log per user (quadratic).
     v_pending_sql := format(
         't.%2$I::text IN (SELECT m.legacy_role FROM migration_control.role_mapping m)
          AND NOT EXISTS (SELECT 1 FROM migration_tracking.migration_log l
-                         JOIN migration_tracking.migration_batch b ON b.batch_id = l.batch_id
                          WHERE l.user_key = t.%1$I::text AND l.new_role = t.%2$I::text
                            AND l.status IN (''migrated'', ''unchanged'') AND l.logged_at > $2
-                           AND b.migration_name = $1 AND b.status = ''completed'')',
+                           AND (SELECT b.migration_name = $1 AND b.status = ''completed''
+                                FROM migration_tracking.migration_batch b WHERE b.batch_id = l.batch_id)
+                         OFFSET 0)',
         v_cfg.key_column, v_cfg.role_column);
     v_batch_sql := format(
         'WITH batch AS (
@@ -431,9 +436,9 @@ BEGIN
         RETURN;
     END IF;
 
-    EXECUTE format('SELECT count(*) FROM %I.%I t WHERE %s', v_cfg.profiles_schema, v_cfg.profiles_table, v_pending_sql)
-    INTO v_pending USING p_migration_name, v_cutoff;
-    IF v_pending > 0 THEN
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I.%I t WHERE %s)', v_cfg.profiles_schema, v_cfg.profiles_table, v_pending_sql)
+    INTO v_any_pending USING p_migration_name, v_cutoff;
+    IF v_any_pending THEN
         RETURN QUERY SELECT v_run, v_batches, v_migrated, v_unchanged, 0, 'partial'::text, NULL::text;
         RETURN;
     END IF;
