@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
+from sql_helpers import one, rows
 
 from pytest_rolemig import resources
 from pytest_rolemig.mapping import load_mapping
@@ -18,18 +18,6 @@ MAPPING = load_mapping(resources.demo_mapping()).mapping
 NEW_ROLES = ["owner", "admin", "manager", "editor", "moderator", "viewer"]
 LEGACY_ONLY = {"super_admin", "org_owner", "org_admin", "billing_admin", "team_lead", "author", "contributor",
                "support_agent"}
-
-
-def rows(conn, query, params=None):
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query, params)
-        return cur.fetchall()
-
-
-def one(conn, query, params=None):
-    result = rows(conn, query, params)
-    assert len(result) == 1, result
-    return result[0]
 
 
 def backup(conn):
@@ -196,10 +184,13 @@ def test_policies_are_rewritten_and_logged(rolemig_db):
     before = policies(rolemig_db)
     result = migrate(rolemig_db)
     after = policies(rolemig_db)
+    # the demo calls the role helpers as (SELECT ...) initPlans, once per statement
     assert after["billing: billing staff"][0] == (
-        "(public.current_user_role() = ANY (ARRAY['admin'::text, 'owner'::text, 'owner'::text]))")
+        "(( SELECT public.current_user_role() AS current_user_role) = ANY "
+        "(ARRAY['admin'::text, 'owner'::text, 'owner'::text]))")
     assert after["orgs: owner updates"][0] == (
-        "((public.current_user_role() = 'owner'::text) OR (public.current_user_role() = 'owner'::text))")
+        "((( SELECT public.current_user_role() AS current_user_role) = 'owner'::text) OR "
+        "(( SELECT public.current_user_role() AS current_user_role) = 'owner'::text))")
     assert after["documents: moderators update"][0] == (
         "((auth.jwt() ->> 'user_role'::text) = ANY (ARRAY['moderator'::text, 'moderator'::text, 'admin'::text, 'owner'::text]))")
     assert after["documents: writers insert"][1].endswith(
