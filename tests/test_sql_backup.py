@@ -11,7 +11,7 @@ import re
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
+from sql_helpers import one, rows
 
 from pytest_rolemig import resources
 
@@ -19,18 +19,6 @@ BACKUP_ID = re.compile(r"^bk_\d{8}_\d{6}_[0-9a-f]{6}$")
 CHECKS = ["backup_exists", "backup_status", "profiles_count", "profiles_checksum", "sessions_count",
           "sessions_checksum", "policies_count", "policies_checksum", "profiles_keys_consistent",
           "covers_live_users"]
-
-
-def rows(conn, query, params=None):
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query, params)
-        return cur.fetchall()
-
-
-def one(conn, query, params=None):
-    result = rows(conn, query, params)
-    assert len(result) == 1, result
-    return result[0]
 
 
 def backup(conn, name="pre_migration_backup"):

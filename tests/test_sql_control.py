@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from sql_helpers import one, rows
 
 from pytest_rolemig import resources
 from pytest_rolemig.errors import InstallError
@@ -20,18 +20,6 @@ from pytest_rolemig.mapping import load_mapping
 MY_SCHEMAS = ("migration_validation", "migration_control")
 MY_FILES = ("migration-validation-functions.sql", "migration-control-system.sql", "role-migration.sql")
 DEMO_MAPPING = load_mapping(resources.demo_mapping())
-
-
-def rows(conn, query, params=None):
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query, params)
-        return cur.fetchall()
-
-
-def one(conn, query, params=None):
-    result = rows(conn, query, params)
-    assert len(result) == 1, result
-    return result[0]
 
 
 def raises(conn, query, params=None, *, match):

@@ -13,7 +13,7 @@ import re
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
+from sql_helpers import one, rows
 
 ROLLBACK_ID = re.compile(r"^rb_\d{8}_\d{6}_[0-9a-f]{6}$")
 LEGACY = ["super_admin", "admin", "org_owner", "org_admin", "billing_admin", "manager", "team_lead",
@@ -21,18 +21,6 @@ LEGACY = ["super_admin", "admin", "org_owner", "org_admin", "billing_admin", "ma
 NEW = ["owner", "admin", "manager", "editor", "moderator", "viewer"]
 ROLLBACK_CHECKS = ["rollback_recorded", "profiles_roles_restored", "profiles_content", "profiles_count",
                    "sessions_intact", "policies_restored", "rls_flags_restored", "role_constraints_restored"]
-
-
-def rows(conn, query, params=None):
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query, params)
-        return cur.fetchall()
-
-
-def one(conn, query, params=None):
-    result = rows(conn, query, params)
-    assert len(result) == 1, result
-    return result[0]
 
 
 def policies(conn):

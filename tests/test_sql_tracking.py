@@ -10,24 +10,12 @@ import re
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
+from sql_helpers import one, rows
 
 from pytest_rolemig import resources
 
 BATCH_ID = re.compile(r"^batch_\d{8}_\d{6}_[0-9a-f]{6}$")
 MY_SCHEMAS = ("migration_tracking", "migration_backup")
-
-
-def rows(conn, query, params=None):
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query, params)
-        return cur.fetchall()
-
-
-def one(conn, query, params=None):
-    result = rows(conn, query, params)
-    assert len(result) == 1, result
-    return result[0]
 
 
 def start(conn, name="role_system_migration", size=None, run=None, details=None):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
+from sql_helpers import one, rows
 
 PRE_CHECKS = ["target_configured", "mapping_loaded", "no_null_roles", "all_roles_known", "mapping_total",
               "mapping_targets_valid", "valid_backup_exists", "no_migration_running"]
@@ -18,18 +18,6 @@ POST_CHECKS = ["every_user_has_new_role", "roles_match_mapping", "user_count_unc
 AUTH_CHECKS = ["own_profile_readable", "own_sessions_readable", "rls_applies"]
 LEGACY_ONLY = {"super_admin", "org_owner", "org_admin", "billing_admin", "team_lead", "author", "contributor",
                "support_agent"}
-
-
-def rows(conn, query, params=None):
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query, params)
-        return cur.fetchall()
-
-
-def one(conn, query, params=None):
-    result = rows(conn, query, params)
-    assert len(result) == 1, result
-    return result[0]
 
 
 def checks(conn, call, params=None):
@@ -193,10 +181,24 @@ def test_policy_left_with_legacy_literal_fails_naming_it(rolemig_db):
     assert result["status"] == "fail"
     assert result["details"]["policies"] == ["tickets: leads read"]
     assert result["details"]["sample"] == [{"schema": "public", "table": "support_tickets",
-                                           "policy": "tickets: leads read", "clause": "using", "role": "team_lead",
-                                           "literal": "team_lead"}]
+                                           "policy": "tickets: leads read", "clause": "using", "role": "team_lead"}]
     rls = checks(rolemig_db, "migration_validation.validate_rls_policies('post')")["policy_roles_match_phase"]
     assert rls["status"] == "fail" and rls["details"]["policies"] == ["tickets: leads read"]
+
+
+def test_legacy_role_hidden_in_another_literal_form_fails_naming_it(rolemig_db):
+    backup(rolemig_db)
+    migrate(rolemig_db)
+    assert post(rolemig_db)["no_legacy_roles_in_policies"]["status"] == "pass"
+    rolemig_db.execute("""CREATE POLICY "tickets: shouting leads" ON public.support_tickets FOR SELECT
+                          TO authenticated USING (upper(public.current_user_role()) = 'TEAM_LEAD')""")
+    rolemig_db.execute("""CREATE POLICY "tickets: listed authors" ON public.support_tickets FOR SELECT
+                          TO authenticated USING (public.current_user_role() = ANY ('{author,viewer}'::text[]))""")
+    result = post(rolemig_db)["no_legacy_roles_in_policies"]
+    assert result["status"] == "fail"
+    found = {(s["policy"], s["role"], s["literal"]) for s in result["details"]["sample"]}
+    assert found == {("tickets: shouting leads", "team_lead", "TEAM_LEAD"),
+                     ("tickets: listed authors", "author", "{author,viewer}")}
 
 
 def test_post_migration_names_changed_users_missing_sessions_and_users(rolemig_db):
