@@ -1,5 +1,9 @@
 """Exceptions with messages that name what failed and how to fix it."""
 
+from __future__ import annotations
+
+from typing import Any
+
 
 class RolemigError(Exception):
     """Base class for every error the plugin raises on purpose."""
@@ -19,3 +23,14 @@ class MappingError(ConfigError):
 
 class InstallError(RolemigError):
     """The SQL infrastructure could not be installed on the target database."""
+
+
+def describe_pg_error(exc: Any, sep: str = " ") -> str:
+    """A server error's message with its DETAIL and HINT, which carry the offending input."""
+    diag = exc.diag
+    parts = [diag.message_primary or str(exc).strip()]
+    if diag.message_detail:
+        parts.append(f"DETAIL: {diag.message_detail}")
+    if diag.message_hint:
+        parts.append(f"HINT: {diag.message_hint}")
+    return sep.join(parts)

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from pytest_rolemig import resources
-from pytest_rolemig.errors import InstallError
+from pytest_rolemig.errors import InstallError, describe_pg_error
 from pytest_rolemig.mapping import RoleMapping, load_into
 from pytest_rolemig.target import Target
 
@@ -48,26 +48,17 @@ def install(conn: psycopg.Connection[Any], target: Target | None = None,
                 try:
                     conn.execute(text.encode("utf-8"))  # several statements: simple query protocol
                 except psycopg.Error as exc:
-                    raise InstallError(f"installing {name} failed: {_describe(exc)}") from exc
+                    raise InstallError(f"installing {name} failed: {describe_pg_error(exc)}") from exc
             query, params = target.configure_sql()
             try:
                 conn.execute(query, params)
             except psycopg.Error as exc:
-                raise InstallError(f"target check failed: {_describe(exc)}") from exc
+                raise InstallError(f"target check failed: {describe_pg_error(exc)}") from exc
             if mapping is not None:
                 try:
                     load_into(conn, mapping)
                 except psycopg.Error as exc:
-                    raise InstallError(f"loading role mapping {mapping.source} failed: {_describe(exc)}") from exc
+                    raise InstallError(f"loading role mapping {mapping.source} failed: {describe_pg_error(exc)}") from exc
     except psycopg.Error as exc:  # the COMMIT itself
-        raise InstallError(f"installing the migration infrastructure failed: {_describe(exc)}") from exc
+        raise InstallError(f"installing the migration infrastructure failed: {describe_pg_error(exc)}") from exc
 
-
-def _describe(exc: psycopg.Error) -> str:
-    diag = exc.diag
-    parts = [diag.message_primary or str(exc).strip()]
-    if diag.message_detail:
-        parts.append(f"DETAIL: {diag.message_detail}")
-    if diag.message_hint:
-        parts.append(f"HINT: {diag.message_hint}")
-    return " ".join(parts)

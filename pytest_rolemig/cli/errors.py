@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import psycopg
 
+from pytest_rolemig.errors import describe_pg_error
+
 OK = 0
 CHECKS_FAILED = 1   # a validation check failed, or an operation reported status 'failed'
 USAGE = 2           # bad arguments, no DSN, bad mapping file, unknown backup id, no --yes without a terminal
@@ -35,14 +37,8 @@ class CliError(Exception):
 
 
 def describe(exc: psycopg.Error) -> str:
-    """The server's message with its DETAIL and HINT."""
-    diag = exc.diag
-    parts = [diag.message_primary or str(exc).strip()]
-    if diag.message_detail:
-        parts.append(f"DETAIL: {diag.message_detail}")
-    if diag.message_hint:
-        parts.append(f"HINT: {diag.message_hint}")
-    return "\n".join(parts)
+    """The server's message with its DETAIL and HINT, one per line."""
+    return describe_pg_error(exc, sep="\n")
 
 
 def from_database(exc: psycopg.Error) -> CliError:
