@@ -147,7 +147,8 @@ $$;
 
 -- ------------------------------------------------------------ pre-migration ----
 
-CREATE OR REPLACE FUNCTION migration_validation.validate_pre_migration_state()
+CREATE OR REPLACE FUNCTION migration_validation.pre_migration_checks(
+    p_backup_id text DEFAULT NULL, p_backup_checks jsonb DEFAULT NULL)
 RETURNS TABLE(check_name text, status text, details jsonb)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -270,9 +271,17 @@ BEGIN
         details := jsonb_build_object('backup_id', NULL, 'error', 'no completed backup',
                                       'hint', 'run migration_control.prepare_for_migration() or migration_backup.create_comprehensive_backup()');
     ELSE
-        SELECT coalesce(jsonb_agg(jsonb_build_object('check_name', v.check_name, 'details', v.details))
-                        FILTER (WHERE v.status = 'fail'), '[]')
-        INTO v_list FROM migration_backup.validate_backup_completeness(v_backup) v;
+        -- run_comprehensive_validation passes the completeness rows it computed for the same
+        -- backup: recomputing them re-hashes every backup row a second time
+        IF p_backup_checks IS NOT NULL AND v_backup = p_backup_id THEN
+            SELECT coalesce(jsonb_agg(jsonb_build_object('check_name', e ->> 'check_name', 'details', e -> 'details'))
+                            FILTER (WHERE e ->> 'status' = 'fail'), '[]')
+            INTO v_list FROM jsonb_array_elements(p_backup_checks) AS e;
+        ELSE
+            SELECT coalesce(jsonb_agg(jsonb_build_object('check_name', v.check_name, 'details', v.details))
+                            FILTER (WHERE v.status = 'fail'), '[]')
+            INTO v_list FROM migration_backup.validate_backup_completeness(v_backup) v;
+        END IF;
         status := CASE WHEN v_list = '[]' THEN 'pass' ELSE 'fail' END;
         details := jsonb_build_object('backup_id', v_backup, 'failing_checks', v_list);
     END IF;
@@ -292,6 +301,15 @@ BEGIN
                                   'sample', v_list);
     RETURN NEXT;
 END;
+$$;
+
+CREATE OR REPLACE FUNCTION migration_validation.validate_pre_migration_state()
+RETURNS TABLE(check_name text, status text, details jsonb)
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- The pre-migration checks, computing the backup's completeness itself.
+    SELECT c.check_name, c.status, c.details FROM migration_validation.pre_migration_checks(NULL, NULL) AS c
 $$;
 
 -- ----------------------------------------------------------- post-migration ----
@@ -673,6 +691,7 @@ AS $$
 DECLARE
     v_run      text;
     v_backup   text;
+    v_backup_checks jsonb;
     v_rollback record;
     v_rows     jsonb := '[]';
 BEGIN
@@ -690,20 +709,28 @@ BEGIN
              || substr(replace(gen_random_uuid()::text, '-', ''), 1, 6);
 
     IF p_phase = 'pre_migration' THEN
+        -- the newest backup's completeness is computed once, for the pre-migration state's
+        -- valid_backup_exists and for the backup rows (each computation hashes every backup row)
+        v_backup := migration_validation.newest_backup();
+        IF v_backup IS NOT NULL THEN
+            SELECT coalesce(jsonb_agg(jsonb_build_object('check_name', v.check_name, 'status', v.status,
+                                                         'details', v.details)), '[]')
+            INTO v_backup_checks FROM migration_backup.validate_backup_completeness(v_backup) v;
+        END IF;
         v_rows := v_rows || (SELECT coalesce(jsonb_agg(jsonb_build_object('t', 'pre_migration_state', 'c', v.check_name,
                                   's', v.status, 'd', v.details)), '[]')
-                             FROM migration_validation.validate_pre_migration_state() v);
+                             FROM migration_validation.pre_migration_checks(v_backup, v_backup_checks) v);
         v_rows := v_rows || (SELECT coalesce(jsonb_agg(jsonb_build_object('t', 'rls_policies', 'c', v.check_name,
                                   's', v.status, 'd', v.details)), '[]')
                              FROM migration_validation.validate_rls_policies('pre') v);
-        v_backup := migration_validation.newest_backup();
         IF v_backup IS NULL THEN
             v_rows := v_rows || jsonb_build_object('t', 'backup', 'c', 'backup_exists', 's', 'fail',
                                                    'd', jsonb_build_object('error', 'no completed backup'));
         ELSE
-            v_rows := v_rows || (SELECT coalesce(jsonb_agg(jsonb_build_object('t', 'backup', 'c', v.check_name,
-                                      's', v.status, 'd', v.details || jsonb_build_object('backup_id', v_backup))), '[]')
-                                 FROM migration_backup.validate_backup_completeness(v_backup) v);
+            v_rows := v_rows || (SELECT coalesce(jsonb_agg(jsonb_build_object('t', 'backup', 'c', e ->> 'check_name',
+                                      's', e ->> 'status', 'd', (e -> 'details') || jsonb_build_object('backup_id', v_backup))
+                                      ORDER BY x.n), '[]')
+                                 FROM jsonb_array_elements(v_backup_checks) WITH ORDINALITY AS x(e, n));
         END IF;
     ELSIF p_phase = 'post_migration' THEN
         v_rows := v_rows || (SELECT coalesce(jsonb_agg(jsonb_build_object('t', 'post_migration_state', 'c', v.check_name,
