@@ -319,6 +319,9 @@ def test_policy_roles_match_phase(rolemig_db):
     assert {s["role_name"] for s in before_post["details"]["sample"]} <= LEGACY_ONLY
     assert "billing: billing staff" in before_post["details"]["policies"]
 
+    # the first batch (keyset order) must hold a user whose new role is new-only (super_admin -> owner)
+    rolemig_db.execute("UPDATE public.user_profiles SET role = 'super_admin' "
+                       "WHERE id = (SELECT id FROM public.user_profiles ORDER BY id LIMIT 1)")
     backup(rolemig_db)
     migrate(rolemig_db, p_batch_size=7, p_max_batches=1)
     assert phase("auto")["details"]["phase"] == "expand"
