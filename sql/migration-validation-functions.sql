@@ -700,6 +700,7 @@ BEGIN
     --   pre_migration  = pre-migration state + RLS ('pre') + completeness of the newest backup
     --   post_migration = post-migration state + RLS ('post') + authentication
     --   post_rollback  = rollback checks of the newest rollback + RLS ('pre') + authentication
+    --   and in every phase the security checks (validate_security)
     IF p_phase IS NULL OR p_phase NOT IN ('pre_migration', 'post_migration', 'post_rollback') THEN
         RAISE EXCEPTION 'unknown validation phase %', coalesce(quote_literal(p_phase), 'NULL')
             USING DETAIL = 'Phases: pre_migration, post_migration, post_rollback.',
@@ -760,6 +761,12 @@ BEGIN
                                   's', v.status, 'd', v.details)), '[]')
                              FROM migration_validation.test_user_authentication() v);
     END IF;
+
+    -- every phase: the infrastructure must not open a door (validate_security() is defined in
+    -- migration-security.sql, installed after this file; plpgsql resolves it at run time)
+    v_rows := v_rows || (SELECT coalesce(jsonb_agg(jsonb_build_object('t', 'security', 'c', v.check_name,
+                              's', v.status, 'd', v.details)), '[]')
+                         FROM migration_validation.validate_security() v);
 
     RETURN QUERY
     WITH stored AS (

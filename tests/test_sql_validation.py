@@ -339,7 +339,7 @@ def test_policy_roles_match_phase(rolemig_db):
 def test_comprehensive_validation_stores_every_row(rolemig_db):
     result = rows(rolemig_db, "SELECT * FROM migration_validation.run_comprehensive_validation('pre_migration')")
     assert [r["validation_type"] for r in result][:8] == ["pre_migration_state"] * 8
-    assert {r["validation_type"] for r in result} == {"pre_migration_state", "rls_policies", "backup"}
+    assert {r["validation_type"] for r in result} == {"pre_migration_state", "rls_policies", "backup", "security"}
     run = result[0]["details"]["validation_run"]
     stored = rows(rolemig_db, """SELECT validation_type, check_name, status FROM migration_validation.validation_results
                                   WHERE validation_run = %s ORDER BY result_id""", (run,))
@@ -348,7 +348,8 @@ def test_comprehensive_validation_stores_every_row(rolemig_db):
     backup(rolemig_db)
     migrate(rolemig_db)
     result = rows(rolemig_db, "SELECT * FROM migration_validation.run_comprehensive_validation('post_migration')")
-    assert {r["validation_type"] for r in result} == {"post_migration_state", "rls_policies", "authentication"}
+    assert {r["validation_type"] for r in result} == {"post_migration_state", "rls_policies", "authentication",
+                                                      "security"}
     assert all(r["status"] == "pass" for r in result), [r for r in result if r["status"] != "pass"]
 
 
@@ -359,7 +360,7 @@ def test_post_rollback_validation(rolemig_db):
     migrate(rolemig_db)
     one(rolemig_db, "SELECT * FROM migration_backup.execute_rollback(%s)", (bid,))
     result = rows(rolemig_db, "SELECT * FROM migration_validation.run_comprehensive_validation('post_rollback')")
-    assert {r["validation_type"] for r in result} == {"rollback", "rls_policies", "authentication"}
+    assert {r["validation_type"] for r in result} == {"rollback", "rls_policies", "authentication", "security"}
     assert all(r["status"] == "pass" for r in result), [r for r in result if r["status"] != "pass"]
 
 
