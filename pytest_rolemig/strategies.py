@@ -180,7 +180,7 @@ def names() -> st.SearchStrategy[str]:
     """Display-name-like text: unicode, mixed case, quotes, whitespace, backslashes."""
     return st.one_of(
         st.sampled_from(_NAME_EDGES),
-        _cased(st.text(_CHARS, max_size=30)),
+        _cased(st.text(_CHARS, max_size=20)),
     )
 
 
@@ -257,8 +257,21 @@ def _int_range(base: str) -> tuple[int, int]:
 _NAME_COLUMNS = re.compile(r"(^|_)(name|handle|username|nickname|title|label)$")
 
 
-def column_values(col: ColumnShape, *, display_names: Sequence[str] = (),
-                  edges: Edges = Edges()) -> st.SearchStrategy[str] | None:
+@dataclass(frozen=True)
+class SharedName:
+    """Placeholder for the n-th name of a user set's shared pool (so display names repeat)."""
+
+    index: int
+    max_length: int | None = None
+
+    def resolve(self, pool: Sequence[str]) -> str:
+        """The pooled name, cut to the column's length."""
+        name = pool[self.index % len(pool)]
+        return name[: self.max_length] if self.max_length is not None else name
+
+
+def column_values(col: ColumnShape, *, shared_names: bool = False,
+                  edges: Edges = Edges()) -> st.SearchStrategy[Any] | None:
     """Text values (COPY input) for ``col``, by type and name; None when no value can be invented."""
     base = col.base
     values: st.SearchStrategy[str]
@@ -268,12 +281,15 @@ def column_values(col: ColumnShape, *, display_names: Sequence[str] = (),
         if "mail" in col.name:
             values = emails()
         elif _NAME_COLUMNS.search(col.name):
-            values = st.one_of(st.sampled_from(display_names), names()) if display_names else names()
+            values = names()
+            if shared_names and not col.unique:  # mostly a name shared with other users of the set (see user_sets)
+                values = st.one_of(st.integers(min_value=0, max_value=2).map(
+                    lambda i, n=col.max_length: SharedName(i, n)), values)
         else:
             values = names()
         if col.max_length is not None:
             limit = col.max_length
-            values = values.map(lambda s: s[:limit])
+            values = values.map(lambda s: s if isinstance(s, SharedName) else s[:limit])
     elif base == "uuid":
         values = st.uuids().map(str)
     elif base in ("smallint", "integer", "bigint"):
@@ -287,10 +303,16 @@ def column_values(col: ColumnShape, *, display_names: Sequence[str] = (),
                            st.sampled_from(("NaN", "Infinity", "-Infinity", "-0")))
     elif base == "boolean":
         values = st.sampled_from(("f", "t"))
-    elif base in ("jsonb", "json"):
+    elif base == "jsonb":
         values = json_values(top_level_null=edges.json_null).map(lambda v: json.dumps(v, ensure_ascii=False))
-        if base == "json" and edges.json_text:  # json keeps its text: spacing and duplicate keys must survive too
-            values = st.one_of(values, st.sampled_from(('{ "a" : 1 , "a": 2 }', "[1,  2]", ' {"x":"y"} ')))
+    elif base == "json":
+        if edges.json_text:  # json keeps its text: spacing, key order and duplicate keys must survive
+            values = st.one_of(
+                json_values(top_level_null=edges.json_null).map(lambda v: json.dumps(v, ensure_ascii=False)),
+                st.sampled_from(('{ "a" : 1 , "a": 2 }', "[1,  2]", ' {"x":"y"} ', '{"bb": 1, "a": 2}')))
+        else:  # only text that reads back the same through jsonb
+            values = st.sampled_from(("{}", "[]", "1", '"Zoë"', "true", '{"a": [1, {"b": null}]}')
+                                     + (("null",) if edges.json_null else ()))
     elif base == "timestamp with time zone":
         values = timestamps(True)
     elif base == "timestamp without time zone":
@@ -314,7 +336,7 @@ def _required_gap(table: TableShape, col: ColumnShape) -> ConfigError:
     )
 
 
-def _fields(table: TableShape, exclude: Sequence[str], display_names: Sequence[str],
+def _fields(table: TableShape, exclude: Sequence[str], shared_names: bool,
             required_only: bool, edges: Edges) -> dict[str, st.SearchStrategy[str | None]]:
     fields: dict[str, st.SearchStrategy[str | None]] = {}
     for col in table.columns:
@@ -322,7 +344,7 @@ def _fields(table: TableShape, exclude: Sequence[str], display_names: Sequence[s
             continue
         if required_only and (col.nullable or col.has_default):
             continue
-        values = column_values(col, display_names=display_names, edges=edges)
+        values = column_values(col, shared_names=shared_names, edges=edges)
         if values is None:
             if col.nullable or col.has_default:
                 continue  # left to NULL / the default
@@ -331,16 +353,16 @@ def _fields(table: TableShape, exclude: Sequence[str], display_names: Sequence[s
     return fields
 
 
-def rows(table: TableShape, *, exclude: Sequence[str] = (), display_names: Sequence[str] = (),
+def rows(table: TableShape, *, exclude: Sequence[str] = (), shared_names: bool = False,
          required_only: bool = False, edges: Edges = Edges()) -> st.SearchStrategy[Row]:
     """Rows of ``table`` (without ``exclude``): NULL in nullable columns first, so examples shrink to NULLs."""
-    return st.fixed_dictionaries(_fields(table, exclude, display_names, required_only, edges))
+    return st.fixed_dictionaries(_fields(table, exclude, shared_names, required_only, edges))
 
 
 def changes(table: TableShape, *, exclude: Sequence[str] = (),
             edges: Edges = Edges()) -> st.SearchStrategy[Row | None]:
     """A later value for one column of a row (what the application changes), or None: no change."""
-    fields = _fields(table, exclude, (), False, edges)
+    fields = _fields(table, exclude, False, False, edges)
     if not fields:
         return st.none()
     return st.one_of(st.none(), *(f.map(lambda v, c=c: {c: v}) for c, f in fields.items()))
@@ -361,12 +383,12 @@ def keys(col: ColumnShape) -> st.SearchStrategy[str]:
     return values
 
 
-def _user(shape: UsersShape, roles: Sequence[str], display_names: Sequence[str],
+def _user(shape: UsersShape, roles: Sequence[str],
           max_sessions: int, edits: bool, unique_cols: Sequence[str],
           edges: Edges) -> st.SearchStrategy[dict[str, Any]]:
     prof, sess = shape.profiles, shape.sessions
     fixed = (prof.key, shape.role_column)
-    profile = rows(prof, exclude=fixed, display_names=display_names, edges=edges)
+    profile = rows(prof, exclude=fixed, shared_names=True, edges=edges)
     session_rows = rows(sess, exclude=(sess.key, shape.session_user_column), edges=edges)
     # many sessions repeat a few drawn rows (each gets its own key): cheap to draw, still many rows
     many = st.tuples(st.lists(session_rows, min_size=1, max_size=2),
@@ -378,11 +400,19 @@ def _user(shape: UsersShape, roles: Sequence[str], display_names: Sequence[str],
     session_edit = changes(sess, exclude=(sess.key, shape.session_user_column), edges=edges) if edits else none
     parent = (rows(shape.parent, exclude=(shape.parent.key,), required_only=True, edges=edges)
               if shape.parent is not None else st.just({}))
-    return st.fixed_dictionaries({
-        "key": keys(prof.column(prof.key)), "role": st.sampled_from(list(roles)), "profile": profile,
-        "sessions": sessions, "profile_edit": profile_edit,
-        "session_edits": st.lists(session_edit, max_size=max_sessions), "parent": parent,
-    })
+    key = keys(prof.column(prof.key))
+    role = st.sampled_from(list(roles))
+
+    @st.composite
+    def user(draw: Callable[[st.SearchStrategy[Any]], Any]) -> dict[str, Any]:
+        drawn = {"key": draw(key), "role": draw(role), "profile": draw(profile), "sessions": draw(sessions),
+                 "profile_edit": draw(profile_edit), "parent": draw(parent)}
+        # exactly one (usually None) edit per session: no choices the shrinker would chase in vain
+        n = len(drawn["sessions"])
+        drawn["session_edits"] = draw(st.lists(session_edit, min_size=n, max_size=n))
+        return drawn
+
+    return user()
 
 
 def user_sets(shape: UsersShape, roles: Sequence[str], *, min_users: int = 0, max_users: int = 12,
@@ -401,22 +431,37 @@ def user_sets(shape: UsersShape, roles: Sequence[str], *, min_users: int = 0, ma
     unique_cols = [c.name for c in prof.columns
                    if c.unique and not c.skip and c.name not in (prof.key, shape.role_column)]
     session_key = shape.sessions.column(shape.sessions.key)
+    # strategies are built once here: building them inside the composite would rebuild them for
+    # every example and every shrink step, which makes shrinking crawl
+    pools = st.lists(names(), min_size=1, max_size=3)
+    user_lists = st.lists(
+        _user(shape, roles, max_sessions, edits, unique_cols, edges),
+        min_size=min_users, max_size=max_users,
+        unique_by=(lambda u: u["key"], *[
+            (lambda u, c=c: u["profile"].get(c) if isinstance(u["profile"].get(c), str) else object())
+            for c in unique_cols
+        ]),
+    )
+    session_keys_for: dict[int, st.SearchStrategy[list[str]]] = {}
+
+    def session_key_lists(total: int) -> st.SearchStrategy[list[str]]:
+        if total not in session_keys_for:
+            session_keys_for[total] = st.lists(keys(session_key), min_size=total, max_size=total, unique=True)
+        return session_keys_for[total]
+
+    def resolve(row: Row | None, pool: Sequence[str]) -> Any:
+        if row is None:
+            return None
+        return {c: (v.resolve(pool) if isinstance(v, SharedName) else v) for c, v in row.items()}
 
     @st.composite
     def build(draw: Callable[[st.SearchStrategy[Any]], Any]) -> UserSet:
-        pool = draw(st.lists(names(), min_size=1, max_size=3))
-        drawn = draw(st.lists(
-            _user(shape, roles, pool, max_sessions, edits, unique_cols, edges),
-            min_size=min_users, max_size=max_users,
-            unique_by=(lambda u: u["key"], *[
-                (lambda u, c=c: u["profile"].get(c) if u["profile"].get(c) is not None else object())
-                for c in unique_cols
-            ]),
-        ))
+        pool = draw(pools)
+        drawn = draw(user_lists)
         total = sum(len(u["sessions"]) for u in drawn)
         session_keys: list[str | None] = [None] * total
         if total and not session_key.skip:
-            session_keys = draw(st.lists(keys(session_key), min_size=total, max_size=total, unique=True))
+            session_keys = draw(session_key_lists(total))
         users, used = [], 0
         for u in drawn:
             key, sessions = u["key"], u["sessions"]
@@ -429,10 +474,10 @@ def user_sets(shape: UsersShape, roles: Sequence[str], *, min_users: int = 0, ma
                 used += 1
                 built_sessions.append(full)
             users.append(GeneratedUser(
-                profile={prof.key: key, shape.role_column: u["role"], **u["profile"]},
+                profile={prof.key: key, shape.role_column: u["role"], **resolve(u["profile"], pool)},
                 sessions=tuple(built_sessions),
                 profile_edit=u["profile_edit"],
-                session_edits=tuple((u["session_edits"] + [None] * len(sessions))[: len(sessions)]),
+                session_edits=tuple(u["session_edits"]),
                 parent=u["parent"],
             ))
         return UserSet(tuple(users), shape)
