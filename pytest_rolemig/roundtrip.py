@@ -168,7 +168,8 @@ def load(conn: Any, users: UserSet) -> None:
     _copy(conn, shape.sessions, [s for u in users.users for s in u.sessions])
 
 
-def _update(conn: Any, table: TableShape, key: str, values: dict[str, str | None]) -> None:
+def update_row(conn: Any, table: TableShape, key: str, values: dict[str, str | None]) -> None:
+    """Set ``values`` (column -> text, cast to the column's type) in the row of ``table`` keyed ``key``."""
     if not values:
         return
     cols = list(values)
@@ -178,7 +179,6 @@ def _update(conn: Any, table: TableShape, key: str, values: dict[str, str | None
         vals=sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(table.column(c).type_name)) for c in cols),
         k=sql.Identifier(table.key), kt=sql.SQL(table.column(table.key).type_name),
     )
-    # a one-column ROW(...) needs the list form anyway: SET (a) = ROW(x) is valid since PostgreSQL 10
     conn.execute(query, [values[c] for c in cols] + [key])
 
 
@@ -188,7 +188,7 @@ def apply_edits(conn: Any, users: UserSet) -> int:
     session_key = shape.sessions.column(shape.sessions.key)
     for user in users.users:
         if user.profile_edit:
-            _update(conn, shape.profiles, users.key(user), user.profile_edit)
+            update_row(conn, shape.profiles, users.key(user), user.profile_edit)
             count += 1
         if session_key.skip:
             continue  # keys assigned by the database: the sessions cannot be addressed
@@ -196,7 +196,7 @@ def apply_edits(conn: Any, users: UserSet) -> int:
             if edit:
                 key = session[shape.sessions.key]
                 assert key is not None
-                _update(conn, shape.sessions, key, edit)
+                update_row(conn, shape.sessions, key, edit)
                 count += 1
     return count
 
@@ -489,4 +489,4 @@ def run_property(roundtrip: RoundTrip, *, max_examples: int = 25, modes: Sequenc
 
 __all__ = ["DEFAULT_EDGES", "Dump", "KNOWN_BUGS", "MODES", "Outcome", "RoundTrip", "RoundTripError", "apply_edits", "describe_users",
            "empty_users", "load", "property_settings", "read_shape", "read_table_shape", "run_property",
-           "scratch_roundtrip", "take_dump", "GeneratedUser"]
+           "scratch_roundtrip", "take_dump", "update_row", "GeneratedUser"]
