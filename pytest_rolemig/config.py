@@ -58,6 +58,8 @@ SETTINGS: tuple[Setting, ...] = (
             "databases are created and dropped on it.", env="DATABASE_URL"),
     Setting("pg_bin", "Folder of the PostgreSQL server binaries (or pg_ctl itself). Default: searched."),
     Setting("report_dir", "Folder for the gate's reports (JSON and Markdown).", default="reports"),
+    Setting("roundtrip_examples", "Hypothesis examples of the gate's round-trip property, per rollback mode.",
+            "int", default=25),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -76,6 +78,7 @@ class RolemigConfig:
     dsn: str | None
     pg_bin: str | None
     report_dir: Path
+    roundtrip_examples: int
     sources: dict[str, str] = field(default_factory=dict, hash=False)
 
     @property
@@ -194,6 +197,8 @@ def resolve(config: pytest.Config) -> RolemigConfig:
         dsn=values["dsn"] or None,
         pg_bin=values["pg_bin"] or None,
         report_dir=_path(values["report_dir"], root),
+        roundtrip_examples=_as_int(_BY_NAME["roundtrip_examples"], values["roundtrip_examples"],
+                                   sources["roundtrip_examples"], 1),
         sources=sources,
     )
 
@@ -223,6 +228,7 @@ def header_lines(cfg: RolemigConfig) -> list[str]:
         "sessions_table": lambda c: f"{c.target.sessions_table} (user {c.target.sessions_user_column})",
         "users": lambda c: c.users,
         "batch_size": lambda c: c.target.batch_size,
+        "roundtrip_examples": lambda c: c.roundtrip_examples,
         "dsn": lambda c: "ephemeral server" if c.dsn is None else "existing server (DSN set)",
     }
     return [f"rolemig {key}: {fn(cfg)} [{cfg.sources.get(key, 'default')}]" for key, fn in show.items()]

@@ -186,6 +186,23 @@ def rolemig_empty_db(rolemig_server: Any) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
+def rolemig_roundtrip(rolemig_server: Any, rolemig_template: Any, rolemig_config: settings.RolemigConfig,
+                      rolemig_mapping: Any) -> Iterator[Any]:
+    """A :class:`~pytest_rolemig.roundtrip.RoundTrip` on a copy of the template with its users removed.
+
+    Each example runs in its own rolled-back transaction, so one copy serves the session.
+    Rows the team's constraints refuse reject the example instead of failing it: the
+    generator only knows the column types, NOT NULL, unique keys and foreign keys.
+    """
+    from pytest_rolemig.roundtrip import scratch_roundtrip
+
+    with scratch_roundtrip(rolemig_server, rolemig_template.name, rolemig_config.target, rolemig_mapping,
+                           prefix="rolemig_roundtrip",
+                           strict=False) as roundtrip:
+        yield roundtrip
+
+
+@pytest.fixture(scope="session")
 def rolemig_rehearsal(rolemig_server: Any, rolemig_template: Any, rolemig_config: settings.RolemigConfig,
                       rolemig_mapping: Any) -> Iterator[Any]:
     """One full rehearsal (install, backup, migrate, rollback) shared by the gate's tests."""

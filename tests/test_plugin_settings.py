@@ -68,6 +68,8 @@ def test_environment_dsn_between_command_line_and_ini(probe, monkeypatch):
         (["--rolemig-mapping=missing.toml"], "", "*role mapping file*missing.toml does not exist*"),
         ([], "rolemig_userz = 5\n", "*unknown ini key(s) rolemig_userz*"),
         ([], "rolemig_users = many\n", "*rolemig_users must be a whole number, got 'many'*"),
+        ([], "rolemig_roundtrip_examples = 0\n",
+         "*--rolemig-roundtrip-examples / rolemig_roundtrip_examples must be at least 1, got 0*"),
     ],
 )
 def test_bad_settings_end_the_run_with_one_clear_line(probe, args, ini, message):
