@@ -5,6 +5,11 @@ reads the target tables' columns from the catalog and writes each factory field
 whose name matches a column, fills other required columns by type, and leaves
 columns with defaults alone. If the profiles key references a parent table
 (Supabase's ``auth.users``), the parent rows are written first.
+
+Building a factory user costs about half a millisecond of Python, so only the
+first :data:`FACTORY_USERS` are built that way; larger sets are completed by
+PostgreSQL with one ``INSERT ... SELECT`` per table that copies those users
+(profile, parent row, sessions) under new keys, with unique columns made unique.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import math
 import uuid
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -33,6 +39,7 @@ class Column:
     required: bool  # NOT NULL and no default
     has_default: bool
     generated: bool
+    identity: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,7 @@ def read_table(conn: psycopg.Connection[Any], qualified: str, setting: str) -> T
         """
         SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod),
                a.attnotnull AND NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = '',
-               a.atthasdef OR a.attidentity <> '', a.attgenerated <> ''
+               a.atthasdef OR a.attidentity <> '', a.attgenerated <> '', a.attidentity <> ''
         FROM pg_catalog.pg_attribute a
         JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -84,7 +91,7 @@ def read_table(conn: psycopg.Connection[Any], qualified: str, setting: str) -> T
     ).fetchall()
     if not rows:
         raise ConfigError(f"table {schema}.{name} does not exist ({setting})")
-    return Table(schema, name, {r[0]: Column(r[0], r[1], r[2], r[3], r[4]) for r in rows})
+    return Table(schema, name, {r[0]: Column(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows})
 
 
 def parent_of(conn: psycopg.Connection[Any], table: Table, column: str) -> tuple[Table, str] | None:
@@ -186,9 +193,18 @@ def _key_values(conn: psycopg.Connection[Any], table: Table, key: str, count: in
     return [f"user-{uuid.uuid4().hex[:12]}" for _ in range(count)]
 
 
+#: Users built by the factories; the rest of a larger set are server-side copies of them.
+FACTORY_USERS = 1000
+
+
 def seed_users(conn: psycopg.Connection[Any], target: Target, roles: list[str], count: int,
-               max_sessions: int = 3) -> SeedSummary:
-    """Seed ``count`` users spread round-robin over ``roles``; user i gets ``i % (max_sessions+1)`` sessions."""
+               max_sessions: int = 3, factory_users: int = FACTORY_USERS) -> SeedSummary:
+    """Seed ``count`` users spread round-robin over ``roles``; user i gets ``i % (max_sessions+1)`` sessions.
+
+    About ``factory_users`` come from the factories (rounded up to a multiple of the role
+    count and of ``max_sessions + 1``, so copy i of factory user ``i % n`` has the role and
+    the session count user i would have had); the rest are copies.
+    """
     if not roles:
         raise ConfigError("no legacy roles to seed users for: the mapping and the schema name none")
     profiles = read_table(conn, target.profiles_table, "--rolemig-profiles-table / rolemig_profiles_table")
@@ -205,7 +221,11 @@ def seed_users(conn: psycopg.Connection[Any], target: Target, roles: list[str], 
             "(--rolemig-sessions-user-column / rolemig_sessions_user_column)"
         )
     parent = parent_of(conn, profiles, target.key_column)
-    keys = _key_values(conn, parent[0] if parent else profiles, parent[1] if parent else target.key_column, count)
+    cycle = math.lcm(len(roles), max_sessions + 1)  # a copy keeps its source's role and session count
+    built = min(count, cycle * max(1, -(-factory_users // cycle)))
+    copyable = built < count and _copyable(conn, profiles, sessions, parent, target)
+    keys = _key_values(conn, parent[0] if parent else profiles, parent[1] if parent else target.key_column,
+                       built if copyable else count)
 
     users = []
     for i, (key, role) in enumerate(zip(keys, itertools.cycle(roles))):
@@ -238,4 +258,109 @@ def seed_users(conn: psycopg.Connection[Any], target: Target, roles: list[str], 
     if session_rows:
         cols = _columns_for(sessions, session_rows[0], {target.sessions_user_column})
         written = _copy(conn, sessions, cols, (_row(sessions, cols, s) for s in session_rows))
-    return SeedSummary(users=len(users), sessions=written, per_role=per_role)
+    copied_users = 0
+    if copyable:
+        copied_users, copied_sessions = _copy_users(conn, target, profiles, sessions, parent,
+                                                    [u["id"] for _, u in users], count)
+        written += copied_sessions
+        for i in range(len(users), len(users) + copied_users):
+            per_role[roles[i % len(roles)]] = per_role.get(roles[i % len(roles)], 0) + 1
+    return SeedSummary(users=len(users) + copied_users, sessions=written, per_role=per_role)
+
+
+# ------------------------------------------------------------ server-side copies ---
+
+_UNIQUE_COLUMNS = """
+SELECT a.attname FROM pg_catalog.pg_index i
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+ WHERE i.indisunique AND i.indnatts = 1 AND i.indpred IS NULL
+   AND i.indrelid = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, %s::text))
+"""
+_TEXT_TYPES = ("text", "character varying", "citext")
+
+
+def _unique_columns(conn: psycopg.Connection[Any], table: Table) -> set[str]:
+    return {r[0] for r in conn.execute(_UNIQUE_COLUMNS, (table.schema, table.name))}
+
+
+def _base(column: Column) -> str:
+    return column.type_name.split("(")[0]
+
+
+def _copyable(conn: psycopg.Connection[Any], profiles: Table, sessions: Table,
+              parent: tuple[Table, str] | None, target: Target) -> bool:
+    """Whether copies can be made unique: every other unique column is text, uuid or has a default."""
+    tables = [(profiles, target.key_column), (sessions, target.sessions_user_column)] + ([parent] if parent else [])
+    for table, fixed in tables:
+        for name in _unique_columns(conn, table) - {fixed}:
+            col = table.columns[name]
+            if not (col.generated or col.has_default or _base(col) in _TEXT_TYPES + ("uuid",)):
+                return False
+    key_table, key_name = parent if parent else (profiles, target.key_column)
+    return _base(key_table.columns[key_name]) in ("uuid", "integer", "bigint", "smallint") + _TEXT_TYPES
+
+
+def _copy_columns(table: Table, unique: set[str], fixed: dict[str, sql.Composable]) -> dict[str, sql.Composable]:
+    """Column -> expression over the source row ``s`` and the copy number ``i``."""
+    exprs: dict[str, sql.Composable] = {}
+    for col in table.columns.values():
+        ident = sql.Identifier("s", col.name)
+        if col.name in fixed:
+            exprs[col.name] = fixed[col.name]
+        elif col.generated or col.identity:
+            continue
+        elif col.name in unique and _base(col) == "uuid":
+            exprs[col.name] = sql.SQL("gen_random_uuid()")
+        elif col.name in unique and _base(col) in _TEXT_TYPES:
+            # an e-mail stays an e-mail: the copy number goes into its local part
+            exprs[col.name] = sql.SQL(
+                "CASE WHEN strpos({c}, '@') > 0 THEN overlay({c} PLACING '+c' || g.i || '@' "
+                "FROM strpos({c}, '@') FOR 1) ELSE {c} || '-c' || g.i END").format(c=ident)
+        elif col.name in unique:
+            continue  # unique with a default (a sequence): the copy takes a fresh value
+        else:
+            exprs[col.name] = ident
+    return exprs
+
+
+def _copy_users(conn: psycopg.Connection[Any], target: Target, profiles: Table, sessions: Table,
+                parent: tuple[Table, str] | None, sources: list[Any], count: int) -> tuple[int, int]:
+    """Users ``len(sources) .. count-1`` as copies of ``sources[i % len(sources)]``; (users, sessions)."""
+    key_table, key_name = parent if parent else (profiles, target.key_column)
+    key_type = sql.SQL(key_table.columns[key_name].type_name)
+    salt = uuid.uuid4().hex[:12]
+    base = _base(key_table.columns[key_name])
+    if base == "uuid":
+        new_key: sql.Composable = sql.SQL("md5({} || g.i)::uuid").format(sql.Literal(f"rolemig-seed-{salt}-"))
+    elif base in ("integer", "bigint", "smallint"):
+        top = conn.execute(sql.SQL("SELECT coalesce(max({}), 0) FROM {}").format(
+            sql.Identifier(key_name), key_table.ident)).fetchone()[0]
+        new_key = sql.SQL("({} + g.i)::{}").format(sql.Literal(top), key_type)
+    else:
+        new_key = sql.SQL("({} || g.i)::{}").format(sql.Literal(f"user-{salt}-"), key_type)
+    copies = sql.SQL("generate_series({}::bigint, {}::bigint) AS g(i)").format(
+        sql.Literal(len(sources)), sql.Literal(count - 1))
+    source_key = sql.SQL("(({}::text[])[1 + g.i % {}])::{}").format(
+        sql.Literal([str(k) for k in sources]), sql.Literal(len(sources)), key_type)
+
+    def insert(table: Table, key: str, fixed: dict[str, sql.Composable], unique: set[str]) -> int:
+        exprs = _copy_columns(table, unique, fixed)
+        query = sql.SQL("INSERT INTO {t} ({cols}) SELECT {vals} FROM {copies} JOIN {t} AS s ON s.{k} = {src}").format(
+            t=table.ident, cols=sql.SQL(", ").join(sql.Identifier(c) for c in exprs),
+            vals=sql.SQL(", ").join(exprs.values()), copies=copies, k=sql.Identifier(key), src=source_key)
+        return conn.execute(query).rowcount
+
+    # fresh tables have no statistics: without them the copies' joins are planned as nested loops
+    for table in [profiles, sessions] + ([parent[0]] if parent else []):
+        conn.execute(sql.SQL("ANALYZE {}").format(table.ident))
+    parent_unique = set()
+    if parent is not None:
+        parent_unique = _unique_columns(conn, parent[0]) - {parent[1]}
+        insert(parent[0], parent[1], {parent[1]: new_key}, parent_unique)
+    # a profile column named like a unique column of the parent (the e-mail) gets the same new value
+    users = insert(profiles, target.key_column, {target.key_column: new_key},
+                   (_unique_columns(conn, profiles) | parent_unique) - {target.key_column})
+    session_key = [c for c in _unique_columns(conn, sessions) if c != target.sessions_user_column]
+    fixed = {target.sessions_user_column: new_key}
+    written = insert(sessions, target.sessions_user_column, fixed, set(session_key))
+    return users, written
