@@ -54,6 +54,8 @@ SETTINGS: tuple[Setting, ...] = (
             default=("public", "auth")),
     Setting("users", "Number of users to seed, spread over every legacy role.", "int", default=130),
     Setting("batch_size", "Users migrated per batch.", "int", default=1000),
+    Setting("login_sample", "Users the gate logs in as after the migration: all of them up to this many, "
+            "beyond it a random sample that covers every role.", "int", default=2000),
     Setting("dsn", "Use this existing server (libpq DSN) instead of an ephemeral one; "
             "databases are created and dropped on it.", env="DATABASE_URL"),
     Setting("pg_bin", "Folder of the PostgreSQL server binaries (or pg_ctl itself). Default: searched."),
@@ -75,6 +77,7 @@ class RolemigConfig:
     mapping: RoleMapping
     target: Target
     users: int
+    login_sample: int
     dsn: str | None
     pg_bin: str | None
     report_dir: Path
@@ -194,6 +197,7 @@ def resolve(config: pytest.Config) -> RolemigConfig:
         mapping=load_mapping(mapping_file),
         target=target,
         users=_as_int(_BY_NAME["users"], values["users"], sources["users"], 0),
+        login_sample=_as_int(_BY_NAME["login_sample"], values["login_sample"], sources["login_sample"], 1),
         dsn=values["dsn"] or None,
         pg_bin=values["pg_bin"] or None,
         report_dir=_path(values["report_dir"], root),
@@ -226,7 +230,8 @@ def header_lines(cfg: RolemigConfig) -> list[str]:
         "profiles_table": lambda c: f"{c.target.profiles_table} (key {c.target.key_column}, "
         f"role {c.target.role_column})",
         "sessions_table": lambda c: f"{c.target.sessions_table} (user {c.target.sessions_user_column})",
-        "users": lambda c: c.users,
+        "users": lambda c: c.users if c.users <= c.login_sample else f"{c.users} (log-in check on a sample of "
+        f"{c.login_sample})",
         "batch_size": lambda c: c.target.batch_size,
         "roundtrip_examples": lambda c: c.roundtrip_examples,
         "dsn": lambda c: "ephemeral server" if c.dsn is None else "existing server (DSN set)",

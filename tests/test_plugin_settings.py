@@ -68,6 +68,7 @@ def test_environment_dsn_between_command_line_and_ini(probe, monkeypatch):
         (["--rolemig-mapping=missing.toml"], "", "*role mapping file*missing.toml does not exist*"),
         ([], "rolemig_userz = 5\n", "*unknown ini key(s) rolemig_userz*"),
         ([], "rolemig_users = many\n", "*rolemig_users must be a whole number, got 'many'*"),
+        (["--rolemig-login-sample=0"], "", "*--rolemig-login-sample / rolemig_login_sample must be at least 1*"),
         ([], "rolemig_roundtrip_examples = 0\n",
          "*--rolemig-roundtrip-examples / rolemig_roundtrip_examples must be at least 1, got 0*"),
     ],
