@@ -266,11 +266,25 @@ class EphemeralServer:
         )
 
     def stop(self) -> None:
+        """Stop the server at once and remove its folder.
+
+        The cluster is thrown away, so ``pg_ctl stop -m immediate`` skips the shutdown
+        checkpoint; the executor's own stop (``-m fast``, then polling ``pg_ctl status``)
+        took about 2 s. If the immediate stop fails, the executor's stop runs instead.
+        """
         if self.executor is not None:
             try:
-                self.executor.stop()
-            except Exception:  # noqa: BLE001 - a failed stop must not hide the test result
-                logger.exception("stopping the ephemeral PostgreSQL failed")
+                subprocess.run([self.executor.executable, "stop", "-D", self.executor.datadir, "-m", "immediate",
+                                "-w"], check=True, capture_output=True, timeout=60)
+                started = self.executor.process  # the 'pg_ctl start -w' process, long finished
+                if started is not None:
+                    started.wait(timeout=10)
+                self.executor.process = None  # nothing left for the executor to stop or kill
+            except (OSError, subprocess.SubprocessError):
+                try:
+                    self.executor.stop()
+                except Exception:  # noqa: BLE001 - a failed stop must not hide the test result
+                    logger.exception("stopping the ephemeral PostgreSQL failed")
             self.executor = None
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)

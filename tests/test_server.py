@@ -49,11 +49,27 @@ def test_server_that_cannot_start_raises_with_its_log():
         busy.stop()
 
 
+def _running(pid):
+    """Whether ``pid`` is a live process (a zombie left for a non-reaping init is not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_stopped_server_refuses_connections():
     server = EphemeralServer(find_binaries()).start()
     dsn = server.dsn()
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+        postmaster = conn.execute("SELECT pg_postmaster_start_time() IS NOT NULL").fetchone()[0]
+    workdir = server.workdir
+    pid = int((workdir / "data" / "postmaster.pid").read_text().split()[0])
     server.stop()
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(dsn, connect_timeout=3)
+    # the postmaster is gone (immediate stop, nothing left running) and so is its folder
+    assert postmaster and not _running(pid)
+    assert not workdir.exists()
+    server.stop()  # a second stop is harmless
