@@ -3,7 +3,6 @@
 -- Provides (schema migration_control):
 --   expand_role_literals(text)            one expression's legacy role literals -> legacy OR new role
 --   online_precheck(text, integer, text)  the refusals of execute_role_migration; returns the backup id
---   online_pending_sql()                  the "still to migrate" predicate (shared with the batch)
 --   online_batch(...)                     ONE keyset batch (UPDATE + log + batch row), no commit
 --   online_alter_policy(...)              ONE policy to its expanded or contracted form, logged
 --   run_online_migration(...)             PROCEDURE: expand (widen, policies, batches) or contract
@@ -12,7 +11,8 @@
 -- comprehensive-backup-system.sql (backup_log, validate_backup_completeness),
 -- migration-rollback-system.sql (rollback_log), migration-validation-functions.sql (target,
 -- migrated_tables), migration-control-system.sql (verify_target, discover_legacy_roles) and
--- role-migration.sql (rewrite_role_literals, adjust_role_constraints).
+-- role-migration.sql (rewrite_role_literals, adjust_role_constraints, pending_users_sql,
+-- migrate_batch).
 --
 -- Why a PROCEDURE and not a Python driver loop: a function runs in its caller's transaction,
 -- so execute_role_migration holds the row locks of every batch until its end. A procedure
@@ -114,29 +114,8 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION migration_control.online_pending_sql()
-RETURNS text
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    -- "User t still has to move" with $1 = migration name, $2 = cutoff (newest completed
-    -- rollback): on a legacy role and not logged as done, with the role they hold now, by a
-    -- completed batch of this migration since that rollback. The same meaning as
-    -- execute_role_migration's, so the offline and online paths resume each other's work; the
-    -- OFFSET 0 keeps the NOT EXISTS a per-row probe of migration_log by user_key (as an
-    -- anti-join the join form, with stale statistics on the fast-growing log, became a nested loop over
-    -- every logged row per user: 15 s per batch at 100,000 users).
-    SELECT format(
-        't.%2$I::text IN (SELECT m.legacy_role FROM migration_control.role_mapping m)
-         AND NOT EXISTS (SELECT 1 FROM migration_tracking.migration_log l
-                         WHERE l.user_key = t.%1$I::text AND l.new_role = t.%2$I::text
-                           AND l.status IN (''migrated'', ''unchanged'') AND l.logged_at > $2
-                           AND (SELECT b.migration_name = $1 AND b.status = ''completed''
-                                FROM migration_tracking.migration_batch b WHERE b.batch_id = l.batch_id)
-                         OFFSET 0)',
-        c.key_column, c.role_column)
-    FROM migration_control.target_config c
-$$;
+-- replaced by migration_control.pending_users_sql (role-migration.sql), shared with the offline path
+DROP FUNCTION IF EXISTS migration_control.online_pending_sql();
 
 CREATE OR REPLACE FUNCTION migration_control.online_precheck(
     p_migration_name text, p_batch_size integer, p_backup_id text)
@@ -221,10 +200,6 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_cfg      migration_control.target_config;
-    v_rel      oid;
-    v_key_type text;
-    v_role_type text;
     v_batch_id text;
     v_m        bigint;
     v_u        bigint;
@@ -233,47 +208,16 @@ DECLARE
 BEGIN
     -- One batch in the caller's transaction: the first p_batch_size pending users in key order
     -- after p_after_key (keyset over the primary key, never OFFSET; NULL starts at the first
-    -- key, and the pending predicate skips whoever a committed batch already moved), locked
-    -- FOR UPDATE under lock_timeout, moved to their new role and logged, with their completed
-    -- batch row, all or nothing. Returns {"done": true} when nobody is pending (no row written).
+    -- key, and the pending predicate skips whoever a committed batch already moved), logged and
+    -- moved to their new role, with their completed batch row, all or nothing
+    -- (migration_control.migrate_batch, which execute_role_migration runs too). Only the rows
+    -- whose role changes are locked, by its UPDATE, under lock_timeout.
+    -- Returns {"done": true} when nobody is pending (no row written).
     PERFORM pg_catalog.set_config('lock_timeout', p_lock_timeout_ms || 'ms', true);
-    v_cfg := migration_validation.target();
-    v_rel := to_regclass(format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table));
-    SELECT max(pg_catalog.format_type(a.atttypid, a.atttypmod)) FILTER (WHERE a.attname = v_cfg.key_column),
-           max(pg_catalog.format_type(a.atttypid, a.atttypmod)) FILTER (WHERE a.attname = v_cfg.role_column)
-    INTO v_key_type, v_role_type
-    FROM pg_catalog.pg_attribute a WHERE a.attrelid = v_rel AND a.attnum > 0 AND NOT a.attisdropped;
-
     v_batch_id := migration_tracking.start_migration_batch(p_migration_name, p_batch_size, p_run_id,
                       jsonb_build_object('phase', 'migrate', 'mode', 'online', 'backup_id', p_backup_id));
-    EXECUTE format(
-        'WITH batch AS (
-             SELECT t.%1$I AS k, t.%2$I::text AS role
-             FROM %3$I.%4$I t
-             WHERE %6$s AND ($5::text IS NULL OR t.%1$I > $5::text::%7$s)
-             ORDER BY t.%1$I
-             LIMIT $3
-             FOR UPDATE OF t),
-         upd AS (
-             UPDATE %3$I.%4$I AS t SET %2$I = m.new_role::%5$s
-             FROM batch b, migration_control.role_mapping m
-             WHERE t.%1$I = b.k AND m.legacy_role = t.%2$I::text AND m.new_role <> m.legacy_role
-             RETURNING t.%1$I AS k, m.new_role),
-         logged AS (
-             INSERT INTO migration_tracking.migration_log (batch_id, user_key, old_role, new_role, status)
-             SELECT $4, b.k::text, b.role, coalesce(u.new_role, b.role),
-                    CASE WHEN u.k IS NULL THEN ''unchanged'' ELSE ''migrated'' END
-             FROM batch b LEFT JOIN upd u ON u.k = b.k
-             RETURNING migration_log.status)
-         SELECT count(*) FILTER (WHERE logged.status = ''migrated''),
-                count(*) FILTER (WHERE logged.status = ''unchanged''),
-                (SELECT b.k::text FROM batch b ORDER BY b.k LIMIT 1),
-                (SELECT b.k::text FROM batch b ORDER BY b.k DESC LIMIT 1)
-         FROM logged',
-        v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table,
-        v_role_type, migration_control.online_pending_sql(), v_key_type)
-    INTO v_m, v_u, v_first, v_last
-    USING p_migration_name, p_cutoff, p_batch_size, v_batch_id, p_after_key;
+    SELECT b.migrated, b.unchanged, b.first_key, b.last_key INTO v_m, v_u, v_first, v_last
+    FROM migration_control.migrate_batch(p_migration_name, p_cutoff, p_after_key, p_batch_size, v_batch_id) b;
     IF v_first IS NULL THEN
         DELETE FROM migration_tracking.migration_batch b WHERE b.batch_id = v_batch_id;
         RETURN jsonb_build_object('done', true);
@@ -417,6 +361,8 @@ DECLARE
     v_step      text;
     v_pol       record;
     v_pending   bigint;
+    v_counted   boolean := false;
+    v_swept     boolean := false;
     v_cfg       migration_control.target_config;
     v_widened   jsonb := '[]';
     v_narrowed  jsonb := '[]';
@@ -454,7 +400,7 @@ BEGIN
         SELECT coalesce(max(r.started_at), '-infinity') INTO v_cutoff
         FROM migration_backup.rollback_log r WHERE r.status = 'completed';
         EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM %I.%I t WHERE %s', v_cfg.profiles_schema, v_cfg.profiles_table,
-                       migration_control.online_pending_sql())
+                       migration_control.pending_users_sql())
         INTO v_pending USING p_migration_name, v_cutoff;
         IF p_phase = 'contract' AND v_pending > 0 THEN
             RAISE EXCEPTION '% users are still on a legacy role: refusing to contract', v_pending
@@ -561,7 +507,21 @@ BEGIN
                 PERFORM migration_control.online_backoff(v_attempt);
                 CONTINUE;
             END IF;
-            EXIT WHEN (v_batch ->> 'done')::boolean;
+            IF (v_batch ->> 'done')::boolean THEN
+                -- The keyset reached the end. A batch leaves a user pending when the application
+                -- changed that user's role while the batch waited for the row (the new value is
+                -- kept, not overwritten), and the keyset has walked past them: one more pass from
+                -- the first key picks them up. Only when some are pending, and only once.
+                EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM %I.%I t WHERE %s',
+                            v_cfg.profiles_schema, v_cfg.profiles_table, migration_control.pending_users_sql())
+                INTO v_pending USING p_migration_name, v_cutoff;
+                v_counted := true;
+                EXIT WHEN v_pending = 0 OR v_last_key IS NULL OR v_swept;
+                v_swept := true;
+                v_counted := false;
+                v_last_key := NULL;
+                CONTINUE;
+            END IF;
             v_attempt := 0;
             v_batches := v_batches + 1;
             v_migrated := v_migrated + (v_batch ->> 'migrated')::bigint;
@@ -597,9 +557,11 @@ BEGIN
     END IF;
 
     IF v_err IS NULL THEN
-        EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM %I.%I t WHERE %s', v_cfg.profiles_schema, v_cfg.profiles_table,
-                       migration_control.online_pending_sql())
-        INTO v_pending USING p_migration_name, v_cutoff;
+        IF NOT v_counted THEN
+            EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM %I.%I t WHERE %s', v_cfg.profiles_schema,
+                           v_cfg.profiles_table, migration_control.pending_users_sql())
+            INTO v_pending USING p_migration_name, v_cutoff;
+        END IF;
         v_status := CASE WHEN v_pending > 0 THEN 'partial' ELSE 'completed' END;
     ELSE
         v_status := 'failed';

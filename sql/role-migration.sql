@@ -5,6 +5,8 @@
 -- Provides (schema migration_control):
 --   rewrite_role_literals(text, text)     one expression's quoted legacy role names -> new names
 --   adjust_role_constraints(text)         widen / narrow the CHECK constraints on the role column
+--   pending_users_sql()                   the "still to migrate" predicate (offline and online path)
+--   migrate_batch(...)                    ONE keyset batch: log, then UPDATE (offline and online path)
 --   rewrite_role_policies(text)           ALTER POLICY every migrated table's policy naming legacy roles
 --   execute_role_migration(...)           the migration run (batches, logging, policies, constraints)
 --
@@ -134,6 +136,122 @@ BEGIN
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION migration_control.pending_users_sql()
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- "User t still has to move", with $1 = migration name and $2 = cutoff (start of the
+    -- newest completed rollback): on a legacy role of the mapping and not logged as done,
+    -- with the role they hold now, by a completed batch of this migration since the cutoff.
+    -- Identity-mapped users ('admin' -> 'admin') keep a legacy name; the log tells they were
+    -- handled. Shared by execute_role_migration and the online procedure, so each resumes the
+    -- other's work. OFFSET 0 keeps the NOT EXISTS a per-row probe of migration_log by user_key
+    -- (index), and the batch row is read by a scalar subquery so the probe cannot start from
+    -- the batch table: planned with the stale statistics of the log (it grows by a batch each
+    -- step), the join forms became a scan of the whole log per user (quadratic).
+    SELECT format(
+        't.%2$I::text IN (SELECT m.legacy_role FROM migration_control.role_mapping m)
+         AND NOT EXISTS (SELECT 1 FROM migration_tracking.migration_log l
+                         WHERE l.user_key = t.%1$I::text AND l.new_role = t.%2$I::text
+                           AND l.status IN (''migrated'', ''unchanged'') AND l.logged_at > $2
+                           AND (SELECT b.migration_name = $1 AND b.status = ''completed''
+                                FROM migration_tracking.migration_batch b WHERE b.batch_id = l.batch_id)
+                         OFFSET 0)',
+        c.key_column, c.role_column)
+    FROM migration_control.target_config c
+$$;
+
+CREATE OR REPLACE FUNCTION migration_control.migrate_batch(
+    p_migration_name text, p_cutoff timestamptz, p_after_key text, p_batch_size integer, p_batch_id text)
+RETURNS TABLE(migrated bigint, unchanged bigint, first_key text, last_key text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+AS $$
+DECLARE
+    v_cfg       migration_control.target_config;
+    v_rel       oid;
+    v_key_type  text;
+    v_role_type text;
+    v_keys      text[];
+    v_old       text[];
+    v_done      text[];
+BEGIN
+    -- Moves one batch in the caller's transaction and logs it into the running batch
+    -- p_batch_id: the next p_batch_size pending users in key order after p_after_key (keyset
+    -- over the primary key, never OFFSET; NULL starts at the first key). first_key is NULL when
+    -- nobody is pending. Used by execute_role_migration and the online procedure alike. Its cost
+    -- follows the batch size, not the table or the log, and row locks are held for as short a
+    -- time as possible, because the application waits for them:
+    --   1. without row locks: read the batch and log all of it in one INSERT ('unchanged' for
+    --      identity-mapped users, 'migrated' with old and new role for the others);
+    --   2. UPDATE the users logged as 'migrated', found by primary key (= ANY of their keys:
+    --      an index probe each; joined with the batch or the log, the planner, misled by the
+    --      log's stale statistics, hashed the whole table or scanned the role index per user),
+    --      only while they still hold the logged old role. Only these rows are locked, from here
+    --      to the commit; an identity-mapped user is never locked. A user whose role the
+    --      application changed meanwhile keeps the application's value and their log row is
+    --      deleted, so they stay pending for a later pass.
+    -- jit is off: a batch is a few thousand index probes, but the log's statistics, stale while
+    -- it grows, priced it high enough for JIT compilation, which took longer than the batch
+    -- (0.6 s at 100,000 users) while its row locks were held.
+    v_cfg := migration_validation.target();
+    v_rel := to_regclass(format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table));
+    SELECT max(pg_catalog.format_type(a.atttypid, a.atttypmod)) FILTER (WHERE a.attname = v_cfg.key_column),
+           max(pg_catalog.format_type(a.atttypid, a.atttypmod)) FILTER (WHERE a.attname = v_cfg.role_column)
+    INTO v_key_type, v_role_type
+    FROM pg_catalog.pg_attribute a WHERE a.attrelid = v_rel AND a.attnum > 0 AND NOT a.attisdropped;
+
+    EXECUTE format(
+        'WITH batch AS (
+             SELECT t.%1$I AS k, t.%2$I::text AS role
+             FROM %3$I.%4$I t
+             WHERE %6$s AND ($3::text IS NULL OR t.%1$I > $3::text::%5$s)
+             ORDER BY t.%1$I
+             LIMIT $4),
+         logged AS (
+             INSERT INTO migration_tracking.migration_log (batch_id, user_key, old_role, new_role, status)
+             SELECT $5, b.k::text, b.role, m.new_role,
+                    CASE WHEN m.new_role = m.legacy_role THEN ''unchanged'' ELSE ''migrated'' END
+             FROM batch b JOIN migration_control.role_mapping m ON m.legacy_role = b.role
+             RETURNING migration_log.user_key, migration_log.old_role, migration_log.status)
+         SELECT count(*) FILTER (WHERE l.status = ''migrated''),
+                count(*) FILTER (WHERE l.status = ''unchanged''),
+                (SELECT b.k::text FROM batch b ORDER BY b.k LIMIT 1),
+                (SELECT b.k::text FROM batch b ORDER BY b.k DESC LIMIT 1),
+                array_agg(l.user_key ORDER BY l.user_key) FILTER (WHERE l.status = ''migrated''),
+                array_agg(l.old_role ORDER BY l.user_key) FILTER (WHERE l.status = ''migrated'')
+         FROM logged l',
+        v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table,
+        v_key_type, migration_control.pending_users_sql())
+    INTO migrated, unchanged, first_key, last_key, v_keys, v_old
+    USING p_migration_name, p_cutoff, p_after_key, p_batch_size, p_batch_id;
+
+    IF v_keys IS NOT NULL THEN
+        EXECUTE format(
+            'WITH upd AS (
+                 UPDATE %3$I.%4$I AS t SET %2$I = m.new_role::%6$s
+                 FROM unnest($1::text[], $2::text[]) AS c(k, old_role), migration_control.role_mapping m
+                 WHERE t.%1$I = ANY ($1::text[]::%5$s[]) AND t.%1$I = c.k::%5$s
+                   AND t.%2$I::text = c.old_role AND m.legacy_role = c.old_role
+                 RETURNING t.%1$I::text AS k)
+             SELECT array_agg(upd.k) FROM upd',
+            v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table,
+            v_key_type, v_role_type)
+        INTO v_done
+        USING v_keys, v_old;
+        IF cardinality(v_done) IS DISTINCT FROM cardinality(v_keys) THEN
+            DELETE FROM migration_tracking.migration_log l
+            WHERE l.batch_id = p_batch_id AND l.status = 'migrated'
+              AND l.user_key = ANY (v_keys) AND NOT l.user_key = ANY (coalesce(v_done, '{}'));
+            migrated := coalesce(cardinality(v_done), 0);
+        END IF;
+    END IF;
+    RETURN NEXT;
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION migration_control.rewrite_role_policies(p_run_id text)
 RETURNS integer
 LANGUAGE plpgsql
@@ -200,7 +318,6 @@ DECLARE
     v_cfg         migration_control.target_config;
     v_rel         oid;
     v_role_type   text;
-    v_key_type    text;
     v_role_typid  oid;
     v_batch_size  integer;
     v_backup      text;
@@ -209,7 +326,6 @@ DECLARE
     v_run         text;
     v_cutoff      timestamptz;
     v_pending_sql text;
-    v_batch_sql   text;
     v_batch_id    text;
     v_last_key    text;
     v_first       text;
@@ -229,12 +345,12 @@ BEGIN
     -- Migrates every user from the legacy role to mapping(legacy role). Refuses to start
     -- (raise, nothing changed) while another migration holds the lock, when a user's role
     -- is unknown, a legacy role is unmapped, or no valid backup exists. Then: widen the role
-    -- CHECK constraints; walk the pending users in keyset batches, each one UPDATE ... FROM
-    -- role_mapping plus one INSERT of every user of the batch into migration_log from the
-    -- UPDATE's RETURNING; stop after p_max_batches if asked (a later call resumes with the
-    -- users still pending); once nobody is left, rewrite the policies and narrow the
-    -- constraints. Each step runs in its own subtransaction: an error undoes that step only,
-    -- is kept in a failed batch row and returned with status 'failed'.
+    -- CHECK constraints; walk the pending users in keyset batches (migrate_batch: one INSERT
+    -- of the batch into migration_log, one UPDATE of the users whose role changes); stop
+    -- after p_max_batches if asked (a later call resumes with the users still pending); once
+    -- nobody is left, rewrite the policies and narrow the constraints. Each step runs in its
+    -- own subtransaction: an error undoes that step only, is kept in a failed batch row and
+    -- returned with status 'failed'.
     IF NOT pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext('pytest_rolemig.migration')) THEN
         RAISE EXCEPTION 'another role migration is running'
             USING DETAIL = format('Migration %L could not take the migration advisory lock.', p_migration_name),
@@ -270,8 +386,6 @@ BEGIN
     v_rel := to_regclass(format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table));
     SELECT pg_catalog.format_type(a.atttypid, a.atttypmod), a.atttypid INTO v_role_type, v_role_typid
     FROM pg_catalog.pg_attribute a WHERE a.attrelid = v_rel AND a.attname = v_cfg.role_column;
-    SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) INTO v_key_type
-    FROM pg_catalog.pg_attribute a WHERE a.attrelid = v_rel AND a.attname = v_cfg.key_column;
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_type t WHERE t.oid = v_role_typid AND t.typtype = 'e') THEN
         SELECT string_agg(r.role_name, ', ' ORDER BY r.position) INTO v_bad
         FROM migration_control.new_roles r
@@ -343,48 +457,7 @@ BEGIN
     SELECT coalesce(max(r.started_at), '-infinity') INTO v_cutoff
     FROM migration_backup.rollback_log r WHERE r.status = 'completed';
 
-    -- pending = on a legacy role of the mapping and not already logged as done (with the
-    -- role they hold now) by a completed batch of this migration: identity-mapped users
-    -- ('admin' -> 'admin') keep a legacy name, the log tells they were handled.
-    -- OFFSET 0 keeps the NOT EXISTS a per-row probe of migration_log by user_key (index),
-    -- and the batch is read by a scalar subquery so the probe cannot start from the batch
-    -- table: planned with the stale statistics of the log (it grows by a batch each step),
-    -- the join forms became a scan of the whole log per user (quadratic).
-    v_pending_sql := format(
-        't.%2$I::text IN (SELECT m.legacy_role FROM migration_control.role_mapping m)
-         AND NOT EXISTS (SELECT 1 FROM migration_tracking.migration_log l
-                         WHERE l.user_key = t.%1$I::text AND l.new_role = t.%2$I::text
-                           AND l.status IN (''migrated'', ''unchanged'') AND l.logged_at > $2
-                           AND (SELECT b.migration_name = $1 AND b.status = ''completed''
-                                FROM migration_tracking.migration_batch b WHERE b.batch_id = l.batch_id)
-                         OFFSET 0)',
-        v_cfg.key_column, v_cfg.role_column);
-    v_batch_sql := format(
-        'WITH batch AS (
-             SELECT t.%1$I AS k, t.%2$I::text AS role
-             FROM %3$I.%4$I t
-             WHERE %7$s AND ($3::text IS NULL OR t.%1$I > $3::text::%5$s)
-             ORDER BY t.%1$I
-             LIMIT $4
-             FOR UPDATE OF t),
-         upd AS (
-             UPDATE %3$I.%4$I AS t SET %2$I = m.new_role::%6$s
-             FROM batch b, migration_control.role_mapping m
-             WHERE t.%1$I = b.k AND m.legacy_role = t.%2$I::text AND m.new_role <> m.legacy_role
-             RETURNING t.%1$I AS k, m.legacy_role AS old_role, m.new_role),
-         logged AS (
-             INSERT INTO migration_tracking.migration_log (batch_id, user_key, old_role, new_role, status)
-             SELECT $5, b.k::text, b.role, coalesce(u.new_role, b.role),
-                    CASE WHEN u.k IS NULL THEN ''unchanged'' ELSE ''migrated'' END
-             FROM batch b LEFT JOIN upd u ON u.k = b.k
-             RETURNING migration_log.status)
-         SELECT count(*) FILTER (WHERE logged.status = ''migrated''),
-                count(*) FILTER (WHERE logged.status = ''unchanged''),
-                (SELECT b.k::text FROM batch b ORDER BY b.k LIMIT 1),
-                (SELECT b.k::text FROM batch b ORDER BY b.k DESC LIMIT 1)
-         FROM logged',
-        v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table,
-        v_key_type, v_role_type, v_pending_sql);
+    v_pending_sql := migration_control.pending_users_sql();
 
     -- 1. widen
     BEGIN
@@ -406,8 +479,8 @@ BEGIN
                           || CASE WHEN v_batches = 0 AND v_widened <> '[]'
                                   THEN jsonb_build_object('constraints_widened', v_widened) ELSE '{}' END);
         BEGIN
-            EXECUTE v_batch_sql INTO v_cnt_m, v_cnt_u, v_first, v_last
-                USING p_migration_name, v_cutoff, v_last_key, v_batch_size, v_batch_id;
+            SELECT b.migrated, b.unchanged, b.first_key, b.last_key INTO v_cnt_m, v_cnt_u, v_first, v_last
+            FROM migration_control.migrate_batch(p_migration_name, v_cutoff, v_last_key, v_batch_size, v_batch_id) b;
             IF v_first IS NULL THEN
                 -- nobody left: this batch row was only a probe
                 DELETE FROM migration_tracking.migration_batch b WHERE b.batch_id = v_batch_id;

@@ -103,8 +103,13 @@ def test_kill_between_batches(rolemig_db, dsn):
     backup(db)
     before, other, sessions = roles(db), other_columns(db), take_snapshot(db, TARGET).sessions
     call(db, p_batch_size=20, p_max_batches=2)  # policies expanded, 2 batches committed
-    next_first = db.execute("SELECT id FROM public.user_profiles ORDER BY id OFFSET 40 LIMIT 1").fetchone()[0]
-    with psycopg.connect(dsn) as holder:  # the first user of batch 3 is locked by the application
+    # a batch locks only the users whose role changes: the application holds the first of batch 3
+    next_first = db.execute("""SELECT b.id FROM (SELECT id, role FROM public.user_profiles
+                                                 ORDER BY id OFFSET 40 LIMIT 20) b
+                               WHERE b.role IN (SELECT legacy_role FROM migration_control.role_mapping
+                                                WHERE new_role <> legacy_role)
+                               ORDER BY b.id LIMIT 1""").fetchone()[0]
+    with psycopg.connect(dsn) as holder:
         holder.execute("SELECT 1 FROM public.user_profiles WHERE id = %s FOR UPDATE", (next_first,))
         run = Background(dsn, CALL)
         wait_blocked(db, run.pid)

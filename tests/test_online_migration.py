@@ -104,8 +104,11 @@ def test_contract_refused_while_users_are_pending(rolemig_db):
 def test_second_run_is_refused_while_one_runs(rolemig_server, rolemig_db):
     backup(rolemig_db)
     dsn = dsn_of(rolemig_server, rolemig_db)
-    first_user = rolemig_db.execute("SELECT min(id::text) FROM public.user_profiles").fetchone()[0]
-    with psycopg.connect(dsn) as blocker:  # holds a row of the first batch: the run waits and retries
+    first_user = rolemig_db.execute(
+        """SELECT min(id::text) FROM public.user_profiles
+           WHERE role IN (SELECT legacy_role FROM migration_control.role_mapping WHERE new_role <> legacy_role)"""
+    ).fetchone()[0]
+    with psycopg.connect(dsn) as blocker:  # holds a row the run must change: it waits and retries
         blocker.execute("SELECT 1 FROM public.user_profiles WHERE id = %s FOR UPDATE", (first_user,))
         run = Background(dsn, "CALL migration_control.run_online_migration(p_batch_size => 20, "
                               "p_lock_timeout_ms => 50, p_max_retries => 1000)")
@@ -118,6 +121,46 @@ def test_second_run_is_refused_while_one_runs(rolemig_server, rolemig_db):
         blocker.rollback()
     run.join()
     assert run.error is None and run.result[0][0]["status"] == "completed"
+
+
+def test_batch_locks_only_the_users_whose_role_changes(rolemig_server, rolemig_db):
+    backup(rolemig_db)
+    before = roles(rolemig_db)
+    call(rolemig_db, p_batch_size=20, p_max_batches=1)  # constraints and policies done: no table lock left
+    kept = min(k for k, r in before.items() if MAPPING[r] == r and k not in done_log(rolemig_db))  # 'editor'
+    with psycopg.connect(dsn_of(rolemig_server, rolemig_db)) as app:  # the application holds that row
+        app.execute("SELECT 1 FROM public.user_profiles WHERE id = %s FOR UPDATE", (kept,))
+        result = call(rolemig_db, p_batch_size=20, p_lock_timeout_ms=50, p_max_retries=0)
+        app.rollback()
+    assert result["status"] == "completed" and result["lock_retries"] == 0
+    assert roles(rolemig_db) == {k: MAPPING[r] for k, r in before.items()}
+    log = done_log(rolemig_db)
+    assert set(log) == set(before) and set(log.values()) == {1}
+
+
+def test_role_changed_by_the_application_while_the_batch_waits_is_not_overwritten(rolemig_server, rolemig_db):
+    backup(rolemig_db)
+    before = roles(rolemig_db)
+    call(rolemig_db, p_batch_size=20, p_max_batches=1)  # constraints and policies done: no table lock left
+    victim = min(k for k, r in before.items() if MAPPING[r] != r and k not in done_log(rolemig_db))
+    changed_to = "support_agent" if before[victim] != "support_agent" else "team_lead"
+    dsn = dsn_of(rolemig_server, rolemig_db)
+    with psycopg.connect(dsn) as app:
+        app.execute("SELECT 1 FROM public.user_profiles WHERE id = %s FOR UPDATE", (victim,))
+        run = Background(dsn, "CALL migration_control.run_online_migration(p_batch_size => 20, "
+                              "p_lock_timeout_ms => 60000)")  # waits for the row instead of retrying
+        assert wait_blocked(rolemig_db, run.pid).startswith("Lock:")
+        app.execute("UPDATE public.user_profiles SET role = %s WHERE id = %s", (changed_to, victim))
+        app.commit()
+    run.join()
+    assert run.error is None, run.error
+    assert run.result[0][0]["status"] == "completed" and run.result[0][0]["pending"] == 0
+    # the batch skipped the row it no longer matched; the second pass moved the application's value
+    assert roles(rolemig_db) == {**{k: MAPPING[r] for k, r in before.items()}, victim: MAPPING[changed_to]}
+    log = done_log(rolemig_db)
+    assert set(log) == set(before) and set(log.values()) == {1}
+    assert rolemig_db.execute("""SELECT old_role FROM migration_tracking.migration_log
+                                 WHERE user_key = %s""", (victim,)).fetchall() == [(changed_to,)]
 
 
 def test_policy_ddl_times_out_and_retries_without_blocking_the_app(rolemig_server, rolemig_db):
