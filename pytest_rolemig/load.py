@@ -7,7 +7,8 @@ users set-based (generate_series into auth.users, public.user_profiles, auth.ses
 C client threads (own connection each) that, as a random user through RLS, read their profile,
 touch their session and write a support ticket: first for a baseline period, then while
 ``run_online_migration`` (expand) runs, then for a short tail. Reports client errors, p50/p99/max
-latency before and during, and the longest lock wait seen. Bounded: stops by itself.
+latency before and during, the longest lock wait seen and how long the batches took (mean, p50,
+max). Bounded: stops by itself.
 """
 
 from __future__ import annotations
@@ -125,7 +126,13 @@ def run(dsn: str, users: int, clients: int, baseline: float = 3.0, batch_size: i
             result = migrator.execute(
                 "CALL migration_control.run_online_migration(p_batch_size => %s, p_pause_ms => %s)",
                 (batch_size, pause_ms)).fetchone()[0]
-        migration_seconds = time.perf_counter() - started
+            migration_seconds = time.perf_counter() - started
+            batch_seconds = migrator.execute(
+                """SELECT avg(d), percentile_cont(0.5) WITHIN GROUP (ORDER BY d), max(d)
+                   FROM (SELECT extract(epoch FROM b.completed_at - b.started_at)::float8 AS d
+                         FROM migration_tracking.migration_batch b
+                         WHERE b.run_id = %s AND b.details ->> 'phase' = 'migrate') s""",
+                (result["run_id"],)).fetchone()
         phase[0] = "after"
         time.sleep(min(baseline, 1.0))
     finally:
@@ -137,6 +144,8 @@ def run(dsn: str, users: int, clients: int, baseline: float = 3.0, batch_size: i
     report = {
         "users": users, "clients": clients, "batch_size": batch_size,
         "migration": result, "migration_seconds": round(migration_seconds, 2),
+        "batch_ms": {name: round((value or 0.0) * 1000, 1)
+                     for name, value in zip(("mean", "p50", "max"), batch_seconds)},
         "requests": sum(c.requests for c in states), "client_errors": len(errors), "error_sample": errors[:5],
         "longest_lock_wait_ms": round(longest[0] * 1000, 1),
     }
