@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_rolemig import api, resources
+from pytest_rolemig import access_matrix, api, resources
 from pytest_rolemig.access_data import seed_access_rows
 from pytest_rolemig.access_matrix import AuthSettings, Matrix, choose_actors, compute_matrix, row_lookup
 from pytest_rolemig.access_report import compare, write_reports
@@ -169,3 +169,23 @@ def test_superuser_connection_sees_everything_which_is_why_the_matrix_switches_r
     with rolemig_db.transaction(force_rollback=True):
         rolemig_db.execute("SELECT set_config('role', 'authenticated', true)")
         assert rolemig_db.execute("SELECT count(*) FROM public.billing_accounts").fetchone()[0] == 0 < rows
+
+
+def test_update_probe_by_row_lock_reaches_what_a_no_op_update_reaches(rolemig_db, monkeypatch):
+    """FOR NO KEY UPDATE stands in for the no-op UPDATE only where that is equivalent."""
+    # a policy whose WITH CHECK differs from its USING keeps the real UPDATE on that table
+    rolemig_db.execute(
+        "CREATE POLICY \"docs: publish only\" ON public.documents AS RESTRICTIVE FOR UPDATE TO authenticated "
+        "USING (true) WITH CHECK (status = 'published')")
+    actors = _prepared(rolemig_db)
+    owners = access_matrix.owner_references(rolemig_db, DEMO)
+    infos = {i.qualified: i for i in (access_matrix.table_info(rolemig_db, s, t, owners, AuthSettings())
+                                      for s, t in access_matrix.rls_tables(rolemig_db, DEMO.policy_schemas))}
+    assert not infos["public.user_profiles"].update_with_check  # its WITH CHECKs repeat the USING
+    assert infos["public.documents"].update_with_check
+    probed = compute_matrix(rolemig_db, DEMO, actors, "row locks")
+    monkeypatch.setattr(access_matrix, "LOCK_PROBE", False)
+    updated = compute_matrix(rolemig_db, DEMO, actors, "no-op updates")
+    assert probed.cells == updated.cells
+    assert any(rows for (_, _, table, command), rows in probed.cells.items()
+               if table == "public.user_profiles" and command == "UPDATE")
