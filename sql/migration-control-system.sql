@@ -293,8 +293,11 @@ BEGIN
     -- constraints on it, distinct values in the data, keys of the mapping. Names that are
     -- new roles only because the migration already ran (widened CHECK, migrated data) are
     -- left out: a new role that is not a mapping key and not in the original CHECK (the
-    -- newest completed backup's, else the current one) is not legacy. Enum labels that are
-    -- new roles are also left out: an enum must carry the new roles before migrating.
+    -- oldest completed backup's, else the current one) is not legacy. The oldest, because
+    -- a migration needs a backup before its first batch, and a backup taken later (mid- or
+    -- post-migration) holds the widened or narrowed CHECK that names the new roles. Enum
+    -- labels that are new roles are also left out: an enum must carry the new roles before
+    -- migrating.
     SELECT * INTO v_cfg FROM migration_control.target_config;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'migration target is not configured'
@@ -315,14 +318,15 @@ BEGIN
     INTO v_data;
 
     IF EXISTS (SELECT 1 FROM migration_backup.backup_log b WHERE b.status = 'completed') THEN
-        -- a migration can only have run after a backup: its CHECK definitions are the original
+        -- a migration can only have run after a backup: the first one's CHECK definitions are
+        -- the original ones
         SELECT coalesce(array_agg(DISTINCT q.literal), '{}') INTO v_original
         FROM migration_backup.backup_log b,
              LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(b.target -> 'role_checks') = 'array'
                                                THEN b.target -> 'role_checks' ELSE '[]' END) AS rc,
              LATERAL migration_validation.quoted_literals(rc ->> 'definition') AS q
         WHERE b.backup_id = (SELECT b2.backup_id FROM migration_backup.backup_log b2
-                             WHERE b2.status = 'completed' ORDER BY b2.created_at DESC, b2.backup_id DESC LIMIT 1);
+                             WHERE b2.status = 'completed' ORDER BY b2.created_at, b2.backup_id LIMIT 1);
     ELSE
         SELECT coalesce(array_agg(DISTINCT q.literal), '{}') INTO v_original
         FROM pg_catalog.pg_constraint c,
