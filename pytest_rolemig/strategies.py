@@ -18,10 +18,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hypothesis import reject
 from hypothesis import strategies as st
 
 from pytest_rolemig.errors import ConfigError
@@ -291,7 +293,10 @@ def column_values(col: ColumnShape, *, shared_names: bool = False,
             limit = col.max_length
             values = values.map(lambda s: s if isinstance(s, SharedName) else s[:limit])
     elif base == "uuid":
-        values = st.uuids().map(str)
+        # from their own 128-bit integer, not st.uuids(): that one reads a Random shared by every
+        # draw, so deleting a user would shift the keys of the users after it and the shrinker
+        # could not remove anyone but the last (it stopped at 2-5 users); these shrink to 0, 1, ...
+        values = st.integers(min_value=0, max_value=2**128 - 1).map(lambda i: str(uuid.UUID(int=i)))
     elif base in ("smallint", "integer", "bigint"):
         lo, hi = _int_range(base)
         values = st.one_of(st.integers(min_value=lo, max_value=hi), st.sampled_from((lo, hi))).map(str)
@@ -385,11 +390,11 @@ def keys(col: ColumnShape) -> st.SearchStrategy[str]:
 
 def _user(shape: UsersShape, roles: Sequence[str],
           max_sessions: int, edits: bool, unique_cols: Sequence[str],
-          edges: Edges) -> st.SearchStrategy[dict[str, Any]]:
+          edges: Edges, plain: bool) -> st.SearchStrategy[dict[str, Any]]:
     prof, sess = shape.profiles, shape.sessions
     fixed = (prof.key, shape.role_column)
-    profile = rows(prof, exclude=fixed, shared_names=True, edges=edges)
-    session_rows = rows(sess, exclude=(sess.key, shape.session_user_column), edges=edges)
+    profile = rows(prof, exclude=fixed, shared_names=True, edges=edges, required_only=plain)
+    session_rows = rows(sess, exclude=(sess.key, shape.session_user_column), edges=edges, required_only=plain)
     # many sessions repeat a few drawn rows (each gets its own key): cheap to draw, still many rows
     many = st.tuples(st.lists(session_rows, min_size=1, max_size=2),
                      st.integers(min_value=min(4, max_sessions), max_value=max_sessions)).map(
@@ -402,6 +407,8 @@ def _user(shape: UsersShape, roles: Sequence[str],
               if shape.parent is not None else st.just({}))
     key = keys(prof.column(prof.key))
     role = st.sampled_from(list(roles))
+    session_key = sess.column(sess.key)
+    session_keys_for: dict[int, st.SearchStrategy[list[str]]] = {}
 
     @st.composite
     def user(draw: Callable[[st.SearchStrategy[Any]], Any]) -> dict[str, Any]:
@@ -410,6 +417,14 @@ def _user(shape: UsersShape, roles: Sequence[str],
         # exactly one (usually None) edit per session: no choices the shrinker would chase in vain
         n = len(drawn["sessions"])
         drawn["session_edits"] = draw(st.lists(session_edit, min_size=n, max_size=n))
+        # the user's own session keys, drawn with the user: deleting a user then deletes only its
+        # own choices (keys drawn for the whole set afterwards shifted every later draw)
+        if n and not session_key.skip:
+            if n not in session_keys_for:
+                session_keys_for[n] = st.lists(keys(session_key), min_size=n, max_size=n, unique=True)
+            drawn["session_keys"] = draw(session_keys_for[n])
+        else:
+            drawn["session_keys"] = [None] * n
         return drawn
 
     return user()
@@ -417,38 +432,32 @@ def _user(shape: UsersShape, roles: Sequence[str],
 
 def user_sets(shape: UsersShape, roles: Sequence[str], *, min_users: int = 0, max_users: int = 12,
               max_sessions: int = 8, edits: bool = True,
-              edges: Edges = Edges()) -> st.SearchStrategy[UserSet]:
+              edges: Edges = Edges(), plain: bool = False) -> st.SearchStrategy[UserSet]:
     """Sets of users over ``roles`` for the tables in ``shape``.
 
     Keys are unique (and so are the values of single-column unique indexes);
     display-name-like columns draw from a small shared pool, so duplicates are
     common; each user has no session, a few, or many (up to ``max_sessions``).
-    With ``edits`` some users and sessions also carry post-backup changes.
+    With ``edits`` some users and sessions also carry post-backup changes. ``plain``
+    fills only the columns that need a value (NOT NULL without default): fewer choices,
+    so a long stateful test shrinks fast; the edge values are the property test's job.
     """
     if not roles:
         raise ConfigError("no legacy roles to generate users for")
     prof = shape.profiles
     unique_cols = [c.name for c in prof.columns
                    if c.unique and not c.skip and c.name not in (prof.key, shape.role_column)]
-    session_key = shape.sessions.column(shape.sessions.key)
     # strategies are built once here: building them inside the composite would rebuild them for
     # every example and every shrink step, which makes shrinking crawl
     pools = st.lists(names(), min_size=1, max_size=3)
     user_lists = st.lists(
-        _user(shape, roles, max_sessions, edits, unique_cols, edges),
+        _user(shape, roles, max_sessions, edits, unique_cols, edges, plain),
         min_size=min_users, max_size=max_users,
         unique_by=(lambda u: u["key"], *[
             (lambda u, c=c: u["profile"].get(c) if isinstance(u["profile"].get(c), str) else object())
             for c in unique_cols
         ]),
     )
-    session_keys_for: dict[int, st.SearchStrategy[list[str]]] = {}
-
-    def session_key_lists(total: int) -> st.SearchStrategy[list[str]]:
-        if total not in session_keys_for:
-            session_keys_for[total] = st.lists(keys(session_key), min_size=total, max_size=total, unique=True)
-        return session_keys_for[total]
-
     def resolve(row: Row | None, pool: Sequence[str]) -> Any:
         if row is None:
             return None
@@ -458,20 +467,18 @@ def user_sets(shape: UsersShape, roles: Sequence[str], *, min_users: int = 0, ma
     def build(draw: Callable[[st.SearchStrategy[Any]], Any]) -> UserSet:
         pool = draw(pools)
         drawn = draw(user_lists)
-        total = sum(len(u["sessions"]) for u in drawn)
-        session_keys: list[str | None] = [None] * total
-        if total and not session_key.skip:
-            session_keys = draw(session_key_lists(total))
-        users, used = [], 0
+        session_keys = [k for u in drawn for k in u["session_keys"] if k is not None]
+        if len(set(session_keys)) < len(session_keys):
+            reject()  # two users drew the same session key (rare)
+        users = []
         for u in drawn:
-            key, sessions = u["key"], u["sessions"]
+            key = u["key"]
             built_sessions = []
-            for row in sessions:
+            for row, session_key in zip(u["sessions"], u["session_keys"]):
                 full = dict(row)
                 full[shape.session_user_column] = key
-                if session_keys[used] is not None:
-                    full[shape.sessions.key] = session_keys[used]
-                used += 1
+                if session_key is not None:
+                    full[shape.sessions.key] = session_key
                 built_sessions.append(full)
             users.append(GeneratedUser(
                 profile={prof.key: key, shape.role_column: u["role"], **resolve(u["profile"], pool)},
