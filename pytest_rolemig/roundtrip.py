@@ -44,16 +44,11 @@ from pytest_rolemig.target import Target
 
 MODES = ("revert", "emergency")
 
-#: Edge values the infrastructure is known to lose (reported, each shown failing by a strict xfail
-#: test in tests/test_roundtrip_property.py). The round trip leaves them out until they are fixed:
-#: delete an entry here and the property covers it again.
-KNOWN_BUGS: dict[str, str] = {
-    "json_null": "emergency_rollback restores a jsonb column holding the JSON value null as SQL NULL "
-                 "(jsonb_populate_record reads a top-level JSON null as NULL): a NOT NULL column fails "
-                 "the rollback, a nullable one silently changes",
-    "json_text": "emergency_rollback restores a json (not jsonb) column through to_jsonb: whitespace, key "
-                 "order and duplicate keys of the stored text are lost",
-}
+#: Edge values the infrastructure is known to lose, each with the reason (reported, and shown failing
+#: by a strict xfail test in tests/test_roundtrip_property.py). The round trip leaves them out until
+#: they are fixed: delete an entry here and the property covers it again. None at present (the JSON
+#: null and json text of emergency rollback were fixed by the backup's ``json_text``).
+KNOWN_BUGS: dict[str, str] = {}
 DEFAULT_EDGES = Edges(**{name: False for name in KNOWN_BUGS})
 
 # ------------------------------------------------------------------ shape ---

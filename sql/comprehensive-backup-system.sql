@@ -3,8 +3,9 @@
 --
 -- Provides (schema migration_backup):
 --   * tables backup_log, user_profiles_complete_backup (every column of every profile
---     row, as to_jsonb), user_sessions_backup (every session row), rls_policies_backup
---     (every policy of the migrated tables, from pg_catalog.pg_policy);
+--     row, as to_jsonb, plus the exact text of the json values to_jsonb cannot give back),
+--     user_sessions_backup (every session row), rls_policies_backup (every policy of the
+--     migrated tables, from pg_catalog.pg_policy);
 --   * create_comprehensive_backup, validate_backup_completeness, get_backup_summary;
 --   * helpers shared with the rollback system: describe_policies, role_check_constraints,
 --     migrated_tables, backup_checksums.
@@ -35,8 +36,13 @@ CREATE TABLE IF NOT EXISTS migration_backup.user_profiles_complete_backup (
     user_key  text NOT NULL,
     role      text,
     row_data  jsonb NOT NULL,
+    json_text jsonb,
     PRIMARY KEY (backup_id, user_key)
 );
+-- to_jsonb(row) loses what a json column holds beyond its value (whitespace, key order,
+-- duplicate keys) and, for json and jsonb alike, the difference between a JSON null and SQL
+-- NULL: json_text keeps, for those columns only, {column: exact text}; NULL when none needs it.
+ALTER TABLE migration_backup.user_profiles_complete_backup ADD COLUMN IF NOT EXISTS json_text jsonb;
 
 CREATE TABLE IF NOT EXISTS migration_backup.user_sessions_backup (
     backup_id   text NOT NULL REFERENCES migration_backup.backup_log ON DELETE CASCADE,
@@ -172,6 +178,7 @@ DECLARE
     v_profiles_sum text;
     v_sessions_sum text;
     v_policies_sum text;
+    v_json_text text;
     v_error     text;
 BEGIN
     -- Copies, one INSERT ... SELECT per table, every profile row (all columns, to_jsonb), every
@@ -217,15 +224,32 @@ BEGIN
                                                v_cfg.profiles_schema, v_cfg.profiles_table,
                                                v_cfg.policy_schemas) AS t), '[]'::jsonb));
 
+        -- json_text: the text of every non-NULL json column (json keeps its text, to_jsonb
+        -- normalizes it) and of every jsonb column holding a JSON null (to_jsonb gives null for
+        -- it and for SQL NULL alike); other columns round-trip through row_data.
+        SELECT 'NULLIF(' || string_agg(
+                   format('CASE WHEN %s THEN jsonb_build_object(%L, t.%I::text) ELSE ''{}''::jsonb END',
+                          CASE WHEN j.base = 'json'::regtype THEN format('t.%I IS NOT NULL', a.attname)
+                               ELSE format('jsonb_typeof(t.%I) = ''null''', a.attname) END,
+                          a.attname, a.attname), ' || ' ORDER BY a.attnum) || ', ''{}''::jsonb)'
+          INTO v_json_text
+          FROM pg_catalog.pg_attribute AS a
+          JOIN pg_catalog.pg_type AS ty ON ty.oid = a.atttypid
+          CROSS JOIN LATERAL (SELECT CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END AS base) AS j
+         WHERE a.attrelid = format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table)::regclass
+           AND a.attnum > 0 AND NOT a.attisdropped
+           AND j.base IN ('json'::regtype, 'jsonb'::regtype);
+
         -- Count and checksum (the expression of backup_checksums) come from the rows as they
         -- are written, in the same pass: reading the copies back doubled the backup's cost.
         EXECUTE format(
             'WITH copied AS (
-                 INSERT INTO migration_backup.user_profiles_complete_backup (backup_id, user_key, role, row_data)
-                 SELECT $1, t.%I::text, t.%I::text, to_jsonb(t) FROM %I.%I AS t
+                 INSERT INTO migration_backup.user_profiles_complete_backup (backup_id, user_key, role, row_data, json_text)
+                 SELECT $1, t.%I::text, t.%I::text, to_jsonb(t), %s FROM %I.%I AS t
                  RETURNING row_data)
              SELECT count(*), coalesce(sum(hashtextextended(c.row_data::text, 0)::numeric), 0)::text FROM copied AS c',
-            v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table)
+            v_cfg.key_column, v_cfg.role_column, coalesce(v_json_text, 'NULL'),
+            v_cfg.profiles_schema, v_cfg.profiles_table)
         INTO v_profiles, v_profiles_sum
         USING v_backup_id;
 
@@ -298,7 +322,8 @@ DECLARE
 BEGIN
     -- Proves a backup is complete and untouched: counts and checksums recomputed from the
     -- backup tables must equal what backup_log recorded when the backup was taken; every row's
-    -- user_key and role must agree with its row_data (the checksum only covers row_data);
+    -- user_key, role and json_text must agree with its row_data (the checksum only covers
+    -- row_data);
     -- and live users missing from the backup are reported (warn: they joined after it).
     SELECT * INTO v_log FROM migration_backup.backup_log AS l WHERE l.backup_id = p_backup_id;
     IF NOT FOUND THEN
@@ -329,13 +354,20 @@ BEGIN
      ORDER BY c.ord;
 
     IF v_log.status = 'completed' THEN
-        SELECT count(*), jsonb_agg(x.user_key) FILTER (WHERE x.rn <= 20)
-          INTO v_bad_rows, v_bad
-          FROM (SELECT b.user_key, row_number() OVER (ORDER BY b.user_key) AS rn
-                  FROM migration_backup.user_profiles_complete_backup AS b
-                 WHERE b.backup_id = p_backup_id
-                   AND (b.user_key IS DISTINCT FROM b.row_data ->> (v_log.target ->> 'key_column')
-                        OR b.role IS DISTINCT FROM b.row_data ->> (v_log.target ->> 'role_column'))) AS x;
+        BEGIN
+            SELECT count(*), jsonb_agg(x.user_key) FILTER (WHERE x.rn <= 20)
+              INTO v_bad_rows, v_bad
+              FROM (SELECT b.user_key, row_number() OVER (ORDER BY b.user_key) AS rn
+                      FROM migration_backup.user_profiles_complete_backup AS b
+                     WHERE b.backup_id = p_backup_id
+                       AND (b.user_key IS DISTINCT FROM b.row_data ->> (v_log.target ->> 'key_column')
+                            OR b.role IS DISTINCT FROM b.row_data ->> (v_log.target ->> 'role_column')
+                            OR EXISTS (SELECT 1 FROM jsonb_each_text(b.json_text) AS j
+                                        WHERE j.value::jsonb IS DISTINCT FROM b.row_data -> j.key))) AS x;
+        EXCEPTION WHEN invalid_text_representation THEN  -- a json_text value that is not JSON
+            v_bad_rows := NULL;
+            v_bad := jsonb_build_array(SQLERRM);
+        END;
         RETURN QUERY SELECT 'profiles_keys_consistent'::text,
                             CASE WHEN v_bad_rows = 0 THEN 'pass' ELSE 'fail' END,
                             jsonb_build_object('inconsistent_rows', v_bad_rows,

@@ -268,12 +268,26 @@ DECLARE
     v_role_type   text;
     v_cols        text[];
     v_set_cols    text[];
+    v_vals        text[];
+    v_set_vals    text[];
+    v_src         text;
     v_conflicts   jsonb;
     v_profiles    bigint := 0;
     v_inserted    bigint := 0;
     v_sessions    bigint := 0;
     v_policies    integer := 0;
     v_error       text;
+    -- the last CTE of each restore statement: a 'rolled_back' migration_log row for every
+    -- user in CTE "changed" (user_key, old_role, new_role) whose role the statement changed
+    -- and who has a migration_log entry (its batch is the latest entry's); $2 = the message
+    v_log_changed text := 'logged AS (
+         INSERT INTO migration_tracking.migration_log (batch_id, user_key, old_role, new_role, status, message)
+         SELECT l.batch_id, c.user_key, c.old_role, c.new_role, ''rolled_back'', $2
+           FROM changed AS c
+           CROSS JOIN LATERAL (SELECT m.batch_id FROM migration_tracking.migration_log AS m
+                                WHERE m.user_key = c.user_key ORDER BY m.log_id DESC LIMIT 1) AS l
+          WHERE c.old_role IS DISTINCT FROM c.new_role
+         RETURNING 1)';
 BEGIN
     -- The restore shared by execute_rollback ('revert') and emergency_rollback ('emergency');
     -- the callers have already refused what must be refused. A rollback_log row is written
@@ -283,7 +297,9 @@ BEGIN
     -- emergency: every backed-up column of every backed-up profile (UPDATE where different,
     --            INSERT where missing); sessions are left as they are.
     -- Both: role CHECK constraints, policies, RLS flags; running batches -> 'rolled_back';
-    -- a 'rolled_back' log row for each reverted user that has a migration_log entry.
+    -- a 'rolled_back' log row for every user whose role the rollback changed (re-inserted
+    -- users included) and who has a migration_log entry, whatever changed the role before:
+    -- the latest log entry of a user always names the role the user holds.
     SELECT * INTO v_log FROM migration_backup.backup_log AS l WHERE l.backup_id = p_backup_id;
     v_t := v_log.target;
     v_rollback_id := 'rb_' || to_char(clock_timestamp(), 'YYYYMMDD_HH24MISS') || '_'
@@ -316,85 +332,84 @@ BEGIN
                        JOIN %5$s AS t ON t.%1$I = b.user_key::%2$s
                       WHERE b.backup_id = $1
                         AND t.%3$I::text IS DISTINCT FROM b.role
-                        AND (t.%3$I::text = ($2 -> ''mapping'' ->> b.role)
+                        AND (t.%3$I::text = ($3 -> ''mapping'' ->> b.role)
                              OR t.%3$I::text = (SELECT m.new_role FROM migration_control.role_mapping AS m
                                                  WHERE m.legacy_role = b.role))),
-                 upd AS (
+                 changed AS (
                      UPDATE %5$s AS t SET %3$I = c.backup_role::%4$s
                        FROM cand AS c
                       WHERE t.%1$I = c.k AND t.%3$I::text = c.current_role
-                     RETURNING c.user_key, c.backup_role, c.current_role),
-                 logged AS (
-                     INSERT INTO migration_tracking.migration_log (batch_id, user_key, old_role, new_role, status, message)
-                     SELECT DISTINCT ON (u.user_key) l.batch_id, u.user_key, u.current_role, u.backup_role,
-                            ''rolled_back'', $3
-                       FROM upd AS u
-                       JOIN migration_tracking.migration_log AS l
-                         ON l.user_key = u.user_key AND l.status = ''migrated'' AND l.logged_at >= $4
-                      ORDER BY u.user_key, l.log_id DESC
-                     RETURNING 1)
-                 SELECT count(*) FROM upd',
-                v_t ->> 'key_column', v_key_type, v_t ->> 'role_column', v_role_type, v_rel)
+                     RETURNING c.user_key, c.current_role AS old_role, c.backup_role AS new_role),
+                 %6$s
+                 SELECT count(*) FROM changed',
+                v_t ->> 'key_column', v_key_type, v_t ->> 'role_column', v_role_type, v_rel, v_log_changed)
             INTO v_profiles
-            USING p_backup_id, v_t, 'rollback ' || v_rollback_id, v_log.created_at;
+            USING p_backup_id, 'rollback ' || v_rollback_id, v_t;
         ELSE
             -- Columns restorable from the backup: present both in the table (not generated) and
             -- in the backed-up rows; identity GENERATED ALWAYS columns and the key are not SET.
+            -- Each column's value is (src.r).col, the backed-up row read back by
+            -- jsonb_populate_record; a json or jsonb column takes the exact text kept in
+            -- json_text when the backup has one for it (json text, a JSON null).
             SELECT array_agg(a.attname::text ORDER BY a.attnum),
                    array_agg(a.attname::text ORDER BY a.attnum)
+                       FILTER (WHERE a.attidentity <> 'a' AND a.attname <> v_t ->> 'key_column'),
+                   array_agg(v.expr ORDER BY a.attnum),
+                   array_agg(v.expr ORDER BY a.attnum)
                        FILTER (WHERE a.attidentity <> 'a' AND a.attname <> v_t ->> 'key_column')
-              INTO v_cols, v_set_cols
+              INTO v_cols, v_set_cols, v_vals, v_set_vals
               FROM pg_catalog.pg_attribute AS a
+              JOIN pg_catalog.pg_type AS ty ON ty.oid = a.atttypid
+              CROSS JOIN LATERAL (
+                  SELECT CASE WHEN (CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END)
+                                   IN ('json'::regtype, 'jsonb'::regtype)
+                              THEN format('CASE WHEN src.j ? %1$L THEN (src.j ->> %1$L)::%2$s ELSE (src.r).%1$I END',
+                                          a.attname, format_type(a.atttypid, a.atttypmod))
+                              ELSE format('(src.r).%I', a.attname) END AS expr) AS v
              WHERE a.attrelid = v_rel AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
                AND EXISTS (SELECT 1 FROM migration_backup.user_profiles_complete_backup AS b
                             WHERE b.backup_id = p_backup_id AND b.row_data ? a.attname
                             LIMIT 1);
+            v_src := format('(SELECT jsonb_populate_record(NULL::%s, b.row_data) AS r, b.json_text AS j
+                                FROM migration_backup.user_profiles_complete_backup AS b
+                               WHERE b.backup_id = $1) AS src', v_rel);
             IF v_set_cols IS NOT NULL THEN
                 EXECUTE format(
-                    'WITH upd AS (
+                    'WITH changed AS (
                          UPDATE %1$s AS t SET (%2$s) = ROW(%3$s)
-                           FROM (SELECT jsonb_populate_record(NULL::%1$s, b.row_data) AS r
-                                   FROM migration_backup.user_profiles_complete_backup AS b
-                                  WHERE b.backup_id = $1) AS src
+                           FROM %8$s
                            JOIN %1$s AS cur ON cur.%4$I = (src.r).%4$I
                           WHERE t.%4$I = (src.r).%4$I AND ROW(%5$s)::text IS DISTINCT FROM ROW(%6$s)::text
                          RETURNING t.%4$I::text AS user_key, cur.%7$I::text AS old_role, t.%7$I::text AS new_role),
-                     logged AS (
-                         INSERT INTO migration_tracking.migration_log (batch_id, user_key, old_role, new_role, status, message)
-                         SELECT DISTINCT ON (u.user_key) l.batch_id, u.user_key, u.old_role, u.new_role,
-                                ''rolled_back'', $2
-                           FROM upd AS u
-                           JOIN migration_tracking.migration_log AS l
-                             ON l.user_key = u.user_key AND l.status = ''migrated'' AND l.logged_at >= $3
-                          WHERE u.old_role IS DISTINCT FROM u.new_role
-                          ORDER BY u.user_key, l.log_id DESC
-                         RETURNING 1)
-                     SELECT count(*) FROM upd',
+                     %9$s
+                     SELECT count(*) FROM changed',
                     v_rel,
                     (SELECT string_agg(format('%I', c), ', ') FROM unnest(v_set_cols) AS c),
-                    (SELECT string_agg(format('(src.r).%I', c), ', ') FROM unnest(v_set_cols) AS c),
+                    array_to_string(v_set_vals, ', '),
                     v_t ->> 'key_column',
                     (SELECT string_agg(format('t.%I', c), ', ') FROM unnest(v_cols) AS c),
-                    (SELECT string_agg(format('(src.r).%I', c), ', ') FROM unnest(v_cols) AS c),
-                    v_t ->> 'role_column')
+                    array_to_string(v_vals, ', '),
+                    v_t ->> 'role_column', v_src, v_log_changed)
                 INTO v_profiles
-                USING p_backup_id, 'emergency rollback ' || v_rollback_id, v_log.created_at;
+                USING p_backup_id, 'emergency rollback ' || v_rollback_id;
             END IF;
 
             IF v_cols IS NOT NULL THEN  -- a backup without profile rows has nothing to insert
                 EXECUTE format(
-                    'INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE
-                     SELECT %3$s
-                       FROM (SELECT jsonb_populate_record(NULL::%1$s, b.row_data) AS r
-                               FROM migration_backup.user_profiles_complete_backup AS b
-                              WHERE b.backup_id = $1) AS src
-                      WHERE NOT EXISTS (SELECT 1 FROM %1$s AS t WHERE t.%4$I = (src.r).%4$I)',
+                    'WITH changed AS (
+                         INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE
+                         SELECT %3$s
+                           FROM %6$s
+                          WHERE NOT EXISTS (SELECT 1 FROM %1$s AS t WHERE t.%4$I = (src.r).%4$I)
+                         RETURNING %4$I::text AS user_key, NULL::text AS old_role, %5$I::text AS new_role),
+                     %7$s
+                     SELECT count(*) FROM changed',
                     v_rel,
                     (SELECT string_agg(format('%I', c), ', ') FROM unnest(v_cols) AS c),
-                    (SELECT string_agg(format('(src.r).%I', c), ', ') FROM unnest(v_cols) AS c),
-                    v_t ->> 'key_column')
-                USING p_backup_id;
-                GET DIAGNOSTICS v_inserted = ROW_COUNT;
+                    array_to_string(v_vals, ', '),
+                    v_t ->> 'key_column', v_t ->> 'role_column', v_src, v_log_changed)
+                INTO v_inserted
+                USING p_backup_id, 'emergency rollback ' || v_rollback_id;
             END IF;
             v_profiles := v_profiles + v_inserted;
 
