@@ -8,11 +8,12 @@
 --                           backed-up profile, constraints, policies; never sessions), for a
 --                           half-done migration or broken tracking tables;
 --   * validate_rollback_success, list_available_backups;
---   * helpers: backup_intact, role_conflicts, restore_role_checks, restore_policies,
---     perform_rollback.
+--   * helpers: backup_intact, role_conflicts, lock_restore_tables, restore_role_checks,
+--     restore_policies, perform_rollback.
 -- Depends on: migration-logging-system.sql (schemas, target_config, role_mapping, tracking
 --   tables) and comprehensive-backup-system.sql (backup tables, describe_policies,
---   role_check_constraints, backup_checksums, validate_backup_completeness).
+--   role_check_constraints, backup_checksums, validate_backup_completeness); at run time on
+--   migration_control.online_backoff (online-migration.sql) for the lock retries.
 -- The target table and columns are read from the backup's own copy of
 -- migration_control.target_config (backup_log.target), so a restore goes back into the table
 -- the backup was taken from.
@@ -252,6 +253,119 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION migration_backup.lock_restore_tables(
+    p_backup_id text,
+    p_lock_timeout_ms integer DEFAULT 100,
+    p_max_retries integer DEFAULT 50
+) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_t        jsonb;
+    v_created  timestamptz;
+    v_tables   text[];
+    v_list     text;
+    v_deadlock integer;
+    v_timeout  integer;
+    v_saved    text := current_setting('lock_timeout');
+    v_attempt  integer := 0;
+    v_busy     text;
+BEGIN
+    -- Takes, in one LOCK TABLE statement, the ACCESS EXCLUSIVE locks that the restore's DDL
+    -- needs: every table whose role CHECK constraints, policies or RLS flags differ from the
+    -- backup (or that has a policy the migration created), plus the profiles table, whose rows
+    -- the restore then writes without waiting for a row lock. Taking them one DDL statement at
+    -- a time deadlocks with the application (the restore holds the profiles table and waits
+    -- for support_tickets, where an INSERT holds ROW EXCLUSIVE and checks its foreign key /
+    -- policy against the profiles table). So the statement runs in a subtransaction under a
+    -- lock_timeout short enough that every wait it makes while already holding a lock ends
+    -- before any other session's deadlock_timeout; on lock_not_available the subtransaction
+    -- releases what it took, and it is retried after migration_control.online_backoff.
+    -- Tables in (schema, table) order. Returns the number of retries; after p_max_retries
+    -- raises lock_not_available naming the tables and the sessions that held them.
+    SELECT l.target, l.created_at INTO v_t, v_created
+      FROM migration_backup.backup_log AS l WHERE l.backup_id = p_backup_id;
+
+    WITH ddl (schema_name, table_name) AS (
+        SELECT v_t ->> 'profiles_schema', v_t ->> 'profiles_table'   -- role CHECKs to drop or add
+         WHERE EXISTS ((SELECT c.name, c.definition
+                          FROM migration_backup.role_check_constraints(v_t ->> 'profiles_schema',
+                                   v_t ->> 'profiles_table', v_t ->> 'role_column') AS c
+                        EXCEPT
+                        SELECT w.j ->> 'name', w.j ->> 'definition'
+                          FROM jsonb_array_elements(v_t -> 'role_checks') AS w(j))
+                       UNION ALL
+                       (SELECT w.j ->> 'name', w.j ->> 'definition'
+                          FROM jsonb_array_elements(v_t -> 'role_checks') AS w(j)
+                        EXCEPT
+                        SELECT c.name, c.definition
+                          FROM migration_backup.role_check_constraints(v_t ->> 'profiles_schema',
+                                   v_t ->> 'profiles_table', v_t ->> 'role_column') AS c))
+        UNION
+        SELECT d.schema_name, d.table_name                          -- backed-up policies missing or changed
+          FROM (SELECT b.schema_name, b.table_name, b.policy_name, b.permissive, b.command, b.roles,
+                       b.using_expr, b.check_expr
+                  FROM migration_backup.rls_policies_backup AS b
+                 WHERE b.backup_id = p_backup_id
+                EXCEPT
+                SELECT c.schema_name, c.table_name, c.policy_name, c.permissive, c.command, c.roles,
+                       c.using_expr, c.check_expr
+                  FROM migration_backup.describe_policies() AS c) AS d
+        UNION
+        SELECT ch.schema_name, ch.table_name    -- policies created since the backup (a superset of
+          FROM migration_tracking.rls_policy_changes AS ch   -- what restore_policies drops)
+         WHERE ch.change_type = 'create' AND ch.changed_at >= v_created
+        UNION
+        SELECT r.j ->> 'schema', r.j ->> 'table'                    -- RLS flags
+          FROM jsonb_array_elements(v_t -> 'rls_tables') AS r(j)
+          JOIN pg_catalog.pg_namespace AS n ON n.nspname = r.j ->> 'schema'
+          JOIN pg_catalog.pg_class AS c ON c.relnamespace = n.oid AND c.relname = r.j ->> 'table'
+         WHERE c.relrowsecurity IS DISTINCT FROM (r.j ->> 'enabled')::boolean
+            OR c.relforcerowsecurity IS DISTINCT FROM (r.j ->> 'forced')::boolean)
+    SELECT array_agg(format('%I.%I', x.schema_name, x.table_name) ORDER BY x.schema_name, x.table_name)
+      INTO v_tables
+      FROM (SELECT ddl.schema_name, ddl.table_name FROM ddl
+            UNION  -- and the profiles table whenever there is DDL: its rows are written under the locks
+            SELECT v_t ->> 'profiles_schema', v_t ->> 'profiles_table' WHERE EXISTS (SELECT 1 FROM ddl)) AS x
+     WHERE to_regclass(format('%I.%I', x.schema_name, x.table_name)) IS NOT NULL;  -- a missing one fails
+                                                                                 -- in its own DDL step
+    IF v_tables IS NULL THEN
+        RETURN 0;  -- no DDL to do: only row-level work, which takes no table lock
+    END IF;
+    v_list := array_to_string(v_tables, ', ');
+
+    -- lock_timeout applies to each table the statement waits for: (n - 1) waits while holding a
+    -- lock must stay under half the deadlock_timeout of the sessions that queue behind it.
+    SELECT s.setting::integer INTO v_deadlock FROM pg_catalog.pg_settings AS s WHERE s.name = 'deadlock_timeout';
+    v_timeout := greatest(1, least(p_lock_timeout_ms, v_deadlock / (2 * cardinality(v_tables))));
+    LOOP
+        BEGIN
+            PERFORM set_config('lock_timeout', v_timeout || 'ms', true);
+            EXECUTE 'LOCK TABLE ' || v_list || ' IN ACCESS EXCLUSIVE MODE';
+            PERFORM set_config('lock_timeout', v_saved, true);
+            RETURN v_attempt;
+        EXCEPTION WHEN lock_not_available THEN
+            v_attempt := v_attempt + 1;
+        END;
+        IF v_attempt > p_max_retries THEN
+            SELECT string_agg(DISTINCT format('%s (pid %s, %s)', l.relation::regclass, l.pid, l.mode), ', ')
+              INTO v_busy
+              FROM pg_catalog.pg_locks AS l
+             WHERE l.granted AND l.pid <> pg_backend_pid() AND l.locktype = 'relation'
+               AND l.relation = ANY (v_tables::regclass[]);
+            RAISE EXCEPTION 'could not lock % for the rollback of backup % after % lock timeouts of % ms',
+                            v_list, p_backup_id, v_attempt, v_timeout
+                USING ERRCODE = 'lock_not_available',
+                      DETAIL = format('Busy: %s. Nothing was changed.', coalesce(v_busy, 'no lock held any more')),
+                      HINT = 'Retry when the application is quieter, or end the sessions holding these tables.';
+        END IF;
+        RAISE NOTICE 'rollback of backup %: lock timeout (% ms) on %, retry %', p_backup_id, v_timeout, v_list, v_attempt;
+        PERFORM migration_control.online_backoff(v_attempt);
+    END LOOP;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION migration_backup.perform_rollback(p_backup_id text, p_mode text, p_reason text)
 RETURNS TABLE (rollback_id text, status text, profiles_restored bigint, sessions_restored bigint,
                policies_restored integer, conflicts bigint)
@@ -296,7 +410,9 @@ BEGIN
     -- revert:    role column compare-and-swap only (current = mapped(backup role) -> backup role).
     -- emergency: every backed-up column of every backed-up profile (UPDATE where different,
     --            INSERT where missing); sessions are left as they are.
-    -- Both: role CHECK constraints, policies, RLS flags; running batches -> 'rolled_back';
+    -- Both: first the table locks of all the DDL in one go (lock_restore_tables: short
+    -- lock_timeout, retried with backoff, so the application is never deadlocked), then
+    -- role CHECK constraints, policies, RLS flags; running batches -> 'rolled_back';
     -- a 'rolled_back' log row for every user whose role the rollback changed (re-inserted
     -- users included) and who has a migration_log entry, whatever changed the role before:
     -- the latest log entry of a user always names the role the user holds.
@@ -322,6 +438,9 @@ BEGIN
         END IF;
 
         v_conflicts := migration_backup.role_conflicts(p_backup_id, p_mode = 'revert');
+        -- every table lock the rest needs, at once and never waiting while holding one (the
+        -- CHECK drop must precede the role writes, so the locks cannot wait until after them)
+        PERFORM migration_backup.lock_restore_tables(p_backup_id);
         PERFORM migration_backup.restore_role_checks(p_backup_id, 'drop');
 
         IF p_mode = 'revert' THEN
