@@ -197,24 +197,32 @@ def test_rollback_while_the_application_keeps_writing(rolemig_db, dsn):
     demoted = db.execute("SELECT id::text FROM public.user_profiles WHERE role = 'admin' LIMIT 1").fetchone()[0]
     db.execute("UPDATE public.user_profiles SET role = 'viewer' WHERE id = %s", (demoted,))  # app changed it
     written: list[tuple[str, str]] = []
+    errors: list[BaseException] = []
     stop = threading.Event()
 
     def application():
-        with psycopg.connect(dsn, autocommit=True) as app:
-            i = 0
-            while not stop.is_set() or i < 40:
-                user = users[i % len(users)]
-                name = f"written-{i}"
-                app.execute("UPDATE public.user_profiles SET display_name = %s WHERE id = %s", (name, user))
-                app.execute("INSERT INTO public.support_tickets (requester_id, subject) VALUES (%s, %s)", (user, name))
-                written.append((user, name))
-                i += 1
+        try:
+            with psycopg.connect(dsn, autocommit=True) as app:
+                i = 0
+                while not stop.is_set() or i < 40:
+                    user = users[i % len(users)]
+                    name = f"written-{i}"
+                    app.execute("UPDATE public.user_profiles SET display_name = %s WHERE id = %s", (name, user))
+                    app.execute("INSERT INTO public.support_tickets (requester_id, subject) VALUES (%s, %s)",
+                                (user, name))
+                    written.append((user, name))
+                    i += 1
+        except BaseException as exc:  # a deadlock victim, say: the rollback must never kill the application
+            errors.append(exc)
 
     thread = threading.Thread(target=application)
     thread.start()
     result = db.execute("SELECT * FROM migration_backup.execute_rollback(%s)", (bid,)).fetchone()
     stop.set()
     thread.join(60)
+    assert not thread.is_alive(), "the application thread did not stop"
+    assert not errors, f"the application failed during the rollback: {errors!r}"
+    assert written, "the application wrote nothing"
     assert result[1] == "completed" and result[5] >= 1  # the demoted user is a logged conflict
     last = {}
     for user, name in written:
@@ -226,3 +234,28 @@ def test_rollback_while_the_application_keeps_writing(rolemig_db, dsn):
     assert {n for _, n in written} <= tickets
     assert roles(db)[demoted] == "viewer"
     assert not set(roles(db).values()) - set(MAPPING) - {"viewer"}  # everybody else back on a legacy role
+
+
+def test_rollback_gives_up_on_a_busy_table_and_names_it(rolemig_db, dsn):
+    db = rolemig_db
+    bid = backup(db)
+    before_snap = take_snapshot(db, TARGET)
+    call(db, p_batch_size=20)
+    with psycopg.connect(dsn) as holder:
+        holder.execute("LOCK TABLE public.support_tickets IN ROW EXCLUSIVE MODE")  # an open application write
+        holder_pid = holder.info.backend_pid
+        with pytest.raises(psycopg.errors.LockNotAvailable) as raised:
+            db.execute("SELECT migration_backup.lock_restore_tables(%s, 10, 2)", (bid,))
+        db.rollback()
+        assert "public.support_tickets" in raised.value.diag.message_primary
+        assert f"public.support_tickets (pid {holder_pid}, RowExclusiveLock)" in raised.value.diag.message_detail
+        # while it waits, the rollback holds no table another session needs: the holder still
+        # reads the profiles table, as an application's foreign key or policy check would
+        run = Background(dsn, "SELECT * FROM migration_backup.execute_rollback(%s)", (bid,))
+        wait_blocked(db, run.pid)
+        holder.execute("SELECT count(*) FROM public.user_profiles")
+        holder.rollback()
+    run.join()
+    assert run.error is None and run.result[0][1] == "completed", (run.error, run.result)
+    assert take_snapshot(db, TARGET) == before_snap
+    assert db.execute("SELECT count(*) FROM migration_backup.rollback_log WHERE status = 'failed'").fetchone()[0] == 0
