@@ -128,7 +128,7 @@ def _falsifying(exc: BaseException) -> str:
 def test_property_fails_and_shrinks_on_a_rollback_that_forgets_a_role(broken):
     broken.setup_sql = FORGETS_A_ROLE
     with pytest.raises(RoundTripError) as failure:
-        run_property(broken, max_examples=300, modes=("revert",), database=None)
+        run_property(broken, max_examples=300, modes=("revert",), database=None, derandomize=True)
     report = str(failure.value) + "\n" + _falsifying(failure.value)
     # shrunk to a single support_agent user without sessions or edits, printed in the report
     assert "revert rollback did not restore the data" in report
@@ -142,7 +142,7 @@ def test_property_fails_and_shrinks_on_a_rollback_that_forgets_a_role(broken):
 def test_property_fails_and_shrinks_on_an_emergency_rollback_that_forgets_a_column(broken):
     broken.setup_sql = FORGETS_A_COLUMN
     with pytest.raises(RoundTripError) as failure:
-        run_property(broken, max_examples=300, modes=("emergency",), database=None)
+        run_property(broken, max_examples=300, modes=("emergency",), database=None, derandomize=True)
     report = str(failure.value) + "\n" + _falsifying(failure.value)
     # shrunk to one user without sessions whose display_name the application changed after the backup
     assert "emergency rollback did not restore the data" in report
