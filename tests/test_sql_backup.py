@@ -247,6 +247,23 @@ def test_backups_are_independent_and_deleted_with_their_log(rolemig_db):
     assert set(statuses(validate(rolemig_db, second)).values()) == {"pass"}
 
 
+def test_copies_have_no_per_row_foreign_key_and_go_with_a_truncated_log(rolemig_db):
+    """The copies' foreign key cost a lookup per copied row; statement triggers keep the cascade."""
+    fks = rows(rolemig_db, """SELECT conrelid::regclass::text AS t FROM pg_constraint
+        WHERE contype = 'f' AND confrelid = 'migration_backup.backup_log'::regclass""")
+    assert {f["t"] for f in fks} == {"migration_backup.rls_policies_backup"}
+    # an install made with the foreign key loses it when the file runs again
+    rolemig_db.execute("""ALTER TABLE migration_backup.user_sessions_backup ADD CONSTRAINT old_fk
+        FOREIGN KEY (backup_id) REFERENCES migration_backup.backup_log ON DELETE CASCADE""")
+    rolemig_db.execute(resources.sql_file("comprehensive-backup-system.sql").read_text().encode())
+    assert len(rows(rolemig_db, "SELECT 1 FROM pg_constraint WHERE conname = 'old_fk'")) == 0
+    backup(rolemig_db)
+    rolemig_db.execute("TRUNCATE migration_backup.backup_log CASCADE")
+    left = one(rolemig_db, """SELECT (SELECT count(*) FROM migration_backup.user_profiles_complete_backup)
+        + (SELECT count(*) FROM migration_backup.user_sessions_backup) AS n""")
+    assert left["n"] == 0
+
+
 def test_file_is_idempotent_and_keeps_backups(rolemig_db):
     bid = backup(rolemig_db)["backup_id"]
     text = resources.sql_file("comprehensive-backup-system.sql").read_text()
