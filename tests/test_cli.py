@@ -412,6 +412,20 @@ def _wait(predicate, what: str, timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+def _role_that_changes(conn, position: int) -> None:
+    """Give the user at ``position`` a legacy role the mapping changes (if theirs maps to itself).
+
+    A batch locks only the users whose role changes: an identity-mapped user ('editor' ->
+    'editor') is never locked, so a row lock on one blocks nothing until the policy rewrite.
+    """
+    changing = conn.execute("SELECT legacy_role FROM migration_control.role_mapping "
+                            "WHERE new_role <> legacy_role ORDER BY legacy_role LIMIT 1").fetchone()[0]
+    conn.execute("""UPDATE public.user_profiles SET role = %s
+                    WHERE id = (SELECT id FROM public.user_profiles ORDER BY id OFFSET %s LIMIT 1)
+                      AND role IN (SELECT legacy_role FROM migration_control.role_mapping
+                                   WHERE new_role = legacy_role)""", (changing, position))
+
+
 def _blocked_migration(dsn: str, conn, tmp_path: Path, blocked_position: int):
     """Start ``rolemig migrate --batch-size 5`` with the user at ``blocked_position`` row-locked.
 
@@ -454,6 +468,7 @@ def _assert_whole_batches(conn, before: dict[str, str]) -> set[str]:
 
 
 def test_console_script_ctrl_c_finishes_the_batch_and_resumes(dsn, rolemig_db, tmp_path):
+    _role_that_changes(rolemig_db, 17)
     before = roles(rolemig_db)
     assert cli(dsn, "backup").code == 0
     proc, blocker, err_path = _blocked_migration(dsn, rolemig_db, tmp_path, blocked_position=17)
@@ -482,6 +497,7 @@ def test_console_script_ctrl_c_finishes_the_batch_and_resumes(dsn, rolemig_db, t
 
 
 def test_console_script_second_ctrl_c_rolls_the_batch_back(dsn, rolemig_db, tmp_path):
+    _role_that_changes(rolemig_db, 12)
     before = roles(rolemig_db)
     assert cli(dsn, "backup").code == 0
     proc, blocker, err_path = _blocked_migration(dsn, rolemig_db, tmp_path, blocked_position=12)
