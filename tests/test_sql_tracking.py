@@ -204,6 +204,19 @@ def test_tracking_works_with_empty_search_path(rolemig_db):
 
 def test_log_cascades_with_batch(rolemig_db):
     batch = start(rolemig_db)
-    rolemig_db.execute("SELECT migration_tracking.log_user_migration(%s, 'u1', 'author', 'editor')", (batch,))
+    other = start(rolemig_db, "other")
+    for b in (batch, other):
+        rolemig_db.execute("SELECT migration_tracking.log_user_migration(%s, 'u1', 'author', 'editor')", (b,))
     rolemig_db.execute("DELETE FROM migration_tracking.migration_batch WHERE batch_id = %s", (batch,))
+    assert [r["batch_id"] for r in rows(rolemig_db, "SELECT batch_id FROM migration_tracking.migration_log")] == [other]
+    rolemig_db.execute("TRUNCATE migration_tracking.migration_batch")
     assert one(rolemig_db, "SELECT count(*) AS n FROM migration_tracking.migration_log")["n"] == 0
+
+
+def test_log_has_no_per_row_foreign_key_even_on_an_older_install(rolemig_db):
+    """The log's foreign key cost a lookup and a lock per logged user; the file drops an old one."""
+    rolemig_db.execute("""ALTER TABLE migration_tracking.migration_log ADD CONSTRAINT old_fk
+        FOREIGN KEY (batch_id) REFERENCES migration_tracking.migration_batch ON DELETE CASCADE""")
+    rolemig_db.execute(resources.sql_file("migration-logging-system.sql").read_text().encode())
+    assert rows(rolemig_db, """SELECT conname FROM pg_constraint WHERE contype = 'f'
+        AND conrelid = 'migration_tracking.migration_log'::regclass""") == []
