@@ -52,49 +52,12 @@ CREATE TABLE IF NOT EXISTS migration_backup.user_sessions_backup (
     PRIMARY KEY (backup_id, session_key)
 );
 
--- The row copies carry no foreign key to backup_log: its per-row check (one lookup in
--- backup_log for every copied row) cost a quarter of a backup. Only create_comprehensive_backup
--- writes them, after its backup_log row; deleting or truncating backup_log still removes them,
--- through the statement triggers below. Installs made with the foreign key lose it here.
-DO $$
-DECLARE
-    v_fk record;
-BEGIN
-    FOR v_fk IN
-        SELECT k.conrelid::regclass AS rel, k.conname
-          FROM pg_catalog.pg_constraint k
-         WHERE k.contype = 'f' AND k.confrelid = 'migration_backup.backup_log'::regclass
-           AND k.conrelid IN ('migration_backup.user_profiles_complete_backup'::regclass,
-                              'migration_backup.user_sessions_backup'::regclass)
-    LOOP
-        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', v_fk.rel, v_fk.conname);
-    END LOOP;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION migration_backup.delete_backup_copies()
-RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    -- The copies of the backups whose backup_log rows were deleted (or of all, on TRUNCATE).
-    IF TG_OP = 'TRUNCATE' THEN
-        TRUNCATE migration_backup.user_profiles_complete_backup, migration_backup.user_sessions_backup;
-    ELSE
-        DELETE FROM migration_backup.user_profiles_complete_backup AS b USING gone AS g WHERE b.backup_id = g.backup_id;
-        DELETE FROM migration_backup.user_sessions_backup AS b USING gone AS g WHERE b.backup_id = g.backup_id;
-    END IF;
-    RETURN NULL;
-END
-$$;
-
-DROP TRIGGER IF EXISTS backup_log_delete_copies ON migration_backup.backup_log;
-CREATE TRIGGER backup_log_delete_copies AFTER DELETE ON migration_backup.backup_log
-    REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION migration_backup.delete_backup_copies();
-DROP TRIGGER IF EXISTS backup_log_truncate_copies ON migration_backup.backup_log;
-CREATE TRIGGER backup_log_truncate_copies AFTER TRUNCATE ON migration_backup.backup_log
-    FOR EACH STATEMENT EXECUTE FUNCTION migration_backup.delete_backup_copies();
+-- The row copies carry no foreign key to backup_log (one lookup per copied row cost a quarter
+-- of a backup); only create_comprehensive_backup writes them, after its backup_log row.
+-- Deleting or truncating backup_log still removes them (see cascade_without_foreign_keys).
+SELECT migration_tracking.cascade_without_foreign_keys(
+    'migration_backup.backup_log', 'backup_id',
+    ARRAY['migration_backup.user_profiles_complete_backup', 'migration_backup.user_sessions_backup']::regclass[]);
 
 CREATE TABLE IF NOT EXISTS migration_backup.rls_policies_backup (
     backup_id   text NOT NULL REFERENCES migration_backup.backup_log ON DELETE CASCADE,

@@ -89,47 +89,67 @@ CREATE TABLE IF NOT EXISTS migration_tracking.migration_log (
 CREATE INDEX IF NOT EXISTS migration_log_user_key_idx ON migration_tracking.migration_log (user_key);
 CREATE INDEX IF NOT EXISTS migration_log_batch_id_idx ON migration_tracking.migration_log (batch_id);
 
--- migration_log carries no foreign key to migration_batch: its per-row check (a lookup and a
--- KEY SHARE lock on the batch row for every logged user) took 44% of a logged migration of
--- 300,000 users. Log rows are written only by this infrastructure's functions, into a batch
--- they have just started or read; deleting or truncating batches still removes their log rows,
--- through the statement triggers below. Installs made with the foreign key lose it here.
-DO $$
-DECLARE
-    v_fk record;
-BEGIN
-    FOR v_fk IN
-        SELECT k.conname FROM pg_catalog.pg_constraint k
-         WHERE k.contype = 'f' AND k.conrelid = 'migration_tracking.migration_log'::regclass
-           AND k.confrelid = 'migration_tracking.migration_batch'::regclass
-    LOOP
-        EXECUTE format('ALTER TABLE migration_tracking.migration_log DROP CONSTRAINT %I', v_fk.conname);
-    END LOOP;
-END
-$$;
+-- ------------------------------------------- cascades without foreign keys ----
+-- Log and copy tables that only this infrastructure writes, always after their parent row,
+-- carry no foreign key to that parent: its per-row check (a lookup and a KEY SHARE lock on the
+-- parent row for every child row) took 44% of a logged migration of 300,000 users and a
+-- quarter of a backup. Statement triggers on the parent keep what the foreign key gave:
+-- deleting parent rows deletes their children, TRUNCATE empties the children.
 
-CREATE OR REPLACE FUNCTION migration_tracking.delete_batch_log()
+CREATE OR REPLACE FUNCTION migration_tracking.delete_child_rows()
 RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_child text;
 BEGIN
-    -- The log rows of the batches just deleted (or all of them, on TRUNCATE).
-    IF TG_OP = 'TRUNCATE' THEN
-        TRUNCATE migration_tracking.migration_log;
-    ELSE
-        DELETE FROM migration_tracking.migration_log AS l USING gone AS g WHERE l.batch_id = g.batch_id;
-    END IF;
+    -- The cascade set up by cascade_without_foreign_keys: TG_ARGV[0] is the key column shared
+    -- by parent and children, the other arguments are the child tables.
+    FOREACH v_child IN ARRAY TG_ARGV[1:] LOOP
+        IF TG_OP = 'TRUNCATE' THEN
+            EXECUTE format('TRUNCATE %s', v_child::regclass);
+        ELSE
+            EXECUTE format('DELETE FROM %s AS c USING gone AS g WHERE c.%2$I = g.%2$I',
+                           v_child::regclass, TG_ARGV[0]);
+        END IF;
+    END LOOP;
     RETURN NULL;
 END
 $$;
 
-DROP TRIGGER IF EXISTS migration_batch_delete_log ON migration_tracking.migration_batch;
-CREATE TRIGGER migration_batch_delete_log AFTER DELETE ON migration_tracking.migration_batch
-    REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION migration_tracking.delete_batch_log();
-DROP TRIGGER IF EXISTS migration_batch_truncate_log ON migration_tracking.migration_batch;
-CREATE TRIGGER migration_batch_truncate_log AFTER TRUNCATE ON migration_tracking.migration_batch
-    FOR EACH STATEMENT EXECUTE FUNCTION migration_tracking.delete_batch_log();
+CREATE OR REPLACE FUNCTION migration_tracking.cascade_without_foreign_keys(
+    p_parent regclass, p_key text, p_children regclass[]
+) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_fk   record;
+    v_args text := (SELECT string_agg(pg_catalog.quote_literal(c::text), ', ') FROM pg_catalog.unnest(p_children) c);
+BEGIN
+    -- Drops the foreign keys from p_children to p_parent (those of an older install too) and
+    -- (re)creates the statement triggers on p_parent that cascade to them. Idempotent.
+    FOR v_fk IN
+        SELECT k.conrelid::regclass AS rel, k.conname
+          FROM pg_catalog.pg_constraint k
+         WHERE k.contype = 'f' AND k.confrelid = p_parent AND k.conrelid = ANY (p_children)
+    LOOP
+        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', v_fk.rel, v_fk.conname);
+    END LOOP;
+    EXECUTE format('DROP TRIGGER IF EXISTS cascade_delete ON %s', p_parent);
+    EXECUTE format('CREATE TRIGGER cascade_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS gone '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION migration_tracking.delete_child_rows(%L, %s)',
+                   p_parent, p_key, v_args);
+    EXECUTE format('DROP TRIGGER IF EXISTS cascade_truncate ON %s', p_parent);
+    EXECUTE format('CREATE TRIGGER cascade_truncate AFTER TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION migration_tracking.delete_child_rows(%L, %s)',
+                   p_parent, p_key, v_args);
+END
+$$;
+
+SELECT migration_tracking.cascade_without_foreign_keys(
+    'migration_tracking.migration_batch', 'batch_id', ARRAY['migration_tracking.migration_log']::regclass[]);
 
 CREATE TABLE IF NOT EXISTS migration_tracking.rls_policy_changes (
     change_id   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
