@@ -330,7 +330,12 @@ def _settings(examples: int, steps: int = STEPS, **overrides):
 
 
 def test_any_sequence_of_migration_steps_keeps_the_promises(roundtrip):
+    """The rules and invariants assert; afterwards every run must have been rolled back whole."""
     run_state_machine_as_test(make_machine(roundtrip), settings=_settings(EXAMPLES))
+    left = roundtrip.dump()
+    assert not left.profiles and not left.sessions, "a run left users behind"
+    assert roundtrip.conn.execute("SELECT (SELECT count(*) FROM migration_backup.backup_log) + "
+                                  "(SELECT count(*) FROM migration_tracking.migration_batch)").fetchone()[0] == 0
 
 
 def _shrunk_failure(roundtrip, break_sql: str) -> tuple[str, str]:

@@ -29,7 +29,7 @@ def migrate(conn, **kw):
     return one(conn, f"SELECT * FROM migration_control.execute_role_migration({args})", kw)
 
 
-def refused(conn, match, **kw):
+def assert_refused(conn, match, **kw):
     with pytest.raises(psycopg.errors.RaiseException, match=match) as err:
         migrate(conn, **kw)
     assert err.value.diag.message_hint
@@ -93,13 +93,13 @@ def test_rewrite_modes_and_chains(rolemig_db):
 
 def test_refuses_without_a_valid_backup(rolemig_db):
     before = roles(rolemig_db)
-    diag = refused(rolemig_db, "no valid backup: refusing to migrate without one")
+    diag = assert_refused(rolemig_db, "no valid backup: refusing to migrate without one")
     assert "prepare_for_migration" in diag.message_hint
-    refused(rolemig_db, "backup bk_nope does not exist or is not completed", p_backup_id="bk_nope")
+    assert_refused(rolemig_db, "backup bk_nope does not exist or is not completed", p_backup_id="bk_nope")
     bid = backup(rolemig_db)
     rolemig_db.execute("DELETE FROM migration_backup.user_sessions_backup WHERE backup_id = %s", (bid,))
-    refused(rolemig_db, f"backup {bid} does not validate: .*sessions_count", p_backup_id=bid)
-    refused(rolemig_db, "no valid backup")
+    assert_refused(rolemig_db, f"backup {bid} does not validate: .*sessions_count", p_backup_id=bid)
+    assert_refused(rolemig_db, "no valid backup")
     assert roles(rolemig_db) == before
     assert one(rolemig_db, "SELECT count(*) AS n FROM migration_tracking.migration_batch")["n"] == 0
 
@@ -109,12 +109,12 @@ def test_refuses_unknown_and_unmapped_roles(rolemig_db):
     rolemig_db.execute("ALTER TABLE public.user_profiles DROP CONSTRAINT user_profiles_role_check")
     rolemig_db.execute("""UPDATE public.user_profiles SET role = 'ghost'
                            WHERE id = (SELECT min(id::text)::uuid FROM public.user_profiles)""")
-    refused(rolemig_db, r"users have unknown roles: 'ghost' \(1 users\)")
+    assert_refused(rolemig_db, r"users have unknown roles: 'ghost' \(1 users\)")
     rolemig_db.execute("UPDATE public.user_profiles SET role = 'viewer' WHERE role = 'ghost'")
     rolemig_db.execute("ALTER TABLE public.user_profiles ADD CONSTRAINT user_profiles_role_check "
                        "CHECK (role IN ('super_admin', 'admin', 'org_owner', 'org_admin', 'billing_admin', 'manager', "
                        "'team_lead', 'editor', 'author', 'contributor', 'moderator', 'support_agent', 'viewer', 'auditor'))")
-    refused(rolemig_db, r"unmapped legacy roles: auditor \(found in check\)")
+    assert_refused(rolemig_db, r"unmapped legacy roles: auditor \(found in check\)")
     assert one(rolemig_db, "SELECT count(*) AS n FROM public.user_profiles WHERE role = 'owner'")["n"] == 0
 
 
@@ -122,15 +122,15 @@ def test_refuses_while_another_migration_holds_the_lock(rolemig_db, rolemig_serv
     backup(rolemig_db)
     with psycopg.connect(rolemig_server.dsn(rolemig_db.info.dbname)) as other:
         other.execute("SELECT pg_advisory_xact_lock(hashtext('pytest_rolemig.migration'))")
-        refused(rolemig_db, "another role migration is running")
+        assert_refused(rolemig_db, "another role migration is running")
         other.rollback()
     assert migrate(rolemig_db)["status"] == "completed"
 
 
 def test_refuses_bad_arguments(rolemig_db):
-    refused(rolemig_db, "batch size must be a positive integer, got 0", p_batch_size=0)
-    refused(rolemig_db, "max batches must be a positive integer or NULL, got -1", p_max_batches=-1)
-    refused(rolemig_db, "migration name must not be empty", p_migration_name=" ")
+    assert_refused(rolemig_db, "batch size must be a positive integer, got 0", p_batch_size=0)
+    assert_refused(rolemig_db, "max batches must be a positive integer or NULL, got -1", p_max_batches=-1)
+    assert_refused(rolemig_db, "migration name must not be empty", p_migration_name=" ")
 
 
 # ------------------------------------------------------------ migration ----
@@ -326,5 +326,5 @@ def test_enum_without_the_new_roles_is_refused(rolemig_db):
         SELECT * FROM migration_control.load_role_mapping('{"super_admin": "owner", "viewer": "viewer"}', ARRAY['owner', 'viewer']);
     """)
     backup(rolemig_db)
-    diag = refused(rolemig_db, "enum app.role lacks new role")
+    diag = assert_refused(rolemig_db, "enum app.role lacks new role")
     assert "ALTER TYPE app.role ADD VALUE" in diag.message_hint
