@@ -86,7 +86,11 @@ CREATE TABLE IF NOT EXISTS migration_tracking.migration_log (
     message   text,
     logged_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
-CREATE INDEX IF NOT EXISTS migration_log_user_key_idx ON migration_tracking.migration_log (user_key);
+-- (user_key, log_id): "the latest entry of a user" is one index probe whatever the statistics
+-- say (on user_key alone, a rollback right after a migration, before autovacuum analysed the
+-- log, walked the primary key backwards per user: 2.6 s instead of 0.1 s at 10,000 users).
+DROP INDEX IF EXISTS migration_tracking.migration_log_user_key_idx;
+CREATE INDEX IF NOT EXISTS migration_log_user_latest_idx ON migration_tracking.migration_log (user_key, log_id);
 CREATE INDEX IF NOT EXISTS migration_log_batch_id_idx ON migration_tracking.migration_log (batch_id);
 
 -- ------------------------------------------- cascades without foreign keys ----
