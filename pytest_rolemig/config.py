@@ -59,6 +59,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dsn", "Use this existing server (libpq DSN) instead of an ephemeral one; "
             "databases are created and dropped on it.", env="DATABASE_URL"),
     Setting("pg_bin", "Folder of the PostgreSQL server binaries (or pg_ctl itself). Default: searched."),
+    Setting("server_dir", "Folder for the ephemeral server's data. Default: /dev/shm (memory) when it has "
+            "2 GiB free, else the system temp folder."),
     Setting("report_dir", "Folder for the gate's reports (JSON and Markdown).", default="reports"),
     Setting("roundtrip_examples", "Hypothesis examples of the gate's round-trip property, per rollback mode.",
             "int", default=25),
@@ -80,6 +82,7 @@ class RolemigConfig:
     login_sample: int
     dsn: str | None
     pg_bin: str | None
+    server_dir: str | None
     report_dir: Path
     roundtrip_examples: int
     sources: dict[str, str] = field(default_factory=dict, hash=False)
@@ -200,11 +203,22 @@ def resolve(config: pytest.Config) -> RolemigConfig:
         login_sample=_as_int(_BY_NAME["login_sample"], values["login_sample"], sources["login_sample"], 1),
         dsn=values["dsn"] or None,
         pg_bin=values["pg_bin"] or None,
+        server_dir=_folder("server_dir", values["server_dir"], root, sources),
         report_dir=_path(values["report_dir"], root),
         roundtrip_examples=_as_int(_BY_NAME["roundtrip_examples"], values["roundtrip_examples"],
                                    sources["roundtrip_examples"], 1),
         sources=sources,
     )
+
+
+def _folder(name: str, value: Any, root: Path, sources: dict[str, str]) -> str | None:
+    if not value:
+        return None
+    path = _path(str(value), root)
+    if not path.is_dir():
+        s = _BY_NAME[name]
+        raise ConfigError(f"{s.flag} / {s.ini}: folder {path} does not exist ({sources[name]})")
+    return str(path)
 
 
 def _identifier(name: str, value: Any, sources: dict[str, str]) -> str:

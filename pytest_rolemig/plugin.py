@@ -112,7 +112,7 @@ def rolemig_server(rolemig_config: settings.RolemigConfig, pytestconfig: pytest.
         if rolemig_config.dsn:
             server: Any = ExistingServer(rolemig_config.dsn)
         else:
-            server = EphemeralServer(find_binaries(rolemig_config.pg_bin)).start()
+            server = EphemeralServer(find_binaries(rolemig_config.pg_bin), data_dir=rolemig_config.server_dir).start()
     except RolemigError as exc:
         problem = str(exc)
     if problem is not None:

@@ -69,6 +69,8 @@ def test_environment_dsn_between_command_line_and_ini(probe, monkeypatch):
         ([], "rolemig_userz = 5\n", "*unknown ini key(s) rolemig_userz*"),
         ([], "rolemig_users = many\n", "*rolemig_users must be a whole number, got 'many'*"),
         (["--rolemig-login-sample=0"], "", "*--rolemig-login-sample / rolemig_login_sample must be at least 1*"),
+        (["--rolemig-server-dir=no/such/folder"], "",
+         "*--rolemig-server-dir / rolemig_server_dir: folder *no/such/folder does not exist*"),
         ([], "rolemig_roundtrip_examples = 0\n",
          "*--rolemig-roundtrip-examples / rolemig_roundtrip_examples must be at least 1, got 0*"),
     ],

@@ -2,12 +2,16 @@
 
 import os
 import pwd
+import shutil
+import tempfile
+from pathlib import Path
 
 import psycopg
 import pytest
 
 from pytest_rolemig.errors import ServerError
-from pytest_rolemig.server import EphemeralServer, find_binaries
+from pytest_rolemig import server as server_module
+from pytest_rolemig.server import EphemeralServer, data_parent, find_binaries
 
 
 def test_finds_server_binaries_and_reports_version():
@@ -64,12 +68,55 @@ def test_stopped_server_refuses_connections():
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
         postmaster = conn.execute("SELECT pg_postmaster_start_time() IS NOT NULL").fetchone()[0]
-    workdir = server.workdir
-    pid = int((workdir / "data" / "postmaster.pid").read_text().split()[0])
+    workdir, datadir = server.workdir, server.datadir
+    pid = int((datadir / "data" / "postmaster.pid").read_text().split()[0])
     server.stop()
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(dsn, connect_timeout=3)
     # the postmaster is gone (immediate stop, nothing left running) and so is its folder
     assert postmaster and not _running(pid)
     assert not workdir.exists()
+    assert not datadir.exists()
     server.stop()  # a second stop is harmless
+
+
+def test_session_server_says_where_its_data_lives(rolemig_server, rolemig_db):
+    data_dir = rolemig_db.execute("SHOW data_directory").fetchone()[0]
+    assert os.path.commonpath([data_dir, str(rolemig_server.data_parent)]) == str(rolemig_server.data_parent)
+    assert f"data under {rolemig_server.data_parent} ({rolemig_server.data_reason})" in rolemig_server.describe()
+
+
+def test_data_goes_in_memory_only_with_room(monkeypatch, tmp_path):
+    monkeypatch.setattr(server_module, "MEMORY_DIR", tmp_path)
+    monkeypatch.setattr(server_module, "MEMORY_MIN_FREE", 1)
+    assert data_parent() == (tmp_path, data_parent()[1])
+    assert data_parent()[1].startswith("in memory")
+
+    monkeypatch.setattr(server_module, "MEMORY_MIN_FREE", 2**62)
+    parent, reason = data_parent()
+    assert parent != tmp_path
+    assert reason.startswith(f"on disk: {tmp_path} has") and "less than" in reason
+
+    monkeypatch.setattr(server_module, "MEMORY_DIR", tmp_path / "missing")
+    parent, reason = data_parent()
+    assert parent != tmp_path / "missing"
+    assert reason == f"on disk: no {tmp_path / 'missing'}"
+
+
+def test_explicit_data_folder_is_used():
+    # not pytest's tmp_path: as root that sits in a 0700 folder the server user cannot enter
+    folder = Path(tempfile.mkdtemp(prefix="rolemig-test-datadir-"))
+    try:
+        folder.chmod(0o755)
+        server = EphemeralServer(find_binaries(), data_dir=str(folder))
+        assert (server.data_parent, server.data_reason) == (folder, "given with --rolemig-server-dir")
+        server.start()
+        try:
+            with psycopg.connect(server.dsn()) as conn:
+                data_dir = conn.execute("SHOW data_directory").fetchone()[0]
+            assert data_dir.startswith(f"{folder}/rolemig-pg-data-")
+        finally:
+            server.stop()
+        assert list(folder.iterdir()) == []
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
