@@ -393,7 +393,9 @@ DECLARE
     v_error       text;
     -- the last CTE of each restore statement: a 'rolled_back' migration_log row for every
     -- user in CTE "changed" (user_key, old_role, new_role) whose role the statement changed
-    -- and who has a migration_log entry (its batch is the latest entry's); $2 = the message
+    -- and who has a migration_log entry (its batch is the latest entry's); $2 = the message.
+    -- In user_key order: the lookups and the new index entries then walk the log's
+    -- (user_key, log_id) index from left to right instead of jumping around it.
     v_log_changed text := 'logged AS (
          INSERT INTO migration_tracking.migration_log (batch_id, user_key, old_role, new_role, status, message)
          SELECT l.batch_id, c.user_key, c.old_role, c.new_role, ''rolled_back'', $2
@@ -401,6 +403,7 @@ DECLARE
            CROSS JOIN LATERAL (SELECT m.batch_id FROM migration_tracking.migration_log AS m
                                 WHERE m.user_key = c.user_key ORDER BY m.log_id DESC LIMIT 1) AS l
           WHERE c.old_role IS DISTINCT FROM c.new_role
+          ORDER BY c.user_key
          RETURNING 1)';
 BEGIN
     -- The restore shared by execute_rollback ('revert') and emergency_rollback ('emergency');
