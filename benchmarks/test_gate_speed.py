@@ -5,9 +5,10 @@
 - a per-test clone: ``CREATE DATABASE ... TEMPLATE`` of the gate's template and of a
   bulk-seeded one (target: under 150 ms);
 - memory: tracemalloc peak of the plugin's Python paths on each prepared size. The
-  API calls fetch one result row, so their peak must not grow with the user count; the
-  oracle snapshot and the rehearsal's role map read every user on purpose (they are the
-  independent comparison) and are reported so their growth is visible.
+  API calls and the gate's rehearsal (its snapshots stay in the database) fetch one
+  result row or a few examples, so their peak must not grow with the user count; the
+  in-memory oracle snapshot, which tests on small data use, reads every user and is
+  reported so its growth is visible.
 """
 
 from __future__ import annotations
@@ -96,25 +97,39 @@ def _peak(call: Any) -> int:
         tracemalloc.stop()
 
 
+def _rehearse(conn: Any, config: Any, mapping: Any) -> None:
+    """The gate's rehearsal through rollback, with the comparisons its tests make."""
+    rehearsal = Rehearsal(conn, config.target, mapping)
+    rehearsal.run("rollback")
+    assert rehearsal.before is not None and rehearsal.after_migration and rehearsal.after_rollback
+    assert rehearsal.before.role_mismatches(rehearsal.after_migration, mapping.mapping).count == 0
+    assert rehearsal.before.differences(rehearsal.after_rollback) == []
+
+
 def test_python_memory(results: Any, rolemig_server: Any, rolemig_config: Any, rolemig_mapping: Any,
                        prepared: Any) -> None:
-    """tracemalloc peak per Python path on a copy of the migrated state."""
-    name = unique_name("bench_mem")
+    """tracemalloc peak per Python path: API calls on the migrated state, the rehearsal on the seeded one."""
+    name, seeded = unique_name("bench_mem"), unique_name("bench_mem_seeded")
     create_database(rolemig_server, name, template=prepared.migrated)
+    create_database(rolemig_server, seeded, template=prepared.seeded)
     try:
         with psycopg.connect(rolemig_server.dsn(name), autocommit=True) as conn:
             peaks = {
                 "api.validate(post_migration)": _peak(lambda: api.validate(conn, "post_migration")),
                 "api.rollback": _peak(lambda: api.rollback(conn, prepared.backup_id, "bench")),
                 "api.validate_rollback": _peak(lambda: api.validate_rollback(conn, prepared.backup_id)),
-                "oracle.take_snapshot": _peak(lambda: take_snapshot(conn, rolemig_config.target)),
-                "Rehearsal.current_roles": _peak(
-                    lambda: Rehearsal(conn, rolemig_config.target, rolemig_mapping).current_roles()),
+                "oracle.take_snapshot (in memory, for tests)": _peak(
+                    lambda: take_snapshot(conn, rolemig_config.target)),
             }
+        with psycopg.connect(rolemig_server.dsn(seeded), autocommit=True) as conn:
+            peaks["gate rehearsal (stored snapshots)"] = _peak(
+                lambda: _rehearse(conn, rolemig_config, rolemig_mapping))
     finally:
         drop_database(rolemig_server, name)
+        drop_database(rolemig_server, seeded)
     for path, peak in peaks.items():
         results.figures.append((f"python peak, {path}, {label(prepared.size)} users", f"{peak / 1024:,.0f} KiB"))
-    # the API paths fetch one row or a report: well under a MiB whatever the size
-    for path in ("api.validate(post_migration)", "api.rollback", "api.validate_rollback"):
+    # the API paths and the gate's rehearsal fetch one row or a report: well under a MiB whatever the size
+    for path in ("api.validate(post_migration)", "api.rollback", "api.validate_rollback",
+                 "gate rehearsal (stored snapshots)"):
         assert peaks[path] < 1024 * 1024, f"{path} peaked at {peaks[path]} bytes: it fetches user rows"

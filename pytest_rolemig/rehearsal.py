@@ -10,13 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from psycopg import sql
-
 from pytest_rolemig import api
 from pytest_rolemig.checks import CheckReport
 from pytest_rolemig.mapping import RoleMapping
-from pytest_rolemig.oracle import Snapshot, take_snapshot
-from pytest_rolemig.seeding import split_name
+from pytest_rolemig.oracle import StoredSnapshot
 from pytest_rolemig.target import Target
 
 STEPS = ("install", "backup", "migrate", "rollback")
@@ -35,11 +32,9 @@ class Rehearsal:
     mapping: RoleMapping
     results: dict[str, Any] = field(default_factory=dict)
     errors: dict[str, BaseException] = field(default_factory=dict)
-    before: Snapshot | None = None
-    after_migration: Snapshot | None = None
-    after_rollback: Snapshot | None = None
-    roles_at_backup: dict[str, str] = field(default_factory=dict)
-    roles_after_migration: dict[str, str] = field(default_factory=dict)
+    before: StoredSnapshot | None = None
+    after_migration: StoredSnapshot | None = None
+    after_rollback: StoredSnapshot | None = None
 
     def run(self, step: str) -> Any:
         """The result of ``step``, running it and every earlier step first if needed."""
@@ -65,27 +60,17 @@ class Rehearsal:
         return api.initialize(self.conn)
 
     def _backup(self) -> api.BackupResult:
-        self.before = take_snapshot(self.conn, self.target)
-        self.roles_at_backup = self.current_roles()
+        self.before = StoredSnapshot.take(self.conn, self.target, "before")
         return api.backup(self.conn, "gate_rehearsal")
 
     def _migrate(self) -> tuple[CheckReport, api.MigrationResult]:
         pre = api.pre_migration_checks(self.conn)
         result = api.migrate(self.conn, backup_id=self.results["backup"].backup_id,
                              batch_size=self.target.batch_size)
-        self.after_migration = take_snapshot(self.conn, self.target)
-        self.roles_after_migration = self.current_roles()
+        self.after_migration = StoredSnapshot.take(self.conn, self.target, "after_migration")
         return pre, result
 
     def _rollback(self) -> api.RollbackResult:
         result = api.rollback(self.conn, self.results["backup"].backup_id, "gate rehearsal")
-        self.after_rollback = take_snapshot(self.conn, self.target)
+        self.after_rollback = StoredSnapshot.take(self.conn, self.target, "after_rollback")
         return result
-
-    def current_roles(self) -> dict[str, str]:
-        """Each user's role now, read straight from the profiles table."""
-        schema, table = split_name(self.target.profiles_table)
-        query = sql.SQL("SELECT {k}::text, {r}::text FROM {t}").format(
-            k=sql.Identifier(self.target.key_column), r=sql.Identifier(self.target.role_column),
-            t=sql.Identifier(schema, table))
-        return dict(self.conn.execute(query).fetchall())

@@ -157,3 +157,26 @@ def test_round_trip_gate_fails_and_shrinks_on_a_trigger_the_seeded_users_never_h
     # the checklist on seeded users does not see it: only the round trip fails
     assert outcomes.get("failed") in (1, 2), result.stdout.str()[-3000:]
     assert "test_rollback_restores_everything_exactly FAILED" not in result.stdout.str()
+
+
+def test_gate_fails_when_a_role_change_logs_users_out(pytester):
+    """A team trigger revokes a user's sessions whenever their role changes (sound practice for a
+    demotion, fatal for a rename): the migration logs out everyone it moves, and a rollback cannot
+    bring the sessions back."""
+    extra = pytester.path / "revoke-sessions.sql"
+    extra.write_text(
+        "CREATE FUNCTION public.revoke_sessions_on_role_change() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+        "BEGIN DELETE FROM auth.sessions WHERE user_id = NEW.id; RETURN NULL; END $$;\n"
+        "CREATE TRIGGER revoke_sessions AFTER UPDATE OF role ON public.user_profiles FOR EACH ROW\n"
+        "    WHEN (OLD.role IS DISTINCT FROM NEW.role) EXECUTE FUNCTION public.revoke_sessions_on_role_change();\n"
+    )
+    result = _run(pytester, f"--rolemig-schema={resources.demo_schema()}", f"--rolemig-schema={extra}",
+                  "-k", "test_migration")
+    result.stdout.fnmatch_lines(["*FAILED*test_sessions_survive*"])
+    lost = re.search(r"the migration touched sessions: (\d+) lost, 0 changed, 0 added", result.stdout.str())
+    assert lost and int(lost[1]) > 0, result.stdout.str()[-3000:]
+    result.stdout.fnmatch_lines(["*FAILED*test_rollback_restores_everything_exactly*"])
+    result.stdout.fnmatch_lines(["*session *: before='(*' after=None*"])
+    # the roles themselves move as the mapping says
+    assert "test_migration_maps_every_user_as_the_mapping_says FAILED" not in result.stdout.str()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED

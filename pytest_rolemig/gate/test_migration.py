@@ -49,8 +49,8 @@ def test_backup_is_complete(rolemig_rehearsal: Rehearsal) -> None:
     assert_checks_pass(api.validate_backup(rolemig_rehearsal.conn, backup.backup_id),
                        f"backup {backup.backup_id} is not complete")
     assert rolemig_rehearsal.before is not None
-    assert backup.profiles_count == len(rolemig_rehearsal.before.profiles), "backup missed profile rows"
-    assert backup.sessions_count == len(rolemig_rehearsal.before.sessions), "backup missed session rows"
+    assert backup.profiles_count == rolemig_rehearsal.before.profiles_count, "backup missed profile rows"
+    assert backup.sessions_count == rolemig_rehearsal.before.sessions_count, "backup missed session rows"
 
 
 def test_pre_migration_state_is_valid(rolemig_rehearsal: Rehearsal) -> None:
@@ -63,19 +63,16 @@ def test_migration_maps_every_user_as_the_mapping_says(rolemig_rehearsal: Rehear
     """Each user ends with mapping[their legacy role]; no user lost or added."""
     _, result = rolemig_rehearsal.run("migrate")
     assert result.status == "completed", f"migration ended with status {result.status}: {result.error}"
-    wrong = {
-        key: (old, rolemig_rehearsal.mapping.mapping.get(old), rolemig_rehearsal.roles_after_migration.get(key))
-        for key, old in rolemig_rehearsal.roles_at_backup.items()
-        if rolemig_rehearsal.roles_after_migration.get(key) != rolemig_rehearsal.mapping.mapping.get(old)
-    }
-    if wrong or len(rolemig_rehearsal.roles_after_migration) != len(rolemig_rehearsal.roles_at_backup):
-        sample = "\n".join(f"{k}: {o} -> expected {e}, got {g}" for k, (o, e, g) in list(wrong.items())[:20])
+    before, after = rolemig_rehearsal.before, rolemig_rehearsal.after_migration
+    assert before is not None and after is not None
+    wrong = before.role_mismatches(after, rolemig_rehearsal.mapping.mapping)
+    if wrong.count:
+        sample = "\n".join(f"{k}: {o} -> expected {e}, got {g}" for k, o, e, g in wrong.sample)
         raise RolemigAssertionError(
-            f"{len(wrong)} user(s) do not hold the mapped role after the migration",
+            f"{wrong.count} user(s) do not hold the mapped role after the migration",
             expected="role after migration == mapping[role before], for every user",
-            sections={"Users (key: before -> expected, got)": sample or "(none)",
-                      "Counts": f"before {len(rolemig_rehearsal.roles_at_backup)}, "
-                                f"after {len(rolemig_rehearsal.roles_after_migration)}"},
+            sections={"Users (key: before -> expected, got)": sample,
+                      "Counts": f"before {wrong.before_users}, after {wrong.after_users}"},
         )
     report = api.post_migration_checks(rolemig_rehearsal.conn, rolemig_rehearsal.results["backup"].backup_id)
     assert_checks_pass(_pick(report, ("every_user_has_new_role", "roles_match_mapping", "user_count_unchanged")),
@@ -106,15 +103,14 @@ def test_sessions_survive(rolemig_rehearsal: Rehearsal) -> None:
     """No session row is changed or lost by the migration: nobody is logged out."""
     rolemig_rehearsal.run("migrate")
     assert rolemig_rehearsal.before is not None and rolemig_rehearsal.after_migration is not None
-    before, after = rolemig_rehearsal.before.sessions, rolemig_rehearsal.after_migration.sessions
-    if before != after:
-        lost = sorted(set(before) - set(after))
-        changed = sorted(k for k in set(before) & set(after) if before[k] != after[k])
+    sessions = rolemig_rehearsal.before.compare_rows(rolemig_rehearsal.after_migration, "sessions")
+    if not sessions.same:
         raise RolemigAssertionError(
-            f"the migration touched sessions: {len(lost)} lost, {len(changed)} changed",
+            f"the migration touched sessions: {sessions.lost} lost, {sessions.changed} changed, "
+            f"{sessions.added} added",
             expected="every session row identical before and after the migration",
-            sections={"Lost sessions": "\n".join(lost[:20]) or "(none)",
-                      "Changed sessions": "\n".join(changed[:20]) or "(none)"},
+            sections={"Sessions (key: before -> after)": "\n".join(
+                f"{k}: {b or '(none)'} -> {a or '(none)'}" for k, b, a in sessions.sample)},
         )
     report = api.post_migration_checks(rolemig_rehearsal.conn, rolemig_rehearsal.results["backup"].backup_id)
     assert_checks_pass(_pick(report, ("sessions_intact",)), "sessions did not survive")
