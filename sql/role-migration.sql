@@ -162,6 +162,26 @@ AS $$
     FROM migration_control.target_config c
 $$;
 
+CREATE OR REPLACE FUNCTION migration_control.resume_point(
+    p_migration_name text, p_cutoff timestamptz,
+    OUT last_key text, OUT verified_backups text[])
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- Where a later call of migration p_migration_name picks up, from its completed batches
+    -- since the cutoff (the newest completed rollback): the last key of the latest one (the
+    -- walk goes on from there instead of re-probing every finished user from the first key,
+    -- which made a call of one batch cost a pass over the whole table), and the backups those
+    -- batches ran with (verified in full when the migration started with them).
+    SELECT (SELECT b.last_key FROM migration_tracking.migration_batch b
+             WHERE b.migration_name = p_migration_name AND b.status = 'completed'
+               AND b.started_at > p_cutoff AND b.last_key IS NOT NULL
+             ORDER BY b.completed_at DESC, b.batch_id DESC LIMIT 1),
+           ARRAY(SELECT DISTINCT b.details ->> 'backup_id' FROM migration_tracking.migration_batch b
+                  WHERE b.migration_name = p_migration_name AND b.status = 'completed'
+                    AND b.started_at > p_cutoff AND b.details ? 'backup_id')
+$$;
+
 CREATE OR REPLACE FUNCTION migration_control.migrate_batch(
     p_migration_name text, p_cutoff timestamptz, p_after_key text, p_batch_size integer, p_batch_id text)
 RETURNS TABLE(migrated bigint, unchanged bigint, first_key text, last_key text)
@@ -328,6 +348,8 @@ DECLARE
     v_pending_sql text;
     v_batch_id    text;
     v_last_key    text;
+    v_wrapped     boolean;
+    v_verified    text[];
     v_first       text;
     v_last        text;
     v_cnt_m       bigint;
@@ -397,15 +419,24 @@ BEGIN
         END IF;
     END IF;
 
-    EXECUTE format(
-        'SELECT string_agg(coalesce(quote_literal(s.r), ''NULL'') || '' ('' || s.n || '' users)'', '', '' ORDER BY s.r)
-         FROM (SELECT t.%1$I::text AS r, count(*) AS n FROM %2$I.%3$I t
-               WHERE t.%1$I IS NULL
-                  OR (NOT EXISTS (SELECT 1 FROM migration_control.role_mapping m WHERE m.legacy_role = t.%1$I::text)
-                      AND NOT EXISTS (SELECT 1 FROM migration_control.new_roles r WHERE r.role_name = t.%1$I::text))
-               GROUP BY 1) s',
-        v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table)
-    INTO v_bad;
+    -- unknown roles: asked of the distinct roles first (roles_in_data: a few index probes),
+    -- counted per role with a pass over the table only when there are some
+    v_bad := NULL;
+    IF EXISTS (SELECT 1 FROM migration_control.roles_in_data() AS d
+                WHERE d.has_null
+                   OR EXISTS (SELECT 1 FROM unnest(d.roles) AS u(role)
+                               WHERE NOT EXISTS (SELECT 1 FROM migration_control.role_mapping m WHERE m.legacy_role = u.role)
+                                 AND NOT EXISTS (SELECT 1 FROM migration_control.new_roles r WHERE r.role_name = u.role))) THEN
+        EXECUTE format(
+            'SELECT string_agg(coalesce(quote_literal(s.r), ''NULL'') || '' ('' || s.n || '' users)'', '', '' ORDER BY s.r)
+             FROM (SELECT t.%1$I::text AS r, count(*) AS n FROM %2$I.%3$I t
+                   WHERE t.%1$I IS NULL
+                      OR (NOT EXISTS (SELECT 1 FROM migration_control.role_mapping m WHERE m.legacy_role = t.%1$I::text)
+                          AND NOT EXISTS (SELECT 1 FROM migration_control.new_roles r WHERE r.role_name = t.%1$I::text))
+                   GROUP BY 1) s',
+            v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table)
+        INTO v_bad;
+    END IF;
     IF v_bad IS NOT NULL THEN
         RAISE EXCEPTION 'users have unknown roles: %', v_bad
             USING DETAIL = 'These roles are neither legacy roles of the mapping nor new roles; nothing was changed.',
@@ -419,6 +450,15 @@ BEGIN
                   HINT = 'add them to the role mapping (migration_control.load_role_mapping)';
     END IF;
 
+    -- users logged as done before the newest completed rollback are pending again
+    SELECT coalesce(max(r.started_at), '-infinity') INTO v_cutoff
+    FROM migration_backup.rollback_log r WHERE r.status = 'completed';
+    SELECT r.last_key, r.verified_backups INTO v_last_key, v_verified
+    FROM migration_control.resume_point(p_migration_name, v_cutoff) r;
+
+    -- A backup is verified in full (counts, checksums: a pass over all of it) when the
+    -- migration starts with it; calls that resume the migration with the same backup trust
+    -- that, and every rollback verifies it again before restoring anything.
     IF p_backup_id IS NOT NULL THEN
         IF NOT EXISTS (SELECT 1 FROM migration_backup.backup_log b
                        WHERE b.backup_id = p_backup_id AND b.status = 'completed') THEN
@@ -426,20 +466,23 @@ BEGIN
                 USING DETAIL = 'The migration only runs with a completed, valid backup to roll back to.',
                       HINT = 'see migration_backup.list_available_backups(), or pass NULL for the newest valid backup';
         END IF;
-        SELECT string_agg(v.check_name, ', ') INTO v_bad
-        FROM migration_backup.validate_backup_completeness(p_backup_id) v WHERE v.status = 'fail';
-        IF v_bad IS NOT NULL THEN
-            RAISE EXCEPTION 'backup % does not validate: %', p_backup_id, v_bad
-                USING DETAIL = 'migration_backup.validate_backup_completeness reports these checks as failing.',
-                      HINT = 'take a new backup: SELECT * FROM migration_control.prepare_for_migration()';
+        IF NOT p_backup_id = ANY (v_verified) THEN
+            SELECT string_agg(v.check_name, ', ') INTO v_bad
+            FROM migration_backup.validate_backup_completeness(p_backup_id) v WHERE v.status = 'fail';
+            IF v_bad IS NOT NULL THEN
+                RAISE EXCEPTION 'backup % does not validate: %', p_backup_id, v_bad
+                    USING DETAIL = 'migration_backup.validate_backup_completeness reports these checks as failing.',
+                          HINT = 'take a new backup: SELECT * FROM migration_control.prepare_for_migration()';
+            END IF;
         END IF;
         v_backup := p_backup_id;
     ELSE
         FOR v_cand IN SELECT b.backup_id FROM migration_backup.backup_log b WHERE b.status = 'completed'
                       ORDER BY b.created_at DESC, b.backup_id DESC
         LOOP
-            IF NOT EXISTS (SELECT 1 FROM migration_backup.validate_backup_completeness(v_cand.backup_id) v
-                           WHERE v.status = 'fail') THEN
+            IF v_cand.backup_id = ANY (v_verified)
+               OR NOT EXISTS (SELECT 1 FROM migration_backup.validate_backup_completeness(v_cand.backup_id) v
+                              WHERE v.status = 'fail') THEN
                 v_backup := v_cand.backup_id;
                 EXIT;
             END IF;
@@ -453,10 +496,6 @@ BEGIN
 
     v_run := 'run_' || to_char(clock_timestamp(), 'YYYYMMDD_HH24MISS') || '_'
              || substr(replace(gen_random_uuid()::text, '-', ''), 1, 6);
-    -- users logged as done before the newest completed rollback are pending again
-    SELECT coalesce(max(r.started_at), '-infinity') INTO v_cutoff
-    FROM migration_backup.rollback_log r WHERE r.status = 'completed';
-
     v_pending_sql := migration_control.pending_users_sql();
 
     -- 1. widen
@@ -471,7 +510,9 @@ BEGIN
         RETURN;
     END;
 
-    -- 2. batches
+    -- 2. batches: from the resume point to the last key, then once more from the first key
+    --    (users behind the resume point: a failed batch, an application write)
+    v_wrapped := v_last_key IS NULL;
     LOOP
         EXIT WHEN p_max_batches IS NOT NULL AND v_batches >= p_max_batches;
         v_batch_id := migration_tracking.start_migration_batch(p_migration_name, v_batch_size, v_run,
@@ -482,9 +523,12 @@ BEGIN
             SELECT b.migrated, b.unchanged, b.first_key, b.last_key INTO v_cnt_m, v_cnt_u, v_first, v_last
             FROM migration_control.migrate_batch(p_migration_name, v_cutoff, v_last_key, v_batch_size, v_batch_id) b;
             IF v_first IS NULL THEN
-                -- nobody left: this batch row was only a probe
+                -- nobody left after v_last_key: this batch row was only a probe
                 DELETE FROM migration_tracking.migration_batch b WHERE b.batch_id = v_batch_id;
-                EXIT;
+                EXIT WHEN v_wrapped;
+                v_wrapped := true;
+                v_last_key := NULL;
+                CONTINUE;
             END IF;
             UPDATE migration_tracking.migration_batch b
             SET first_key = v_first, last_key = v_last,

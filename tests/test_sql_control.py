@@ -176,6 +176,34 @@ def test_discover_legacy_roles(rolemig_db):
     assert team_lead == [{"role_name": "team_lead", "sources": ["check"], "mapped_to": None}]
 
 
+def _roles_in_data(conn):
+    found = one(conn, "SELECT roles, has_null FROM migration_control.roles_in_data()")
+    return found["roles"], found["has_null"]
+
+
+def _distinct_roles(conn):
+    return (sorted(r["role"] for r in rows(conn, "SELECT DISTINCT role FROM public.user_profiles "
+                                                 "WHERE role IS NOT NULL")),
+            one(conn, "SELECT count(*) > 0 AS b FROM public.user_profiles WHERE role IS NULL")["b"])
+
+
+@pytest.mark.parametrize("indexed", [True, False], ids=["index on role: loose index scan", "no index: one pass"])
+def test_roles_in_data_matches_a_plain_distinct(rolemig_db, indexed):
+    if not indexed:
+        rolemig_db.execute("DROP INDEX public.user_profiles_role_idx")
+    assert _roles_in_data(rolemig_db) == _distinct_roles(rolemig_db)
+    assert len(_roles_in_data(rolemig_db)[0]) == 13
+    rolemig_db.execute("ALTER TABLE public.user_profiles ALTER COLUMN role DROP NOT NULL")
+    rolemig_db.execute("UPDATE public.user_profiles SET role = NULL WHERE role = 'author'")
+    rolemig_db.execute("UPDATE public.user_profiles SET role = 'viewer' WHERE role = 'team_lead'")
+    assert _roles_in_data(rolemig_db) == _distinct_roles(rolemig_db)
+    roles, has_null = _roles_in_data(rolemig_db)
+    assert has_null and "author" not in roles and "team_lead" not in roles and len(roles) == 11
+    # the migration's refusal names the users without a role
+    with pytest.raises(psycopg.errors.RaiseException, match=r"users have unknown roles: NULL \(10 users\)"):
+        rolemig_db.execute("SELECT * FROM migration_control.execute_role_migration()")
+
+
 def test_discover_leaves_out_new_roles_written_by_the_migration(rolemig_db):
     one(rolemig_db, "SELECT * FROM migration_backup.create_comprehensive_backup()")
     one(rolemig_db, "SELECT * FROM migration_control.execute_role_migration(p_batch_size => 7, p_max_batches => 3)")

@@ -179,6 +179,49 @@ def test_partial_run_migrates_exactly_two_batches_then_resumes(rolemig_db):
     assert (third["status"], third["batches"], third["users_migrated"], third["policies_rewritten"]) == ("completed", 0, 0, 0)
 
 
+def test_resume_goes_on_from_the_last_batch_and_wraps_around_once(rolemig_db):
+    bid = backup(rolemig_db)
+    before = roles(rolemig_db)
+    keys = sorted(before)
+    first = migrate(rolemig_db, p_batch_size=10, p_max_batches=3)
+    assert first["status"] == "partial" and first["users_migrated"] + first["users_unchanged"] == 30
+    # behind the resume point, the application puts a finished user back on a legacy role
+    straggler = keys[5]
+    rolemig_db.execute("UPDATE public.user_profiles SET role = 'super_admin' WHERE id = %s", (straggler,))
+
+    second = migrate(rolemig_db, p_batch_size=10, p_max_batches=1)
+    assert second["status"] == "partial"
+    batch = one(rolemig_db, "SELECT first_key, last_key FROM migration_tracking.migration_batch "
+                            "WHERE run_id = %s", (second["run_id"],))
+    # the next ten users after the resume point, not the straggler behind it
+    assert (batch["first_key"], batch["last_key"]) == (keys[30], keys[39])
+
+    last = migrate(rolemig_db, p_batch_size=10)
+    assert last["status"] == "completed"
+    assert roles(rolemig_db) == {k: MAPPING["super_admin" if k == straggler else v] for k, v in before.items()}
+    straggler_batches = rows(rolemig_db, """SELECT b.run_id, l.old_role, l.new_role
+                                            FROM migration_tracking.migration_log l
+                                            JOIN migration_tracking.migration_batch b USING (batch_id)
+                                            WHERE l.user_key = %s ORDER BY l.log_id""", (straggler,))
+    assert [(r["old_role"], r["new_role"]) for r in straggler_batches][-1] == ("super_admin", "owner")
+    assert straggler_batches[-1]["run_id"] == last["run_id"]
+    assert bid
+
+
+def test_resume_trusts_the_verified_backup_and_rollback_checks_it_again(rolemig_db):
+    bid = backup(rolemig_db)
+    assert migrate(rolemig_db, p_batch_size=10, p_max_batches=1, p_backup_id=bid)["status"] == "partial"
+    rolemig_db.execute("DELETE FROM migration_backup.user_sessions_backup WHERE backup_id = %s", (bid,))
+    # the migration verified the backup when it started with it; a resume does not re-read it all
+    assert migrate(rolemig_db, p_batch_size=10, p_max_batches=1, p_backup_id=bid)["status"] == "partial"
+    assert migrate(rolemig_db, p_batch_size=10, p_max_batches=1)["status"] == "partial"
+    # a migration that has not used the backup yet refuses it, and so does a rollback
+    assert_refused(rolemig_db, f"backup {bid} does not validate: .*sessions_count",
+                   p_migration_name="another_migration", p_backup_id=bid)
+    with pytest.raises(psycopg.errors.RaiseException, match="does not validate|not intact|checksum|sessions_count"):
+        rolemig_db.execute("SELECT * FROM migration_backup.execute_rollback(%s, 'test')", (bid,))
+
+
 def test_policies_are_rewritten_and_logged(rolemig_db):
     backup(rolemig_db)
     before = policies(rolemig_db)
