@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-TARGETS = {"backup": 1.3, "validation_pre": 1.3, "validation_post": 1.3, "migration": 1.5, "rollback": 1.5}
+TARGETS = {"backup": 1.3, "validation_pre": 1.3, "validation_post": 1.3, "migration": 1.5, "migration_cli": 1.5,
+           "rollback": 1.5}
 TARGET_SIZE = 1_000_000
 
 

@@ -8,19 +8,24 @@ Baselines (the demo's tables; the role CHECK constraint has to make room for
 the new roles, as the project's migration does, so the baselines replace it too):
 
 - backup: ``CREATE TABLE ... AS SELECT *`` of profiles, sessions and ``pg_policy``;
-- migration: drop the role CHECK, one ``UPDATE ... FROM role_mapping``, add the CHECK for the new roles;
+- migration: drop the role CHECK, one ``UPDATE ... FROM role_mapping``, add the CHECK for the new roles
+  (the same baseline for ``migration_cli``: ``rolemig migrate``, one committed call per batch
+  so the progress bar moves and Ctrl-C stops between batches);
 - rollback: drop the CHECK, one ``UPDATE ... FROM`` the backup table, add the original CHECK back;
 - validation: one ``count(*)`` over profiles, sessions and the backup's two tables.
 """
 
 from __future__ import annotations
 
+import io
+import json
 from typing import Any
 
 import pytest
 from conftest import measure
 
 from pytest_rolemig import api
+from pytest_rolemig.cli import main as rolemig_cli
 
 KINDS = ["baseline", "project"]
 LEGACY_CHECK = (
@@ -95,6 +100,23 @@ def test_migration(benchmark: Any, results: Any, prepared: Any, fresh_copy: Any,
         assert done.users_migrated + done.users_unchanged == prepared.size
 
     measure(benchmark, results, "migration", prepared.size, kind,
+            project if kind == "project" else _baseline_migration, setup, teardown)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_migration_cli(benchmark: Any, results: Any, prepared: Any, fresh_copy: Any, rolemig_config: Any,
+                       kind: str) -> None:
+    setup, teardown = fresh_copy(prepared.backed_up)
+
+    def project(conn: Any, **_: Any) -> None:
+        out, err = io.StringIO(), io.StringIO()
+        code = rolemig_cli(["migrate", "--dsn", conn.info.dsn, "--backup-id", prepared.backup_id, "--batch-size",
+                            str(rolemig_config.target.batch_size), "--no-validate", "--quiet", "--json"], out, err)
+        assert code == 0, (out.getvalue(), err.getvalue())
+        done = json.loads(out.getvalue())
+        assert done["complete"] and done["users_migrated"] + done["users_unchanged"] == prepared.size
+
+    measure(benchmark, results, "migration_cli", prepared.size, kind,
             project if kind == "project" else _baseline_migration, setup, teardown)
 
 
