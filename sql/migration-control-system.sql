@@ -290,7 +290,7 @@ BEGIN
     -- the answer costs about as many probes as there are roles; execute_role_migration asks on
     -- every call and `rolemig migrate` calls it once per batch (a pass over a million users
     -- is about 0.2 s, twice per call). Without such an index: one pass over the table.
-    SELECT * INTO v_cfg FROM migration_control.target_config;
+    v_cfg := migration_validation.target();
     v_rel := to_regclass(format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table));
     SELECT EXISTS (
         SELECT 1
@@ -321,6 +321,43 @@ BEGIN
             v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table)
         INTO roles, has_null;
     END IF;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION migration_control.unknown_roles()
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_cfg migration_control.target_config;
+    v_bad text;
+BEGIN
+    -- The roles users hold that are neither legacy roles of the mapping nor new roles (NULL
+    -- included), each with its number of users, e.g. 'intern' (3 users); NULL when there are
+    -- none. Asked of the distinct roles first (roles_in_data: a few index probes); users are
+    -- counted, with a pass over the table, only when some role is unknown. Both migration
+    -- paths refuse to start on it.
+    IF NOT EXISTS (SELECT 1 FROM migration_control.roles_in_data() AS d
+                    WHERE d.has_null
+                       OR EXISTS (SELECT 1 FROM unnest(d.roles) AS u(role)
+                                   WHERE NOT EXISTS (SELECT 1 FROM migration_control.role_mapping m
+                                                      WHERE m.legacy_role = u.role)
+                                     AND NOT EXISTS (SELECT 1 FROM migration_control.new_roles r
+                                                      WHERE r.role_name = u.role))) THEN
+        RETURN NULL;
+    END IF;
+    v_cfg := migration_validation.target();
+    EXECUTE format(
+        'SELECT string_agg(coalesce(quote_literal(s.r), ''NULL'') || '' ('' || s.n || '' users)'', '', '' ORDER BY s.r)
+         FROM (SELECT t.%1$I::text AS r, count(*) AS n FROM %2$I.%3$I t
+               WHERE t.%1$I IS NULL
+                  OR (NOT EXISTS (SELECT 1 FROM migration_control.role_mapping m WHERE m.legacy_role = t.%1$I::text)
+                      AND NOT EXISTS (SELECT 1 FROM migration_control.new_roles r WHERE r.role_name = t.%1$I::text))
+               GROUP BY 1) s',
+        v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table)
+    INTO v_bad;
+    RETURN v_bad;
 END;
 $$;
 

@@ -151,15 +151,7 @@ BEGIN
             USING DETAIL = 'migration_control.role_mapping is empty.',
                   HINT = 'call migration_control.load_role_mapping(mapping, new_roles)';
     END IF;
-    EXECUTE format(
-        'SELECT string_agg(coalesce(quote_literal(s.r), ''NULL'') || '' ('' || s.n || '' users)'', '', '' ORDER BY s.r)
-         FROM (SELECT t.%1$I::text AS r, count(*) AS n FROM %2$I.%3$I t
-               WHERE t.%1$I IS NULL
-                  OR (NOT EXISTS (SELECT 1 FROM migration_control.role_mapping m WHERE m.legacy_role = t.%1$I::text)
-                      AND NOT EXISTS (SELECT 1 FROM migration_control.new_roles r WHERE r.role_name = t.%1$I::text))
-               GROUP BY 1) s',
-        v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table)
-    INTO v_bad;
+    v_bad := migration_control.unknown_roles();
     IF v_bad IS NOT NULL THEN
         RAISE EXCEPTION 'users have unknown roles: %', v_bad
             USING DETAIL = 'These roles are neither legacy roles of the mapping nor new roles; nothing was changed.',

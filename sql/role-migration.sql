@@ -419,24 +419,7 @@ BEGIN
         END IF;
     END IF;
 
-    -- unknown roles: asked of the distinct roles first (roles_in_data: a few index probes),
-    -- counted per role with a pass over the table only when there are some
-    v_bad := NULL;
-    IF EXISTS (SELECT 1 FROM migration_control.roles_in_data() AS d
-                WHERE d.has_null
-                   OR EXISTS (SELECT 1 FROM unnest(d.roles) AS u(role)
-                               WHERE NOT EXISTS (SELECT 1 FROM migration_control.role_mapping m WHERE m.legacy_role = u.role)
-                                 AND NOT EXISTS (SELECT 1 FROM migration_control.new_roles r WHERE r.role_name = u.role))) THEN
-        EXECUTE format(
-            'SELECT string_agg(coalesce(quote_literal(s.r), ''NULL'') || '' ('' || s.n || '' users)'', '', '' ORDER BY s.r)
-             FROM (SELECT t.%1$I::text AS r, count(*) AS n FROM %2$I.%3$I t
-                   WHERE t.%1$I IS NULL
-                      OR (NOT EXISTS (SELECT 1 FROM migration_control.role_mapping m WHERE m.legacy_role = t.%1$I::text)
-                          AND NOT EXISTS (SELECT 1 FROM migration_control.new_roles r WHERE r.role_name = t.%1$I::text))
-                   GROUP BY 1) s',
-            v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table)
-        INTO v_bad;
-    END IF;
+    v_bad := migration_control.unknown_roles();
     IF v_bad IS NOT NULL THEN
         RAISE EXCEPTION 'users have unknown roles: %', v_bad
             USING DETAIL = 'These roles are neither legacy roles of the mapping nor new roles; nothing was changed.',

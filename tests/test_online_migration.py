@@ -93,6 +93,17 @@ def test_refuses_without_backup_and_inside_a_transaction(rolemig_db):
     assert held == 0 and set(roles(rolemig_db).values()) - set(MAPPING.values()), "nothing may have moved"
 
 
+def test_refuses_users_with_unknown_roles_naming_them(rolemig_db):
+    backup(rolemig_db)
+    rolemig_db.execute("ALTER TABLE public.user_profiles DROP CONSTRAINT user_profiles_role_check")
+    rolemig_db.execute("UPDATE public.user_profiles SET role = 'ghost' WHERE role = 'author'")
+    before = roles(rolemig_db)
+    with pytest.raises(psycopg.errors.RaiseException, match=r"users have unknown roles: 'ghost' \(10 users\)"):
+        call(rolemig_db)
+    assert roles(rolemig_db) == before
+    assert rolemig_db.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone()[0] == 0
+
+
 def test_contract_refused_while_users_are_pending(rolemig_db):
     backup(rolemig_db)
     call(rolemig_db, p_batch_size=20, p_max_batches=1)
