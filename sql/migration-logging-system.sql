@@ -214,8 +214,10 @@ BEGIN
          WHERE b.run_id = p_run_id;
     END IF;
 
+    -- 48 random bits after the second: a million users make a thousand batches, tens of
+    -- them within one second, and 24 bits collided once in such a run (duplicate batch_id)
     v_batch_id := 'batch_' || to_char(clock_timestamp(), 'YYYYMMDD_HH24MISS') || '_'
-                  || left(replace(gen_random_uuid()::text, '-', ''), 6);
+                  || left(replace(gen_random_uuid()::text, '-', ''), 12);
 
     INSERT INTO migration_tracking.migration_batch
            (batch_id, run_id, migration_name, batch_number, status, batch_size, details)

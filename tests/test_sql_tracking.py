@@ -14,7 +14,7 @@ from sql_helpers import one, rows
 
 from pytest_rolemig import resources
 
-BATCH_ID = re.compile(r"^batch_\d{8}_\d{6}_[0-9a-f]{6}$")
+BATCH_ID = re.compile(r"^batch_\d{8}_\d{6}_[0-9a-f]{12}$")
 MY_SCHEMAS = ("migration_tracking", "migration_backup")
 
 
