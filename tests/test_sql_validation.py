@@ -259,6 +259,19 @@ def test_sample_has_every_role_and_the_callers_role_is_restored(rolemig_db):
     assert prosecdef is False
 
 
+def test_sample_smaller_than_the_users_is_exact_and_covers_every_role(rolemig_db):
+    # 20 of 130 users: drawn from a Bernoulli sample, one per role, the rest random
+    result = auth(rolemig_db, 20)
+    assert result["own_profile_readable"]["details"]["users_tested"] == 20
+    assert {k: v["status"] for k, v in result.items()} == dict.fromkeys(AUTH_CHECKS, "pass")
+    # a role the Bernoulli draw cannot see (1 of 131 users) is still logged in as
+    rolemig_db.execute("ALTER TABLE public.user_profiles DROP CONSTRAINT user_profiles_role_check")
+    rare = one(rolemig_db, "SELECT id::text AS k FROM public.user_profiles ORDER BY id LIMIT 1")["k"]
+    rolemig_db.execute("UPDATE public.user_profiles SET role = 'auditor' WHERE id = %s", (rare,))
+    tested = auth(rolemig_db, 1)["own_profile_readable"]["details"]["users_tested"]
+    assert tested == 14  # one per role: 13 legacy roles and the rare one
+
+
 def test_policy_that_locks_users_out_fails_naming_them(rolemig_db):
     rolemig_db.execute("""CREATE POLICY "lockout" ON public.user_profiles AS RESTRICTIVE FOR SELECT TO authenticated
                           USING (public.current_user_role() IS DISTINCT FROM 'author')""")
