@@ -128,7 +128,8 @@ def test_python_memory(results: Any, rolemig_server: Any, rolemig_config: Any, r
         drop_database(rolemig_server, name)
         drop_database(rolemig_server, seeded)
     for path, peak in peaks.items():
-        results.figures.append((f"python peak, {path}, {label(prepared.size)} users", f"{peak / 1024:,.0f} KiB"))
+        results.figures.append((f"python peak, {path}, {label(prepared.size)} users",
+                                f"{peak / 1024:,.0f} KiB"))
     # the API paths and the gate's rehearsal fetch one row or a report: well under a MiB whatever the size
     for path in ("api.validate(post_migration)", "api.rollback", "api.validate_rollback",
                  "gate rehearsal (stored snapshots)"):

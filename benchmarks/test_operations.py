@@ -22,8 +22,8 @@ import json
 from typing import Any
 
 import pytest
-from conftest import measure
 
+from conftest import measure
 from pytest_rolemig import api
 from pytest_rolemig.cli import main as rolemig_cli
 
@@ -110,8 +110,9 @@ def test_migration_cli(benchmark: Any, results: Any, prepared: Any, fresh_copy: 
 
     def project(conn: Any, **_: Any) -> None:
         out, err = io.StringIO(), io.StringIO()
-        code = rolemig_cli(["migrate", "--dsn", conn.info.dsn, "--backup-id", prepared.backup_id, "--batch-size",
-                            str(rolemig_config.target.batch_size), "--no-validate", "--quiet", "--json"], out, err)
+        argv = ["migrate", "--dsn", conn.info.dsn, "--backup-id", prepared.backup_id,
+                "--batch-size", str(rolemig_config.target.batch_size), "--no-validate", "--quiet", "--json"]
+        code = rolemig_cli(argv, out, err)
         assert code == 0, (out.getvalue(), err.getvalue())
         done = json.loads(out.getvalue())
         assert done["complete"] and done["users_migrated"] + done["users_unchanged"] == prepared.size

@@ -15,7 +15,7 @@ in-memory snapshot took 770 MB there).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from psycopg import sql
 
@@ -31,7 +31,7 @@ class Snapshot:
     sessions: dict[str, str]
     policies: dict[tuple[str, str, str], tuple[Any, ...]]
 
-    def differences(self, other: "Snapshot", limit: int = 20) -> list[str]:
+    def differences(self, other: Snapshot, limit: int = 20) -> list[str]:
         """Human-readable differences from ``self`` (before) to ``other`` (after)."""
         out: list[str] = []
         for label, mine, theirs in (("profile", self.profiles, other.profiles),
@@ -46,7 +46,10 @@ class Snapshot:
 
 
 def row_text_query(qualified: str, key: str, role: str | None = None) -> sql.Composed:
-    """``SELECT key::text AS k, [role::text AS role,] t::text AS v FROM table t``: a row's content is its text output."""
+    """``SELECT key::text AS k, [role::text AS role,] t::text AS v FROM table t``.
+
+    A row's content is its text output: what both snapshot kinds compare.
+    """
     schema, table = split_name(qualified)
     role_part = sql.SQL(", t.{}::text AS role").format(sql.Identifier(role)) if role else sql.SQL("")
     return sql.SQL("SELECT t.{k}::text AS k{role}, t::text AS v FROM {t} AS t").format(
@@ -110,6 +113,7 @@ class RowComparison:
 
     @property
     def same(self) -> bool:
+        """Nothing lost, added or changed."""
         return not (self.lost or self.added or self.changed)
 
 
@@ -136,7 +140,7 @@ class StoredSnapshot:
         self.profiles_count, self.sessions_count, self.policies = profiles, sessions, policies
 
     @classmethod
-    def take(cls, conn: Any, target: Target, label: str) -> "StoredSnapshot":
+    def take(cls, conn: Any, target: Target, label: str) -> StoredSnapshot:
         """Copy profiles (key, role, row text), sessions (key, row text) and read the policies."""
         counts = []
         for part, query in (
@@ -154,10 +158,11 @@ class StoredSnapshot:
     def _table(label: str, part: str) -> sql.Identifier:
         return sql.Identifier(f"rolemig_oracle_{label}_{part}")
 
-    def compare_rows(self, other: "StoredSnapshot", part: str, limit: int = 20) -> RowComparison:
+    def compare_rows(self, other: StoredSnapshot, part: str, limit: int = 20) -> RowComparison:
         """Rows of ``part`` ('profiles' or 'sessions') lost, added or changed from ``self`` to ``other``."""
         a, b = self._table(self.label, part), self._table(other.label, part)
-        diff = sql.SQL("FROM {a} AS a FULL JOIN {b} AS b ON a.k = b.k WHERE a.v IS DISTINCT FROM b.v").format(a=a, b=b)
+        diff = sql.SQL("FROM {a} AS a FULL JOIN {b} AS b ON a.k = b.k "
+                       "WHERE a.v IS DISTINCT FROM b.v").format(a=a, b=b)
         lost, added, changed = self.conn.execute(
             sql.SQL("SELECT count(*) FILTER (WHERE b.k IS NULL), count(*) FILTER (WHERE a.k IS NULL), "
                     "count(*) FILTER (WHERE a.k IS NOT NULL AND b.k IS NOT NULL) ") + diff).fetchone()
@@ -166,8 +171,8 @@ class StoredSnapshot:
         ).fetchall()
         return RowComparison(lost, added, changed, tuple(sample))
 
-    def differences(self, other: "StoredSnapshot", limit: int = 20) -> list[str]:
-        """Human-readable differences from ``self`` (before) to ``other`` (after), as :meth:`Snapshot.differences`."""
+    def differences(self, other: StoredSnapshot, limit: int = 20) -> list[str]:
+        """Readable differences from ``self`` (before) to ``other`` (after), like :class:`Snapshot`'s."""
         out: list[str] = []
         for label, part in (("profile", "profiles"), ("session", "sessions")):
             for key, before, after in self.compare_rows(other, part, limit).sample:
@@ -175,17 +180,19 @@ class StoredSnapshot:
         out += Snapshot({}, {}, self.policies).differences(Snapshot({}, {}, other.policies), limit)
         return out[:limit]
 
-    def role_mismatches(self, after: "StoredSnapshot", mapping: dict[str, str], limit: int = 20) -> RoleMismatches:
-        """Users of ``self`` not holding ``mapping[their role]`` in ``after``, and users only in one of them."""
-        old: Iterable[str] = list(mapping)
+    def role_mismatches(self, after: StoredSnapshot, mapping: dict[str, str],
+                        limit: int = 20) -> RoleMismatches:
+        """Users of ``self`` not holding ``mapping[their role]`` in ``after``, and users in only one."""
+        legacy = list(mapping)
         rows = self.conn.execute(
             sql.SQL("""SELECT coalesce(a.k, b.k), a.role, m.new_role, b.role, count(*) OVER ()
                        FROM {a} AS a FULL JOIN {b} AS b ON a.k = b.k
-                       LEFT JOIN unnest(%s::text[], %s::text[]) AS m(legacy_role, new_role) ON m.legacy_role = a.role
+                       LEFT JOIN unnest(%s::text[], %s::text[]) AS m(legacy_role, new_role)
+                              ON m.legacy_role = a.role
                        WHERE a.k IS NULL OR b.role IS DISTINCT FROM m.new_role
                        ORDER BY 1 LIMIT %s""").format(a=self._table(self.label, "profiles"),
                                                       b=self._table(after.label, "profiles")),
-            (list(old), [mapping[o] for o in old], limit),
+            (legacy, [mapping[role] for role in legacy], limit),
         ).fetchall()
         return RoleMismatches(rows[0][4] if rows else 0, self.profiles_count, after.profiles_count,
                               tuple(r[:4] for r in rows))

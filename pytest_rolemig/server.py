@@ -229,7 +229,7 @@ class EphemeralServer:
         self.data_parent, self.data_reason = data_parent(data_dir)
         self.executor = None
 
-    def start(self) -> "EphemeralServer":
+    def start(self) -> EphemeralServer:
         from port_for import get_port
         from pytest_postgresql.executors import PostgreSQLExecutor
 

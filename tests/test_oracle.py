@@ -35,7 +35,8 @@ def test_unchanged_data_compares_equal(rolemig_db):
 
 def test_lost_added_and_changed_rows_are_counted_and_named(rolemig_db):
     before = StoredSnapshot.take(rolemig_db, TARGET, "before")
-    gone, edited = [r[0] for r in rolemig_db.execute("SELECT id::text FROM auth.sessions ORDER BY id LIMIT 2")]
+    gone, edited = [r[0] for r in rolemig_db.execute(
+        "SELECT id::text FROM auth.sessions ORDER BY id LIMIT 2")]
     rolemig_db.execute("DELETE FROM auth.sessions WHERE id = %s", (gone,))
     rolemig_db.execute("UPDATE auth.sessions SET user_agent = 'tampered' WHERE id = %s", (edited,))
     added = rolemig_db.execute(

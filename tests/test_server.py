@@ -9,8 +9,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pytest_rolemig.errors import ServerError
 from pytest_rolemig import server as server_module
+from pytest_rolemig.errors import ServerError
 from pytest_rolemig.server import EphemeralServer, data_parent, find_binaries
 
 
@@ -83,7 +83,8 @@ def test_stopped_server_refuses_connections():
 def test_session_server_says_where_its_data_lives(rolemig_server, rolemig_db):
     data_dir = rolemig_db.execute("SHOW data_directory").fetchone()[0]
     assert os.path.commonpath([data_dir, str(rolemig_server.data_parent)]) == str(rolemig_server.data_parent)
-    assert f"data under {rolemig_server.data_parent} ({rolemig_server.data_reason})" in rolemig_server.describe()
+    said = f"data under {rolemig_server.data_parent} ({rolemig_server.data_reason})"
+    assert said in rolemig_server.describe()
 
 
 def test_data_goes_in_memory_only_with_room(monkeypatch, tmp_path):
