@@ -48,10 +48,11 @@ def test_every_function_pins_search_path_is_invoker_and_not_public(rolemig_db):
             "migration_control.rewrite_role_literals", "migration_validation.test_user_authentication",
             "migration_validation.run_comprehensive_validation"} <= names
     for f in funcs:
-        # search_path pinned everywhere; the only other setting is migrate_batch's jit = off
-        # (JIT compiling a batch statement priced on stale log statistics held its row locks)
+        # search_path pinned everywhere; the only other settings are migrate_batch's jit = off
+        # and enable_seqscan = off (plans priced on stale log statistics: JIT compiling while
+        # holding row locks, a sequential scan of the table per batch)
         assert f["proconfig"][0] == "search_path=pg_catalog, pg_temp", f
-        extra = {"migration_control.migrate_batch": ["jit=off"]}.get(f["name"], [])
+        extra = {"migration_control.migrate_batch": ["jit=off", "enable_seqscan=off"]}.get(f["name"], [])
         assert f["proconfig"][1:] == extra, f
         assert f["prosecdef"] is False, f
         assert f["public_exec"] is False, f
