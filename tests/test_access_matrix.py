@@ -6,7 +6,14 @@ import pytest
 
 from pytest_rolemig import access_matrix, api, resources
 from pytest_rolemig.access_data import seed_access_rows
-from pytest_rolemig.access_matrix import AuthSettings, Matrix, choose_actors, compute_matrix, row_lookup
+from pytest_rolemig.access_matrix import (
+    AuthSettings,
+    Interner,
+    Matrix,
+    choose_actors,
+    compute_matrix,
+    row_lookup,
+)
 from pytest_rolemig.access_report import compare, write_reports
 from pytest_rolemig.databases import clone, load_schema_file
 from pytest_rolemig.errors import MappingError
@@ -60,6 +67,22 @@ def test_matrix_json_round_trip(rolemig_db):
     again = Matrix.from_json(__import__("json").loads(matrix.dumps()))
     assert again.cells == matrix.cells and again.claims == matrix.claims
     assert compare(matrix, again, "same").differences == []
+
+
+def test_matrices_of_one_rehearsal_share_equal_key_sets(rolemig_db):
+    actors = _prepared(rolemig_db)
+    interner = Interner()
+    before = compute_matrix(rolemig_db, DEMO, actors, "before", interner=interner)
+    again = compute_matrix(rolemig_db, DEMO, actors, "again", interner=interner)
+    alone = compute_matrix(rolemig_db, DEMO, actors, "alone")
+    assert before.cells == again.cells == alone.cells
+    # equal sets are one object across cells and matrices; without the interner they are copies
+    assert all(again.cells[c] is before.cells[c] for c in before.cells)
+    assert not all(alone.cells[c] is before.cells[c] for c in before.cells if before.cells[c])
+    reached = [rows for rows in before.cells.values() if rows]
+    assert len({id(rows) for rows in reached}) < len(reached), "staff cells reaching every row share one set"
+    keys = {id(k) for rows in reached for k in rows}
+    assert len(keys) == len(set().union(*reached)), "each row key is one string whatever the cell"
 
 
 def test_comparison_names_role_table_command_and_rows(rolemig_db, tmp_path):

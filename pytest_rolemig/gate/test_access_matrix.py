@@ -17,7 +17,15 @@ import pytest
 
 from pytest_rolemig import api
 from pytest_rolemig.access_data import SeededTables, seed_access_rows
-from pytest_rolemig.access_matrix import ANON, Actor, Matrix, choose_actors, compute_matrix, row_lookup
+from pytest_rolemig.access_matrix import (
+    ANON,
+    Actor,
+    Interner,
+    Matrix,
+    choose_actors,
+    compute_matrix,
+    row_lookup,
+)
 from pytest_rolemig.access_report import Comparison, compare, write_reports
 from pytest_rolemig.assertions import RolemigAssertionError
 from pytest_rolemig.rehearsal import StepBlocked
@@ -39,6 +47,7 @@ class AccessRehearsal:
     matrices: dict[str, Matrix] = field(default_factory=dict)
     comparisons: dict[str, Comparison] = field(default_factory=dict)
     errors: dict[str, BaseException] = field(default_factory=dict)
+    interner: Interner = field(default_factory=Interner)
 
     def matrix(self, step: str) -> Matrix:
         """The matrix at ``step``, running every earlier step first."""
@@ -47,7 +56,8 @@ class AccessRehearsal:
                 action: Callable[[], None] = getattr(self, f"_{name}")
                 try:
                     action()
-                    self.matrices[name] = compute_matrix(self.conn, self.config.target, self.actors, name)
+                    self.matrices[name] = compute_matrix(self.conn, self.config.target, self.actors, name,
+                                                         interner=self.interner)
                 except Exception as exc:  # remembered: every later step is blocked by it
                     self.errors[name] = exc
             if name in self.errors:
