@@ -161,14 +161,17 @@ class StoredSnapshot:
     def compare_rows(self, other: StoredSnapshot, part: str, limit: int = 20) -> RowComparison:
         """Rows of ``part`` ('profiles' or 'sessions') lost, added or changed from ``self`` to ``other``."""
         a, b = self._table(self.label, part), self._table(other.label, part)
-        diff = sql.SQL("FROM {a} AS a FULL JOIN {b} AS b ON a.k = b.k "
-                       "WHERE a.v IS DISTINCT FROM b.v").format(a=a, b=b)
-        lost, added, changed = self.conn.execute(
-            sql.SQL("SELECT count(*) FILTER (WHERE b.k IS NULL), count(*) FILTER (WHERE a.k IS NULL), "
-                    "count(*) FILTER (WHERE a.k IS NOT NULL AND b.k IS NOT NULL) ") + diff).fetchone()
-        sample = self.conn.execute(
-            sql.SQL("SELECT coalesce(a.k, b.k), a.v, b.v ") + diff + sql.SQL(" ORDER BY 1 LIMIT %s"), (limit,)
+        rows = self.conn.execute(
+            sql.SQL("""SELECT coalesce(a.k, b.k), a.v, b.v,
+                              count(*) FILTER (WHERE b.k IS NULL) OVER (),
+                              count(*) FILTER (WHERE a.k IS NULL) OVER (),
+                              count(*) FILTER (WHERE a.k IS NOT NULL AND b.k IS NOT NULL) OVER ()
+                       FROM {a} AS a FULL JOIN {b} AS b ON a.k = b.k
+                       WHERE a.v IS DISTINCT FROM b.v
+                       ORDER BY 1 LIMIT %s""").format(a=a, b=b), (limit,)
         ).fetchall()
+        lost, added, changed = rows[0][3:] if rows else (0, 0, 0)
+        sample = [r[:3] for r in rows]
         return RowComparison(lost, added, changed, tuple(sample))
 
     def differences(self, other: StoredSnapshot, limit: int = 20) -> list[str]:
