@@ -23,6 +23,8 @@ keys of the rows the user reaches:
 Triggers (and so foreign-key actions) are off during the writes
 (``session_replication_role = replica``): the matrix measures RLS, not side effects.
 Everything runs in one transaction per user that is rolled back: nothing changes.
+The reached keys are kept in the database (:mod:`pytest_rolemig.access_store`), once
+per distinct set; a cell holds the id of its set, so Python stays flat as users grow.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from pytest_rolemig.access_store import EMPTY, ReachStore
 from pytest_rolemig.seeding import split_name
 from pytest_rolemig.target import Target
 
@@ -77,6 +80,7 @@ class TableInfo:
     insert: sql.Composable | None
     owner_columns: tuple[str, ...]
     templates: tuple[tuple[str, str], ...]  # (key, row as JSON text)
+    unique_key: bool = True  # key_expr is a primary key (no key twice)
 
     @property
     def qualified(self) -> str:
@@ -89,54 +93,31 @@ class TableInfo:
 
 @dataclass
 class Matrix:
-    """Rows reached per (legacy role, user, table, command), and the claims each user acted with."""
+    """Rows reached per (legacy role, user, table, command), as set ids of ``store``, and each user's claims."""
 
     label: str
-    cells: dict[Cell, frozenset[str]] = field(default_factory=dict)
+    store: ReachStore
+    cells: dict[Cell, int] = field(default_factory=dict)
     claims: dict[str, str | None] = field(default_factory=dict)  # user key -> app role in the JWT
     errors: dict[Cell, str] = field(default_factory=dict)
     tables: tuple[str, ...] = ()
     seconds: float = 0.0
 
-    def by_role(self) -> dict[str, dict[str, dict[str, dict[str, list[str]]]]]:
-        """role -> table -> command -> {user key: sorted row keys}."""
-        out: dict[str, dict[str, dict[str, dict[str, list[str]]]]] = {}
-        for (role, user, table, command), rows in sorted(self.cells.items()):
-            out.setdefault(role, {}).setdefault(table, {}).setdefault(command, {})[user] = sorted(rows)
-        return out
+    def reached(self, cell: Cell) -> int:
+        """How many rows the cell reaches (0 for a cell the matrix has not)."""
+        return self.store.size(self.cells.get(cell, EMPTY))
+
+    def rows(self, cell: Cell) -> frozenset[str]:
+        """The keys the cell reaches, read from the store (for tests and small matrices)."""
+        return self.store.keys(self.cells.get(cell, EMPTY))
 
     def counts(self) -> dict[str, dict[str, dict[str, int]]]:
         """role -> table -> command -> rows reached (summed over the role's acting users)."""
         out: dict[str, dict[str, dict[str, int]]] = {}
-        for (role, _user, table, command), rows in sorted(self.cells.items()):
+        for (role, _user, table, command), set_id in sorted(self.cells.items()):
             slot = out.setdefault(role, {}).setdefault(table, {})
-            slot[command] = slot.get(command, 0) + len(rows)
+            slot[command] = slot.get(command, 0) + self.store.size(set_id)
         return out
-
-    def to_json(self) -> dict[str, Any]:
-        """The plain-data form (also what :meth:`from_json` reads)."""
-        return {
-            "label": self.label, "seconds": round(self.seconds, 3), "tables": list(self.tables),
-            "claims": self.claims, "matrix": self.by_role(),
-            "errors": [{"role": c[0], "user": c[1], "table": c[2], "command": c[3], "error": e}
-                       for c, e in sorted(self.errors.items())],
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Matrix:
-        cells = {
-            (role, user, table, command): frozenset(rows)
-            for role, tables in data["matrix"].items()
-            for table, commands in tables.items()
-            for command, users in commands.items()
-            for user, rows in users.items()
-        }
-        errors = {(e["role"], e["user"], e["table"], e["command"]): e["error"] for e in data.get("errors", [])}
-        return cls(label=data["label"], cells=cells, claims=dict(data.get("claims", {})), errors=errors,
-                   tables=tuple(data.get("tables", ())), seconds=float(data.get("seconds", 0.0)))
-
-    def dumps(self) -> str:
-        return json.dumps(self.to_json(), indent=1, sort_keys=True)
 
 
 # ------------------------------------------------------------------ catalog ---
@@ -248,7 +229,7 @@ def table_info(conn: psycopg.Connection[Any], schema: str, table: str, owners: s
                               IS DISTINCT FROM pg_catalog.pg_get_expr(p.polqual, p.polrelid))
         """, (schema, table)).fetchone()[0]
     return TableInfo(schema, table, key_expr, update_column, with_check or not LOCK_PROBE, insert,
-                     tuple(sorted(is_owner)), templates)
+                     tuple(sorted(is_owner)), templates, unique_key=bool(pk))
 
 
 def choose_actors(conn: psycopg.Connection[Any], target: Target, per_role: int = 2,
@@ -280,29 +261,34 @@ def current_roles(conn: psycopg.Connection[Any], target: Target, keys: list[str]
 
 # ---------------------------------------------------------------- computing ---
 
-def _keys(conn: psycopg.Connection[Any], query: sql.Composable, params: dict[str, Any] | None = None) -> frozenset[str]:
-    cur = conn.execute(query, params or {})
-    return frozenset(r[0] for r in cur) if cur.description else frozenset()
+def _attempt(conn: psycopg.Connection[Any], store: ReachStore, info: TableInfo,
+             query: sql.Composable) -> tuple[int, psycopg.Error | None]:
+    """The set of keys a probe of ``info``'s table returns (in savepoints that are rolled back), or its error."""
+    try:
+        return store.probe(conn, query, distinct=not info.unique_key), None
+    except psycopg.Error as exc:
+        return EMPTY, exc
 
 
-def _attempt(conn: psycopg.Connection[Any], query: sql.Composable,
-             params: dict[str, Any] | None = None) -> tuple[frozenset[str], psycopg.Error | None]:
-    """Run a write in a savepoint that is always rolled back; the keys it returned, or its error."""
+def _fails(conn: psycopg.Connection[Any], query: sql.Composable,
+           params: dict[str, Any] | None = None) -> psycopg.Error | None:
+    """Run a write in a savepoint that is always rolled back; its error, if any."""
     try:
         with conn.transaction(force_rollback=True):
-            return _keys(conn, query, params), None
+            conn.execute(query, params or {})
+        return None
     except psycopg.Error as exc:
-        return frozenset(), exc
+        return exc
 
 
-def _write(conn: psycopg.Connection[Any], info: TableInfo, command: str,
-           visible: frozenset[str]) -> tuple[frozenset[str], str | None]:
+def _write(conn: psycopg.Connection[Any], store: ReachStore, info: TableInfo, command: str,
+           visible: int) -> tuple[int, str | None]:
     """Keys reached by a no-op UPDATE / a DELETE; row by row over the visible rows if the statement fails."""
     if command == "UPDATE":
         if info.update_column is None:
-            return frozenset(), None  # the API role may update no column: nothing reached
+            return EMPTY, None  # the API role may update no column: nothing reached
         if not info.update_with_check:
-            keys, error = _attempt(conn, sql.SQL("SELECT {} FROM {} AS t FOR NO KEY UPDATE").format(
+            keys, error = _attempt(conn, store, info, sql.SQL("SELECT {} FROM {} AS t FOR NO KEY UPDATE").format(
                 info.key_expr, info.ident))
             if error is None:
                 return keys, None
@@ -311,31 +297,39 @@ def _write(conn: psycopg.Connection[Any], info: TableInfo, command: str,
     else:
         head = sql.SQL("DELETE FROM {t} AS t").format(t=info.ident)
     returning = sql.SQL(" RETURNING {}").format(info.key_expr)
-    keys, error = _attempt(conn, head + returning)
+    keys, error = _attempt(conn, store, info, head + returning)
     if error is None:
         return keys, None
     if error.sqlstate == "42501" and "permission denied" in str(error):
-        return frozenset(), None  # no privilege on the table: nothing reached
-    # e.g. one row passes USING but fails WITH CHECK: the statement fails as a whole; decide per row
-    reached = set()
-    for key in visible:
-        one, _ = _attempt(conn, head + sql.SQL(" WHERE {} = %(k)s").format(info.key_expr) + returning, {"k": key})
-        reached |= one
-    return frozenset(reached), str(error).strip().splitlines()[0]
+        return EMPTY, None  # no privilege on the table: nothing reached
+    # e.g. one row passes USING but fails WITH CHECK: the statement fails as a whole; decide per
+    # row, a page of visible keys at a time, collecting the reached ones in the store
+    one_row = head + sql.SQL(" WHERE {} = %(k)s").format(info.key_expr) + returning
+    for page in store.pages(visible):
+        reached = []
+        for key in page:
+            try:
+                with conn.transaction(force_rollback=True):
+                    reached += [r[0] for r in conn.execute(one_row, {"k": key})]
+            except psycopg.Error:
+                pass
+        store.stage(reached)
+    return store.commit_stage(), str(error).strip().splitlines()[0]
 
 
-def _insert(conn: psycopg.Connection[Any], info: TableInfo, user: str | None) -> tuple[frozenset[str], str | None]:
+def _insert(conn: psycopg.Connection[Any], store: ReachStore, info: TableInfo,
+            user: str | None) -> tuple[int, str | None]:
     """Template keys whose copy, owned by ``user``, passes the INSERT policies."""
     if info.insert is None or not info.templates:
-        return frozenset(), None
-    allowed, note = set(), None
+        return EMPTY, None
+    allowed, note = [], None
     for key, row in info.templates:
-        _, error = _attempt(conn, info.insert, {"user": user, "row": row})
+        error = _fails(conn, info.insert, {"user": user, "row": row})
         if error is None or (error.sqlstate or "").startswith("23"):
-            allowed.add(key)  # accepted, or refused by a constraint checked after the policies
+            allowed.append(key)  # accepted, or refused by a constraint checked after the policies
         elif error.sqlstate != "42501":
             note = str(error).strip().splitlines()[0]
-    return frozenset(allowed), note
+    return store.add(allowed), note
 
 
 def _act_as(conn: psycopg.Connection[Any], actor: Actor, claim_role: str | None, auth: AuthSettings) -> None:
@@ -354,40 +348,19 @@ def _act_as(conn: psycopg.Connection[Any], actor: Actor, claim_role: str | None,
         raise RuntimeError(f"acting as {db_role!r} would bypass RLS (superuser or BYPASSRLS): the matrix would prove nothing")
 
 
-class Interner:
-    """One shared string per row key and one shared set per distinct set of keys.
-
-    A key is reached in many cells (every acting user, every command, every state of a
-    rehearsal) and many cells reach the same rows (staff see, update and delete every row;
-    access mostly does not change between states). Sharing them instead of a copy per cell
-    took the access gate at 30,000 users from 537 MiB to under 200 MiB.
-    """
-
-    def __init__(self) -> None:
-        self._keys: dict[str, str] = {}
-        self._sets: dict[frozenset[str], frozenset[str]] = {}
-
-    def __call__(self, keys: frozenset[str]) -> frozenset[str]:
-        known = self._sets.get(keys)
-        if known is not None:
-            return known
-        one = frozenset(self._keys.setdefault(k, k) for k in keys)
-        return self._sets.setdefault(one, one)
-
-
 def compute_matrix(conn: psycopg.Connection[Any], target: Target, actors: list[Actor], label: str,
-                   auth: AuthSettings | None = None, interner: Interner | None = None) -> Matrix:
+                   store: ReachStore, auth: AuthSettings | None = None) -> Matrix:
     """The access matrix of ``actors`` on every RLS-protected table of the target's policy schemas.
 
-    Pass one :class:`Interner` to the matrices of one rehearsal so they share their key sets.
+    The matrices of one rehearsal share one ``store`` (a set reached in several states is
+    stored once, and comparing them needs both).
     """
     started = time.perf_counter()
     auth = auth or auth_settings(conn)
     owners = owner_references(conn, target)
     infos = [table_info(conn, s, t, owners, auth) for s, t in rls_tables(conn, target.policy_schemas)]
     claims = current_roles(conn, target, [a.key for a in actors if a.key is not None])
-    matrix = Matrix(label=label, tables=tuple(i.qualified for i in infos))
-    shared = interner if interner is not None else Interner()
+    matrix = Matrix(label=label, store=store, tables=tuple(i.qualified for i in infos))
     for actor in actors:
         user = actor.key or ANON
         matrix.claims[user] = claims.get(actor.key) if actor.key else None
@@ -395,17 +368,18 @@ def compute_matrix(conn: psycopg.Connection[Any], target: Target, actors: list[A
             _act_as(conn, actor, matrix.claims[user], auth)
             for info in infos:
                 cell = (actor.role, user, info.qualified)
-                visible, error = _attempt(conn, sql.SQL("SELECT {} FROM {} AS t").format(info.key_expr, info.ident))
-                matrix.cells[cell + ("SELECT",)] = visible = shared(visible)
+                visible, error = _attempt(conn, store, info,
+                                          sql.SQL("SELECT {} FROM {} AS t").format(info.key_expr, info.ident))
+                matrix.cells[cell + ("SELECT",)] = visible
                 if error is not None and error.sqlstate != "42501":
                     matrix.errors[cell + ("SELECT",)] = str(error).strip().splitlines()[0]
                 for command in ("UPDATE", "DELETE"):
-                    keys, note = _write(conn, info, command, visible)
-                    matrix.cells[cell + (command,)] = shared(keys)
+                    keys, note = _write(conn, store, info, command, visible)
+                    matrix.cells[cell + (command,)] = keys
                     if note:
                         matrix.errors[cell + (command,)] = note
-                keys, note = _insert(conn, info, actor.key)
-                matrix.cells[cell + ("INSERT",)] = shared(keys)
+                keys, note = _insert(conn, store, info, actor.key)
+                matrix.cells[cell + ("INSERT",)] = keys
                 if note:
                     matrix.errors[cell + ("INSERT",)] = note
     matrix.seconds = time.perf_counter() - started

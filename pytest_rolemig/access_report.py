@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_rolemig.access_matrix import COMMANDS, Matrix
+from pytest_rolemig.access_store import EMPTY
 
 Changes = dict[str, dict[str, tuple[str, ...]]]
 
@@ -30,16 +31,19 @@ class Difference:
     claim_after: str | None
     table: str
     command: str
-    gained: tuple[str, ...]
-    lost: tuple[str, ...]
+    gained: int  # rows reached after but not before
+    lost: int  # rows reached before but not after
     declared: bool
     example: str = ""
+    gained_keys: tuple[str, ...] = ()  # the first gained rows, in key order
+    lost_keys: tuple[str, ...] = ()
+    sets: tuple[int, int] = (0, 0)  # the store's set ids before and after
 
     def as_json(self) -> dict[str, Any]:
         return {"role": self.role, "user": self.user, "claim_before": self.claim_before,
                 "claim_after": self.claim_after, "table": self.table, "command": self.command,
-                "gained": list(self.gained), "lost": list(self.lost), "declared": self.declared,
-                "example": self.example}
+                "gained": self.gained, "lost": self.lost, "gained_first": list(self.gained_keys),
+                "lost_first": list(self.lost_keys), "declared": self.declared, "example": self.example}
 
 
 @dataclass
@@ -52,6 +56,7 @@ class Comparison:
     after: Matrix
     differences: list[Difference] = field(default_factory=list)
     declared_unused: list[str] = field(default_factory=list)
+    _groups: dict[tuple[Any, ...], tuple[int, int]] = field(default_factory=dict, repr=False)
 
     @property
     def unexpected(self) -> list[Difference]:
@@ -70,10 +75,14 @@ class Comparison:
             groups.setdefault((d.role, d.claim_before, d.claim_after, d.table, d.command, d.declared), []).append(d)
         out = []
         for (role, was, now, table, command, declared), ds in groups.items():
-            gained = set().union(*(d.gained for d in ds))
-            lost = set().union(*(d.lost for d in ds))
+            # rows, not user-row pairs: acting users of one role mostly gain or lose the same rows
+            group = (role, was, now, table, command, declared)
+            if group not in self._groups:  # a query; the reports render the rows several times
+                self._groups[group] = ((ds[0].gained, ds[0].lost) if len(ds) == 1 else
+                                       self.before.store.union_diff([d.sets for d in ds]))
+            gained, lost = self._groups[group]
             out.append([f"{role} ({was or '-'} -> {now or '-'})", str(len(ds)), table, command,
-                        str(len(gained)), str(len(lost)), "yes" if declared else "NO", ds[0].example])
+                        str(gained), str(lost), "yes" if declared else "NO", ds[0].example])
         return sorted(out, key=lambda r: (r[5] == "0", r[0], r[2], r[3]))
 
     HEAD = ["role (claim before -> after)", "users", "table", "command", "rows gained", "rows lost",
@@ -140,22 +149,26 @@ def compare(before: Matrix, after: Matrix, title: str, changes: Changes | None =
     changes = changes or {}
     used: set[str] = set()
     diffs: list[Difference] = []
+    if before.store is not after.store:
+        raise ValueError(f"matrices {before.label!r} and {after.label!r} keep their rows in different stores: "
+                         "compute the matrices of one comparison with one ReachStore")
     for cell in sorted(set(before.cells) | set(after.cells)):
-        was, now = before.cells.get(cell, frozenset()), after.cells.get(cell, frozenset())
-        if was == now:
+        was, now = before.cells.get(cell, EMPTY), after.cells.get(cell, EMPTY)
+        if was == now:  # equal digests: the same rows
             continue
         role, user, table, command = cell
-        gained, lost = tuple(sorted(now - was)), tuple(sorted(was - now))
+        gained, lost, gained_keys, lost_keys = before.store.diff(was, now)
         gain_ok = _declared(changes, role, "gains", table, command) if gained else "-"
         loss_ok = _declared(changes, role, "loses", table, command) if lost else "-"
         used |= {e for e in (gain_ok, loss_ok) if e and e != "-"}
-        key = (gained or lost)[0]
-        example = f"{'+' if gained else '-'}{key}"
+        key = (gained_keys or lost_keys)[0]
+        example = f"{'+' if gained_keys else '-'}{key}"
         if examples is not None:
             row = examples(table, key)
             example += f" {row}" if row else ""
         diffs.append(Difference(role, user, before.claims.get(user), after.claims.get(user), table, command,
-                                gained, lost, bool(gain_ok and loss_ok), example))
+                                gained, lost, bool(gain_ok and loss_ok), example, gained_keys, lost_keys,
+                                (was, now)))
     unused = sorted(f"{role}: {entry}" for role, kinds in changes.items() for entry in
                     (*kinds.get("gains", ()), *kinds.get("loses", ())) if entry not in used)
     expected = ("access as declared in the mapping's [access_changes], otherwise unchanged" if changes

@@ -2,19 +2,19 @@
 
 from pathlib import Path
 
+import psycopg
 import pytest
 
-from pytest_rolemig import access_matrix, api, resources
+from pytest_rolemig import access_matrix, access_store, api, resources
 from pytest_rolemig.access_data import seed_access_rows
 from pytest_rolemig.access_matrix import (
     AuthSettings,
-    Interner,
-    Matrix,
     choose_actors,
     compute_matrix,
     row_lookup,
 )
 from pytest_rolemig.access_report import compare, write_reports
+from pytest_rolemig.access_store import EMPTY, ReachStore
 from pytest_rolemig.databases import clone, load_schema_file
 from pytest_rolemig.errors import MappingError
 from pytest_rolemig.installer import install
@@ -33,12 +33,19 @@ def _prepared(conn, target=DEMO):
 
 
 def _by_role(matrix, role, table, command):
-    return {u: rows for (r, u, t, c), rows in matrix.cells.items() if (r, t, c) == (role, table, command)}
+    return {cell[1]: matrix.rows(cell) for cell in matrix.cells
+            if (cell[0], cell[2], cell[3]) == (role, table, command)}
 
 
-def test_matrix_acts_through_rls_as_each_role(rolemig_db):
+@pytest.fixture
+def store(rolemig_db):
+    with ReachStore.beside(rolemig_db) as reach:
+        yield reach
+
+
+def test_matrix_acts_through_rls_as_each_role(rolemig_db, store):
     actors = _prepared(rolemig_db)
-    matrix = compute_matrix(rolemig_db, DEMO, actors, "before")
+    matrix = compute_matrix(rolemig_db, DEMO, actors, "before", store)
     total = rolemig_db.execute("SELECT count(*) FROM public.user_profiles").fetchone()[0]
     viewers = _by_role(matrix, "viewer", "public.user_profiles", "SELECT")
     assert viewers and all(rows == {user} for user, rows in viewers.items()), "a viewer sees only their own profile"
@@ -55,43 +62,82 @@ def test_matrix_acts_through_rls_as_each_role(rolemig_db):
     assert rolemig_db.execute("SELECT count(*) FROM public.user_profiles").fetchone()[0] == total
 
 
-def test_matrix_refuses_to_act_as_a_role_that_bypasses_rls(rolemig_db):
+def test_matrix_refuses_to_act_as_a_role_that_bypasses_rls(rolemig_db, store):
     actors = _prepared(rolemig_db)
     superuser = rolemig_db.execute("SELECT current_user").fetchone()[0]
     with pytest.raises(RuntimeError, match="would bypass RLS"):
-        compute_matrix(rolemig_db, DEMO, actors, "x", AuthSettings(auth_role=superuser))
+        compute_matrix(rolemig_db, DEMO, actors, "x", store, AuthSettings(auth_role=superuser))
 
 
-def test_matrix_json_round_trip(rolemig_db):
-    matrix = compute_matrix(rolemig_db, DEMO, _prepared(rolemig_db), "before")
-    again = Matrix.from_json(__import__("json").loads(matrix.dumps()))
-    assert again.cells == matrix.cells and again.claims == matrix.claims
-    assert compare(matrix, again, "same").differences == []
-
-
-def test_matrices_of_one_rehearsal_share_equal_key_sets(rolemig_db):
+def test_reached_rows_live_in_the_store_once_per_distinct_set(rolemig_db, store):
     actors = _prepared(rolemig_db)
-    interner = Interner()
-    before = compute_matrix(rolemig_db, DEMO, actors, "before", interner=interner)
-    again = compute_matrix(rolemig_db, DEMO, actors, "again", interner=interner)
-    alone = compute_matrix(rolemig_db, DEMO, actors, "alone")
-    assert before.cells == again.cells == alone.cells
-    # equal sets are one object across cells and matrices; without the interner they are copies
-    assert all(again.cells[c] is before.cells[c] for c in before.cells)
-    assert not all(alone.cells[c] is before.cells[c] for c in before.cells if before.cells[c])
-    reached = [rows for rows in before.cells.values() if rows]
-    assert len({id(rows) for rows in reached}) < len(reached), "staff cells reaching every row share one set"
-    keys = {id(k) for rows in reached for k in rows}
-    assert len(keys) == len(set().union(*reached)), "each row key is one string whatever the cell"
+    before = compute_matrix(rolemig_db, DEMO, actors, "before", store)
+    stored = store.stored_rows()
+    again = compute_matrix(rolemig_db, DEMO, actors, "again", store)
+    assert again.cells == before.cells, "the same rows give the same set ids"
+    assert store.stored_rows() == stored, "a state that repeats the sets writes no rows"
+    assert all(isinstance(set_id, int) for set_id in before.cells.values()), "Python keeps ids, not keys"
+    reached = [set_id for set_id in before.cells.values() if set_id != EMPTY]
+    assert store.sets < len(reached), "staff cells reaching every row share one set"
+    assert stored == sum(store.size(i) for i in set(reached)) == sum(len(store.keys(i)) for i in set(reached))
+    profiles = rolemig_db.execute("SELECT count(*) FROM public.user_profiles").fetchone()[0]
+    staff = next(c for c in before.cells
+                 if c[0] == "super_admin" and c[2:] == ("public.user_profiles", "SELECT"))
+    assert before.reached(staff) == profiles
+    # a state in which one row moved out of reach stores the new set and tells the difference
+    gone = min(before.rows(staff) - {a.key for a in actors})
+    rolemig_db.execute("DELETE FROM public.user_profiles WHERE id = %s::uuid", (gone,))
+    after = compute_matrix(rolemig_db, DEMO, actors, "after", store)
+    assert after.reached(staff) == profiles - 1 and store.stored_rows() > stored
+    assert store.diff(before.cells[staff], after.cells[staff]) == (0, 1, (), (gone,))
 
 
-def test_comparison_names_role_table_command_and_rows(rolemig_db, tmp_path):
+def test_store_pages_diffs_and_unions_sets(rolemig_db, store, monkeypatch):
+    monkeypatch.setattr(access_store, "PAGE", 2)
+    a = store.add(["k1", "k2", "k3", "k3"])
+    assert store.add(["k3", "k2", "k1"]) == a, "the same keys in another order are the same set"
+    assert store.add([]) == EMPTY and store.size(a) == 3
+    assert list(store.pages(a)) == [["k1", "k2"], ["k3"]]
+    store.stage(["k2"])
+    store.stage(["k4", "k2"])
+    b = store.commit_stage()
+    assert store.keys(b) == {"k2", "k4"} and store.commit_stage() == EMPTY, "the stage is emptied"
+    assert store.diff(a, b) == (1, 2, ("k4",), ("k1", "k3"))
+    assert store.diff(a, EMPTY) == (0, 3, (), ("k1", "k2", "k3"))
+    c = store.add(["k1", "k2", "k3", "k5"])
+    # over two users: k4 and k5 gained (once each), k1 and k3 lost by one of them only, once
+    assert store.union_diff([(a, b), (a, c)]) == (2, 2)
+    assert store.sets == 3 and store.stored_rows() == 3 + 2 + 4
+
+
+def test_store_says_why_it_cannot_keep_its_rows(rolemig_db):
+    db = rolemig_db.info.dbname
+    rolemig_db.execute(f'REVOKE TEMPORARY ON DATABASE "{db}" FROM PUBLIC')
+    rolemig_db.execute("CREATE ROLE rolemig_no_temp LOGIN")
+    try:
+        with psycopg.connect(rolemig_db.info.dsn, user="rolemig_no_temp", autocommit=True) as limited:
+            with pytest.raises(RuntimeError, match="may not create one in database"):
+                with ReachStore.beside(limited):
+                    pass
+    finally:
+        rolemig_db.execute("DROP OWNED BY rolemig_no_temp; DROP ROLE rolemig_no_temp")
+
+
+def test_comparing_matrices_of_different_stores_is_refused(rolemig_db, store):
     actors = _prepared(rolemig_db)
-    before = compute_matrix(rolemig_db, DEMO, actors, "before")
-    assert compare(before, compute_matrix(rolemig_db, DEMO, actors, "again"), "unchanged").ok
+    before = compute_matrix(rolemig_db, DEMO, actors, "before", store)
+    with ReachStore.beside(rolemig_db) as other:
+        with pytest.raises(ValueError, match="different stores"):
+            compare(before, compute_matrix(rolemig_db, DEMO, actors, "other", other), "mixed")
+
+
+def test_comparison_names_role_table_command_and_rows(rolemig_db, store, tmp_path):
+    actors = _prepared(rolemig_db)
+    before = compute_matrix(rolemig_db, DEMO, actors, "before", store)
+    assert compare(before, compute_matrix(rolemig_db, DEMO, actors, "again", store), "unchanged").ok
     rolemig_db.execute("""ALTER POLICY "billing: billing staff" ON public.billing_accounts
                           USING (public.current_user_role() = ANY (ARRAY['org_owner', 'super_admin']))""")
-    after = compute_matrix(rolemig_db, DEMO, actors, "after")
+    after = compute_matrix(rolemig_db, DEMO, actors, "after", store)
     result = compare(before, after, "policy narrowed", examples=row_lookup(rolemig_db))
     assert not result.ok
     assert {(d.role, d.table) for d in result.unexpected} == {("billing_admin", "public.billing_accounts")}
@@ -119,15 +165,15 @@ def test_access_changes_in_the_mapping_file():
         parse_mapping({**base, "access_changes": {"viewer": {"loses": ["projects:TRUNCATE"]}}})
 
 
-def test_helper_with_a_legacy_role_breaks_access_while_policy_text_is_clean(rolemig_db, rolemig_mapping):
+def test_helper_with_a_legacy_role_breaks_access_while_policy_text_is_clean(rolemig_db, store, rolemig_mapping):
     load_schema_file(rolemig_db, EXAMPLES / "access-helper-legacy.sql")
     actors = _prepared(rolemig_db)
-    before = compute_matrix(rolemig_db, DEMO, actors, "before")
+    before = compute_matrix(rolemig_db, DEMO, actors, "before", store)
     backup = api.backup(rolemig_db)
     api.migrate(rolemig_db, backup_id=backup.backup_id)
     text_check = {c.name: c.status for c in api.post_migration_checks(rolemig_db, backup.backup_id).checks}
     assert text_check["no_legacy_roles_in_policies"] == "pass", "the policy text is clean"
-    after = compute_matrix(rolemig_db, DEMO, actors, "after")
+    after = compute_matrix(rolemig_db, DEMO, actors, "after", store)
     result = compare(before, after, "after the migration", rolemig_mapping.access_changes)
     lost = {(d.role, d.table, d.command) for d in result.unexpected if d.lost}
     for role in ("billing_admin", "org_owner", "super_admin"):
@@ -161,17 +207,17 @@ def test_own_schema_with_user_roles_enum_order_and_jwt_claims(rolemig_server, ro
     # 'owner' is a label of the enum, so the infrastructure counts it as a legacy role: map it to itself
     mapping = parse_mapping({"new_roles": list(rolemig_mapping.new_roles),
                              "mapping": {**rolemig_mapping.mapping, "owner": "owner"}})
-    with clone(rolemig_server, None, "rolemig_acl_own") as conn:
+    with clone(rolemig_server, None, "rolemig_acl_own") as conn, ReachStore.beside(conn) as store:
         load_schema_file(conn, EXAMPLES / "access-user-roles.sql")
         install(conn, USER_ROLES, mapping)
         with conn.transaction():
             seed_users(conn, USER_ROLES, sorted(mapping.mapping), 56)
         actors = _prepared(conn, USER_ROLES)
         assert conn.execute("SELECT count(*) FROM public.reports").fetchone()[0] > 0
-        before = compute_matrix(conn, USER_ROLES, actors, "before")
+        before = compute_matrix(conn, USER_ROLES, actors, "before", store)
         backup = api.backup(conn)
         api.migrate(conn, backup_id=backup.backup_id)
-        after = compute_matrix(conn, USER_ROLES, actors, "after")
+        after = compute_matrix(conn, USER_ROLES, actors, "after", store)
         result = compare(before, after, "after the migration", mapping.access_changes)
         changed = {(d.role, d.table, d.command): d for d in result.differences}
         # enum order: team_lead < manager before; as 'manager' it now reads every report
@@ -182,7 +228,7 @@ def test_own_schema_with_user_roles_enum_order_and_jwt_claims(rolemig_server, ro
         assert not any(r == "support_agent" for r, _, _ in changed)
         rb = api.rollback(conn, backup.backup_id, "test")
         assert rb.status == "completed"
-        assert compare(before, compute_matrix(conn, USER_ROLES, actors, "rollback"), "rollback").differences == []
+        assert compare(before, compute_matrix(conn, USER_ROLES, actors, "rollback", store), "rollback").differences == []
 
 
 def test_superuser_connection_sees_everything_which_is_why_the_matrix_switches_role(rolemig_db):
@@ -194,7 +240,7 @@ def test_superuser_connection_sees_everything_which_is_why_the_matrix_switches_r
         assert rolemig_db.execute("SELECT count(*) FROM public.billing_accounts").fetchone()[0] == 0 < rows
 
 
-def test_update_probe_by_row_lock_reaches_what_a_no_op_update_reaches(rolemig_db, monkeypatch):
+def test_update_probe_by_row_lock_reaches_what_a_no_op_update_reaches(rolemig_db, store, monkeypatch):
     """FOR NO KEY UPDATE stands in for the no-op UPDATE only where that is equivalent."""
     # a policy whose WITH CHECK differs from its USING keeps the real UPDATE on that table
     rolemig_db.execute(
@@ -206,9 +252,9 @@ def test_update_probe_by_row_lock_reaches_what_a_no_op_update_reaches(rolemig_db
                                       for s, t in access_matrix.rls_tables(rolemig_db, DEMO.policy_schemas))}
     assert not infos["public.user_profiles"].update_with_check  # its WITH CHECKs repeat the USING
     assert infos["public.documents"].update_with_check
-    probed = compute_matrix(rolemig_db, DEMO, actors, "row locks")
+    probed = compute_matrix(rolemig_db, DEMO, actors, "row locks", store)
     monkeypatch.setattr(access_matrix, "LOCK_PROBE", False)
-    updated = compute_matrix(rolemig_db, DEMO, actors, "no-op updates")
+    updated = compute_matrix(rolemig_db, DEMO, actors, "no-op updates", store)
     assert probed.cells == updated.cells
-    assert any(rows for (_, _, table, command), rows in probed.cells.items()
-               if table == "public.user_profiles" and command == "UPDATE")
+    assert any(probed.reached(cell) for cell in probed.cells
+               if cell[2:] == ("public.user_profiles", "UPDATE"))
