@@ -8,7 +8,8 @@
   API calls and the gate's rehearsal (its snapshots stay in the database) fetch one
   result row or a few examples, so their peak must not grow with the user count; the
   in-memory oracle snapshot, which tests on small data use, reads every user and is
-  reported so its growth is visible.
+  reported so its growth is visible. The access matrix (two states, compared) keeps
+  the reached keys in its store, in the database: its peak must not grow either.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ import pytest
 from bench_report import label
 
 from pytest_rolemig import api
+from pytest_rolemig.access_data import seed_access_rows
+from pytest_rolemig.access_matrix import choose_actors, compute_matrix
+from pytest_rolemig.access_report import compare
+from pytest_rolemig.access_store import ReachStore
 from pytest_rolemig.databases import create_database, drop_database, unique_name
 from pytest_rolemig.oracle import take_snapshot
 from pytest_rolemig.rehearsal import Rehearsal
@@ -106,6 +111,15 @@ def _rehearse(conn: Any, config: Any, mapping: Any) -> None:
     assert rehearsal.before.differences(rehearsal.after_rollback) == []
 
 
+def _access_matrix(conn: Any, config: Any) -> None:
+    """Two access matrices of one state, compared, as the access gate does for each step."""
+    actors = choose_actors(conn, config.target, per_role=2)
+    seed_access_rows(conn, config.target, [a.key for a in actors if a.key])
+    with ReachStore.beside(conn) as store:
+        before = compute_matrix(conn, config.target, actors, "before", store)
+        assert compare(before, compute_matrix(conn, config.target, actors, "again", store), "again").ok
+
+
 def test_python_memory(results: Any, rolemig_server: Any, rolemig_config: Any, rolemig_mapping: Any,
                        prepared: Any) -> None:
     """tracemalloc peak per Python path: API calls on the migrated state, the rehearsal on the seeded one."""
@@ -124,13 +138,17 @@ def test_python_memory(results: Any, rolemig_server: Any, rolemig_config: Any, r
         with psycopg.connect(rolemig_server.dsn(seeded), autocommit=True) as conn:
             peaks["gate rehearsal (stored snapshots)"] = _peak(
                 lambda: _rehearse(conn, rolemig_config, rolemig_mapping))
+            peaks["access matrix, two states compared (keys in the store)"] = _peak(
+                lambda: _access_matrix(conn, rolemig_config))
     finally:
         drop_database(rolemig_server, name)
         drop_database(rolemig_server, seeded)
     for path, peak in peaks.items():
         results.figures.append((f"python peak, {path}, {label(prepared.size)} users",
                                 f"{peak / 1024:,.0f} KiB"))
-    # the API paths and the gate's rehearsal fetch one row or a report: well under a MiB whatever the size
-    for path in ("api.validate(post_migration)", "api.rollback", "api.validate_rollback",
-                 "gate rehearsal (stored snapshots)"):
+    # the API paths, the gate's rehearsal and the access matrix fetch rows of a report, never every user:
+    # well under a MiB whatever the size
+    flat = ("api.validate(post_migration)", "api.rollback", "api.validate_rollback",
+            "gate rehearsal (stored snapshots)", "access matrix, two states compared (keys in the store)")
+    for path in flat:
         assert peaks[path] < 1024 * 1024, f"{path} peaked at {peaks[path]} bytes: it fetches user rows"
