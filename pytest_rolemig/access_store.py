@@ -12,7 +12,7 @@ the state before. Comparing two states is a query over the stored sets.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -76,11 +76,16 @@ class ReachStore:
             other.close()
 
     # ---------------------------------------------------------------- adding --
-    def _known(self, digest: Digest) -> int | None:
-        return self._ids.get(digest)
+    def _set_id(self, digest_row: Any, write: Callable[[int], object]) -> int:
+        """The id of the set whose digest query returned ``digest_row``.
 
-    def _remember(self, digest: Digest) -> int:
-        """A new id for the set with ``digest`` (called once its rows are written)."""
+        A set not seen before gets the next id, once ``write(id)`` has stored its rows.
+        """
+        digest = (int(digest_row[0]), int(digest_row[1]), int(digest_row[2]))
+        known = self._ids.get(digest)
+        if known is not None:
+            return known
+        write(len(self._sizes))
         self._ids[digest] = len(self._sizes)
         self._sizes.append(digest[0])
         return self._ids[digest]
@@ -99,19 +104,18 @@ class ReachStore:
         wrapped = sql.SQL("WITH r(k) AS ({}) ").format(query)
         with source.transaction(force_rollback=True):
             row = _row(source.execute(wrapped + _digest(distinct), params or {}))
-        digest = (int(row[0]), int(row[1]), int(row[2]))
-        known = self._known(digest)
-        if known is not None:
-            return known
-        out = wrapped + sql.SQL("SELECT {} {}::integer, r.k FROM r").format(
-            sql.SQL("DISTINCT" if distinct else ""), sql.Literal(len(self._sizes)))
-        with source.transaction(force_rollback=True), source.cursor() as src_cur, \
-                src_cur.copy(sql.SQL("COPY ({}) TO STDOUT").format(out), params or {}) as src, \
-                self.conn.cursor() as dst_cur, \
-                dst_cur.copy("COPY rolemig_reach (set_id, row_key) FROM STDIN") as dst:
-            for chunk in src:
-                dst.write(chunk)
-        return self._remember(digest)
+
+        def copy_keys(set_id: int) -> None:
+            out = wrapped + sql.SQL("SELECT {} {}::integer, r.k FROM r").format(
+                sql.SQL("DISTINCT" if distinct else ""), sql.Literal(set_id))
+            with source.transaction(force_rollback=True), source.cursor() as src_cur, \
+                    src_cur.copy(sql.SQL("COPY ({}) TO STDOUT").format(out), params or {}) as src, \
+                    self.conn.cursor() as dst_cur, \
+                    dst_cur.copy("COPY rolemig_reach (set_id, row_key) FROM STDIN") as dst:
+                for chunk in src:
+                    dst.write(chunk)
+
+        return self._set_id(row, copy_keys)
 
     def stage(self, keys: list[str]) -> None:
         """Add ``keys`` to the set being assembled (see :meth:`commit_stage`)."""
@@ -123,13 +127,9 @@ class ReachStore:
         """The id of the set assembled by :meth:`stage` calls; the stage is emptied."""
         row = _row(self.conn.execute(sql.SQL("WITH r(k) AS (SELECT row_key FROM rolemig_reach_stage) ")
                                      + _digest(True)))
-        digest = (int(row[0]), int(row[1]), int(row[2]))
-        set_id = self._known(digest)
-        if set_id is None:
-            self.conn.execute("INSERT INTO rolemig_reach (set_id, row_key) "
-                              "SELECT DISTINCT %s::integer, row_key FROM rolemig_reach_stage",
-                              (len(self._sizes),))
-            set_id = self._remember(digest)
+        set_id = self._set_id(row, lambda new: self.conn.execute(
+            "INSERT INTO rolemig_reach (set_id, row_key) "
+            "SELECT DISTINCT %s::integer, row_key FROM rolemig_reach_stage", (new,)))
         self.conn.execute("DELETE FROM rolemig_reach_stage")
         return set_id
 
@@ -142,13 +142,9 @@ class ReachStore:
             return EMPTY
         row = _row(self.conn.execute(sql.SQL("WITH r(k) AS (SELECT unnest(%s::text[])) ") + _digest(True),
                                      (keys,)))
-        digest = (int(row[0]), int(row[1]), int(row[2]))
-        set_id = self._known(digest)
-        if set_id is None:
-            self.conn.execute("INSERT INTO rolemig_reach (set_id, row_key) "
-                              "SELECT DISTINCT %s::integer, unnest(%s::text[])", (len(self._sizes), keys))
-            set_id = self._remember(digest)
-        return set_id
+        return self._set_id(row, lambda new: self.conn.execute(
+            "INSERT INTO rolemig_reach (set_id, row_key) SELECT DISTINCT %s::integer, unnest(%s::text[])",
+            (new, keys)))
 
     # --------------------------------------------------------------- reading --
     def size(self, set_id: int) -> int:
