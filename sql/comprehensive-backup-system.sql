@@ -173,6 +173,13 @@ CREATE OR REPLACE FUNCTION migration_backup.create_comprehensive_backup(
                  status text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+-- Rows are rendered as text (to_jsonb, ::text) by the session's settings: pinned so that a
+-- backup, and the checks that compare rows with it, give the same text in every session
+-- (extra_float_digits = 0 rounded 0.1 + 0.2 to 0.3; another TimeZone changed every timestamptz).
+SET TimeZone = 'UTC'
+SET DateStyle = 'ISO, YMD'
+SET IntervalStyle = 'postgres'
+SET extra_float_digits = 1
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -321,6 +328,13 @@ RETURNS TABLE (check_name text, status text, details jsonb)
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
+-- Rows are rendered as text (to_jsonb, ::text) by the session's settings: pinned so that a
+-- backup, and the checks that compare rows with it, give the same text in every session
+-- (extra_float_digits = 0 rounded 0.1 + 0.2 to 0.3; another TimeZone changed every timestamptz).
+SET TimeZone = 'UTC'
+SET DateStyle = 'ISO, YMD'
+SET IntervalStyle = 'postgres'
+SET extra_float_digits = 1
 AS $$
 #variable_conflict use_column
 DECLARE

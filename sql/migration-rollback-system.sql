@@ -371,6 +371,12 @@ RETURNS TABLE (rollback_id text, status text, profiles_restored bigint, sessions
                policies_restored integer, conflicts bigint)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+-- Rows are read back and compared as text: pinned as in create_comprehensive_backup, except
+-- TimeZone (to_jsonb wrote every timestamptz with its offset, so reading it back does not
+-- depend on it, and the application's triggers fired by the restore keep the caller's zone).
+SET DateStyle = 'ISO, YMD'
+SET IntervalStyle = 'postgres'
+SET extra_float_digits = 1
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -674,6 +680,13 @@ CREATE OR REPLACE FUNCTION migration_backup.validate_rollback_success(
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
+-- Rows are rendered as text (to_jsonb, ::text) by the session's settings: pinned so that a
+-- backup, and the checks that compare rows with it, give the same text in every session
+-- (extra_float_digits = 0 rounded 0.1 + 0.2 to 0.3; another TimeZone changed every timestamptz).
+SET TimeZone = 'UTC'
+SET DateStyle = 'ISO, YMD'
+SET IntervalStyle = 'postgres'
+SET extra_float_digits = 1
 AS $$
 #variable_conflict use_column
 DECLARE

@@ -442,6 +442,57 @@ def test_rollback_works_with_empty_search_path(rolemig_db):
     assert snapshot(rolemig_db) == before
 
 
+ODD_SETTINGS = {"TimeZone": "Asia/Kathmandu", "DateStyle": "SQL, DMY", "IntervalStyle": "sql_standard",
+                "extra_float_digits": "0"}
+
+
+def use_odd_settings(conn):
+    """Set, for the rest of the session, settings that change how rows are rendered as text."""
+    for name, value in ODD_SETTINGS.items():
+        conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+
+
+def test_session_settings_change_neither_the_backup_nor_its_checks(rolemig_db):
+    """A backup taken, and a rollback checked, under any session settings restores the same bytes.
+
+    to_jsonb renders timestamptz in the session's TimeZone, intervals in its IntervalStyle and
+    float8 with extra_float_digits: a backup taken with extra_float_digits = 0 kept 0.3 for
+    0.1 + 0.2, and checks run in another time zone saw every timestamp as changed.
+    """
+    conn = rolemig_db
+    conn.execute("ALTER TABLE public.user_profiles ADD COLUMN score float8, ADD COLUMN idle interval")
+    # the last user: simulate_migration(limit=40) leaves their row alone
+    key = one(conn, "SELECT id::text AS k FROM public.user_profiles ORDER BY id DESC LIMIT 1")["k"]
+    conn.execute("UPDATE public.user_profiles SET score = 0.1::float8 + 0.2::float8, "
+                 "idle = '-1 day +2 hours' WHERE id = %s", (key,))
+    read_back = "SELECT score::text AS s, idle::text AS i FROM public.user_profiles WHERE id = %s"
+    exact = one(conn, read_back, (key,))
+    before = snapshot(conn)
+    use_odd_settings(conn)
+    bid = backup(conn)
+    conn.execute("RESET ALL")
+    assert statuses({r["check_name"]: r for r in rows(
+        conn, "SELECT * FROM migration_backup.validate_backup_completeness(%s)", (bid,))}) == {
+        "backup_exists": "pass", "backup_status": "pass",
+        "profiles_count": "pass", "profiles_checksum": "pass",
+        "sessions_count": "pass", "sessions_checksum": "pass", "policies_count": "pass",
+        "policies_checksum": "pass", "profiles_keys_consistent": "pass", "covers_live_users": "pass"}
+
+    simulate_migration(conn, limit=40)
+    # the only change of this row: a value whose text, rounded to 15 digits, is the backed-up one's
+    conn.execute("UPDATE public.user_profiles SET score = 0.1::float8 + 0.2::float8 + 1e-16 WHERE id = %s",
+                 (key,))
+    use_odd_settings(conn)
+    result = emergency(conn, bid)
+    conn.execute("RESET ALL")
+    assert result["status"] == "completed"
+    assert one(conn, read_back, (key,)) == exact
+    assert snapshot(conn) == before
+    assert set(statuses(check_rollback(conn, bid, result["rollback_id"])).values()) == {"pass"}
+    use_odd_settings(conn)
+    assert set(statuses(check_rollback(conn, bid, result["rollback_id"])).values()) == {"pass"}
+
+
 # ------------------------------------------------- with the real migration ----
 
 def _has_migration(conn):
