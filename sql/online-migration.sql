@@ -11,7 +11,7 @@
 -- comprehensive-backup-system.sql (backup_log, validate_backup_completeness),
 -- migration-rollback-system.sql (rollback_log), migration-validation-functions.sql (target,
 -- migrated_tables), migration-control-system.sql (verify_target, discover_legacy_roles) and
--- role-migration.sql (rewrite_role_literals, adjust_role_constraints, pending_users_sql,
+-- role-migration.sql (rewrite_role_literals, adjust_role_constraints, pending_count,
 -- migrate_batch).
 --
 -- Why a PROCEDURE and not a Python driver loop: a function runs in its caller's transaction,
@@ -391,9 +391,7 @@ BEGIN
         v_cfg := migration_validation.target();
         SELECT coalesce(max(r.started_at), '-infinity') INTO v_cutoff
         FROM migration_backup.rollback_log r WHERE r.status = 'completed';
-        EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM %I.%I t WHERE %s', v_cfg.profiles_schema, v_cfg.profiles_table,
-                       migration_control.pending_users_sql())
-        INTO v_pending USING p_migration_name, v_cutoff;
+        v_pending := migration_control.pending_count(p_migration_name, v_cutoff);
         IF p_phase = 'contract' AND v_pending > 0 THEN
             RAISE EXCEPTION '% users are still on a legacy role: refusing to contract', v_pending
                 USING DETAIL = 'Contract makes policies accept the new role names only; pending users would lose access.',
@@ -504,9 +502,7 @@ BEGIN
                 -- changed that user's role while the batch waited for the row (the new value is
                 -- kept, not overwritten), and the keyset has walked past them: one more pass from
                 -- the first key picks them up. Only when some are pending, and only once.
-                EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM %I.%I t WHERE %s',
-                            v_cfg.profiles_schema, v_cfg.profiles_table, migration_control.pending_users_sql())
-                INTO v_pending USING p_migration_name, v_cutoff;
+                v_pending := migration_control.pending_count(p_migration_name, v_cutoff);
                 v_counted := true;
                 EXIT WHEN v_pending = 0 OR v_last_key IS NULL OR v_swept;
                 v_swept := true;
@@ -550,9 +546,7 @@ BEGIN
 
     IF v_err IS NULL THEN
         IF NOT v_counted THEN
-            EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM %I.%I t WHERE %s', v_cfg.profiles_schema,
-                           v_cfg.profiles_table, migration_control.pending_users_sql())
-            INTO v_pending USING p_migration_name, v_cutoff;
+            v_pending := migration_control.pending_count(p_migration_name, v_cutoff);
         END IF;
         v_status := CASE WHEN v_pending > 0 THEN 'partial' ELSE 'completed' END;
     ELSE

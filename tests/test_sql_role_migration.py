@@ -208,6 +208,37 @@ def test_resume_goes_on_from_the_last_batch_and_wraps_around_once(rolemig_db):
     assert bid
 
 
+def pending(conn, name="role_system_migration"):
+    """pending_count, and the per-user predicate it replaces counted row by row, for the same state."""
+    cutoff = one(conn, """SELECT coalesce(max(started_at), '-infinity')::text AS c
+                            FROM migration_backup.rollback_log WHERE status = 'completed'""")["c"]
+    predicate = one(conn, "SELECT migration_control.pending_users_sql() AS p")["p"]
+    predicate = predicate.replace("$1", "%(name)s::text").replace("$2", "%(cutoff)s::timestamptz")
+    args = {"name": name, "cutoff": cutoff}
+    counted = one(conn, "SELECT migration_control.pending_count(%(name)s, %(cutoff)s::timestamptz) AS n", args)["n"]
+    probed = one(conn, f"SELECT count(*) AS n FROM public.user_profiles t WHERE {predicate}", args)["n"]
+    return counted, probed
+
+
+def test_pending_count_follows_batches_application_writes_and_rollbacks(rolemig_db):
+    bid = backup(rolemig_db)
+    assert pending(rolemig_db) == (130, 130)
+    assert migrate(rolemig_db, p_batch_size=7, p_max_batches=2)["status"] == "partial"
+    assert pending(rolemig_db) == (116, 116)
+    # the application puts a migrated user back on a legacy role: pending again
+    done = one(rolemig_db, """SELECT user_key FROM migration_tracking.migration_log
+                               WHERE status = 'migrated' ORDER BY user_key LIMIT 1""")["user_key"]
+    rolemig_db.execute("UPDATE public.user_profiles SET role = 'team_lead' WHERE id = %s", (done,))
+    assert pending(rolemig_db) == (117, 117)
+    # another migration's log does not count for this one: everybody on a legacy name is pending
+    on_legacy = sum(1 for r in roles(rolemig_db).values() if r in MAPPING)
+    assert on_legacy < 130 and pending(rolemig_db, "another_migration") == (on_legacy, on_legacy)
+    assert migrate(rolemig_db)["status"] == "completed"
+    assert pending(rolemig_db) == (0, 0)
+    assert one(rolemig_db, "SELECT status FROM migration_backup.execute_rollback(%s)", (bid,))["status"] == "completed"
+    assert pending(rolemig_db) == (130, 130)  # logged before the rollback: to do again
+
+
 def test_resume_trusts_the_verified_backup_and_rollback_checks_it_again(rolemig_db):
     bid = backup(rolemig_db)
     assert migrate(rolemig_db, p_batch_size=10, p_max_batches=1, p_backup_id=bid)["status"] == "partial"
