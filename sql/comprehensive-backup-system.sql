@@ -147,19 +147,20 @@ AS $$
     -- Counts and checksums recomputed from the backup tables. The row checksum is the sum of
     -- 64-bit hashes of the jsonb text, order-independent and comparable with the same
     -- expression over to_jsonb(t) of the live table. Empty sets sum to '0', not NULL.
+    -- sum(bigint) is already exact (its result is numeric); a ::numeric per row only cost time.
     SELECT p.n, p.s, s.n, s.s, c.n::integer, c.s
       FROM (SELECT count(*) AS n,
-                   coalesce(sum(hashtextextended(b.row_data::text, 0)::numeric), 0)::text AS s
+                   coalesce(sum(hashtextextended(b.row_data::text, 0)), 0)::text AS s
               FROM migration_backup.user_profiles_complete_backup AS b
              WHERE b.backup_id = p_backup_id) AS p,
            (SELECT count(*) AS n,
-                   coalesce(sum(hashtextextended(b.row_data::text, 0)::numeric), 0)::text AS s
+                   coalesce(sum(hashtextextended(b.row_data::text, 0)), 0)::text AS s
               FROM migration_backup.user_sessions_backup AS b
              WHERE b.backup_id = p_backup_id) AS s,
            (SELECT count(*) AS n,
                    coalesce(sum(hashtextextended(
                        concat_ws('|', b.schema_name, b.table_name, b.policy_name, b.permissive,
-                                 b.command, b.roles::text, b.using_expr, b.check_expr), 0)::numeric),
+                                 b.command, b.roles::text, b.using_expr, b.check_expr), 0)),
                             0)::text AS s
               FROM migration_backup.rls_policies_backup AS b
              WHERE b.backup_id = p_backup_id) AS c
@@ -264,7 +265,7 @@ BEGIN
                  SELECT $1, t.%1$I::text, t.%2$I::text, to_jsonb(t), %3$s FROM %4$I.%5$I AS t
                  ORDER BY t.%1$I::text
                  RETURNING row_data)
-             SELECT count(*), coalesce(sum(hashtextextended(c.row_data::text, 0)::numeric), 0)::text FROM copied AS c',
+             SELECT count(*), coalesce(sum(hashtextextended(c.row_data::text, 0)), 0)::text FROM copied AS c',
             v_cfg.key_column, v_cfg.role_column, coalesce(v_json_text, 'NULL'),
             v_cfg.profiles_schema, v_cfg.profiles_table)
         INTO v_profiles, v_profiles_sum
@@ -276,7 +277,7 @@ BEGIN
                  SELECT $1, s.%1$I::text, s.%2$I::text, to_jsonb(s) FROM %3$I.%4$I AS s
                  ORDER BY s.%1$I::text
                  RETURNING row_data)
-             SELECT count(*), coalesce(sum(hashtextextended(c.row_data::text, 0)::numeric), 0)::text FROM copied AS c',
+             SELECT count(*), coalesce(sum(hashtextextended(c.row_data::text, 0)), 0)::text FROM copied AS c',
             v_cfg.sessions_key_column, v_cfg.sessions_user_column, v_cfg.sessions_schema, v_cfg.sessions_table)
         INTO v_sessions, v_sessions_sum
         USING v_backup_id;
@@ -293,7 +294,7 @@ BEGIN
 
         SELECT coalesce(sum(hashtextextended(
                    concat_ws('|', b.schema_name, b.table_name, b.policy_name, b.permissive,
-                             b.command, b.roles::text, b.using_expr, b.check_expr), 0)::numeric), 0)::text
+                             b.command, b.roles::text, b.using_expr, b.check_expr), 0)), 0)::text
           INTO v_policies_sum
           FROM migration_backup.rls_policies_backup AS b
          WHERE b.backup_id = v_backup_id;
