@@ -176,11 +176,13 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 -- Rows are rendered as text (to_jsonb, ::text) by the session's settings: pinned so that a
 -- backup, and the checks that compare rows with it, give the same text in every session
--- (extra_float_digits = 0 rounded 0.1 + 0.2 to 0.3; another TimeZone changed every timestamptz).
+-- (extra_float_digits = 0 rounded 0.1 + 0.2 to 0.3; another TimeZone changed every timestamptz,
+-- bytea_output = 'escape' every bytea).
 SET TimeZone = 'UTC'
 SET DateStyle = 'ISO, YMD'
 SET IntervalStyle = 'postgres'
 SET extra_float_digits = 1
+SET bytea_output = 'hex'
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -331,11 +333,13 @@ STABLE
 SET search_path = pg_catalog, pg_temp
 -- Rows are rendered as text (to_jsonb, ::text) by the session's settings: pinned so that a
 -- backup, and the checks that compare rows with it, give the same text in every session
--- (extra_float_digits = 0 rounded 0.1 + 0.2 to 0.3; another TimeZone changed every timestamptz).
+-- (extra_float_digits = 0 rounded 0.1 + 0.2 to 0.3; another TimeZone changed every timestamptz,
+-- bytea_output = 'escape' every bytea).
 SET TimeZone = 'UTC'
 SET DateStyle = 'ISO, YMD'
 SET IntervalStyle = 'postgres'
 SET extra_float_digits = 1
+SET bytea_output = 'hex'
 AS $$
 #variable_conflict use_column
 DECLARE

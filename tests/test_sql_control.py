@@ -36,7 +36,7 @@ def configure(conn, **kw):
 
 # ---------------------------------------------------------------- hygiene ----
 
-ROW_TEXT = ["DateStyle=ISO, YMD", "IntervalStyle=postgres", "extra_float_digits=1"]
+ROW_TEXT = ["DateStyle=ISO, YMD", "IntervalStyle=postgres", "extra_float_digits=1", "bytea_output=hex"]
 EXTRA_SETTINGS = {
     "migration_control.migrate_batch": ["jit=off", "enable_seqscan=off"],
     "migration_backup.create_comprehensive_backup": ["TimeZone=UTC", *ROW_TEXT],

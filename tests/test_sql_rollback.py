@@ -443,7 +443,7 @@ def test_rollback_works_with_empty_search_path(rolemig_db):
 
 
 ODD_SETTINGS = {"TimeZone": "Asia/Kathmandu", "DateStyle": "SQL, DMY", "IntervalStyle": "sql_standard",
-                "extra_float_digits": "0"}
+                "extra_float_digits": "0", "bytea_output": "escape"}
 
 
 def use_odd_settings(conn):
@@ -455,16 +455,18 @@ def use_odd_settings(conn):
 def test_session_settings_change_neither_the_backup_nor_its_checks(rolemig_db):
     """A backup taken, and a rollback checked, under any session settings restores the same bytes.
 
-    to_jsonb renders timestamptz in the session's TimeZone, intervals in its IntervalStyle and
-    float8 with extra_float_digits: a backup taken with extra_float_digits = 0 kept 0.3 for
-    0.1 + 0.2, and checks run in another time zone saw every timestamp as changed.
+    to_jsonb renders timestamptz in the session's TimeZone, intervals in its IntervalStyle,
+    float8 with extra_float_digits and bytea in bytea_output: a backup taken with
+    extra_float_digits = 0 kept 0.3 for 0.1 + 0.2, and checks run in another time zone saw
+    every timestamp as changed.
     """
     conn = rolemig_db
-    conn.execute("ALTER TABLE public.user_profiles ADD COLUMN score float8, ADD COLUMN idle interval")
+    conn.execute("ALTER TABLE public.user_profiles ADD COLUMN score float8, ADD COLUMN idle interval, "
+                 "ADD COLUMN blob bytea")
     # the last user: simulate_migration(limit=40) leaves their row alone
     key = one(conn, "SELECT id::text AS k FROM public.user_profiles ORDER BY id DESC LIMIT 1")["k"]
     conn.execute("UPDATE public.user_profiles SET score = 0.1::float8 + 0.2::float8, "
-                 "idle = '-1 day +2 hours' WHERE id = %s", (key,))
+                 "idle = '-1 day +2 hours', blob = '\\x00ff5c' WHERE id = %s", (key,))
     read_back = "SELECT score::text AS s, idle::text AS i FROM public.user_profiles WHERE id = %s"
     exact = one(conn, read_back, (key,))
     before = snapshot(conn)
