@@ -331,10 +331,7 @@ RETURNS TABLE (check_name text, status text, details jsonb)
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
--- Rows are rendered as text (to_jsonb, ::text) by the session's settings: pinned so that a
--- backup, and the checks that compare rows with it, give the same text in every session
--- (extra_float_digits = 0 rounded 0.1 + 0.2 to 0.3; another TimeZone changed every timestamptz,
--- bytea_output = 'escape' every bytea).
+-- The settings that decide how rows render as text, pinned as in create_comprehensive_backup.
 SET TimeZone = 'UTC'
 SET DateStyle = 'ISO, YMD'
 SET IntervalStyle = 'postgres'
