@@ -422,6 +422,34 @@ def test_validate_rollback_success_fails_when_nothing_was_rolled_back(rolemig_db
     assert statuses(check_rollback(rolemig_db, "bk_unknown")) == {"rollback_recorded": "fail"}
 
 
+def test_validate_rollback_samples_what_it_counts_and_nothing_when_all_is_well(rolemig_db):
+    bid = backup(rolemig_db)
+    simulate_migration(rolemig_db)
+    result = rollback(rolemig_db, bid)
+    checks = check_rollback(rolemig_db, bid, result["rollback_id"])
+    assert set(statuses(checks).values()) == {"pass"}
+    assert checks["profiles_count"]["details"]["sample"] == []
+    assert checks["sessions_intact"]["details"]["revoked_sample"] == []
+    assert checks["sessions_intact"]["details"]["differs_sample"] == []
+    # after the rollback: two backed-up users (and their sessions) deleted, a session changed
+    gone = [r["id"] for r in rows(rolemig_db,
+                                  "SELECT id::text AS id FROM public.user_profiles ORDER BY id LIMIT 2")]
+    revoked = [r["id"] for r in rows(rolemig_db, "SELECT id::text AS id FROM auth.sessions "
+                                                "WHERE user_id::text = ANY (%s) ORDER BY id", (gone,))]
+    assert revoked
+    changed = one(rolemig_db, "SELECT min(id::text) AS id FROM auth.sessions "
+                              "WHERE NOT (user_id::text = ANY (%s))", (gone,))["id"]
+    rolemig_db.execute("DELETE FROM auth.users WHERE id::text = ANY (%s)", (gone,))
+    rolemig_db.execute("UPDATE auth.sessions SET tag = 'changed' WHERE id = %s", (changed,))
+    checks = check_rollback(rolemig_db, bid, result["rollback_id"])
+    assert checks["profiles_count"]["status"] == "fail"
+    assert checks["profiles_count"]["details"]["missing_from_live"] == 2
+    assert checks["profiles_count"]["details"]["sample"] == gone
+    sessions = checks["sessions_intact"]["details"]
+    assert (sessions["revoked_after_backup"], sessions["revoked_sample"]) == (len(revoked), revoked)
+    assert (sessions["content_differs"], sessions["differs_sample"]) == (1, [changed])
+
+
 def test_validate_rollback_rejects_a_rollback_of_another_backup(rolemig_db):
     first = backup(rolemig_db)
     second = backup(rolemig_db)
