@@ -178,7 +178,8 @@ BEGIN
     -- log once per user on a legacy role, which after a migration is nearly everybody (an
     -- identity-mapped user keeps a legacy name): 0.53 s at 100,000 users against 0.21 s here.
     -- EXCEPT cannot be planned as a probe per row, so stale statistics of the log cannot turn
-    -- it into one. COLLATE "C": the same equality, a cheaper sort.
+    -- it into one. COLLATE "C": the same equality, a cheaper sort. It always costs a pass,
+    -- so a caller that only asks "is anybody left?" and expects a yes uses EXISTS instead.
     v_cfg := migration_validation.target();
     EXECUTE format(
         'SELECT count(*) FROM (
@@ -388,6 +389,8 @@ DECLARE
     v_batch_id    text;
     v_last_key    text;
     v_wrapped     boolean;
+    v_walked_all  boolean := false;
+    v_any_pending boolean;
     v_verified    text[];
     v_first       text;
     v_last        text;
@@ -545,7 +548,10 @@ BEGIN
             IF v_first IS NULL THEN
                 -- nobody left after v_last_key: this batch row was only a probe
                 DELETE FROM migration_tracking.migration_batch b WHERE b.batch_id = v_batch_id;
-                EXIT WHEN v_wrapped;
+                IF v_wrapped THEN
+                    v_walked_all := true;
+                    EXIT;
+                END IF;
                 v_wrapped := true;
                 v_last_key := NULL;
                 CONTINUE;
@@ -573,7 +579,19 @@ BEGIN
         RETURN;
     END IF;
 
-    IF migration_control.pending_count(p_migration_name, v_cutoff) > 0 THEN
+    -- Is anybody left? Two forms of the same question, each cheap for one answer: after a
+    -- walk to the end nobody should be, and the set difference costs one pass (0.15 s at
+    -- 100,000 users, where probing every user took 0.5 s); after p_max_batches somebody
+    -- usually is, and EXISTS stops at the first one (rolemig migrate calls once per batch:
+    -- a pass per call made 100 calls at 100,000 users take 24 s instead of 3.6 s).
+    IF v_walked_all THEN
+        v_any_pending := migration_control.pending_count(p_migration_name, v_cutoff) > 0;
+    ELSE
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I.%I t WHERE %s)', v_cfg.profiles_schema,
+                       v_cfg.profiles_table, migration_control.pending_users_sql())
+        INTO v_any_pending USING p_migration_name, v_cutoff;
+    END IF;
+    IF v_any_pending THEN
         RETURN QUERY SELECT v_run, v_batches, v_migrated, v_unchanged, 0, 'partial'::text, NULL::text;
         RETURN;
     END IF;
