@@ -378,6 +378,7 @@ SET DateStyle = 'ISO, YMD'
 SET IntervalStyle = 'postgres'
 SET extra_float_digits = 1
 SET bytea_output = 'hex'
+SET row_security = off  -- as in create_comprehensive_backup: fail rather than see a subset
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -712,6 +713,7 @@ SET DateStyle = 'ISO, YMD'
 SET IntervalStyle = 'postgres'
 SET extra_float_digits = 1
 SET bytea_output = 'hex'
+SET row_security = off  -- as in create_comprehensive_backup: fail rather than see a subset
 AS $$
 #variable_conflict use_column
 DECLARE

@@ -122,6 +122,7 @@ CREATE OR REPLACE FUNCTION migration_control.online_precheck(
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET row_security = off  -- as in create_comprehensive_backup: fail rather than see a subset
 AS $$
 DECLARE
     v_cfg    migration_control.target_config;

@@ -167,6 +167,7 @@ CREATE OR REPLACE FUNCTION migration_control.pending_count(p_migration_name text
 RETURNS bigint
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET row_security = off  -- as in create_comprehensive_backup: fail rather than see a subset
 AS $$
 DECLARE
     v_cfg   migration_control.target_config;
@@ -226,6 +227,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET jit = off
 SET enable_seqscan = off
+SET row_security = off  -- as in create_comprehensive_backup: fail rather than see a subset
 AS $$
 DECLARE
     v_cfg       migration_control.target_config;
@@ -374,6 +376,7 @@ RETURNS TABLE(run_id text, batches integer, users_migrated bigint, users_unchang
               policies_rewritten integer, status text, error text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET row_security = off  -- as in create_comprehensive_backup: fail rather than see a subset
 AS $$
 DECLARE
     v_cfg         migration_control.target_config;

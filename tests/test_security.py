@@ -33,6 +33,11 @@ def rows(conn, query, params=None):
         return cur.fetchall()
 
 
+def one(conn, query, params=None):
+    (row,) = rows(conn, query, params)
+    return row
+
+
 def security(conn) -> CheckReport:
     return CheckReport.from_rows("validate_security",
                                  conn.execute("SELECT * FROM migration_validation.validate_security()"))
@@ -327,3 +332,40 @@ def test_definer_path_without_trailing_pg_temp_warns(rolemig_db):
                        "ALTER FUNCTION public.current_user_role() SET search_path = admin_tools")
     check = security(rolemig_db).get("security_definer_search_path")
     assert check.status == "warn" and "pg_temp" in str(check.details["sample"])
+
+
+def test_operator_subject_to_row_level_security_is_refused_not_given_a_subset(rolemig_db):
+    """A role the application's policies filter backed up 0 of 130 profiles, and called it completed.
+
+    The functions that copy, migrate, restore or check the application's rows set
+    row_security = off: such a role now gets an error instead of a subset. The migration
+    owner owns the backup tables, but the demo's policies on user_profiles grant it nothing.
+    """
+    conn = rolemig_db
+    good = one(conn, "SELECT * FROM migration_backup.create_comprehensive_backup('by the superuser')")
+    roles_before = rows(conn, "SELECT id, role FROM public.user_profiles ORDER BY id")
+    conn.execute("GRANT USAGE ON SCHEMA public, auth TO migration_owner")
+    conn.execute("GRANT SELECT, INSERT, UPDATE ON public.user_profiles, auth.sessions TO migration_owner")
+    with acting_as(conn, "migration_owner"):
+        assert one(conn, "SELECT count(*) AS n FROM public.user_profiles")["n"] == 0  # all RLS lets it see
+        taken = one(conn, "SELECT * FROM migration_backup.create_comprehensive_backup('filtered')")
+        assert taken["status"] == "failed"
+        log = one(conn, "SELECT error FROM migration_backup.backup_log WHERE backup_id = %s",
+                  (taken["backup_id"],))
+        assert "row-level security" in log["error"] and "user_profiles" in log["error"]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            conn.execute("SELECT * FROM migration_control.execute_role_migration()")
+        with pytest.raises(psycopg.errors.RaiseException, match="refusing to roll back") as refused:
+            conn.execute("SELECT * FROM migration_backup.execute_rollback(%s, 'filtered')",
+                         (good["backup_id"],))
+        assert "row-level security" in refused.value.diag.message_detail
+        rolled = one(conn, "SELECT * FROM migration_backup.emergency_rollback(%s)", (good["backup_id"],))
+        assert rolled["status"] == "failed"
+        failed = one(conn, "SELECT error FROM migration_backup.rollback_log WHERE rollback_id = %s",
+                     (rolled["rollback_id"],))
+        assert "row-level security" in failed["error"]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            conn.execute("SELECT * FROM migration_backup.validate_rollback_success(%s)", (good["backup_id"],))
+    assert one(conn, "SELECT count(*) AS n FROM migration_backup.user_profiles_complete_backup "
+                     "WHERE backup_id = %s", (taken["backup_id"],))["n"] == 0
+    assert rows(conn, "SELECT id, role FROM public.user_profiles ORDER BY id") == roles_before

@@ -37,12 +37,16 @@ def configure(conn, **kw):
 # ---------------------------------------------------------------- hygiene ----
 
 ROW_TEXT = ["DateStyle=ISO, YMD", "IntervalStyle=postgres", "extra_float_digits=1", "bytea_output=hex"]
+NO_RLS = ["row_security=off"]
 EXTRA_SETTINGS = {
-    "migration_control.migrate_batch": ["jit=off", "enable_seqscan=off"],
-    "migration_backup.create_comprehensive_backup": ["TimeZone=UTC", *ROW_TEXT],
-    "migration_backup.validate_backup_completeness": ["TimeZone=UTC", *ROW_TEXT],
-    "migration_backup.validate_rollback_success": ["TimeZone=UTC", *ROW_TEXT],
-    "migration_backup.perform_rollback": ROW_TEXT,
+    "migration_control.migrate_batch": ["jit=off", "enable_seqscan=off", *NO_RLS],
+    "migration_control.execute_role_migration": NO_RLS,
+    "migration_control.pending_count": NO_RLS,
+    "migration_control.online_precheck": NO_RLS,
+    "migration_backup.create_comprehensive_backup": ["TimeZone=UTC", *ROW_TEXT, *NO_RLS],
+    "migration_backup.validate_backup_completeness": ["TimeZone=UTC", *ROW_TEXT, *NO_RLS],
+    "migration_backup.validate_rollback_success": ["TimeZone=UTC", *ROW_TEXT, *NO_RLS],
+    "migration_backup.perform_rollback": [*ROW_TEXT, *NO_RLS],
 }
 
 
@@ -60,8 +64,9 @@ def test_every_function_pins_search_path_is_invoker_and_not_public(rolemig_db):
     for f in funcs:
         # search_path pinned everywhere; the only other settings are migrate_batch's jit = off
         # and enable_seqscan = off (plans priced on stale log statistics: JIT compiling while
-        # holding row locks, a sequential scan of the table per batch), and the settings that
-        # decide how rows render as text where backups are written, read back and compared
+        # holding row locks, a sequential scan of the table per batch), the settings that
+        # decide how rows render as text where backups are written, read back and compared,
+        # and row_security = off where the application's rows are copied, moved or checked
         assert f["proconfig"][0] == "search_path=pg_catalog, pg_temp", f
         extra = EXTRA_SETTINGS.get(f["name"], [])
         assert f["proconfig"][1:] == extra, f
