@@ -177,12 +177,14 @@ SET search_path = pg_catalog, pg_temp
 -- Rows are rendered as text (to_jsonb, ::text) by the session's settings: pinned so that a
 -- backup, and the checks that compare rows with it, give the same text in every session
 -- (extra_float_digits = 0 rounded 0.1 + 0.2 to 0.3; another TimeZone changed every timestamptz,
--- bytea_output = 'escape' every bytea).
+-- bytea_output = 'escape' every bytea), and read back as text (xmloption = 'document' refused
+-- to read back an xml value that is a content fragment).
 SET TimeZone = 'UTC'
 SET DateStyle = 'ISO, YMD'
 SET IntervalStyle = 'postgres'
 SET extra_float_digits = 1
 SET bytea_output = 'hex'
+SET xmloption = 'content'
 -- row_security = off: a role subject to row-level security on the application's tables would
 -- see, and so copy, migrate, restore or check, only the rows its policies show, and report
 -- success (a backup of 0 of 130 profiles "completed"); with it off such a query fails instead.
@@ -341,6 +343,7 @@ SET DateStyle = 'ISO, YMD'
 SET IntervalStyle = 'postgres'
 SET extra_float_digits = 1
 SET bytea_output = 'hex'
+SET xmloption = 'content'
 SET row_security = off  -- as in create_comprehensive_backup: fail rather than see a subset
 AS $$
 #variable_conflict use_column

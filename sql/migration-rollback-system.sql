@@ -378,6 +378,7 @@ SET DateStyle = 'ISO, YMD'
 SET IntervalStyle = 'postgres'
 SET extra_float_digits = 1
 SET bytea_output = 'hex'
+SET xmloption = 'content'
 SET row_security = off  -- as in create_comprehensive_backup: fail rather than see a subset
 AS $$
 #variable_conflict use_column
@@ -713,6 +714,7 @@ SET DateStyle = 'ISO, YMD'
 SET IntervalStyle = 'postgres'
 SET extra_float_digits = 1
 SET bytea_output = 'hex'
+SET xmloption = 'content'
 SET row_security = off  -- as in create_comprehensive_backup: fail rather than see a subset
 AS $$
 #variable_conflict use_column

@@ -36,7 +36,8 @@ def configure(conn, **kw):
 
 # ---------------------------------------------------------------- hygiene ----
 
-ROW_TEXT = ["DateStyle=ISO, YMD", "IntervalStyle=postgres", "extra_float_digits=1", "bytea_output=hex"]
+ROW_TEXT = ["DateStyle=ISO, YMD", "IntervalStyle=postgres", "extra_float_digits=1", "bytea_output=hex",
+            "xmloption=content"]
 NO_RLS = ["row_security=off"]
 EXTRA_SETTINGS = {
     "migration_control.migrate_batch": ["jit=off", "enable_seqscan=off", *NO_RLS],

@@ -471,7 +471,7 @@ def test_rollback_works_with_empty_search_path(rolemig_db):
 
 
 ODD_SETTINGS = {"TimeZone": "Asia/Kathmandu", "DateStyle": "SQL, DMY", "IntervalStyle": "sql_standard",
-                "extra_float_digits": "0", "bytea_output": "escape"}
+                "extra_float_digits": "0", "bytea_output": "escape", "xmloption": "document"}
 
 
 def use_odd_settings(conn):
@@ -484,17 +484,19 @@ def test_session_settings_change_neither_the_backup_nor_its_checks(rolemig_db):
     """A backup taken, and a rollback checked, under any session settings restores the same bytes.
 
     to_jsonb renders timestamptz in the session's TimeZone, intervals in its IntervalStyle,
-    float8 with extra_float_digits and bytea in bytea_output: a backup taken with
-    extra_float_digits = 0 kept 0.3 for 0.1 + 0.2, and checks run in another time zone saw
-    every timestamp as changed.
+    float8 with extra_float_digits and bytea in bytea_output, and xml is read back by
+    xmloption: a backup taken with extra_float_digits = 0 kept 0.3 for 0.1 + 0.2, checks run
+    in another time zone saw every timestamp as changed, and an emergency rollback with
+    xmloption = document failed on an xml fragment.
     """
     conn = rolemig_db
     conn.execute("ALTER TABLE public.user_profiles ADD COLUMN score float8, ADD COLUMN idle interval, "
-                 "ADD COLUMN blob bytea")
+                 "ADD COLUMN blob bytea, ADD COLUMN doc xml")
     # the last user: simulate_migration(limit=40) leaves their row alone
     key = one(conn, "SELECT id::text AS k FROM public.user_profiles ORDER BY id DESC LIMIT 1")["k"]
     conn.execute("UPDATE public.user_profiles SET score = 0.1::float8 + 0.2::float8, "
-                 "idle = '-1 day +2 hours', blob = '\\x00ff5c' WHERE id = %s", (key,))
+                 "idle = '-1 day +2 hours', blob = '\\x00ff5c', doc = 'text and <b>a fragment</b>' "
+                 "WHERE id = %s", (key,))
     read_back = "SELECT score::text AS s, idle::text AS i FROM public.user_profiles WHERE id = %s"
     exact = one(conn, read_back, (key,))
     before = snapshot(conn)
