@@ -217,8 +217,11 @@ def table_info(conn: psycopg.Connection[Any], schema: str, table: str, owners: s
     insert = sql.SQL("INSERT INTO {t} ({cols}) SELECT {vals} FROM jsonb_populate_record(NULL::{t}, %(row)s) AS r").format(
         t=sql.Identifier(schema, table), cols=sql.SQL(", ").join(targets), vals=sql.SQL(", ").join(values),
     ) if targets else None
+    # to_jsonb only for the rows kept: beside ORDER BY ... LIMIT it ran for every row of the
+    # table (10,000 profiles, four states: 0.86 s of a 10,000-user gate run)
     templates = tuple(conn.execute(
-        sql.SQL("SELECT {k}, to_jsonb(t)::text FROM {t} AS t ORDER BY 1 LIMIT {n}").format(
+        sql.SQL("SELECT f.k, to_jsonb(f.r)::text "
+                "FROM (SELECT {k} AS k, t AS r FROM {t} AS t ORDER BY 1 LIMIT {n}) AS f ORDER BY 1").format(
             k=key_expr, t=sql.Identifier(schema, table), n=sql.Literal(TEMPLATES_PER_TABLE))).fetchall())
     with_check = conn.execute(
         """
