@@ -152,6 +152,7 @@ CREATE OR REPLACE FUNCTION migration_validation.pre_migration_checks(
 RETURNS TABLE(check_name text, status text, details jsonb)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET row_security = off  -- as in create_comprehensive_backup: fail rather than see a subset
 AS $$
 DECLARE
     v_cfg       migration_control.target_config;
@@ -318,6 +319,7 @@ CREATE OR REPLACE FUNCTION migration_validation.validate_post_migration_state(p_
 RETURNS TABLE(check_name text, status text, details jsonb)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET row_security = off  -- as in create_comprehensive_backup: fail rather than see a subset
 AS $$
 DECLARE
     v_cfg      migration_control.target_config;

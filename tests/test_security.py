@@ -353,8 +353,11 @@ def test_operator_subject_to_row_level_security_is_refused_not_given_a_subset(ro
         log = one(conn, "SELECT error FROM migration_backup.backup_log WHERE backup_id = %s",
                   (taken["backup_id"],))
         assert "row-level security" in log["error"] and "user_profiles" in log["error"]
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
-            conn.execute("SELECT * FROM migration_control.execute_role_migration()")
+        for refused in ("migration_control.execute_role_migration()",
+                        "migration_validation.validate_pre_migration_state()",
+                        "migration_validation.validate_post_migration_state()"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+                conn.execute(f"SELECT * FROM {refused}")
         with pytest.raises(psycopg.errors.RaiseException, match="refusing to roll back") as refused:
             conn.execute("SELECT * FROM migration_backup.execute_rollback(%s, 'filtered')",
                          (good["backup_id"],))
