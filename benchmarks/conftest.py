@@ -156,10 +156,11 @@ def measure(benchmark: Any, results: Results, operation: str, size: int, kind: s
         return
     median = benchmark.stats.stats.median
     results.record(operation, size, kind, median)
-    ratio = results.ratio(operation, size)
-    if kind == "project" and ratio is not None:
+    ratio = results.ratio(operation, size, kind)
+    if kind != "baseline" and ratio is not None:
         benchmark.extra_info["baseline_median_s"] = results.medians[(operation, size, "baseline")]
         benchmark.extra_info["ratio"] = round(ratio, 3)
+    if kind == "project" and ratio is not None:
         benchmark.extra_info["verdict"] = results.verdict(operation, size)
 
 
