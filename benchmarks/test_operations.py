@@ -46,12 +46,16 @@ LEGACY_CHECK = (
 )
 
 
-def _baseline_backup(conn: Any, **_: Any) -> None:
+def _backup(conn: Any, checksum: bool) -> None:
     conn.execute(
         "CREATE TABLE public.bench_profiles_copy AS SELECT * FROM public.user_profiles;"
         "CREATE TABLE public.bench_sessions_copy AS SELECT * FROM auth.sessions;"
         "CREATE TABLE public.bench_policies_copy AS SELECT * FROM pg_catalog.pg_policy;"
     )
+    if checksum:  # the floor
+        conn.execute(
+            "SELECT (SELECT sum(hash_record_extended(c, 0)) FROM public.bench_profiles_copy AS c), "
+            "(SELECT sum(hash_record_extended(c, 0)) FROM public.bench_sessions_copy AS c)").fetchone()
 
 
 def _update_roles(conn: Any, update: str, returning: str, params: tuple[Any, ...], check: str,
@@ -86,14 +90,6 @@ def _migration(conn: Any, log: bool) -> None:
                   (), f"CHECK (role IN ({new_roles}))", log)
 
 
-def _baseline_migration(conn: Any, **_: Any) -> None:
-    _migration(conn, log=False)
-
-
-def _floor_migration(conn: Any, **_: Any) -> None:
-    _migration(conn, log=True)
-
-
 def _rollback(conn: Any, backup_id: str, log: bool) -> None:
     # RETURNING sees the row as updated and nothing else holds the old role without another
     # scan of the table: the floor logs key and restored role (less than a real log would)
@@ -105,25 +101,16 @@ def _rollback(conn: Any, backup_id: str, log: bool) -> None:
                   (backup_id,), LEGACY_CHECK, log)
 
 
-def _baseline_validation(conn: Any, backup_id: str) -> None:
+def _validation(conn: Any, backup_id: str, checksum: bool) -> None:
     conn.execute(
         "SELECT (SELECT count(*) FROM public.user_profiles), (SELECT count(*) FROM auth.sessions), "
         "(SELECT count(*) FROM migration_backup.user_profiles_complete_backup WHERE backup_id = %s), "
         "(SELECT count(*) FROM migration_backup.user_sessions_backup WHERE backup_id = %s)",
         (backup_id, backup_id),
     ).fetchone()
-
-
-def _floor_backup(conn: Any, **_: Any) -> None:
-    _baseline_backup(conn)
-    conn.execute("SELECT (SELECT sum(hash_record_extended(c, 0)) FROM public.bench_profiles_copy AS c), "
-                 "(SELECT sum(hash_record_extended(c, 0)) FROM public.bench_sessions_copy AS c)").fetchone()
-
-
-def _floor_validation(conn: Any, backup_id: str) -> None:
-    _baseline_validation(conn, backup_id)
-    conn.execute("SELECT (SELECT sum(hash_record_extended(t, 0)) FROM public.user_profiles AS t), "
-                 "(SELECT sum(hash_record_extended(t, 0)) FROM auth.sessions AS t)").fetchone()
+    if checksum:  # the floor
+        conn.execute("SELECT (SELECT sum(hash_record_extended(t, 0)) FROM public.user_profiles AS t), "
+                     "(SELECT sum(hash_record_extended(t, 0)) FROM auth.sessions AS t)").fetchone()
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -133,8 +120,11 @@ def test_backup(benchmark: Any, results: Any, prepared: Any, fresh_copy: Any, ki
     def project(conn: Any, **_: Any) -> None:
         assert api.backup(conn, "bench").profiles_count == prepared.size
 
+    def bare(conn: Any, **_: Any) -> None:
+        _backup(conn, checksum=kind == "floor")
+
     measure(benchmark, results, "backup", prepared.size, kind,
-            {"project": project, "floor": _floor_backup}.get(kind, _baseline_backup), setup, teardown)
+            project if kind == "project" else bare, setup, teardown)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -146,8 +136,11 @@ def test_migration(benchmark: Any, results: Any, prepared: Any, fresh_copy: Any,
         done = api.migrate(conn, backup_id=prepared.backup_id, batch_size=rolemig_config.target.batch_size)
         assert done.users_migrated + done.users_unchanged == prepared.size
 
+    def bare(conn: Any, **_: Any) -> None:
+        _migration(conn, log=kind == "floor")
+
     measure(benchmark, results, "migration", prepared.size, kind,
-            {"project": project, "floor": _floor_migration}.get(kind, _baseline_migration), setup, teardown)
+            project if kind == "project" else bare, setup, teardown)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -164,8 +157,11 @@ def test_migration_cli(benchmark: Any, results: Any, prepared: Any, fresh_copy: 
         done = json.loads(out.getvalue())
         assert done["complete"] and done["users_migrated"] + done["users_unchanged"] == prepared.size
 
+    def bare(conn: Any, **_: Any) -> None:
+        _migration(conn, log=kind == "floor")
+
     measure(benchmark, results, "migration_cli", prepared.size, kind,
-            {"project": project, "floor": _floor_migration}.get(kind, _baseline_migration), setup, teardown)
+            project if kind == "project" else bare, setup, teardown)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -194,7 +190,7 @@ def test_validation(benchmark: Any, results: Any, prepared: Any, fresh_copy: Any
         assert report.ok, report.render(only_problems=True)
 
     def bare(conn: Any, **_: Any) -> None:
-        (_floor_validation if kind == "floor" else _baseline_validation)(conn, prepared.backup_id)
+        _validation(conn, prepared.backup_id, checksum=kind == "floor")
 
     measure(benchmark, results, f"validation_{phase}", prepared.size, kind,
             project if kind == "project" else bare, setup, teardown)
