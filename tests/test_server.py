@@ -121,3 +121,13 @@ def test_explicit_data_folder_is_used():
         assert list(folder.iterdir()) == []
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_demo_schema_needs_no_extension(rolemig_empty_db):
+    """Server builds without contrib (the [embedded] extra has no pgcrypto) must load the demo."""
+    from pytest_rolemig import resources
+    from pytest_rolemig.databases import load_schema_file
+
+    load_schema_file(rolemig_empty_db, resources.demo_schema())
+    extensions = {r[0] for r in rolemig_empty_db.execute("SELECT extname FROM pg_catalog.pg_extension")}
+    assert extensions == {"plpgsql"}
