@@ -1,17 +1,16 @@
 -- Online role migration: the same move as role-migration.sql, but safe under live traffic.
 --
 -- Provides (schema migration_control):
---   expand_role_literals(text)            one expression's legacy role literals -> legacy OR new role
 --   online_precheck(text, integer, text)  the refusals of execute_role_migration; returns the backup id
 --   online_batch(...)                     ONE keyset batch (UPDATE + log + batch row), no commit
---   online_alter_policy(...)              ONE policy to its expanded or contracted form, logged
+--   online_alter_policy(...)              alter_role_policy under lock_timeout
 --   run_online_migration(...)             PROCEDURE: expand (widen, policies, batches) or contract
 --
 -- Depends on: migration-logging-system.sql (tracking tables, start/complete_migration_batch),
 -- comprehensive-backup-system.sql (backup_log, validate_backup_completeness),
 -- migration-rollback-system.sql (rollback_log), migration-validation-functions.sql (target,
 -- migrated_tables), migration-control-system.sql (verify_target, discover_legacy_roles) and
--- role-migration.sql (rewrite_role_literals, adjust_role_constraints, pending_count,
+-- role-migration.sql (alter_role_policy, adjust_role_constraints, pending_count,
 -- migrate_batch).
 --
 -- Why a PROCEDURE and not a Python driver loop: a function runs in its caller's transaction,
@@ -46,73 +45,6 @@
 -- and a completed migration re-run changes nothing.
 
 CREATE SCHEMA IF NOT EXISTS migration_control;
-
-CREATE OR REPLACE FUNCTION migration_control.expand_role_literals(p_expr text)
-RETURNS text
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_tok      text[];
-    v_n        integer;
-    v_lit      text;
-    v_new      text;
-    v_next     text;
-    v_cast     text;
-    v_in_array boolean := false;
-    v_cast_re  constant text := '^::(?:character varying|[A-Za-z_][A-Za-z_0-9]*)(?:\([0-9]+\))?';
-BEGIN
-    -- Expand form of one deparsed expression: each quoted legacy role whose new role differs
-    -- is made to accept the new role too. Inside ARRAY[...] the new role is added after it
-    -- (unless it already follows, so expanding twice changes nothing); after "= " / "<> " the
-    -- comparison becomes = ANY / <> ALL of both. Any other place is refused: guessing there
-    -- could change access. Tokenised like rewrite_role_literals (literals, quoted identifiers,
-    -- the rest), so claim names and identifiers are never touched.
-    IF p_expr IS NULL THEN
-        RETURN NULL;
-    END IF;
-    SELECT array_agg(x.t[1] ORDER BY x.n) INTO v_tok
-    FROM pg_catalog.regexp_matches(p_expr, '"(?:[^"]|"")*"|''(?:[^'']|'''')*''|[^''"]+', 'g') WITH ORDINALITY AS x(t, n);
-    IF array_to_string(v_tok, '') IS DISTINCT FROM p_expr THEN
-        RAISE EXCEPTION 'cannot tokenize expression for role expansion: %', p_expr
-            USING DETAIL = 'An unbalanced quote left part of the expression unmatched.',
-                  HINT = 'rewrite this policy by hand; nothing was changed';
-    END IF;
-    v_n := cardinality(v_tok);
-    FOR i IN 1 .. v_n LOOP
-        IF left(v_tok[i], 1) <> '''' THEN
-            v_in_array := right(v_tok[i], 6) = 'ARRAY['
-                          OR (v_in_array AND v_tok[i] ~ (v_cast_re || ', $') OR (v_in_array AND v_tok[i] = ', '));
-            CONTINUE;
-        END IF;
-        v_lit := replace(substr(v_tok[i], 2, length(v_tok[i]) - 2), '''''', '''');
-        SELECT m.new_role INTO v_new FROM migration_control.role_mapping m
-        WHERE m.legacy_role = v_lit AND m.new_role <> m.legacy_role;
-        CONTINUE WHEN v_new IS NULL;
-        v_next := coalesce(v_tok[i + 1], '');
-        v_cast := coalesce(substring(v_next FROM v_cast_re), '');
-        IF v_in_array THEN
-            CONTINUE WHEN i + 2 <= v_n AND v_tok[i + 2] = quote_literal(v_new)
-                          AND v_next ~ ('^(' || substr(v_cast_re, 2) || ')?, $');
-            v_tok[i] := v_tok[i] || v_cast || ', ' || quote_literal(v_new);
-        ELSIF i > 1 AND v_tok[i - 1] ~ '(^|[^<>=!])(=|<>) $' THEN
-            v_tok[i - 1] := regexp_replace(v_tok[i - 1], '(=|<>) $',
-                                CASE WHEN v_tok[i - 1] ~ '<> $' THEN '<> ALL (ARRAY[' ELSE '= ANY (ARRAY[' END);
-            v_tok[i] := v_tok[i] || v_cast || ', ' || quote_literal(v_new);
-            IF i + 1 <= v_n THEN
-                v_tok[i + 1] := v_cast || '])' || substr(v_next, length(v_cast) + 1);
-            ELSE
-                v_tok := v_tok || '])'::text;
-            END IF;
-        ELSE
-            RAISE EXCEPTION 'cannot expand role literal % in: %', v_tok[i], p_expr
-                USING DETAIL = 'Only literals inside ARRAY[...] or right of = / <> can be widened to accept the new role too.',
-                      HINT = 'rewrite the policy as role = ANY (ARRAY[...]), or use the offline execute_role_migration';
-        END IF;
-    END LOOP;
-    RETURN array_to_string(v_tok, '');
-END;
-$$;
 
 -- replaced by migration_control.pending_users_sql (role-migration.sql), shared with the offline path
 DROP FUNCTION IF EXISTS migration_control.online_pending_sql();
@@ -231,71 +163,12 @@ RETURNS boolean
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    v_oid       oid;
-    v_using     text;
-    v_check     text;
-    v_base_u    text;
-    v_base_c    text;
-    v_last      migration_tracking.rls_policy_changes;
-    v_new_using text;
-    v_new_check text;
-    v_sql       text;
 BEGIN
-    -- Brings one policy to its expand form (legacy OR new role) or its contract form (new
-    -- roles only) under lock_timeout: ALTER POLICY takes an ACCESS EXCLUSIVE lock, and a
+    -- alter_role_policy under lock_timeout: ALTER POLICY takes an ACCESS EXCLUSIVE lock, and a
     -- statement waiting for it would queue every application query behind it. A timeout
-    -- raises lock_not_available for the caller to retry. Contract starts from the text the
-    -- policy had before its expand when the policy still reads as the expand left it, so the
-    -- end state is exactly the offline rewrite. Logs the change; returns whether it changed.
-    IF p_phase NOT IN ('expand', 'contract') THEN
-        RAISE EXCEPTION 'unknown policy phase %', quote_literal(p_phase)
-            USING DETAIL = 'Phases: expand, contract.', HINT = 'use online_alter_policy(..., ''expand'', ...)';
-    END IF;
+    -- raises lock_not_available for the caller to retry.
     PERFORM pg_catalog.set_config('lock_timeout', p_lock_timeout_ms || 'ms', true);
-    SELECT p.oid, pg_catalog.pg_get_expr(p.polqual, p.polrelid), pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)
-    INTO v_oid, v_using, v_check
-    FROM pg_catalog.pg_policy p
-    WHERE p.polrelid = to_regclass(format('%I.%I', p_schema, p_table)) AND p.polname = p_policy;
-    IF v_oid IS NULL THEN
-        RETURN false;  -- dropped meanwhile: nothing to do
-    END IF;
-    IF p_phase = 'expand' THEN
-        v_new_using := migration_control.expand_role_literals(v_using);
-        v_new_check := migration_control.expand_role_literals(v_check);
-    ELSE
-        SELECT * INTO v_last FROM migration_tracking.rls_policy_changes c
-        WHERE c.schema_name = p_schema AND c.table_name = p_table AND c.policy_name = p_policy
-        ORDER BY c.change_id DESC LIMIT 1;
-        IF v_last.run_id LIKE 'expand:%' AND v_last.new_using IS NOT DISTINCT FROM v_using
-           AND v_last.new_check IS NOT DISTINCT FROM v_check THEN
-            v_base_u := v_last.old_using;
-            v_base_c := v_last.old_check;
-        ELSE
-            v_base_u := v_using;
-            v_base_c := v_check;
-        END IF;
-        v_new_using := migration_control.rewrite_role_literals(v_base_u, 'migrate');
-        v_new_check := migration_control.rewrite_role_literals(v_base_c, 'migrate');
-    END IF;
-    IF v_new_using IS NOT DISTINCT FROM v_using AND v_new_check IS NOT DISTINCT FROM v_check THEN
-        RETURN false;
-    END IF;
-    v_sql := format('ALTER POLICY %I ON %I.%I', p_policy, p_schema, p_table);
-    IF v_new_using IS DISTINCT FROM v_using THEN
-        v_sql := v_sql || format(' USING (%s)', v_new_using);
-    END IF;
-    IF v_new_check IS DISTINCT FROM v_check THEN
-        v_sql := v_sql || format(' WITH CHECK (%s)', v_new_check);
-    END IF;
-    EXECUTE v_sql;
-    INSERT INTO migration_tracking.rls_policy_changes
-        (run_id, schema_name, table_name, policy_name, change_type, old_using, new_using, old_check, new_check)
-    SELECT p_phase || ':' || p_run_id, p_schema, p_table, p_policy, 'rewrite',
-           v_using, pg_catalog.pg_get_expr(p.polqual, p.polrelid),
-           v_check, pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)
-    FROM pg_catalog.pg_policy p WHERE p.oid = v_oid;
-    RETURN true;
+    RETURN migration_control.alter_role_policy(p_schema, p_table, p_policy, p_phase, p_run_id);
 END;
 $$;
 

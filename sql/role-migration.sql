@@ -8,7 +8,9 @@
 --   pending_users_sql()                   the "still to migrate" predicate (offline and online path)
 --   pending_count(text, timestamptz)      how many users are still to migrate, in one set operation
 --   migrate_batch(...)                    ONE keyset batch: log, then UPDATE (offline and online path)
---   rewrite_role_policies(text)           ALTER POLICY every migrated table's policy naming legacy roles
+--   expand_role_literals(text)            one expression's legacy role literals -> legacy OR new role
+--   alter_role_policy(...)                ONE policy to its expand or contract form, logged
+--   rewrite_role_policies(text, text)     alter_role_policy for every policy of the migrated tables
 --   execute_role_migration(...)           the migration run (batches, logging, policies, constraints)
 --
 -- Depends on: migration-logging-system.sql (target_config, new_roles, role_mapping,
@@ -20,9 +22,14 @@
 --
 -- Rollout, as the rehearsal runs it:
 --   1. widen : role CHECK constraints accept legacy + new roles (the data is mixed meanwhile)
---   2. batches: users move to their new role, p_max_batches at a time if asked; resumable
---   3. finish: once no user is left on a legacy role, policies are rewritten and the CHECK
---              constraints narrowed to the new roles.
+--   2. expand: every policy naming a legacy role accepts its new role too, so a user keeps
+--              the same access whichever of the two names they (and their token) hold
+--   3. batches: users move to their new role, p_max_batches at a time if asked; resumable
+--   4. finish: once no user is left on a legacy role, policies are contracted to the new
+--              names and the CHECK constraints narrowed to the new roles.
+-- Access at every committed point: a call with p_max_batches commits a mixed state (the CLI
+-- calls once per batch), so it is refused when a policy cannot be expanded. Without
+-- p_max_batches such a run is all or nothing: a failing batch undoes the whole run.
 
 CREATE SCHEMA IF NOT EXISTS migration_control;
 
@@ -315,52 +322,172 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION migration_control.rewrite_role_policies(p_run_id text)
+CREATE OR REPLACE FUNCTION migration_control.expand_role_literals(p_expr text)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_tok      text[];
+    v_n        integer;
+    v_lit      text;
+    v_new      text;
+    v_next     text;
+    v_cast     text;
+    v_in_array boolean := false;
+    v_cast_re  constant text := '^::(?:character varying|(?:[A-Za-z_][A-Za-z_0-9]*\.)?[A-Za-z_][A-Za-z_0-9]*)(?:\([0-9]+\))?';
+BEGIN
+    -- Expand form of one deparsed expression: each quoted legacy role whose new role differs
+    -- is made to accept the new role too. Inside ARRAY[...] the new role is added after it
+    -- (unless it already follows, so expanding twice changes nothing); after "= " / "<> " the
+    -- comparison becomes = ANY / <> ALL of both. Any other place is refused: guessing there
+    -- could change access. Tokenised like rewrite_role_literals (literals, quoted identifiers,
+    -- the rest), so claim names and identifiers are never touched.
+    IF p_expr IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT array_agg(x.t[1] ORDER BY x.n) INTO v_tok
+    FROM pg_catalog.regexp_matches(p_expr, '"(?:[^"]|"")*"|''(?:[^'']|'''')*''|[^''"]+', 'g') WITH ORDINALITY AS x(t, n);
+    IF array_to_string(v_tok, '') IS DISTINCT FROM p_expr THEN
+        RAISE EXCEPTION 'cannot tokenize expression for role expansion: %', p_expr
+            USING DETAIL = 'An unbalanced quote left part of the expression unmatched.',
+                  HINT = 'rewrite this policy by hand; nothing was changed';
+    END IF;
+    v_n := cardinality(v_tok);
+    FOR i IN 1 .. v_n LOOP
+        IF left(v_tok[i], 1) <> '''' THEN
+            v_in_array := right(v_tok[i], 6) = 'ARRAY['
+                          OR (v_in_array AND v_tok[i] ~ (v_cast_re || ', $') OR (v_in_array AND v_tok[i] = ', '));
+            CONTINUE;
+        END IF;
+        v_lit := replace(substr(v_tok[i], 2, length(v_tok[i]) - 2), '''''', '''');
+        SELECT m.new_role INTO v_new FROM migration_control.role_mapping m
+        WHERE m.legacy_role = v_lit AND m.new_role <> m.legacy_role;
+        CONTINUE WHEN v_new IS NULL;
+        v_next := coalesce(v_tok[i + 1], '');
+        v_cast := coalesce(substring(v_next FROM v_cast_re), '');
+        IF v_in_array THEN
+            CONTINUE WHEN i + 2 <= v_n AND v_tok[i + 2] = quote_literal(v_new)
+                          AND v_next ~ ('^(' || substr(v_cast_re, 2) || ')?, $');
+            v_tok[i] := v_tok[i] || v_cast || ', ' || quote_literal(v_new);
+        ELSIF i > 1 AND v_tok[i - 1] ~ '(^|[^<>=!])(=|<>) $' THEN
+            v_tok[i - 1] := regexp_replace(v_tok[i - 1], '(=|<>) $',
+                                CASE WHEN v_tok[i - 1] ~ '<> $' THEN '<> ALL (ARRAY[' ELSE '= ANY (ARRAY[' END);
+            v_tok[i] := v_tok[i] || v_cast || ', ' || quote_literal(v_new);
+            IF i + 1 <= v_n THEN
+                v_tok[i + 1] := v_cast || '])' || substr(v_next, length(v_cast) + 1);
+            ELSE
+                v_tok := v_tok || '])'::text;
+            END IF;
+        ELSE
+            RAISE EXCEPTION 'cannot expand role literal % in: %', v_tok[i], p_expr
+                USING DETAIL = 'Only literals inside ARRAY[...] or right of = / <> can be widened to accept the new role too.',
+                      HINT = 'rewrite the policy as role = ANY (ARRAY[...]), or migrate in one transaction (execute_role_migration without p_max_batches)';
+        END IF;
+    END LOOP;
+    RETURN array_to_string(v_tok, '');
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION migration_control.alter_role_policy(
+    p_schema text, p_table text, p_policy text, p_phase text, p_run_id text)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_oid       oid;
+    v_using     text;
+    v_check     text;
+    v_base_u    text;
+    v_base_c    text;
+    v_last      migration_tracking.rls_policy_changes;
+    v_new_using text;
+    v_new_check text;
+    v_sql       text;
+BEGIN
+    -- Brings one policy to its expand form (legacy OR new role: expand_role_literals) or its
+    -- contract form (new roles only: rewrite_role_literals). Contract starts from the text the
+    -- policy had before its expand when the policy still reads as the expand left it, so the
+    -- end state is the same whether or not the policy was expanded first. Expressions are
+    -- deparsed and re-parsed under this function's search_path, so the names in them stay
+    -- schema-qualified and resolve to the same objects. Logs the change in rls_policy_changes
+    -- under run id '<phase>:<p_run_id>'; returns whether the policy changed.
+    IF p_phase IS NULL OR p_phase NOT IN ('expand', 'contract') THEN
+        RAISE EXCEPTION 'unknown policy phase %', coalesce(quote_literal(p_phase), 'NULL')
+            USING DETAIL = 'Phases: expand, contract.', HINT = 'use alter_role_policy(..., ''expand'', ...)';
+    END IF;
+    SELECT p.oid, pg_catalog.pg_get_expr(p.polqual, p.polrelid), pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)
+    INTO v_oid, v_using, v_check
+    FROM pg_catalog.pg_policy p
+    WHERE p.polrelid = to_regclass(format('%I.%I', p_schema, p_table)) AND p.polname = p_policy;
+    IF v_oid IS NULL THEN
+        RETURN false;  -- dropped meanwhile: nothing to do
+    END IF;
+    IF p_phase = 'expand' THEN
+        v_new_using := migration_control.expand_role_literals(v_using);
+        v_new_check := migration_control.expand_role_literals(v_check);
+    ELSE
+        SELECT * INTO v_last FROM migration_tracking.rls_policy_changes c
+        WHERE c.schema_name = p_schema AND c.table_name = p_table AND c.policy_name = p_policy
+        ORDER BY c.change_id DESC LIMIT 1;
+        IF v_last.run_id LIKE 'expand:%' AND v_last.new_using IS NOT DISTINCT FROM v_using
+           AND v_last.new_check IS NOT DISTINCT FROM v_check THEN
+            v_base_u := v_last.old_using;
+            v_base_c := v_last.old_check;
+        ELSE
+            v_base_u := v_using;
+            v_base_c := v_check;
+        END IF;
+        v_new_using := migration_control.rewrite_role_literals(v_base_u, 'migrate');
+        v_new_check := migration_control.rewrite_role_literals(v_base_c, 'migrate');
+    END IF;
+    IF v_new_using IS NOT DISTINCT FROM v_using AND v_new_check IS NOT DISTINCT FROM v_check THEN
+        RETURN false;
+    END IF;
+    v_sql := format('ALTER POLICY %I ON %I.%I', p_policy, p_schema, p_table);
+    IF v_new_using IS DISTINCT FROM v_using THEN
+        v_sql := v_sql || format(' USING (%s)', v_new_using);
+    END IF;
+    IF v_new_check IS DISTINCT FROM v_check THEN
+        v_sql := v_sql || format(' WITH CHECK (%s)', v_new_check);
+    END IF;
+    EXECUTE v_sql;
+    INSERT INTO migration_tracking.rls_policy_changes
+        (run_id, schema_name, table_name, policy_name, change_type, old_using, new_using, old_check, new_check)
+    SELECT p_phase || ':' || p_run_id, p_schema, p_table, p_policy, 'rewrite',
+           v_using, pg_catalog.pg_get_expr(p.polqual, p.polrelid),
+           v_check, pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)
+    FROM pg_catalog.pg_policy p WHERE p.oid = v_oid;
+    RETURN true;
+END;
+$$;
+
+DROP FUNCTION IF EXISTS migration_control.rewrite_role_policies(text);
+
+CREATE OR REPLACE FUNCTION migration_control.rewrite_role_policies(p_run_id text, p_phase text)
 RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_pol       record;
-    v_new_using text;
-    v_new_check text;
-    v_sql       text;
-    v_count     integer := 0;
+    v_pol   record;
+    v_count integer := 0;
 BEGIN
-    -- Rewrites, through ALTER POLICY, every policy of the migrated tables whose USING or
-    -- WITH CHECK names a legacy role, replacing each quoted legacy role by its new role
-    -- (rewrite_role_literals); logs old and new text in rls_policy_changes under p_run_id.
-    -- Expressions are deparsed and re-parsed under this function's search_path, so the
-    -- names in them stay schema-qualified and resolve to the same objects.
+    -- alter_role_policy for every policy of the migrated tables, in one transaction: 'expand'
+    -- before users move (a policy then accepts the legacy role and its new role), 'contract'
+    -- once nobody is left on a legacy role. An expression that cannot be expanded raises, and
+    -- the caller's subtransaction undoes the policies already altered. Returns how many changed.
     FOR v_pol IN
-        SELECT t.schema_name, t.table_name, p.polname::text AS policy_name, p.oid AS pol_oid,
-               pg_catalog.pg_get_expr(p.polqual, p.polrelid) AS using_expr,
-               pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) AS check_expr
+        SELECT t.schema_name, t.table_name, p.polname::text AS policy_name
         FROM migration_validation.migrated_tables() t
         JOIN pg_catalog.pg_policy p ON p.polrelid = t.table_oid
-        ORDER BY t.schema_name, t.table_name, p.polname
+        ORDER BY 1, 2, 3
     LOOP
-        v_new_using := migration_control.rewrite_role_literals(v_pol.using_expr, 'migrate');
-        v_new_check := migration_control.rewrite_role_literals(v_pol.check_expr, 'migrate');
-        CONTINUE WHEN v_new_using IS NOT DISTINCT FROM v_pol.using_expr
-                  AND v_new_check IS NOT DISTINCT FROM v_pol.check_expr;
-
-        v_sql := format('ALTER POLICY %I ON %I.%I', v_pol.policy_name, v_pol.schema_name, v_pol.table_name);
-        IF v_new_using IS DISTINCT FROM v_pol.using_expr THEN
-            v_sql := v_sql || format(' USING (%s)', v_new_using);
+        IF migration_control.alter_role_policy(v_pol.schema_name, v_pol.table_name, v_pol.policy_name,
+                                               p_phase, p_run_id) THEN
+            v_count := v_count + 1;
         END IF;
-        IF v_new_check IS DISTINCT FROM v_pol.check_expr THEN
-            v_sql := v_sql || format(' WITH CHECK (%s)', v_new_check);
-        END IF;
-        EXECUTE v_sql;
-
-        INSERT INTO migration_tracking.rls_policy_changes
-            (run_id, schema_name, table_name, policy_name, change_type, old_using, new_using, old_check, new_check)
-        SELECT p_run_id, v_pol.schema_name, v_pol.table_name, v_pol.policy_name, 'rewrite',
-               v_pol.using_expr, pg_catalog.pg_get_expr(p.polqual, p.polrelid),
-               v_pol.check_expr, pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)
-        FROM pg_catalog.pg_policy p WHERE p.oid = v_pol.pol_oid;
-        v_count := v_count + 1;
     END LOOP;
     RETURN v_count;
 END;
@@ -407,11 +534,14 @@ DECLARE
     v_narrowed    jsonb := '[]';
     v_status      text := 'completed';
     v_error       text;
+    v_expanded    integer := 0;
+    v_no_expand   text;
 BEGIN
     -- Migrates every user from the legacy role to mapping(legacy role). Refuses to start
     -- (raise, nothing changed) while another migration holds the lock, when a user's role
     -- is unknown, a legacy role is unmapped, or no valid backup exists. Then: widen the role
-    -- CHECK constraints; walk the pending users in keyset batches (migrate_batch: one INSERT
+    -- CHECK constraints; expand the policies (see the file header); walk the pending users
+    -- in keyset batches (migrate_batch: one INSERT
     -- of the batch into migration_log, one UPDATE of the users whose role changes); stop
     -- after p_max_batches if asked (a later call resumes with the users still pending); once
     -- nobody is left, rewrite the policies and narrow the constraints. Each step runs in its
@@ -536,15 +666,35 @@ BEGIN
         RETURN;
     END;
 
-    -- 2. batches: from the resume point to the last key, then once more from the first key
-    --    (users behind the resume point: a failed batch, an application write)
+    -- 2. expand (not when the caller rewrites the policies itself)
+    IF p_rewrite_policies THEN
+        BEGIN
+            v_expanded := migration_control.rewrite_role_policies(v_run, 'expand');
+        EXCEPTION WHEN OTHERS THEN
+            v_no_expand := SQLERRM;
+        END;
+        IF v_no_expand IS NOT NULL AND p_max_batches IS NOT NULL THEN
+            RAISE EXCEPTION 'refusing a batched migration: %', v_no_expand
+                USING DETAIL = 'Between two batches some users hold the new role and some the legacy one; '
+                               'a policy that cannot accept both would change their access. Nothing was changed.',
+                      HINT = 'rewrite the policy as role = ANY (ARRAY[...]), or migrate in one transaction '
+                             '(execute_role_migration without p_max_batches)';
+        END IF;
+    END IF;
+
+    -- 3. batches: from the resume point to the last key, then once more from the first key
+    --    (users behind the resume point: a failed batch, an application write). Without an
+    --    expand, the walk is one subtransaction: a failed batch undoes every batch of the run.
     v_wrapped := v_last_key IS NULL;
+    BEGIN
     LOOP
         EXIT WHEN p_max_batches IS NOT NULL AND v_batches >= p_max_batches;
         v_batch_id := migration_tracking.start_migration_batch(p_migration_name, v_batch_size, v_run,
                           jsonb_build_object('phase', 'migrate', 'backup_id', v_backup)
                           || CASE WHEN v_batches = 0 AND v_widened <> '[]'
-                                  THEN jsonb_build_object('constraints_widened', v_widened) ELSE '{}' END);
+                                  THEN jsonb_build_object('constraints_widened', v_widened) ELSE '{}' END
+                          || CASE WHEN v_batches = 0 AND v_expanded > 0
+                                  THEN jsonb_build_object('policies_expanded', v_expanded) ELSE '{}' END);
         BEGIN
             SELECT b.migrated, b.unchanged, b.first_key, b.last_key INTO v_cnt_m, v_cnt_u, v_first, v_last
             FROM migration_control.migrate_batch(p_migration_name, v_cutoff, v_last_key, v_batch_size, v_batch_id) b;
@@ -576,6 +726,17 @@ BEGIN
         v_unchanged := v_unchanged + v_cnt_u;
         v_last_key := v_last;
     END LOOP;
+    IF v_status = 'failed' AND v_no_expand IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'RMUND';  -- undo the whole walk, caught just below
+    END IF;
+    EXCEPTION WHEN SQLSTATE 'RMUND' THEN
+        v_error := format('%s (the run was undone: no user moved, because %s)', v_error, v_no_expand);
+        v_batch_id := migration_tracking.start_migration_batch(p_migration_name, v_batch_size, v_run,
+                          jsonb_build_object('phase', 'migrate', 'backup_id', v_backup));
+        PERFORM migration_tracking.complete_migration_batch(v_batch_id, 'failed', v_error);
+        v_migrated := 0;
+        v_unchanged := 0;
+    END;
 
     IF v_status = 'failed' THEN
         RETURN QUERY SELECT v_run, v_batches, v_migrated, v_unchanged, 0, v_status, v_error;
@@ -599,10 +760,10 @@ BEGIN
         RETURN;
     END IF;
 
-    -- 3. finish: policies, then constraints; one subtransaction
+    -- 4. finish: policies, then constraints; one subtransaction
     BEGIN
         IF p_rewrite_policies THEN
-            v_policies := migration_control.rewrite_role_policies(v_run);
+            v_policies := migration_control.rewrite_role_policies(v_run, 'contract');
         END IF;
         v_narrowed := migration_control.adjust_role_constraints('narrow');
         IF v_policies > 0 OR v_narrowed <> '[]' OR (v_batches = 0 AND v_widened <> '[]') THEN

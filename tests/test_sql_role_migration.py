@@ -52,6 +52,10 @@ def role_check(conn):
                          WHERE conrelid = 'public.user_profiles'::regclass AND conname = 'user_profiles_role_check'""")["d"]
 
 
+def expand(conn, expr):
+    return conn.execute("SELECT migration_control.expand_role_literals(%s)", (expr,)).fetchone()[0]
+
+
 def rewrite(conn, expr, mode="migrate"):
     return one(conn, "SELECT migration_control.rewrite_role_literals(%s, %s) AS r", (expr, mode))["r"]
 
@@ -160,9 +164,12 @@ def test_partial_run_migrates_exactly_two_batches_then_resumes(rolemig_db):
         first_keys[0], first_keys[6], first_keys[7], first_keys[13])
     assert batches[0]["details"]["backup_id"] == bid
     assert batches[0]["details"]["constraints_widened"][0]["constraint"] == "user_profiles_role_check"
-    # mixed data: legacy and new roles allowed, policies untouched
+    # mixed data: legacy and new roles allowed; every policy accepts both names (expand form),
+    # so a user keeps their access whichever name they hold between two committed calls
     assert "'owner'::text" in role_check(rolemig_db) and "'super_admin'::text" in role_check(rolemig_db)
-    assert policies(rolemig_db) == policies_before
+    assert policies(rolemig_db) == {name: tuple(expand(rolemig_db, e) for e in pair)
+                                    for name, pair in policies_before.items()}
+    assert policies(rolemig_db) != policies_before
 
     second = migrate(rolemig_db, p_batch_size=7)
     assert second["status"] == "completed" and second["run_id"] != first["run_id"]
@@ -174,6 +181,9 @@ def test_partial_run_migrates_exactly_two_batches_then_resumes(rolemig_db):
     assert roles(rolemig_db) == {k: MAPPING[v] for k, v in before.items()}
     assert role_check(rolemig_db) == ("CHECK ((role = ANY (ARRAY['owner'::text, 'admin'::text, 'manager'::text, "
                                       "'editor'::text, 'moderator'::text, 'viewer'::text])))")
+    # contracted from the text before the expand: the same policies as a one-call migration writes
+    assert policies(rolemig_db) == {name: tuple(rewrite(rolemig_db, e) for e in pair)
+                                    for name, pair in policies_before.items()}
 
     third = migrate(rolemig_db)
     assert (third["status"], third["batches"], third["users_migrated"], third["policies_rewritten"]) == ("completed", 0, 0, 0)
@@ -276,11 +286,18 @@ def test_policies_are_rewritten_and_logged(rolemig_db):
     changed = {name for name in before if before[name] != after[name]}
     assert len(changed) == 8 and {n for n in before if n not in changed} >= {"profiles: read own", "own sessions",
                                                                              "documents: no deletes by viewers"}
+    # logged twice per policy: expanded before the first user moved, contracted at the end
     logged = rows(rolemig_db, "SELECT * FROM migration_tracking.rls_policy_changes ORDER BY change_id")
-    assert {r["policy_name"] for r in logged} == changed
-    assert {r["run_id"] for r in logged} == {result["run_id"]} and {r["change_type"] for r in logged} == {"rewrite"}
-    for r in logged:
+    expanded = [r for r in logged if r["run_id"] == "expand:" + result["run_id"]]
+    contracted = [r for r in logged if r["run_id"] == "contract:" + result["run_id"]]
+    assert len(expanded) + len(contracted) == len(logged) and {r["change_type"] for r in logged} == {"rewrite"}
+    assert {r["policy_name"] for r in expanded} == {r["policy_name"] for r in contracted} == changed
+    assert max(r["change_id"] for r in expanded) < min(r["change_id"] for r in contracted)
+    for r in expanded:
         assert (r["old_using"], r["old_check"]) == before[r["policy_name"]]
+    for r in contracted:
+        assert (r["old_using"], r["old_check"]) == (
+            next((e["new_using"], e["new_check"]) for e in expanded if e["policy_name"] == r["policy_name"]))
         assert (r["new_using"], r["new_check"]) == after[r["policy_name"]]
     literals = " ".join(q or "" for pair in after.values() for q in pair)
     assert not any(f"'{role}'" in literals for role in LEGACY_ONLY)
@@ -334,6 +351,49 @@ def test_failing_batch_is_undone_recorded_and_resumable(rolemig_db):
     resumed = migrate(rolemig_db, p_batch_size=10)
     assert resumed["status"] == "completed" and resumed["batches"] == 11
     assert roles(rolemig_db) == {k: MAPPING[v] for k, v in before.items()}
+
+
+NOT_EXPANDABLE = """CREATE POLICY "profiles: lower-case admins" ON public.user_profiles FOR SELECT
+                     USING (lower(role) = lower('super_admin'))"""
+
+
+def test_batched_call_is_refused_when_a_policy_cannot_accept_both_names(rolemig_db):
+    """Between committed calls users hold both names: a policy that cannot accept both is refused up front."""
+    backup(rolemig_db)
+    rolemig_db.execute(NOT_EXPANDABLE)
+    before, policies_before = roles(rolemig_db), policies(rolemig_db)
+    diag = assert_refused(rolemig_db, "refusing a batched migration: cannot expand role literal 'super_admin'",
+                          p_batch_size=10, p_max_batches=1)
+    assert "without p_max_batches" in diag.message_hint
+    assert roles(rolemig_db) == before and policies(rolemig_db) == policies_before
+    assert one(rolemig_db, "SELECT count(*) AS n FROM migration_tracking.migration_batch")["n"] == 0
+
+
+def test_one_call_without_expand_is_all_or_nothing(rolemig_db):
+    """Without an expand a failed batch would commit a mixed state that policies do not accept: undo it all."""
+    backup(rolemig_db)
+    rolemig_db.execute(NOT_EXPANDABLE)
+    keys = [r["id"] for r in rows(rolemig_db, "SELECT id::text FROM public.user_profiles ORDER BY id")]
+    victim = keys[25]
+    rolemig_db.execute("UPDATE public.user_profiles SET role = 'author' WHERE id = %s", (victim,))
+    before, policies_before = roles(rolemig_db), policies(rolemig_db)
+    rolemig_db.execute(f"""
+        CREATE FUNCTION public.refuse_one() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.id = '{victim}' THEN RAISE EXCEPTION 'refusing %', NEW.id; END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER refuse_one BEFORE UPDATE ON public.user_profiles FOR EACH ROW EXECUTE FUNCTION public.refuse_one()""")
+    result = migrate(rolemig_db, p_batch_size=10)
+    assert result["status"] == "failed" and f"refusing {victim}" in result["error"]
+    assert "the run was undone: no user moved" in result["error"] and "cannot expand" in result["error"]
+    assert roles(rolemig_db) == before and policies(rolemig_db) == policies_before
+    assert one(rolemig_db, "SELECT count(*) AS n FROM migration_tracking.migration_log")["n"] == 0
+    assert [b["status"] for b in rows(rolemig_db, "SELECT status FROM migration_tracking.migration_batch")] == ["failed"]
+
+    rolemig_db.execute("DROP TRIGGER refuse_one ON public.user_profiles")
+    done = migrate(rolemig_db, p_batch_size=10)
+    assert done["status"] == "completed" and roles(rolemig_db) == {k: MAPPING[v] for k, v in before.items()}
 
 
 def test_migrate_again_after_rollback(rolemig_db):
