@@ -5,7 +5,8 @@
 --   configure_target(...)                 store the application's tables/columns, checked
 --   ensure_target_configured()            default row if none, then re-check the stored target
 --   verify_target(...)                    the check both of them use (raises on a missing object)
---   load_role_mapping(jsonb, text[])      replace new_roles and role_mapping
+--   load_role_mapping(jsonb, text[])      replace new_roles and role_mapping (refused mid-migration)
+--   users_moved_since_rollback()          users the migration moved that no completed rollback undid
 --   discover_legacy_roles()               roles the target allows or holds, with their source
 --   initialize_migration_infrastructure() exercise every component in a rolled-back subtransaction
 --   prepare_for_migration(text)           backup + backup validation + pre-migration validation
@@ -215,17 +216,46 @@ BEGIN
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION migration_control.users_moved_since_rollback()
+RETURNS bigint
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_rolled_back_at timestamptz;
+BEGIN
+    -- Users whose role the migration changed after the newest completed rollback (any mode);
+    -- 0 when none: then no migration is under way or in effect, and the mapping may change.
+    -- rollback_log comes with a later install file (migration-rollback-system.sql): without
+    -- it, no rollback ever ran.
+    IF pg_catalog.to_regclass('migration_backup.rollback_log') IS NOT NULL THEN
+        SELECT max(r.started_at) INTO v_rolled_back_at
+          FROM migration_backup.rollback_log AS r
+         WHERE r.status = 'completed';
+    END IF;
+    RETURN (SELECT count(DISTINCT l.user_key)
+              FROM migration_tracking.migration_log AS l
+             WHERE l.status = 'migrated' AND l.old_role IS DISTINCT FROM l.new_role
+               AND (v_rolled_back_at IS NULL OR l.logged_at > v_rolled_back_at));
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION migration_control.load_role_mapping(p_mapping jsonb, p_new_roles text[])
 RETURNS TABLE(legacy_role text, new_role text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_bad text;
+    v_bad     text;
+    v_changed text;
+    v_moved   bigint;
 BEGIN
     -- Replaces the new roles and the legacy -> new mapping in one go, after checking the
     -- whole document: an object of non-empty names to non-empty strings, every target one
-    -- of p_new_roles, p_new_roles non-empty and without duplicates.
+    -- of p_new_roles, p_new_roles non-empty and without duplicates. A different mapping is
+    -- refused while a migration is under way or done and not rolled back: users already
+    -- moved keep the old target, the rest would get the new one, and a legacy role's users
+    -- would end up split between two new roles. Loading the same mapping again is allowed.
     IF p_new_roles IS NULL OR cardinality(p_new_roles) = 0 THEN
         RAISE EXCEPTION 'new roles list is empty'
             USING DETAIL = format('p_new_roles = %L', p_new_roles), HINT = 'pass the new role names, e.g. ARRAY[''owner'',''admin'']';
@@ -261,6 +291,32 @@ BEGIN
         RAISE EXCEPTION 'role mapping targets outside the new roles: %', v_bad
             USING DETAIL = format('new roles: %s', array_to_string(p_new_roles, ', ')),
                   HINT = 'map every legacy role to one of the new roles, or add the target to the new roles';
+    END IF;
+
+    SELECT concat_ws('; ',
+               (SELECT string_agg(format('%s: %s -> %s', coalesce(o.legacy_role, n.key),
+                                         coalesce(o.new_role, 'unmapped'), coalesce(n.value, 'unmapped')),
+                                  ', ' ORDER BY coalesce(o.legacy_role, n.key))
+                  FROM migration_control.role_mapping AS o
+                  FULL JOIN pg_catalog.jsonb_each_text(p_mapping) AS n ON n.key = o.legacy_role
+                 WHERE o.new_role IS DISTINCT FROM n.value),
+               (SELECT 'new roles ' || string_agg(CASE WHEN o.role_name IS NULL THEN '+' ELSE '-' END
+                                                  || coalesce(o.role_name, n.r), ', '
+                                                  ORDER BY coalesce(o.role_name, n.r))
+                  FROM migration_control.new_roles AS o
+                  FULL JOIN pg_catalog.unnest(p_new_roles) AS n(r) ON n.r = o.role_name
+                 WHERE o.role_name IS NULL OR n.r IS NULL))
+      INTO v_changed;
+    IF v_changed <> '' THEN
+        v_moved := migration_control.users_moved_since_rollback();
+        IF v_moved > 0 THEN
+            RAISE EXCEPTION 'cannot change the role mapping while a migration is in effect: %', v_changed
+                USING DETAIL = format('%s users were moved under the loaded mapping and no rollback undid it; '
+                                      'a new target would split a legacy role''s users between two new roles. '
+                                      'Nothing was changed.', v_moved),
+                      HINT = 'roll back first (migration_backup.execute_rollback), or finish the migration '
+                             'with the mapping it started with';
+        END IF;
     END IF;
 
     DELETE FROM migration_control.role_mapping;

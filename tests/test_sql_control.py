@@ -290,3 +290,64 @@ def test_infrastructure_status_lists_missing_pieces(rolemig_db):
     assert status["functions"]["details"]["missing"] == ["migration_backup.get_backup_summary"]
     assert status["target"]["status"] == "fail" and "rank" in status["target"]["details"]["error"]
     assert status["backups"]["status"] == "pass" and status["backups"]["details"]["completed"] == 1
+
+
+# ------------------------------------------------ mapping changes mid-migration ----
+
+CHANGED_MAPPING = {**DEMO_MAPPING.mapping, "support_agent": "editor"}
+LOAD = "SELECT * FROM migration_control.load_role_mapping(%s, %s::text[])"
+
+
+def _migrate_one_batch(conn) -> str:
+    """A backup and one batch of 10 users: a migration under way. Returns the backup id."""
+    backup_id = one(conn, "SELECT * FROM migration_backup.create_comprehensive_backup('b')")["backup_id"]
+    one(conn, "SELECT * FROM migration_control.execute_role_migration(p_batch_size => 10, p_max_batches => 1)")
+    assert one(conn, "SELECT migration_control.users_moved_since_rollback() AS n")["n"] > 0
+    return backup_id
+
+
+def _mapping(conn):
+    return (rows(conn, "SELECT * FROM migration_control.role_mapping ORDER BY 1"),
+            rows(conn, "SELECT * FROM migration_control.new_roles ORDER BY position"))
+
+
+def test_load_role_mapping_refuses_another_mapping_mid_migration(rolemig_db):
+    _migrate_one_batch(rolemig_db)
+    before = _mapping(rolemig_db)
+    diag = raises(rolemig_db, LOAD, (Jsonb(CHANGED_MAPPING), list(DEMO_MAPPING.new_roles)),
+                  match=r"while a migration is in effect: support_agent: moderator -> editor\n")
+    assert "Nothing was changed" in diag.message_detail
+    assert diag.message_hint.startswith("roll back first")
+    unmapped = {k: v for k, v in DEMO_MAPPING.mapping.items() if k != "viewer"}
+    raises(rolemig_db, LOAD, (Jsonb(unmapped), list(DEMO_MAPPING.new_roles)), match=r"viewer: viewer -> unmapped")
+    raises(rolemig_db, LOAD, (Jsonb(DEMO_MAPPING.mapping), [*DEMO_MAPPING.new_roles, "guest"]),
+           match=r"new roles \+guest")
+    assert _mapping(rolemig_db) == before
+    # the same mapping again (a repeated `rolemig install`) is allowed, in any order of the new roles
+    rows(rolemig_db, LOAD, (Jsonb(DEMO_MAPPING.mapping), list(reversed(DEMO_MAPPING.new_roles))))
+    assert _mapping(rolemig_db)[0] == before[0]
+
+
+def test_load_role_mapping_refuses_after_a_finished_migration_until_rolled_back(rolemig_db):
+    backup_id = _migrate_one_batch(rolemig_db)
+    assert one(rolemig_db, "SELECT status FROM migration_control.execute_role_migration()")["status"] == "completed"
+    raises(rolemig_db, LOAD, (Jsonb(CHANGED_MAPPING), list(DEMO_MAPPING.new_roles)), match="in effect")
+    rollback = one(rolemig_db, "SELECT * FROM migration_backup.execute_rollback(%s)", (backup_id,))
+    assert rollback["status"] == "completed"
+    assert one(rolemig_db, "SELECT migration_control.users_moved_since_rollback() AS n")["n"] == 0
+    rows(rolemig_db, LOAD, (Jsonb(CHANGED_MAPPING), list(DEMO_MAPPING.new_roles)))
+    assert one(rolemig_db, "SELECT new_role FROM migration_control.role_mapping "
+                           "WHERE legacy_role = 'support_agent'")["new_role"] == "editor"
+    # a migration started after the rollback counts again
+    one(rolemig_db, "SELECT * FROM migration_control.execute_role_migration(p_batch_size => 10, p_max_batches => 1)")
+    raises(rolemig_db, LOAD, (Jsonb(DEMO_MAPPING.mapping), list(DEMO_MAPPING.new_roles)),
+           match=r"support_agent: editor -> moderator")
+
+
+def test_users_moved_since_rollback_without_the_rollback_log(rolemig_db):
+    # migration-control-system.sql installs before migration-rollback-system.sql
+    assert one(rolemig_db, "SELECT migration_control.users_moved_since_rollback() AS n")["n"] == 0
+    _migrate_one_batch(rolemig_db)
+    rolemig_db.execute("DROP TABLE migration_backup.rollback_log CASCADE")
+    assert one(rolemig_db, "SELECT migration_control.users_moved_since_rollback() AS n")["n"] > 0
+    raises(rolemig_db, LOAD, (Jsonb(CHANGED_MAPPING), list(DEMO_MAPPING.new_roles)), match="in effect")
