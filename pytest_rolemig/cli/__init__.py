@@ -9,10 +9,11 @@ what happened (see :mod:`pytest_rolemig.cli.errors`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, NoReturn, TextIO
 
 from pytest_rolemig.cli import errors
 from pytest_rolemig.cli.errors import CliError
@@ -20,8 +21,11 @@ from pytest_rolemig.cli.errors import CliError
 _EPILOG = "exit codes:\n" + "\n".join(f"  {code:<4} {text}" for code, text in errors.EXIT_CODES.items())
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser: common options on every subcommand, so they go before or after its name."""
+def build_parser(err: TextIO | None = None) -> argparse.ArgumentParser:
+    """The argument parser: common options on every subcommand, so they go before or after its name.
+
+    Usage errors go to ``err`` (default: standard error) as one line and exit with code 2.
+    """
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--dsn", default=argparse.SUPPRESS,
                         help="libpq connection string or URL (default: $DATABASE_URL)")
@@ -30,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="no progress bar")
 
-    parser = argparse.ArgumentParser(
-        prog="rolemig", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = _Parser(
+        prog="rolemig", parents=[common], err=err, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run the user-role migration (legacy roles -> new roles) on a real PostgreSQL database.",
         epilog=_EPILOG,
     )
@@ -39,9 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], help=help_text, description=help_text, epilog=_EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+                              formatter_class=argparse.RawDescriptionHelpFormatter, err=err)
 
-    p = add("install", "install the migration infrastructure, configure the target tables, load the role mapping")
+    p = add("install",
+            "install the migration infrastructure, configure the target tables, load the role mapping")
     p.add_argument("--mapping", metavar="FILE", help="role mapping TOML (default: the bundled demo mapping)")
     p.add_argument("--profiles-table", default="public.user_profiles")
     p.add_argument("--key-column", default="id")
@@ -50,25 +55,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sessions-user-column", default="user_id")
     p.add_argument("--policy-schema", action="append", metavar="SCHEMA",
                    help="schema whose RLS policies are migrated (repeatable; default: public and auth)")
-    p.add_argument("--batch-size", type=_positive, default=1000, help="default batch size stored in the target")
+    p.add_argument("--batch-size", type=_positive, default=1000, metavar="N",
+                   help="default batch size stored in the target (default 1000)")
     p.add_argument("--demo", action="store_true",
-                   help="load the bundled demo application first (when its tables are missing) and seed users")
-    p.add_argument("--demo-users", type=int, default=130, metavar="N",
-                   help="users to seed with --demo into an empty profiles table (default 130)")
+                   help="load the bundled demo application first (when its tables are missing) "
+                        "and seed users")
+    p.add_argument("--demo-users", type=_count, default=130, metavar="N",
+                   help="users to seed with --demo into an empty profiles table (default 130; "
+                        "0 seeds nobody)")
 
     add("status", "infrastructure, backups, batches and the last validation at a glance")
 
     p = add("plan", "dry run: users per role, policies rewritten, batches, time estimate, access changes")
-    p.add_argument("--batch-size", type=_positive, help="batch size (default: the stored target's)")
+    p.add_argument("--batch-size", type=_positive, metavar="N",
+                   help="batch size (default: the stored target's)")
     p.add_argument("--no-access", action="store_true", help="skip the access-change analysis")
 
     p = add("backup", "back up profiles, sessions and policies, and validate the backup")
     p.add_argument("--name", default="pre_migration_backup", help="label of the backup")
 
     p = add("migrate", "run or resume the migration batch by batch (Ctrl-C stops after the current batch)")
-    p.add_argument("--batch-size", type=_positive, help="users per batch (default: the stored target's)")
+    p.add_argument("--batch-size", type=_positive, metavar="N",
+                   help="users per batch (default: the stored target's)")
     p.add_argument("--backup-id", help="backup to rely on (default: the newest restorable one)")
-    p.add_argument("--max-batches", type=_positive, help="stop after N batches (resume later)")
+    p.add_argument("--max-batches", type=_positive, metavar="N", help="stop after N batches (resume later)")
     p.add_argument("--name", default="role_system_migration", help="migration name recorded in the batches")
     p.add_argument("--no-validate", action="store_true", help="skip the post-migration validation")
 
@@ -84,17 +94,51 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("backup_id", nargs="?", help="backup to restore from (default: the newest restorable)")
         p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
         if name == "rollback":
-            p.add_argument("--reason", default="manual rollback (rolemig)", help="recorded in the rollback log")
+            p.add_argument("--reason", default="manual rollback (rolemig)",
+                           help="recorded in the rollback log")
 
     add("backups", "list backups, newest first, and whether each is restorable")
     return parser
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+INT_MAX = 2_147_483_647  # the SQL columns and parameters these options reach are integer
+
+
+def _integer(text: str, minimum: int, what: str) -> int:
+    """Checked here, not by the server: an overflow there reads as a missing infrastructure."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what} at most {INT_MAX}, got {text!r}") from None
+    if not minimum <= value <= INT_MAX:
+        raise argparse.ArgumentTypeError(f"must be {what} at most {INT_MAX}, got {value}")
     return value
+
+
+def _positive(text: str) -> int:
+    return _integer(text, 1, "a positive integer")
+
+
+def _count(text: str) -> int:
+    return _integer(text, 0, "a non-negative integer")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage error is one line on the caller's stream, naming the option.
+
+    argparse's own prints the whole usage block to ``sys.stderr``, which ``main(err=...)`` never sees.
+    """
+
+    def __init__(self, *args: Any, err: TextIO | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.err = err
+
+    def error(self, message: str) -> NoReturn:
+        stream = self.err or sys.stderr
+        stream.write(f"{self.prog}: error: {message}\n")
+        stream.write(f"rolemig: hint: `{self.prog} --help` lists the options\n")
+        stream.flush()
+        raise SystemExit(errors.USAGE)
 
 
 def _safe_dsn(dsn: str) -> str:
@@ -120,7 +164,8 @@ def connect(dsn: str | None):  # type: ignore[no-untyped-def]
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
         raise CliError(f"cannot connect to {_safe_dsn(dsn)}: {first}", errors.CONNECTION,
-                       hint="check that the server runs and the DSN (--dsn / DATABASE_URL) is right") from None
+                       hint="check that the server runs and the DSN (--dsn / DATABASE_URL) is right",
+                       ) from None
     return conn
 
 
@@ -132,10 +177,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
 
     out = out or sys.stdout
     err = err or sys.stderr
-    parser = build_parser()
+    parser = build_parser(err)
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        with contextlib.redirect_stdout(out):  # --help
+            args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2, already reported on err)
         return int(exc.code or 0)
     for name, default in (("dsn", None), ("json", False), ("quiet", False)):
         if not hasattr(args, name):
