@@ -1,7 +1,8 @@
-"""What ``rolemig`` does with bad input: integer options.
+"""What ``rolemig`` does with bad input: integer options, and the hints it prints.
 
 Usage errors are caught by the argument parser, before any connection, in one line naming the
-option. Database tests run on the test's own clone (``rolemig_db``: demo schema, infrastructure,
+option; hints the server raises name the ``rolemig`` command to run, not the SQL routine.
+Database tests run on the test's own clone (``rolemig_db``: demo schema, infrastructure,
 demo mapping, 130 users, no backup).
 """
 
@@ -9,10 +10,13 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import pytest
 
+from pytest_rolemig import resources
 from pytest_rolemig.cli import build_parser, errors, main
+from pytest_rolemig.cli.errors import SQL_TO_CLI, cli_hint
 
 INT_MAX = 2_147_483_647
 
@@ -39,6 +43,10 @@ def dsn(rolemig_server, rolemig_db):
 
 def cli(dsn: str, *argv: str) -> Run:
     return Run(*argv, "--dsn", dsn)
+
+
+def roles(conn) -> dict[str, str]:
+    return dict(conn.execute("SELECT id::text, role FROM public.user_profiles").fetchall())
 
 
 # --------------------------------------------------------- integer options ---
@@ -85,3 +93,63 @@ def test_huge_batch_size_is_a_usage_error_and_changes_nothing(dsn, rolemig_db):
     assert "--batch-size" in run.err and "infrastructure" not in run.err
     after = rolemig_db.execute("SELECT batch_size FROM migration_control.target_config").fetchone()[0]
     assert after == before
+
+
+# ------------------------------------------------------------------- hints ---
+
+_HINT = re.compile(r"HINT\s*=\s*(?:format\(\s*)?((?:'(?:[^']|'')*'\s*)+)")
+_SQL_LEFT = re.compile(r"\bmigration_[a-z]+\.|SELECT \*|\bCALL ")
+
+
+def sql_hints() -> list[tuple[str, str]]:
+    """(file, hint) for every ``HINT = '...'`` in sql/*.sql; adjacent literals joined as SQL joins them."""
+    found = []
+    for path in sorted(resources.sql_dir().glob("*.sql")):
+        for m in _HINT.finditer(path.read_text(encoding="utf-8")):
+            parts = re.findall(r"'((?:[^']|'')*)'", m[1])
+            found.append((path.name, "".join(p.replace("''", "'") for p in parts)))
+    return found
+
+
+def test_every_sql_hint_reads_as_cli_commands():
+    hints = sql_hints()
+    assert len(hints) > 50, "the regex found the HINTs"
+    left = [(name, hint, cli_hint(hint)) for name, hint in hints if _SQL_LEFT.search(cli_hint(hint))]
+    assert left == []
+    # every routine or table a hint names is in the table (so the docs can list it)
+    named = {n for _, h in hints for n in re.findall(r"\bmigration_[a-z]+\.([a-z_]+)", h)}
+    named |= {n for _, h in hints for n in re.findall(r"\b([a-z_]+)\(", h)}
+    assert named - set(SQL_TO_CLI) == set()
+
+
+@pytest.mark.parametrize(("hint", "expected"), [
+    ("take one first: SELECT * FROM migration_control.prepare_for_migration()",
+     "take one first: run `rolemig backup`"),
+    ("see migration_backup.list_available_backups(), or pass NULL for the newest valid backup",
+     "see `rolemig backups`, or leave out --backup-id for the newest restorable backup"),
+    ("call migration_control.load_role_mapping(mapping, new_roles)", "run `rolemig install --mapping FILE`"),
+    ("Call emergency_rollback() without argument to use the newest intact backup.",
+     "Run `rolemig emergency-rollback` without argument to use the newest intact backup."),
+    ("point p_role_column at the column holding the role name",
+     "point --role-column at the column holding the role name"),
+    ("CALL migration_control.run_online_migration(p_phase => 'expand')",
+     "Run `run_online_migration(p_phase => 'expand')` (SQL only)"),
+    ("and CALL migration_x.not_in_the_table() again", "and run not_in_the_table() again"),
+])
+def test_cli_hint_examples(hint, expected):
+    assert cli_hint(hint) == expected
+    assert cli_hint(expected) == expected  # idempotent: a translated hint is left alone
+
+
+def test_a_server_hint_names_the_cli_command(dsn, rolemig_db):
+    backup_id = cli(dsn, "backup", "--json").json()["backup_id"]
+    rolemig_db.execute("UPDATE migration_backup.backup_log SET status = 'failed' WHERE backup_id = %s",
+                       (backup_id,))
+    before = roles(rolemig_db)
+    run = cli(dsn, "migrate", "--backup-id", backup_id, "-q")
+    assert run.code == errors.CHECKS_FAILED, run
+    assert f"backup {backup_id} does not exist or is not completed" in run.err
+    hint = [line for line in run.err.splitlines() if line.startswith("HINT: ")]
+    assert hint == ["HINT: see `rolemig backups`, or leave out --backup-id for the newest restorable backup"]
+    assert "list_available_backups" not in run.err
+    assert roles(rolemig_db) == before

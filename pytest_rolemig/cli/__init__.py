@@ -206,7 +206,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
 
 
 def _report(exc: CliError, err: TextIO) -> None:
-    err.write(f"rolemig: error: {exc}\n")
+    # a server error text embedded in the message (install wraps them) gets the CLI's hint too
+    err.write(f"rolemig: error: {errors.translate_hints(str(exc))}\n")
     if exc.hint:
         err.write(f"rolemig: hint: {exc.hint}\n")
     err.flush()
