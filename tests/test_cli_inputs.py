@@ -1,8 +1,9 @@
-"""What ``rolemig`` does with bad input: integer options, and the hints it prints.
+"""What ``rolemig`` does with bad input: integer options, hints, mappings that do not fit.
 
 Usage errors are caught by the argument parser, before any connection, in one line naming the
-option; hints the server raises name the ``rolemig`` command to run, not the SQL routine.
-Database tests run on the test's own clone (``rolemig_db``: demo schema, infrastructure,
+option; hints the server raises name the ``rolemig`` command to run, not the SQL routine; a
+mapping that leaves a role unmapped, or that would change targets mid-migration, is not installed
+quietly. Database tests run on the test's own clone (``rolemig_db``: demo schema, infrastructure,
 demo mapping, 130 users, no backup).
 """
 
@@ -17,7 +18,9 @@ import pytest
 from pytest_rolemig import resources
 from pytest_rolemig.cli import build_parser, errors, main
 from pytest_rolemig.cli.errors import SQL_TO_CLI, cli_hint
+from pytest_rolemig.mapping import load_mapping
 
+DEMO = load_mapping(resources.demo_mapping())
 INT_MAX = 2_147_483_647
 
 
@@ -43,6 +46,17 @@ def dsn(rolemig_server, rolemig_db):
 
 def cli(dsn: str, *argv: str) -> Run:
     return Run(*argv, "--dsn", dsn)
+
+
+def write_mapping(path, mapping: dict[str, str], new_roles=DEMO.new_roles):
+    lines = [f"new_roles = {json.dumps(list(new_roles))}", "", "[mapping]"]
+    lines += [f'{legacy} = "{new}"' for legacy, new in mapping.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def stored_mapping(conn) -> dict[str, str]:
+    return dict(conn.execute("SELECT legacy_role, new_role FROM migration_control.role_mapping").fetchall())
 
 
 def roles(conn) -> dict[str, str]:
@@ -153,3 +167,35 @@ def test_a_server_hint_names_the_cli_command(dsn, rolemig_db):
     assert hint == ["HINT: see `rolemig backups`, or leave out --backup-id for the newest restorable backup"]
     assert "list_available_backups" not in run.err
     assert roles(rolemig_db) == before
+
+
+# ---------------------------------------------------------------- mappings ---
+
+def test_install_with_a_mapping_that_leaves_a_role_unmapped_fails(dsn, rolemig_db, tmp_path):
+    # needs cmd_install to count the "mapping" component in its exit code
+    partial = write_mapping(tmp_path / "partial.toml",
+                            {k: v for k, v in DEMO.mapping.items() if k != "support_agent"})
+    run = cli(dsn, "install", "--mapping", partial)
+    assert run.code == errors.CHECKS_FAILED, run
+    assert "[FAIL] mapping" in run.out and "support_agent" in run.out, run
+    run = cli(dsn, "install", "--mapping", partial, "--json")
+    assert run.code == errors.CHECKS_FAILED, run
+    mapping = {r["component"]: r for r in run.json()["status"]}["mapping"]
+    assert mapping["status"] == "fail" and mapping["details"]["unmapped_roles"] == ["support_agent"]
+
+
+def test_install_refuses_another_mapping_mid_migration(dsn, rolemig_db, tmp_path):
+    assert cli(dsn, "backup").code == 0
+    assert cli(dsn, "migrate", "--batch-size", "10", "--max-batches", "1", "-q").code == 0
+    mapping, users = stored_mapping(rolemig_db), roles(rolemig_db)
+    other = write_mapping(tmp_path / "other.toml",
+                          {**DEMO.mapping, "support_agent": "editor", "author": "viewer"})
+    run = cli(dsn, "install", "--mapping", other)
+    assert run.code != errors.OK, run
+    assert "author: editor -> viewer, support_agent: moderator -> editor" in run.err, run
+    assert "`rolemig rollback`" in run.err and "execute_rollback" not in run.err, run
+    assert stored_mapping(rolemig_db) == mapping and roles(rolemig_db) == users
+    # the mapping the migration started with installs again (install is idempotent)
+    again = cli(dsn, "install")
+    assert again.code == errors.OK, again
+    assert stored_mapping(rolemig_db) == mapping
