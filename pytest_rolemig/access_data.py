@@ -21,9 +21,10 @@ import psycopg
 from psycopg import sql
 
 from pytest_rolemig.access_matrix import owner_references, rls_tables
-from pytest_rolemig.seeding import split_name
 from pytest_rolemig.target import Target
 
+# Expressions by column type, in terms of the row number g. They are SQL text with literal
+# braces ('{}'::jsonb): wrap them in sql.SQL and join, never use them as a .format() template.
 _BY_TYPE = {
     "text": "'acl row ' || g", "character varying": "'acl row ' || g", "boolean": "g % 2 = 0",
     "integer": "g", "bigint": "g", "smallint": "g", "numeric": "g", "real": "g", "double precision": "g",
@@ -75,12 +76,15 @@ def _policy_literals(conn: psycopg.Connection[Any], schema: str, table: str, col
 
 
 def _default(conn: psycopg.Connection[Any], schema: str, table: str, column: str) -> str:
+    """The column's default expression as SQL text (looked up by name: no quoting to get wrong)."""
     row = conn.execute(
         """
         SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) FROM pg_catalog.pg_attrdef d
         JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
-        WHERE d.adrelid = %s::regclass AND a.attname = %s
-        """, (f'"{schema}"."{table}"', column)).fetchone()
+        JOIN pg_catalog.pg_class c ON c.oid = d.adrelid
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = %s AND c.relname = %s AND a.attname = %s
+        """, (schema, table, column)).fetchone()
     return row[0] if row else "NULL"
 
 
@@ -94,7 +98,7 @@ def seed_access_rows(conn: psycopg.Connection[Any], target: Target, owner_keys: 
     """Fill empty RLS-protected tables with ``per_table`` rows each (default: one per owner, at least 12)."""
     per_table = per_table or max(12, len(owner_keys))
     owners = owner_references(conn, target)
-    profiles = split_name(target.profiles_table)
+    profiles = target.profiles_name
     pending = {t for t in rls_tables(conn, target.policy_schemas)
                if t != profiles and _is_empty(conn, *t)}
     rows: dict[str, int] = {}
@@ -125,12 +129,14 @@ def seed_access_rows(conn: psycopg.Connection[Any], target: Target, owner_keys: 
                     # alternate the default with the values the table's policies compare this column to
                     expr = sql.SQL("CASE WHEN g % {n} = 0 THEN NULL ELSE ({w}::text[])[g % {n}] END").format(
                         n=sql.Literal(len(words) + 1), w=sql.Literal(words))
-                    expr = sql.SQL("coalesce({}, {})").format(expr, sql.SQL(_default(conn, schema, table, name)))
+                    default = sql.SQL(_default(conn, schema, table, name))
+                    expr = sql.SQL("coalesce({}, {})").format(expr, default)
                 elif is_enum:
-                    expr = sql.SQL("(enum_range(NULL::{ty}))[1 + g % cardinality(enum_range(NULL::{ty}))]").format(
-                        ty=sql.SQL(type_name))
+                    expr = sql.SQL("(enum_range(NULL::{ty}))[1 + g % cardinality(enum_range(NULL::{ty}))]"
+                                   ).format(ty=sql.SQL(type_name))
                 elif type_name.split("(")[0] in _BY_TYPE:
-                    expr = sql.SQL(_BY_TYPE[type_name.split("(")[0]] + "::{}").format(sql.SQL(type_name))
+                    by_type = sql.SQL(_BY_TYPE[type_name.split("(")[0]])
+                    expr = sql.SQL("::").join([by_type, sql.SQL(type_name)])
                 elif not_null:
                     wait = f"no value for required column {name} of type {type_name}"
                     break
@@ -165,7 +171,7 @@ def seed_access_rows(conn: psycopg.Connection[Any], target: Target, owner_keys: 
 
 def _link_profiles(conn: psycopg.Connection[Any], target: Target, seeded: dict[str, int]) -> None:
     """Point all-NULL nullable foreign keys of the profiles table at rows just seeded."""
-    schema, table = split_name(target.profiles_table)
+    schema, table = target.profiles_name
     for name, _type, not_null, _d, _e, rs, rt, rc in _columns(conn, schema, table):
         if rs is None or not_null or f"{rs}.{rt}" not in seeded:
             continue

@@ -258,3 +258,12 @@ def test_update_probe_by_row_lock_reaches_what_a_no_op_update_reaches(rolemig_db
     assert probed.cells == updated.cells
     assert any(probed.reached(cell) for cell in probed.cells
                if cell[2:] == ("public.user_profiles", "UPDATE"))
+
+
+def test_empty_table_with_json_columns_and_no_default_is_filled(rolemig_db):
+    load_schema_file(rolemig_db, EXAMPLES / "access-json-empty.sql")
+    actors = choose_actors(rolemig_db, DEMO, per_role=2)
+    seeded = seed_access_rows(rolemig_db, DEMO, [a.key for a in actors if a.key])
+    assert seeded.rows.get("public.user_settings", 0) >= 12, seeded.skipped
+    assert rolemig_db.execute("SELECT DISTINCT settings::text, legacy::text FROM public.user_settings").fetchall() \
+        == [("{}", "{}")]
