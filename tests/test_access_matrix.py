@@ -265,5 +265,5 @@ def test_empty_table_with_json_columns_and_no_default_is_filled(rolemig_db):
     actors = choose_actors(rolemig_db, DEMO, per_role=2)
     seeded = seed_access_rows(rolemig_db, DEMO, [a.key for a in actors if a.key])
     assert seeded.rows.get("public.user_settings", 0) >= 12, seeded.skipped
-    assert rolemig_db.execute("SELECT DISTINCT settings::text, legacy::text FROM public.user_settings").fetchall() \
-        == [("{}", "{}")]
+    values = rolemig_db.execute("SELECT DISTINCT settings::text, legacy::text FROM public.user_settings")
+    assert values.fetchall() == [("{}", "{}")]
