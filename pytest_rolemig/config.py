@@ -2,24 +2,31 @@
 
 Each setting exists as a command-line option ``--rolemig-x`` and an ini key
 ``rolemig_x`` sharing one help text. Precedence: command line, then environment
-(only ``DATABASE_URL`` for the server), then ini / ``[tool.pytest.ini_options]``,
+(only ``ROLEMIG_DSN`` for the server), then ini / ``[tool.pytest.ini_options]``,
 then the default. "Set" means ``is not None``, so a command-line ``0`` wins.
+
+``DATABASE_URL`` is the CLI's variable and is never read here: the gate creates and
+drops databases, so it must not land on a server just because a shell exported one.
+Relative paths resolve as pytest's own path ini keys do: command-line and environment
+values against the folder pytest was invoked from, ini values (and defaults) against
+the ini file's folder; never against the rootdir, which moves with other arguments.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from pytest_rolemig import resources
 from pytest_rolemig.errors import ConfigError
 from pytest_rolemig.mapping import RoleMapping, load_mapping
-from pytest_rolemig.target import Target
+from pytest_rolemig.target import Target, qualified_name
 
 
 @dataclass(frozen=True)
@@ -31,37 +38,45 @@ class Setting:
     kind: str = "string"  # string | int | linelist | bool
     default: Any = None
     env: str | None = None
+    path: bool = False  # a path: relative values resolve against the invocation or the ini file's folder
 
     @property
     def ini(self) -> str:
+        """The ini key, ``rolemig_<name>`` (also the option's ``dest``)."""
         return f"rolemig_{self.name}"
 
     @property
     def flag(self) -> str:
+        """The command-line option, ``--rolemig-<name>`` with dashes."""
         return "--rolemig-" + self.name.replace("_", "-")
 
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("schema", "Schema SQL files to load, in order (globs allowed). Default: the bundled demo.",
-            "linelist"),
-    Setting("mapping", "Role mapping TOML file (new_roles + [mapping]). Default: the bundled demo mapping."),
-    Setting("profiles_table", "Table holding one row per user with the role column.", default="public.user_profiles"),
+            "linelist", path=True),
+    Setting("mapping", "Role mapping TOML file (new_roles + [mapping]). Default: the bundled demo mapping.",
+            path=True),
+    Setting("profiles_table", "Table holding one row per user with the role column.",
+            default="public.user_profiles"),
     Setting("key_column", "User key column of the profiles table.", default="id"),
     Setting("role_column", "Role column of the profiles table.", default="role"),
     Setting("sessions_table", "Table holding user sessions.", default="auth.sessions"),
     Setting("sessions_user_column", "Column of the sessions table naming the user.", default="user_id"),
     Setting("policy_schemas", "Schemas whose RLS policies are backed up and rewritten.", "linelist",
             default=("public", "auth")),
-    Setting("users", "Number of users to seed, spread over every legacy role.", "int", default=130),
+    Setting("users", "Number of users to seed, spread over every legacy role (at least 1).", "int",
+            default=130),
     Setting("batch_size", "Users migrated per batch.", "int", default=1000),
     Setting("login_sample", "Users the gate logs in as after the migration: all of them up to this many, "
             "beyond it a random sample that covers every role.", "int", default=2000),
-    Setting("dsn", "Use this existing server (libpq DSN) instead of an ephemeral one; "
-            "databases are created and dropped on it.", env="DATABASE_URL"),
-    Setting("pg_bin", "Folder of the PostgreSQL server binaries (or pg_ctl itself). Default: searched."),
+    Setting("dsn", "Use this existing server (libpq DSN) instead of an ephemeral one; databases are "
+            "created and dropped on it. Environment: ROLEMIG_DSN (DATABASE_URL is ignored).",
+            env="ROLEMIG_DSN"),
+    Setting("pg_bin", "Folder of the PostgreSQL server binaries (or pg_ctl itself). Default: searched.",
+            path=True),
     Setting("server_dir", "Folder for the ephemeral server's data. Default: /dev/shm (memory) when it has "
-            "2 GiB free, else the system temp folder."),
-    Setting("report_dir", "Folder for the gate's reports (JSON and Markdown).", default="reports"),
+            "2 GiB free, else the system temp folder.", path=True),
+    Setting("report_dir", "Folder for the gate's reports (JSON and Markdown).", default="reports", path=True),
     Setting("roundtrip_examples", "Hypothesis examples of the gate's round-trip property, per rollback mode.",
             "int", default=25),
 )
@@ -85,11 +100,24 @@ class RolemigConfig:
     server_dir: str | None
     report_dir: Path
     roundtrip_examples: int
+    ignored_env: str | None = None  # DATABASE_URL when set and ignored (an ephemeral server runs instead)
     sources: dict[str, str] = field(default_factory=dict, hash=False)
 
     @property
+    def ignored_env_note(self) -> str | None:
+        """The one line saying an exported server variable was not used, or None."""
+        if self.ignored_env is None:
+            return None
+        return (f"{self.ignored_env} is set and ignored; pass --rolemig-dsn (or set ROLEMIG_DSN) "
+                "to use that server")
+
+    @property
     def is_demo(self) -> bool:
+        """Whether the schema is the bundled demo alone."""
         return self.schema_files == (resources.demo_schema(),)
+
+
+_RELATIVE = " A relative path is from the current folder (in the ini file: from the ini file's folder)."
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -98,7 +126,7 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption("--rolemig", action="store_true", dest="rolemig", default=False,
                     help="Run the built-in migration gate tests.")
     for s in SETTINGS:
-        help_text = f"{s.help} [ini: {s.ini}]"
+        help_text = f"{s.help}{_RELATIVE if s.path else ''} [ini: {s.ini}]"
         if s.kind == "linelist":
             group.addoption(s.flag, action="append", dest=s.ini, default=None, help=help_text)
             parser.addini(s.ini, s.help, type="linelist", default=[])
@@ -108,16 +136,23 @@ def add_options(parser: pytest.Parser) -> None:
             parser.addini(s.ini, s.help, type="string", default="")
 
 
-def _raw(config: pytest.Config, s: Setting) -> tuple[Any, str]:
+IGNORED_ENV = "DATABASE_URL"
+"""The CLI's server variable: the plugin never reads it, and says so when it is set."""
+
+
+def _raw(config: pytest.Config, s: Setting) -> tuple[Any, str, Path]:
+    """The value, where it came from, and the folder a relative path in it is relative to."""
+    invoked = Path(config.invocation_params.dir)
+    ini_dir = config.inipath.parent if config.inipath is not None else invoked
     cli = config.getoption(s.ini)
     if cli is not None:
-        return cli, f"command line {s.flag}"
+        return cli, f"command line {s.flag}", invoked
     if s.env and os.environ.get(s.env):
-        return os.environ[s.env], f"environment {s.env}"
+        return os.environ[s.env], f"environment {s.env}", invoked
     ini = config.getini(s.ini)
     if ini not in (None, "", []):
-        return ini, f"ini {s.ini}"
-    return s.default, "default"
+        return ini, f"ini {s.ini}", ini_dir
+    return s.default, "default", ini_dir
 
 
 def _path(value: str, root: Path) -> Path:
@@ -157,21 +192,21 @@ def _schema_files(value: list[str], root: Path, source: str) -> tuple[Path, ...]
 
 def resolve(config: pytest.Config) -> RolemigConfig:
     """Resolve every setting once; raise :class:`ConfigError` naming the first bad one."""
-    root = Path(str(config.rootpath))
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    roots: dict[str, Path] = {}
     for s in SETTINGS:
-        values[s.name], sources[s.name] = _raw(config, s)
+        values[s.name], sources[s.name], roots[s.name] = _raw(config, s)
 
     schema = values["schema"]
     if schema in (None, []):
         schema_files: tuple[Path, ...] = (resources.demo_schema(),)
         sources["schema"] = "default (bundled demo)"
     else:
-        schema_files = _schema_files(list(schema), root, sources["schema"])
+        schema_files = _schema_files(list(schema), roots["schema"], sources["schema"])
 
     mapping_file = (
-        _path(values["mapping"], root) if values["mapping"] else resources.demo_mapping()
+        _path(values["mapping"], roots["mapping"]) if values["mapping"] else resources.demo_mapping()
     )
     if not values["mapping"]:
         sources["mapping"] = "default (bundled demo)"
@@ -199,12 +234,13 @@ def resolve(config: pytest.Config) -> RolemigConfig:
         mapping_file=mapping_file,
         mapping=load_mapping(mapping_file),
         target=target,
-        users=_as_int(_BY_NAME["users"], values["users"], sources["users"], 0),
+        users=_as_int(_BY_NAME["users"], values["users"], sources["users"], 1),
         login_sample=_as_int(_BY_NAME["login_sample"], values["login_sample"], sources["login_sample"], 1),
         dsn=values["dsn"] or None,
-        pg_bin=values["pg_bin"] or None,
-        server_dir=_folder("server_dir", values["server_dir"], root, sources),
-        report_dir=_path(values["report_dir"], root),
+        pg_bin=str(_path(values["pg_bin"], roots["pg_bin"])) if values["pg_bin"] else None,
+        server_dir=_folder("server_dir", values["server_dir"], roots["server_dir"], sources),
+        report_dir=_path(values["report_dir"], roots["report_dir"]),
+        ignored_env=IGNORED_ENV if values["dsn"] is None and os.environ.get(IGNORED_ENV) else None,
         roundtrip_examples=_as_int(_BY_NAME["roundtrip_examples"], values["roundtrip_examples"],
                                    sources["roundtrip_examples"], 1),
         sources=sources,
@@ -222,6 +258,7 @@ def _folder(name: str, value: Any, root: Path, sources: dict[str, str]) -> str |
 
 
 def _identifier(name: str, value: Any, sources: dict[str, str]) -> str:
+    """A column name, as it is: the CLI and ``configure_target`` take plain names, never quoted ones."""
     s = _BY_NAME[name]
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{s.flag} / {s.ini} must name a column ({sources[name]})")
@@ -229,11 +266,13 @@ def _identifier(name: str, value: Any, sources: dict[str, str]) -> str:
 
 
 def _qualified(name: str, value: Any, sources: dict[str, str]) -> str:
+    """A table name read as the CLI and ``configure_target`` read it, in its canonical spelling."""
     s = _BY_NAME[name]
     text = _identifier(name, value, sources)
-    if "." not in text:
-        text = f"public.{text}"
-    return text
+    try:
+        return qualified_name(text)
+    except ValueError as exc:
+        raise ConfigError(f"{s.flag} / {s.ini}: {exc} ({sources[name]})") from None
 
 
 def header_lines(cfg: RolemigConfig) -> list[str]:
@@ -244,10 +283,13 @@ def header_lines(cfg: RolemigConfig) -> list[str]:
         "profiles_table": lambda c: f"{c.target.profiles_table} (key {c.target.key_column}, "
         f"role {c.target.role_column})",
         "sessions_table": lambda c: f"{c.target.sessions_table} (user {c.target.sessions_user_column})",
-        "users": lambda c: c.users if c.users <= c.login_sample else f"{c.users} (log-in check on a sample of "
-        f"{c.login_sample})",
+        "users": lambda c: c.users if c.users <= c.login_sample
+        else f"{c.users} (log-in check on a sample of {c.login_sample})",
         "batch_size": lambda c: c.target.batch_size,
         "roundtrip_examples": lambda c: c.roundtrip_examples,
         "dsn": lambda c: "ephemeral server" if c.dsn is None else "existing server (DSN set)",
     }
-    return [f"rolemig {key}: {fn(cfg)} [{cfg.sources.get(key, 'default')}]" for key, fn in show.items()]
+    lines = [f"rolemig {key}: {fn(cfg)} [{cfg.sources.get(key, 'default')}]" for key, fn in show.items()]
+    if cfg.ignored_env_note:
+        lines.append(f"rolemig: {cfg.ignored_env_note}")
+    return lines

@@ -31,26 +31,32 @@ from pytest_rolemig.target import Target
 class Server(Protocol):
     """What fixtures need of a server: a DSN per database and a line saying what it is."""
 
-    def dsn(self, dbname: str = "postgres") -> str: ...
+    def dsn(self, dbname: str = "postgres") -> str:
+        """Connection string for ``dbname`` on this server."""
+        ...
 
-    def describe(self) -> str: ...
+    def describe(self) -> str:
+        """One line for the end of the run: what server, where."""
+        ...
 
 
 class ExistingServer:
-    """A server the user runs (``--rolemig-dsn`` / ``DATABASE_URL``): we only create and drop databases."""
+    """A server the user runs (``--rolemig-dsn`` / ``ROLEMIG_DSN``): we only create and drop databases."""
 
     def __init__(self, dsn: str) -> None:
         try:
             self._params = conninfo_to_dict(dsn)
         except psycopg.ProgrammingError as exc:
-            raise ConfigError(f"--rolemig-dsn / DATABASE_URL is not a valid libpq DSN: {exc}") from exc
+            raise ConfigError(
+                f"--rolemig-dsn / ROLEMIG_DSN / rolemig_dsn is not a valid libpq DSN: {exc}"
+            ) from exc
         self._maintenance = self._params.get("dbname") or "postgres"
         try:
             with psycopg.connect(self.dsn(self._maintenance), connect_timeout=10) as conn:
                 self.version = conn.execute("SHOW server_version").fetchone()[0]
         except psycopg.OperationalError as exc:
             raise ServerError(
-                f"cannot reach the server given by --rolemig-dsn / DATABASE_URL "
+                f"cannot reach the server given by --rolemig-dsn / ROLEMIG_DSN / rolemig_dsn "
                 f"({self._safe()}): {str(exc).strip()}"
             ) from exc
 
@@ -59,11 +65,13 @@ class ExistingServer:
         return make_conninfo(**shown)
 
     def dsn(self, dbname: str = "postgres") -> str:
+        """Same server and credentials, another database; "postgres" means the DSN's own database."""
         if dbname == "postgres":
             dbname = self._maintenance
         return make_conninfo(**{**self._params, "dbname": dbname})
 
     def describe(self) -> str:
+        """Version and address, without the password."""
         return f"existing PostgreSQL {self.version} at {self._safe()} (not tuned, not stopped)"
 
     def stop(self) -> None:
@@ -104,7 +112,7 @@ def drop_database(server: Server, name: str) -> None:
 
 @contextmanager
 def clone(server: Server, template: str | None, prefix: str) -> Iterator[psycopg.Connection[Any]]:
-    """A new database copied from ``template`` (empty when None), with an autocommit connection; dropped after."""
+    """A new database copied from ``template`` (empty when None), autocommit-connected; dropped after."""
     name = unique_name(prefix)
     create_database(server, name, template=template)
     try:

@@ -77,10 +77,17 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    """Say which server the run used (binaries, version, and the system user when root)."""
+    """Say which server the run used (binaries, version, and the system user when root).
+
+    Without ``--rolemig`` there is no header, so an ignored ``DATABASE_URL`` is said here,
+    once, and only when a fixture started a server.
+    """
     line = config.stash.get(_SERVER_LINE, None)
     if line:
         terminalreporter.write_line(f"rolemig: {line}")
+        cfg = config.stash.get(_CONFIG_KEY, None)
+        if cfg is not None and not cfg.gate and cfg.ignored_env_note:
+            terminalreporter.write_line(f"rolemig: {cfg.ignored_env_note}")
 
 
 def _fail_setup(message: str) -> None:
@@ -103,7 +110,7 @@ def rolemig_mapping(rolemig_config: settings.RolemigConfig) -> Any:
 
 @pytest.fixture(scope="session")
 def rolemig_server(rolemig_config: settings.RolemigConfig, pytestconfig: pytest.Config) -> Iterator[Any]:
-    """A PostgreSQL server for the session: ephemeral (pytest-postgresql) unless a DSN is set."""
+    """A PostgreSQL server for the session: ephemeral (pytest-postgresql) unless ``rolemig_dsn`` is set."""
     from pytest_rolemig.databases import ExistingServer
     from pytest_rolemig.server import EphemeralServer, find_binaries
 
@@ -112,7 +119,8 @@ def rolemig_server(rolemig_config: settings.RolemigConfig, pytestconfig: pytest.
         if rolemig_config.dsn:
             server: Any = ExistingServer(rolemig_config.dsn)
         else:
-            server = EphemeralServer(find_binaries(rolemig_config.pg_bin), data_dir=rolemig_config.server_dir).start()
+            server = EphemeralServer(find_binaries(rolemig_config.pg_bin),
+                                     data_dir=rolemig_config.server_dir).start()
     except RolemigError as exc:
         problem = str(exc)
     if problem is not None:

@@ -1,5 +1,7 @@
 """Settings: every channel (command line, environment, ini) and every bad value, via pytester."""
 
+from pathlib import Path
+
 import pytest
 
 PROBE = """
@@ -8,6 +10,9 @@ def test_probe(rolemig_config):
     print("BATCH", rolemig_config.target.batch_size, rolemig_config.sources["batch_size"])
     print("TABLE", rolemig_config.target.profiles_table)
     print("DSN", rolemig_config.dsn, rolemig_config.sources["dsn"])
+    print("MAPPING", rolemig_config.mapping_file)
+    print("SCHEMA", *rolemig_config.schema_files)
+    print("REPORTS", rolemig_config.report_dir)
     assert rolemig_config.users >= 0
 """
 
@@ -15,6 +20,7 @@ def test_probe(rolemig_config):
 @pytest.fixture
 def probe(pytester, monkeypatch):
     monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("ROLEMIG_DSN", raising=False)
     pytester.makepyfile(test_probe=PROBE)
     return pytester
 
@@ -44,31 +50,114 @@ def test_pyproject_tool_section_is_read(probe):
 
 
 def test_command_line_wins_over_ini_even_when_zero(probe):
+    # a CLI 0 that fell through to the ini's 26 would pass; it is seen, and refused
     probe.makeini("[pytest]\nrolemig_users = 26\n")
     result = probe.runpytest("-s", "-p", "no:cacheprovider", "--rolemig-users=0")
-    assert "USERS 0 command line --rolemig-users" in _out(result)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--rolemig-users / rolemig_users must be at least 1, got 0 (command line*"])
 
 
 def test_environment_dsn_between_command_line_and_ini(probe, monkeypatch):
     probe.makeini("[pytest]\nrolemig_dsn = host=ini-host\n")
-    monkeypatch.setenv("DATABASE_URL", "host=env-host")
+    monkeypatch.setenv("ROLEMIG_DSN", "host=env-host")
+    monkeypatch.setenv("DATABASE_URL", "host=cli-tool-host")
     result = probe.runpytest("-s", "-p", "no:cacheprovider")
-    assert "DSN host=env-host environment DATABASE_URL" in _out(result)
+    assert "DSN host=env-host environment ROLEMIG_DSN" in _out(result)
     result = probe.runpytest("-s", "-p", "no:cacheprovider", "--rolemig-dsn=host=cli-host")
     assert "DSN host=cli-host command line --rolemig-dsn" in _out(result)
+
+
+def test_database_url_of_the_cli_is_not_used(probe, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:1/x")
+    result = probe.runpytest("-s", "-p", "no:cacheprovider")
+    assert "DSN None default" in _out(result)
+    result = probe.runpytest("-p", "no:cacheprovider", "--rolemig", "--collect-only")
+    result.stdout.fnmatch_lines(["rolemig dsn: ephemeral server [default]",
+                                 "rolemig: DATABASE_URL is set and ignored; pass --rolemig-dsn *"])
+    assert _out(result).count("DATABASE_URL") == 1
+
+
+def test_fixtures_and_gate_start_their_own_server_when_database_url_is_set(pytester, monkeypatch):
+    monkeypatch.delenv("ROLEMIG_DSN", raising=False)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:1/x")
+    pytester.makepyfile(test_x="def test_x(rolemig_db):\n    assert rolemig_db.execute('SELECT 1')\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "test_x.py")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["rolemig: PostgreSQL * port *",
+                                 "rolemig: DATABASE_URL is set and ignored; pass --rolemig-dsn *"])
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--rolemig", "-v",
+                                           "-k", "test_infrastructure_installs_and_initializes")
+    result.assert_outcomes(passed=1, deselected=result.parseoutcomes()["deselected"])
+    result.stdout.fnmatch_lines(["rolemig: DATABASE_URL is set and ignored; *",
+                                 "*test_infrastructure_installs_and_initializes PASSED*",
+                                 "rolemig: PostgreSQL * port *"])
+    assert result.stdout.str().count("DATABASE_URL") == 1
+
+
+def test_relative_paths_on_the_command_line_are_from_the_current_folder(probe):
+    from pytest_rolemig import resources
+    from pytest_rolemig.server import find_binaries
+
+    (probe.path / "roles.toml").write_text(resources.demo_mapping().read_text())
+    (probe.path / "db.sql").write_text("SELECT 1;\n")
+    bindir = str(Path(find_binaries().pg_ctl).parent)
+    # an absolute path among the arguments moves pytest's rootdir (here to a common ancestor)
+    result = probe.runpytest("-s", "-p", "no:cacheprovider", "--rolemig-pg-bin", bindir,
+                             "--rolemig-mapping", "roles.toml", "--rolemig-schema", "db.sql",
+                             "--rolemig-report-dir", "out")
+    result.assert_outcomes(passed=1)
+    assert f"MAPPING {probe.path / 'roles.toml'}" in _out(result)
+    assert f"SCHEMA {probe.path / 'db.sql'}" in _out(result)
+    assert f"REPORTS {probe.path / 'out'}" in _out(result)
+
+
+def test_relative_paths_in_the_ini_file_are_from_its_folder(probe):
+    from pytest_rolemig import resources
+
+    project = probe.mkdir("project")
+    (project / "roles.toml").write_text(resources.demo_mapping().read_text())
+    (project / "db.sql").write_text("SELECT 1;\n")
+    (project / "pytest.ini").write_text("[pytest]\nrolemig_mapping = roles.toml\nrolemig_schema = db.sql\n"
+                                        "rolemig_report_dir = out\n")
+    sub = probe.mkdir("elsewhere")
+    result = probe.runpytest("-s", "-p", "no:cacheprovider", "-c", "project/pytest.ini",
+                             f"--rootdir={sub}", str(probe.path / "test_probe.py"))
+    result.assert_outcomes(passed=1)
+    assert f"MAPPING {project / 'roles.toml'}" in _out(result)
+    assert f"SCHEMA {project / 'db.sql'}" in _out(result)
+    assert f"REPORTS {project / 'out'}" in _out(result)
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [("App.Members", "app.members"), ('"Crm"."User Profiles"', '"Crm"."User Profiles"'),
+     ("members", "public.members"), ('public."a.b"', 'public."a.b"')],
+)
+def test_table_names_are_read_as_the_cli_reads_them(probe, value, shown):
+    result = probe.runpytest("-s", "-p", "no:cacheprovider", f"--rolemig-profiles-table={value}")
+    result.assert_outcomes(passed=1)
+    assert f"TABLE {shown}\n" in _out(result)
 
 
 @pytest.mark.parametrize(
     ("args", "ini", "message"),
     [
         (["--rolemig-users=lots"], "", "*invalid int value*"),
+        (["--rolemig-users=0"], "", "*--rolemig-users / rolemig_users must be at least 1, got 0*"),
+        (["--rolemig-users=-5"], "", "*--rolemig-users / rolemig_users must be at least 1, got -5*"),
+        ([], "rolemig_users = 0\n", "*--rolemig-users / rolemig_users must be at least 1, got 0 (ini*"),
+        (["--rolemig-profiles-table=public.user profiles"], "",
+         "*--rolemig-profiles-table / rolemig_profiles_table: 'public.user profiles': unexpected 'p'*"),
+        (["--rolemig-sessions-table=a.b.c"], "",
+         "*--rolemig-sessions-table / rolemig_sessions_table: 'a.b.c': expected schema.table*"),
         (["--rolemig-batch-size=0"], "", "*--rolemig-batch-size / rolemig_batch_size must be at least 1*"),
         (["--rolemig-schema=nope.sql"], "", "*schema file*nope.sql does not exist*"),
         (["--rolemig-schema=db/*.sql"], "", "*'db/*.sql' matches no file*"),
         (["--rolemig-mapping=missing.toml"], "", "*role mapping file*missing.toml does not exist*"),
         ([], "rolemig_userz = 5\n", "*unknown ini key(s) rolemig_userz*"),
         ([], "rolemig_users = many\n", "*rolemig_users must be a whole number, got 'many'*"),
-        (["--rolemig-login-sample=0"], "", "*--rolemig-login-sample / rolemig_login_sample must be at least 1*"),
+        (["--rolemig-login-sample=0"], "",
+         "*--rolemig-login-sample / rolemig_login_sample must be at least 1*"),
         (["--rolemig-server-dir=no/such/folder"], "",
          "*--rolemig-server-dir / rolemig_server_dir: folder *no/such/folder does not exist*"),
         ([], "rolemig_roundtrip_examples = 0\n",
@@ -98,7 +187,7 @@ def test_unreachable_server_fails_setup_naming_it(pytester, monkeypatch):
         "-p", "no:cacheprovider", "--rolemig-dsn=host=127.0.0.1 port=1 user=postgres connect_timeout=2"
     )
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*cannot reach the server given by --rolemig-dsn / DATABASE_URL*port=1*"])
+    result.stdout.fnmatch_lines(["*cannot reach the server given by --rolemig-dsn / ROLEMIG_DSN*port=1*"])
 
 
 def test_without_rolemig_flag_nothing_starts_and_no_gate_runs(pytester):
