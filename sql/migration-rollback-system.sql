@@ -51,6 +51,52 @@ AS $$
      WHERE v.check_name <> 'covers_live_users'
 $$;
 
+CREATE OR REPLACE FUNCTION migration_backup.migration_base(
+    OUT backup_id text, OUT run_id text, OUT first_moved_at timestamptz)
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- The migration a rollback undoes: the first committed batch that moved users since the
+    -- newest completed rollback, with the backup that batch ran on (recorded in its details)
+    -- and when it started. A backup taken after first_moved_at already holds migrated roles:
+    -- restoring it cannot undo the migration. All NULL when no such batch exists.
+    SELECT b.details ->> 'backup_id', b.run_id, b.started_at
+      FROM migration_tracking.migration_batch AS b
+     WHERE b.status = 'completed' AND b.details ->> 'phase' = 'migrate'
+       AND coalesce((b.details ->> 'migrated')::bigint, 0) > 0
+       AND b.started_at > (SELECT coalesce(max(r.started_at), '-infinity')
+                             FROM migration_backup.rollback_log AS r WHERE r.status = 'completed')
+     ORDER BY b.started_at, b.batch_id
+     LIMIT 1
+$$;
+
+CREATE OR REPLACE FUNCTION migration_backup.refuse_backup_after_migration(p_backup_id text)
+RETURNS void
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_base    record;
+    v_created timestamptz;
+BEGIN
+    -- Raises when backup p_backup_id was taken after the migration (migration_base) started
+    -- moving users: it holds their migrated roles, so restoring it cannot undo the migration,
+    -- and a rollback to it would report success while users keep their new roles.
+    SELECT * INTO v_base FROM migration_backup.migration_base();
+    SELECT l.created_at INTO v_created FROM migration_backup.backup_log AS l WHERE l.backup_id = p_backup_id;
+    IF v_created > v_base.first_moved_at THEN
+        RAISE EXCEPTION 'backup % was taken after the migration started moving users; a rollback to it would not undo the migration',
+                        p_backup_id
+            USING DETAIL = format('Migration run %s started moving users at %s from backup %s; backup %s was '
+                                  'taken at %s and holds their migrated roles. Nothing was changed.',
+                                  v_base.run_id, v_base.first_moved_at, v_base.backup_id, p_backup_id, v_created),
+                  HINT = format('roll back to backup %s, the one the migration started from', v_base.backup_id);
+    END IF;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION migration_backup.role_conflicts(p_backup_id text, p_include_deleted boolean)
 RETURNS jsonb
 LANGUAGE plpgsql
@@ -590,37 +636,47 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    v_failed jsonb;
+    v_failed    jsonb;
+    v_backup_id text := p_backup_id;
 BEGIN
     -- Reverts what the migration changed and nothing else (see perform_rollback, mode 'revert').
-    -- Refuses, by raising before anything is written, an unknown backup, a backup whose
-    -- validation has a 'fail', and a rollback while a migration holds the migration lock.
-    IF NOT EXISTS (SELECT 1 FROM migration_backup.backup_log AS l WHERE l.backup_id = p_backup_id) THEN
-        RAISE EXCEPTION 'backup % does not exist', coalesce(quote_literal(p_backup_id), 'NULL')
+    -- NULL picks the backup the migration started from (migration_base), else the newest
+    -- restorable one. Refuses, by raising before anything is written, an unknown backup, a
+    -- backup taken after the migration started moving users (its roles are already migrated,
+    -- so a revert to it would leave them so), a backup whose validation has a 'fail', and a
+    -- rollback while a migration holds the migration lock.
+    IF v_backup_id IS NULL THEN
+        v_backup_id := coalesce((SELECT b.backup_id FROM migration_backup.migration_base() AS b),
+                                (SELECT l.backup_id FROM migration_backup.list_available_backups() AS l
+                                  WHERE l.restorable LIMIT 1));
+    END IF;
+    PERFORM migration_backup.refuse_backup_after_migration(v_backup_id);
+    IF NOT EXISTS (SELECT 1 FROM migration_backup.backup_log AS l WHERE l.backup_id = v_backup_id) THEN
+        RAISE EXCEPTION 'backup % does not exist', coalesce(quote_literal(v_backup_id), 'NULL')
             USING DETAIL = 'No row in migration_backup.backup_log has this backup_id; nothing was changed.',
                   HINT = 'List restorable backups with migration_backup.list_available_backups().';
     END IF;
 
     SELECT jsonb_agg(jsonb_build_object('check', v.check_name, 'details', v.details))
       INTO v_failed
-      FROM migration_backup.validate_backup_completeness(p_backup_id) AS v
+      FROM migration_backup.validate_backup_completeness(v_backup_id) AS v
      WHERE v.status = 'fail';
     IF v_failed IS NOT NULL THEN
-        RAISE EXCEPTION 'backup % failed validation; refusing to roll back from it', p_backup_id
+        RAISE EXCEPTION 'backup % failed validation; refusing to roll back from it', v_backup_id
             USING DETAIL = format('Failed checks: %s. Nothing was changed.', v_failed),
                   HINT = 'Pick another backup from list_available_backups(), or use emergency_rollback() '
                          'if only live-data checks fail.';
     END IF;
 
     IF NOT pg_try_advisory_xact_lock(hashtext('pytest_rolemig.migration')) THEN
-        RAISE EXCEPTION 'another role migration is running; refusing to roll back backup %', p_backup_id
+        RAISE EXCEPTION 'another role migration is running; refusing to roll back backup %', v_backup_id
             USING DETAIL = 'The migration advisory lock is held by another session. Nothing was changed.',
                   HINT = 'Wait for it to finish (or terminate it), then roll back.';
     END IF;
 
     RETURN QUERY
     SELECT r.rollback_id, r.status, r.profiles_restored, r.sessions_restored, r.policies_restored, r.conflicts
-      FROM migration_backup.perform_rollback(p_backup_id, 'revert', p_reason) AS r;
+      FROM migration_backup.perform_rollback(v_backup_id, 'revert', p_reason) AS r;
 END
 $$;
 
@@ -636,13 +692,17 @@ DECLARE
 BEGIN
     -- Full restore that trusts only the backup tables (see perform_rollback, mode
     -- 'emergency'): works when the tracking tables are inconsistent or a migration stopped
-    -- half way. NULL picks the newest completed backup that is intact. The only validation
-    -- required is the backup's own: completed, counts and checksums as recorded.
+    -- half way. NULL picks the backup the migration started from (migration_base) if it is
+    -- intact, else the newest intact one; a backup taken after users moved is refused, as in
+    -- execute_rollback. The only validation required is the backup's own: completed, counts
+    -- and checksums as recorded.
     IF v_backup_id IS NULL THEN
+        -- the backup the migration started from, when it is intact; else the newest intact one
         SELECT l.backup_id INTO v_backup_id
           FROM migration_backup.backup_log AS l
          WHERE l.status = 'completed' AND migration_backup.backup_intact(l.backup_id)
-         ORDER BY l.created_at DESC, l.backup_id DESC
+         ORDER BY l.backup_id IS NOT DISTINCT FROM (SELECT b.backup_id FROM migration_backup.migration_base() AS b) DESC,
+                  l.created_at DESC, l.backup_id DESC
          LIMIT 1;
         IF v_backup_id IS NULL THEN
             RAISE EXCEPTION 'no intact completed backup to restore from'
@@ -661,6 +721,8 @@ BEGIN
                                     WHERE v.status = 'fail')),
                   HINT = 'Restore from another backup (list_available_backups() shows which are restorable).';
     END IF;
+
+    PERFORM migration_backup.refuse_backup_after_migration(v_backup_id);
 
     IF NOT pg_try_advisory_xact_lock(hashtext('pytest_rolemig.migration')) THEN
         RAISE EXCEPTION 'another role migration is running; refusing emergency rollback of backup %', v_backup_id
@@ -787,6 +849,35 @@ BEGIN
         RETURN QUERY SELECT 'profiles_roles_restored'::text, CASE WHEN v_n = 0 THEN 'pass' ELSE 'fail' END,
                             jsonb_build_object('users_not_restored', v_n, 'conflicts_excluded',
                                                cardinality(v_conflict_keys), 'sample', coalesce(v_sample, '[]'));
+
+        -- the migration undone: nobody still holds the role the migration wrote for them (their
+        -- latest log entry before the rollback is 'migrated' and their role is its new_role).
+        -- Comparing with the backup alone cannot see this when the backup was taken after users
+        -- had moved. Without a rollback on record, the state now is judged.
+        BEGIN
+            EXECUTE format(
+                'SELECT count(*), jsonb_agg(x.j) FILTER (WHERE x.rn <= 20)
+                   FROM (SELECT jsonb_build_object(''user_key'', l.user_key, ''legacy_role'', l.old_role,
+                                                   ''current_role'', l.new_role, ''batch_id'', l.batch_id) AS j,
+                                row_number() OVER (ORDER BY l.user_key) AS rn
+                           FROM (SELECT DISTINCT ON (m.user_key) m.user_key, m.batch_id, m.status, m.old_role, m.new_role
+                                   FROM migration_tracking.migration_log AS m
+                                  WHERE m.logged_at < $1 AND m.logged_at > $2
+                                  ORDER BY m.user_key, m.log_id DESC) AS l
+                           JOIN %3$s AS t ON t.%1$I = l.user_key::%4$s
+                          WHERE l.status = ''migrated'' AND l.old_role IS DISTINCT FROM l.new_role
+                            AND t.%2$I::text = l.new_role AND NOT (l.user_key = ANY ($3))) AS x',
+                v_t ->> 'key_column', v_t ->> 'role_column', v_rel, v_key_type)
+            INTO v_n, v_sample
+            USING coalesce(v_rb.started_at, clock_timestamp()),
+                  (SELECT coalesce(max(r.started_at), '-infinity') FROM migration_backup.rollback_log AS r
+                    WHERE r.status = 'completed' AND r.started_at < coalesce(v_rb.started_at, clock_timestamp())),
+                  v_conflict_keys;
+            RETURN QUERY SELECT 'migration_undone'::text,
+                                CASE WHEN v_n = 0 THEN 'pass' ELSE 'fail' END,
+                                jsonb_build_object('users_on_migrated_roles', v_n, 'mode', v_mode,
+                                                   'sample', coalesce(v_sample, '[]'));
+        END;
 
         -- full content, compared column by column on the backed-up columns
         EXECUTE format(

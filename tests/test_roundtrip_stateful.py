@@ -108,6 +108,11 @@ def make_machine(rt: RoundTrip, setup_sql: str | None = None, *, validation: boo
             self.legacy: dict[str, str] = {}
             self.snapshots: dict[str, tuple[Dump, str]] = {}
             self.phase = "legacy"  # legacy | mixed | new
+            # Which backups a rollback refuses: one taken after the migration it would undo
+            # started moving users (since the last rollback). Steps are numbered in order.
+            self.step = 0
+            self.taken_at: dict[str, int] = {}
+            self.first_move: int | None = None
 
         def teardown(self) -> None:
             self.transaction.__exit__(None, None, None)
@@ -132,6 +137,26 @@ def make_machine(rt: RoundTrip, setup_sql: str | None = None, *, validation: boo
                 except api.OperationFailed as failed:  # status 'failed': its batch row must stay
                     reported = failed
             raise reported
+
+        def moved(self, before: Dump, after: Dump) -> None:
+            """Remember when the migration first changed a role since the last rollback."""
+            self.step += 1
+            if self.first_move is None and before.roles(role_col) != after.roles(role_col):
+                self.first_move = self.step
+
+        def refused(self, backup: str) -> bool:
+            """A rollback to ``backup`` must refuse, changing nothing; True when it did."""
+            if self.first_move is None or self.taken_at[backup] < self.first_move:
+                return False
+            current = rt.dump()
+            with pytest.raises(Exception, match="was taken after the migration started moving users"):
+                with self.conn.transaction():
+                    api.rollback(self.conn, backup, "stateful")
+            with pytest.raises(Exception, match="was taken after the migration started moving users"):
+                with self.conn.transaction():
+                    api.rollback(self.conn, backup, emergency=True)
+            self.assert_same(current, rt.dump(), f"a refused rollback of {backup} changed data")
+            return True
 
         def assert_same(self, expected: Dump, after: Dump, what: str) -> None:
             diffs = expected.differences(after)
@@ -168,6 +193,8 @@ def make_machine(rt: RoundTrip, setup_sql: str | None = None, *, validation: boo
             """A backup now (before, during or after a migration)."""
             result = api.backup(self.conn, "stateful")
             self.snapshots[result.backup_id] = (rt.dump(), self.phase)
+            self.step += 1
+            self.taken_at[result.backup_id] = self.step
             return result.backup_id
 
         @precondition(lambda self: self.snapshots)
@@ -177,6 +204,7 @@ def make_machine(rt: RoundTrip, setup_sql: str | None = None, *, validation: boo
             result = self.migrate(batch_size=batch_size, max_batches=1)
             assert result.status in ("partial", "completed"), result
             self.check_migration_step(before, rt.dump(), batch_size)
+            self.moved(before, rt.dump())
             self.phase = "new" if result.status == "completed" else "mixed"
 
         @precondition(lambda self: self.snapshots)
@@ -186,6 +214,7 @@ def make_machine(rt: RoundTrip, setup_sql: str | None = None, *, validation: boo
             result = self.migrate(batch_size=batch_size)
             assert result.status == "completed", result
             self.check_migration_step(before, rt.dump(), None)
+            self.moved(before, rt.dump())
             self.phase = "new"
 
         @precondition(lambda self: self.snapshots and self.pending())
@@ -234,6 +263,8 @@ def make_machine(rt: RoundTrip, setup_sql: str | None = None, *, validation: boo
 
         @rule(backup=backups)
         def rollback(self, backup: str) -> None:
+            if self.refused(backup):
+                return
             snap, phase = self.snapshots[backup]
             current = rt.dump()
             with self.conn.transaction():
@@ -258,9 +289,12 @@ def make_machine(rt: RoundTrip, setup_sql: str | None = None, *, validation: boo
             self.assert_same(expected, after, f"revert rollback of {backup} did not restore it")
             assert result.conflicts == conflicts, f"{result.conflicts} conflicts reported, {conflicts} expected"
             self.phase = phase if not conflicts else "mixed"
+            self.first_move = None
 
         @rule(backup=backups)
         def emergency_rollback(self, backup: str) -> None:
+            if self.refused(backup):
+                return
             snap, phase = self.snapshots[backup]
             current = rt.dump()
             with self.conn.transaction():
@@ -271,6 +305,7 @@ def make_machine(rt: RoundTrip, setup_sql: str | None = None, *, validation: boo
             self.assert_same(replace(snap, sessions=current.sessions), rt.dump(),
                              f"emergency rollback of {backup} did not restore it")
             self.phase = phase
+            self.first_move = None
 
         @rule(data=st.data())
         def application_edits_a_profile(self, data: st.DataObject) -> None:
@@ -346,7 +381,7 @@ def _shrunk_failure(roundtrip, break_sql: str) -> tuple[str, str]:
     """
     with pytest.raises(AssertionError) as failure:
         run_state_machine_as_test(make_machine(roundtrip, break_sql, validation=False),
-                                  settings=_settings(200, steps=5, database=None, derandomize=True))
+                                  settings=_settings(200, steps=4, database=None, derandomize=True))
     return str(failure.value), "\n".join(getattr(failure.value, "__notes__", []))
 
 
@@ -421,3 +456,5 @@ def test_emergency_rollback_logs_a_user_it_inserts_again(roundtrip):
         machine.logs_agree_with_the_data()
     finally:
         machine.teardown()
+
+

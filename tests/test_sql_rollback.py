@@ -19,7 +19,7 @@ ROLLBACK_ID = re.compile(r"^rb_\d{8}_\d{6}_[0-9a-f]{6}$")
 LEGACY = ["super_admin", "admin", "org_owner", "org_admin", "billing_admin", "manager", "team_lead",
           "editor", "author", "contributor", "moderator", "support_agent", "viewer"]
 NEW = ["owner", "admin", "manager", "editor", "moderator", "viewer"]
-ROLLBACK_CHECKS = ["rollback_recorded", "profiles_roles_restored", "profiles_content", "profiles_count",
+ROLLBACK_CHECKS = ["rollback_recorded", "profiles_roles_restored", "migration_undone", "profiles_content", "profiles_count",
                    "sessions_intact", "policies_restored", "rls_flags_restored", "role_constraints_restored"]
 
 
