@@ -394,7 +394,7 @@ def row_lookup(conn: psycopg.Connection[Any], width: int = 160) -> Any:
     exprs: dict[str, tuple[sql.Composable, list[str]]] = {}
 
     def lookup(table: str, key: str) -> str:
-        schema, name = split_name(table)
+        schema, _, name = table.rpartition(".")  # a display name (schema.name), not SQL spelling
         if table not in exprs:
             pk = [r[0] for r in _columns(conn, schema, name, "public") if r[5]]
             exprs[table] = (sql.SQL("{}::text").format(sql.Identifier("t", pk[0])) if len(pk) == 1 else

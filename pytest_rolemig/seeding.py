@@ -27,7 +27,7 @@ from psycopg import sql
 
 from pytest_rolemig.errors import ConfigError
 from pytest_rolemig.factories import SessionFactory, UserFactory
-from pytest_rolemig.target import Target
+from pytest_rolemig.target import Target, split_qualified
 
 
 @dataclass(frozen=True)
@@ -68,9 +68,8 @@ class SeedSummary:
 
 
 def split_name(qualified: str) -> tuple[str, str]:
-    """``schema.table`` -> (schema, table); unqualified names are in ``public``."""
-    schema, _, table = qualified.rpartition(".")
-    return (schema or "public"), table
+    """``schema.table`` in SQL spelling -> (schema, table), read as the CLI and the SQL read it."""
+    return split_qualified(qualified)
 
 
 def read_table(conn: psycopg.Connection[Any], qualified: str, setting: str) -> Table:

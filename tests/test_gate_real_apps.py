@@ -28,11 +28,6 @@ def _assert_every_gate_test_passed(result):
         result.stdout.str()[-4000:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="seeding.split_name still splits at the last dot: it must read names with "
-           "target.split_qualified, and access_matrix.row_lookup must split its display names raw",
-)
 def test_gate_passes_on_quoted_identifiers_spelled_as_for_the_cli(pytester):
     for name in ("quoted-identifiers.sql", "quoted-identifiers-roles.toml"):
         (pytester.path / name).write_text((EXAMPLES / name).read_text())
