@@ -25,6 +25,10 @@ class InstallError(RolemigError):
     """The SQL infrastructure could not be installed on the target database."""
 
 
+class MappingRefused(InstallError):
+    """The database refused the role mapping (e.g. another mapping while a migration is in effect)."""
+
+
 def describe_pg_error(exc: Any, sep: str = " ") -> str:
     """A server error's message with its DETAIL and HINT, which carry the offending input."""
     diag = exc.diag

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from pytest_rolemig import resources
-from pytest_rolemig.errors import InstallError, describe_pg_error
+from pytest_rolemig.errors import InstallError, MappingRefused, describe_pg_error
 from pytest_rolemig.mapping import RoleMapping, load_into
 from pytest_rolemig.target import Target
 
@@ -58,7 +58,8 @@ def install(conn: psycopg.Connection[Any], target: Target | None = None,
                 try:
                     load_into(conn, mapping)
                 except psycopg.Error as exc:
-                    raise InstallError(f"loading role mapping {mapping.source} failed: {describe_pg_error(exc)}") from exc
+                    raise MappingRefused(
+                        f"loading role mapping {mapping.source} failed: {describe_pg_error(exc)}") from exc
     except psycopg.Error as exc:  # the COMMIT itself
         raise InstallError(f"installing the migration infrastructure failed: {describe_pg_error(exc)}") from exc
 

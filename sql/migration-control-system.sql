@@ -10,12 +10,14 @@
 --   discover_legacy_roles()               roles the target allows or holds, with their source
 --   initialize_migration_infrastructure() exercise every component in a rolled-back subtransaction
 --   prepare_for_migration(text)           backup + backup validation + pre-migration validation
+--   migration_runs(integer)               migration runs and rollbacks, newest first
+--   migration_state()                     not migrated / migrating / migrated / rolled back, and why
 --   get_infrastructure_status()           what is installed, configured, backed up, running
 --
 -- Depends on: migration-logging-system.sql (schemas, target_config, new_roles, role_mapping,
 -- migration_tracking.*), comprehensive-backup-system.sql (migration_backup.backup_log,
--- create_comprehensive_backup, validate_backup_completeness) and
--- migration-validation-functions.sql. PL/pgSQL binds late: only the tables must exist at
+-- create_comprehensive_backup, validate_backup_completeness), migration-rollback-system.sql
+-- (rollback_log) and migration-validation-functions.sql. PL/pgSQL binds late: only the tables must exist at
 -- install time, and none is touched here at install time.
 
 CREATE SCHEMA IF NOT EXISTS migration_control;
@@ -639,6 +641,92 @@ BEGIN
                                   'next', format('SELECT * FROM migration_control.execute_role_migration(%L, p_backup_id => %L)',
                                                  p_migration_name, v_backup.backup_id));
     RETURN NEXT;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION migration_control.migration_runs(p_limit integer DEFAULT 20)
+RETURNS TABLE(kind text, id text, started_at timestamptz, finished_at timestamptz, status text,
+              batches bigint, users bigint, backup_id text, error text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- Migration runs and rollbacks, newest first: one row per run (its batches summed, never
+    -- across runs) and per rollback. A run's users are those whose role its batches changed;
+    -- a rollback's, the profiles it restored. Status of a run: failed if a batch failed,
+    -- running if one still runs, rolled back if a rollback closed it, else completed.
+    SELECT x.kind, x.id, x.started_at, x.finished_at, x.status, x.batches, x.users, x.backup_id, x.error
+    FROM (SELECT CASE WHEN bool_or(b.details ->> 'mode' = 'online') THEN 'online migration'
+                      ELSE 'migration' END AS kind,
+                 b.run_id AS id, min(b.started_at) AS started_at, max(b.completed_at) AS finished_at,
+                 CASE WHEN bool_or(b.status = 'failed') THEN 'failed'
+                      WHEN bool_or(b.status = 'running') THEN 'running'
+                      WHEN bool_or(b.status = 'rolled_back') THEN 'rolled back'
+                      ELSE 'completed' END AS status,
+                 count(*) FILTER (WHERE b.details ->> 'phase' = 'migrate' AND b.status = 'completed') AS batches,
+                 coalesce(sum((b.details ->> 'migrated')::bigint) FILTER (WHERE b.status = 'completed'), 0) AS users,
+                 max(b.details ->> 'backup_id') AS backup_id,
+                 max(b.error) AS error
+          FROM migration_tracking.migration_batch b
+          GROUP BY b.run_id
+          UNION ALL
+          SELECT CASE r.mode WHEN 'emergency' THEN 'emergency rollback' ELSE 'rollback' END,
+                 r.rollback_id, r.started_at, r.completed_at, r.status, NULL::bigint, r.profiles_restored,
+                 r.backup_id, r.error
+          FROM migration_backup.rollback_log r) AS x
+    ORDER BY x.started_at DESC, x.id DESC
+    LIMIT p_limit
+$$;
+
+CREATE OR REPLACE FUNCTION migration_control.migration_state(
+    OUT state text, OUT users_on_legacy_roles bigint, OUT users_moved bigint,
+    OUT policies_naming_legacy_roles bigint, OUT last_rollback text, OUT detail text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+SET row_security = off  -- as in execute_role_migration: count every user, not a subset
+AS $$
+DECLARE
+    v_cfg migration_control.target_config;
+BEGIN
+    -- What the database is in now, in one word an operator acts on:
+    --   not migrated  nobody moved since the last completed rollback, and none ever did
+    --   rolled back   nobody moved since the last completed rollback, which undid a migration
+    --   migrating     users moved since then, and users or policies still carry legacy names
+    --   migrated      users moved, nobody is left on a legacy role, policies name new roles only
+    -- Derived from the logs and the data, never stored, so a client killed mid-command (the
+    -- server committed or rolled back its statement) leaves nothing stale behind.
+    v_cfg := migration_validation.target();
+    EXECUTE format('SELECT count(*) FROM %I.%I AS t JOIN migration_control.role_mapping AS m
+                      ON m.legacy_role = t.%I::text WHERE m.new_role <> m.legacy_role',
+                   v_cfg.profiles_schema, v_cfg.profiles_table, v_cfg.role_column)
+    INTO users_on_legacy_roles;
+    users_moved := migration_control.users_moved_since_rollback();
+    SELECT count(DISTINCT (m.schema_name, m.table_name, m.policy_name)) INTO policies_naming_legacy_roles
+    FROM (SELECT t.schema_name, t.table_name, p.polname AS policy_name
+          FROM migration_validation.migrated_tables() t
+          JOIN pg_catalog.pg_policy p ON p.polrelid = t.table_oid
+          CROSS JOIN LATERAL (VALUES (pg_catalog.pg_get_expr(p.polqual, p.polrelid)),
+                                     (pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid))) AS x(expr)
+          CROSS JOIN LATERAL migration_validation.quoted_literals(x.expr) AS q
+          JOIN migration_control.role_mapping rm ON rm.legacy_role = q.literal AND rm.new_role <> rm.legacy_role
+          WHERE NOT EXISTS (SELECT 1 FROM migration_control.new_roles r WHERE r.role_name = q.literal)) AS m;
+    SELECT r.rollback_id INTO last_rollback FROM migration_backup.rollback_log r
+    WHERE r.status = 'completed' ORDER BY r.started_at DESC LIMIT 1;
+
+    IF users_moved = 0 THEN
+        state := CASE WHEN last_rollback IS NOT NULL THEN 'rolled back' ELSE 'not migrated' END;
+        detail := CASE WHEN last_rollback IS NOT NULL
+                       THEN format('rollback %s restored the state before the migration', last_rollback)
+                       ELSE 'no user has been moved' END;
+    ELSIF users_on_legacy_roles > 0 THEN
+        state := 'migrating';
+        detail := format('%s users moved, %s still on a legacy role', users_moved, users_on_legacy_roles);
+    ELSIF policies_naming_legacy_roles > 0 THEN
+        state := 'migrating';
+        detail := format('every user moved; %s policies still accept legacy role names', policies_naming_legacy_roles);
+    ELSE
+        state := 'migrated';
+        detail := format('%s users moved; policies name new roles only', users_moved);
+    END IF;
 END;
 $$;
 

@@ -493,12 +493,15 @@ BEGIN
 END;
 $$;
 
+DROP FUNCTION IF EXISTS migration_control.execute_role_migration(text, integer, text, integer, boolean);
+
 CREATE OR REPLACE FUNCTION migration_control.execute_role_migration(
     p_migration_name text DEFAULT 'role_system_migration',
     p_batch_size integer DEFAULT NULL,
     p_backup_id text DEFAULT NULL,
     p_max_batches integer DEFAULT NULL,
-    p_rewrite_policies boolean DEFAULT true)
+    p_rewrite_policies boolean DEFAULT true,
+    p_run_id text DEFAULT NULL)
 RETURNS TABLE(run_id text, batches integer, users_migrated bigint, users_unchanged bigint,
               policies_rewritten integer, status text, error text)
 LANGUAGE plpgsql
@@ -651,8 +654,11 @@ BEGIN
         END IF;
     END IF;
 
-    v_run := 'run_' || to_char(clock_timestamp(), 'YYYYMMDD_HH24MISS') || '_'
-             || substr(replace(gen_random_uuid()::text, '-', ''), 1, 6);
+    -- a caller that resumes batch by batch (rolemig migrate) passes the run id of its first
+    -- call, so that one invocation is one run in the batch log and in migration_runs()
+    v_run := coalesce(nullif(btrim(p_run_id), ''),
+                      'run_' || to_char(clock_timestamp(), 'YYYYMMDD_HH24MISS') || '_'
+                      || substr(replace(gen_random_uuid()::text, '-', ''), 1, 6));
 
     -- 1. widen
     BEGIN
@@ -666,71 +672,74 @@ BEGIN
         RETURN;
     END;
 
-    -- 2. expand (not when the caller rewrites the policies itself)
-    IF p_rewrite_policies THEN
-        BEGIN
-            v_expanded := migration_control.rewrite_role_policies(v_run, 'expand');
-        EXCEPTION WHEN OTHERS THEN
-            v_no_expand := SQLERRM;
-        END;
-        IF v_no_expand IS NOT NULL AND p_max_batches IS NOT NULL THEN
-            RAISE EXCEPTION 'refusing a batched migration: %', v_no_expand
-                USING DETAIL = 'Between two batches some users hold the new role and some the legacy one; '
-                               'a policy that cannot accept both would change their access. Nothing was changed.',
-                      HINT = 'rewrite the policy as role = ANY (ARRAY[...]), or migrate in one transaction '
-                             '(execute_role_migration without p_max_batches)';
-        END IF;
-    END IF;
-
-    -- 3. batches: from the resume point to the last key, then once more from the first key
-    --    (users behind the resume point: a failed batch, an application write). Without an
-    --    expand, the walk is one subtransaction: a failed batch undoes every batch of the run.
-    v_wrapped := v_last_key IS NULL;
+    -- 2. expand (not when the caller rewrites the policies itself) and 3. walk, in one block:
+    -- a call whose first batch fails, or that could not expand, is undone as a whole (a failed
+    -- call changes nothing but the widened constraints and its failed batch row)
     BEGIN
-    LOOP
-        EXIT WHEN p_max_batches IS NOT NULL AND v_batches >= p_max_batches;
-        v_batch_id := migration_tracking.start_migration_batch(p_migration_name, v_batch_size, v_run,
-                          jsonb_build_object('phase', 'migrate', 'backup_id', v_backup)
-                          || CASE WHEN v_batches = 0 AND v_widened <> '[]'
-                                  THEN jsonb_build_object('constraints_widened', v_widened) ELSE '{}' END
-                          || CASE WHEN v_batches = 0 AND v_expanded > 0
-                                  THEN jsonb_build_object('policies_expanded', v_expanded) ELSE '{}' END);
-        BEGIN
-            SELECT b.migrated, b.unchanged, b.first_key, b.last_key INTO v_cnt_m, v_cnt_u, v_first, v_last
-            FROM migration_control.migrate_batch(p_migration_name, v_cutoff, v_last_key, v_batch_size, v_batch_id) b;
-            IF v_first IS NULL THEN
-                -- nobody left after v_last_key: this batch row was only a probe
-                DELETE FROM migration_tracking.migration_batch b WHERE b.batch_id = v_batch_id;
-                IF v_wrapped THEN
-                    v_walked_all := true;
-                    EXIT;
-                END IF;
-                v_wrapped := true;
-                v_last_key := NULL;
-                CONTINUE;
+        IF p_rewrite_policies THEN
+            BEGIN
+                v_expanded := migration_control.rewrite_role_policies(v_run, 'expand');
+            EXCEPTION WHEN OTHERS THEN
+                v_no_expand := SQLERRM;
+            END;
+            IF v_no_expand IS NOT NULL AND p_max_batches IS NOT NULL THEN
+                RAISE EXCEPTION 'refusing a batched migration: %', v_no_expand
+                    USING DETAIL = 'Between two batches some users hold the new role and some the legacy one; '
+                                   'a policy that cannot accept both would change their access. Nothing was changed.',
+                          HINT = 'rewrite the policy as role = ANY (ARRAY[...]), or migrate in one transaction '
+                                 '(execute_role_migration without p_max_batches)';
             END IF;
-            UPDATE migration_tracking.migration_batch b
-            SET first_key = v_first, last_key = v_last,
-                details = b.details || jsonb_build_object('migrated', v_cnt_m, 'unchanged', v_cnt_u)
-            WHERE b.batch_id = v_batch_id;
-            PERFORM migration_tracking.complete_migration_batch(v_batch_id);
-        EXCEPTION WHEN OTHERS THEN
-            v_error := SQLERRM;
-            PERFORM migration_tracking.complete_migration_batch(v_batch_id, 'failed', v_error);
+        END IF;
+
+        -- 3. batches: from the resume point to the last key, then once more from the first key
+        --    (users behind the resume point: a failed batch, an application write)
+        v_wrapped := v_last_key IS NULL;
+        LOOP
+            EXIT WHEN p_max_batches IS NOT NULL AND v_batches >= p_max_batches;
+            v_batch_id := migration_tracking.start_migration_batch(p_migration_name, v_batch_size, v_run,
+                              jsonb_build_object('phase', 'migrate', 'backup_id', v_backup)
+                              || CASE WHEN v_batches = 0 AND v_widened <> '[]'
+                                      THEN jsonb_build_object('constraints_widened', v_widened) ELSE '{}' END
+                              || CASE WHEN v_batches = 0 AND v_expanded > 0
+                                      THEN jsonb_build_object('policies_expanded', v_expanded) ELSE '{}' END);
+            BEGIN
+                SELECT b.migrated, b.unchanged, b.first_key, b.last_key INTO v_cnt_m, v_cnt_u, v_first, v_last
+                FROM migration_control.migrate_batch(p_migration_name, v_cutoff, v_last_key, v_batch_size, v_batch_id) b;
+                IF v_first IS NULL THEN
+                    -- nobody left after v_last_key: this batch row was only a probe
+                    DELETE FROM migration_tracking.migration_batch b WHERE b.batch_id = v_batch_id;
+                    IF v_wrapped THEN
+                        v_walked_all := true;
+                        EXIT;
+                    END IF;
+                    v_wrapped := true;
+                    v_last_key := NULL;
+                    CONTINUE;
+                END IF;
+                UPDATE migration_tracking.migration_batch b
+                SET first_key = v_first, last_key = v_last,
+                    details = b.details || jsonb_build_object('migrated', v_cnt_m, 'unchanged', v_cnt_u)
+                WHERE b.batch_id = v_batch_id;
+                PERFORM migration_tracking.complete_migration_batch(v_batch_id);
+            EXCEPTION WHEN OTHERS THEN
+                v_error := SQLERRM;
+                PERFORM migration_tracking.complete_migration_batch(v_batch_id, 'failed', v_error);
+                v_batches := v_batches + 1;
+                v_status := 'failed';
+                EXIT;
+            END;
             v_batches := v_batches + 1;
-            v_status := 'failed';
-            EXIT;
-        END;
-        v_batches := v_batches + 1;
-        v_migrated := v_migrated + v_cnt_m;
-        v_unchanged := v_unchanged + v_cnt_u;
-        v_last_key := v_last;
-    END LOOP;
-    IF v_status = 'failed' AND v_no_expand IS NOT NULL THEN
-        RAISE EXCEPTION USING ERRCODE = 'RMUND';  -- undo the whole walk, caught just below
-    END IF;
+            v_migrated := v_migrated + v_cnt_m;
+            v_unchanged := v_unchanged + v_cnt_u;
+            v_last_key := v_last;
+        END LOOP;
+        IF v_status = 'failed' AND (v_no_expand IS NOT NULL OR v_migrated + v_unchanged = 0) THEN
+            RAISE EXCEPTION USING ERRCODE = 'RMUND';  -- undo the whole call, caught just below
+        END IF;
     EXCEPTION WHEN SQLSTATE 'RMUND' THEN
-        v_error := format('%s (the run was undone: no user moved, because %s)', v_error, v_no_expand);
+        IF v_no_expand IS NOT NULL THEN
+            v_error := format('%s (the run was undone: no user moved, because %s)', v_error, v_no_expand);
+        END IF;
         v_batch_id := migration_tracking.start_migration_batch(p_migration_name, v_batch_size, v_run,
                           jsonb_build_object('phase', 'migrate', 'backup_id', v_backup));
         PERFORM migration_tracking.complete_migration_batch(v_batch_id, 'failed', v_error);

@@ -264,7 +264,7 @@ def test_migrate_runs_batches_and_validates(dsn, rolemig_db):
     assert validate.code == 0, validate
     assert validate.json()["phase"] == "post_migration" and validate.json()["counts"]["fail"] == 0
     status = cli(dsn, "status")
-    assert "Migration: complete" in status.out and "Last validation val_" in status.out
+    assert "State: migrated" in status.out and "Last validation val_" in status.out
     again = cli(dsn, "migrate", "--json")  # nothing left: one call, no batch
     assert again.code == 0 and again.json()["batches"] == 0
 
@@ -515,3 +515,103 @@ def test_console_script_second_ctrl_c_rolls_the_batch_back(dsn, rolemig_db, tmp_
     _assert_whole_batches(rolemig_db, before)
     assert cli(dsn, "migrate", "-q").code == 0
     assert roles(rolemig_db) == expected_after_migration(rolemig_db, before)
+
+
+# ------------------------------------------- the promises on the path users run (#17) ---
+
+def test_access_is_unchanged_for_every_user_at_every_committed_batch(dsn, rolemig_db, rolemig_mapping):
+    """Between two `rolemig migrate` batches the application reads as before: measured as PostgREST would."""
+    from pytest_rolemig.access_matrix import choose_actors, compute_matrix, row_lookup
+    from pytest_rolemig.access_report import compare
+    from pytest_rolemig.access_store import ReachStore
+
+    target = Target()
+    assert cli(dsn, "backup").code == 0
+    actors = choose_actors(rolemig_db, target, per_role=2)
+    with ReachStore.beside(rolemig_db) as store:
+        before = compute_matrix(rolemig_db, target, actors, "before", store)
+        moved = 0
+        for batch in range(1, 5):
+            run = cli(dsn, "migrate", "--batch-size", "35", "--max-batches", "1", "--json")
+            assert run.code == 0, run
+            moved += run.json()["users_migrated"]
+            now = compute_matrix(rolemig_db, target, actors, f"batch {batch}", store)
+            result = compare(before, now, f"after batch {batch}", rolemig_mapping.access_changes,
+                             row_lookup(rolemig_db))
+            assert result.ok, result.text()
+        assert run.json()["complete"] and moved == 80
+
+
+def test_status_tells_runs_and_rollbacks_apart(dsn, rolemig_db):
+    status = cli(dsn, "status", "--json").json()
+    assert status["state"]["state"] == "not migrated" and status["runs"] == []
+    assert cli(dsn, "backup").code == 0
+    assert cli(dsn, "migrate", "--batch-size", "20", "--max-batches", "2").code == 0
+    status = cli(dsn, "status", "--json").json()
+    assert status["state"]["state"] == "migrating" and status["users_to_migrate"] > 0
+    assert cli(dsn, "migrate", "--batch-size", "20").code == 0
+    text = cli(dsn, "status")
+    assert "State: migrated" in text.out and "rolemig validate" in text.out
+    assert cli(dsn, "rollback", "--yes").code == 0
+    status = cli(dsn, "status", "--json").json()
+    assert status["state"]["state"] == "rolled back" and status["users_to_migrate"] == 80
+    kinds = [(r["kind"], r["status"]) for r in status["runs"]]
+    assert kinds[0] == ("rollback", "completed") and kinds[1:] == [("migration", "completed")] * 2
+    # each run counts its own batches and users: 80 users moved in all, never more
+    assert sum(r["users"] for r in status["runs"][1:]) == 80
+    assert [r["batches"] for r in status["runs"][1:]] == [5, 2]  # one run per `rolemig migrate`, 7 batches of 20
+    assert cli(dsn, "migrate", "--batch-size", "50").code == 0
+    status = cli(dsn, "status", "--json").json()
+    assert status["state"]["state"] == "migrated" and status["runs"][0]["kind"] == "migration"
+
+
+@pytest.mark.parametrize("when", ["after", "mid"])
+def test_rollback_without_an_id_undoes_the_migration_despite_a_later_backup(dsn, rolemig_db, when):
+    before = roles(rolemig_db)
+    assert cli(dsn, "backup", "--name", "before").code == 0
+    argv = ("--batch-size", "20") + (("--max-batches", "3") if when == "mid" else ())
+    assert cli(dsn, "migrate", *argv).code == 0
+    later = cli(dsn, "backup", "--name", when, "--json").json()["backup_id"]
+    moved = roles(rolemig_db)
+    assert moved != before
+
+    refused = cli(dsn, "rollback", later, "--yes")
+    assert refused.code == errors.CHECKS_FAILED, refused
+    assert "was taken after the migration started moving users" in refused.err
+    assert "roll back to backup bk_" in refused.err and "migration_" not in refused.err.split("hint")[-1]
+    assert roles(rolemig_db) == moved
+
+    run = cli(dsn, "rollback", "--yes", "--json")
+    assert run.code == 0, run
+    assert run.json()["backup_id"] != later and roles(rolemig_db) == before
+    assert {c["check_name"]: c["status"] for c in run.json()["validation"]}["migration_undone"] == "pass"
+
+
+def test_status_after_an_emergency_rollback_whose_client_was_killed(dsn, rolemig_db):
+    """kill -9 of the CLI while the server runs its rollback: the server commits; status reads the server."""
+    assert cli(dsn, "backup").code == 0
+    assert cli(dsn, "migrate", "--batch-size", "40", "--max-batches", "1").code == 0
+    running = ("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rolemig' "
+               "AND query LIKE '%%emergency_rollback%%' AND state = 'active'")
+    with psycopg.connect(dsn) as blocker:  # a reader holds the table the restore must lock: it waits, retrying
+        blocker.execute("SELECT 1 FROM public.user_profiles LIMIT 1")
+        proc = subprocess.Popen([sys.executable, "-c", "from pytest_rolemig.cli import run; run()",
+                                 "emergency-rollback", "--yes", "--dsn", dsn],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 30
+            while not rolemig_db.execute(running).fetchone()[0]:
+                assert time.monotonic() < deadline and proc.poll() is None, "the rollback never started"
+                time.sleep(0.05)
+            time.sleep(0.3)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            blocker.rollback()
+    deadline = time.monotonic() + 60
+    while rolemig_db.execute(running).fetchone()[0]:  # the server finishes the statement on its own
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    status = cli(dsn, "status", "--json").json()
+    assert status["state"]["state"] == "rolled back", status["state"]
+    assert status["runs"][0]["kind"] == "emergency rollback" and status["runs"][0]["status"] == "completed"

@@ -91,7 +91,9 @@ def build_parser(err: TextIO | None = None) -> argparse.ArgumentParser:
                             ("emergency-rollback",
                              "restore every backed-up row, constraint and policy (asks for confirmation)")):
         p = add(name, help_text)
-        p.add_argument("backup_id", nargs="?", help="backup to restore from (default: the newest restorable)")
+        p.add_argument("backup_id", nargs="?",
+                       help="backup to restore from (default: the one the migration started from, else the "
+                            "newest restorable; a backup taken after users moved is refused)")
         p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
         if name == "rollback":
             p.add_argument("--reason", default="manual rollback (rolemig)",

@@ -127,7 +127,7 @@ def _status_of(rows: list[dict[str, Any]]) -> int:
 def cmd_install(ctx: Context) -> int:
     """Install (or re-install) the infrastructure, configure the target, load the mapping."""
     from pytest_rolemig import installer, resources
-    from pytest_rolemig.errors import ConfigError, InstallError
+    from pytest_rolemig.errors import ConfigError, InstallError, MappingRefused
     from pytest_rolemig.mapping import load_mapping
     from pytest_rolemig.target import Target
 
@@ -156,6 +156,8 @@ def cmd_install(ctx: Context) -> int:
             if users == 0:
                 with ctx.conn.transaction():
                     seeded = seed_users(ctx.conn, target, list(mapping.legacy_roles), a.demo_users)
+    except MappingRefused as exc:  # the database said no; nothing was installed or changed
+        raise CliError(str(exc), errors.CHECKS_FAILED) from None
     except InstallError as exc:
         raise CliError(str(exc), errors.CONNECTION,
                        hint="load the application schema first, or name its tables with --profiles-table etc."
@@ -174,23 +176,24 @@ def cmd_install(ctx: Context) -> int:
         lines.append(f"  demo:    {seeded.users} users, {seeded.sessions} sessions seeded")
     lines += ["", render.checks(status)]
     ctx.emit(data, "\n".join(lines))
-    return _status_of([r for r in status if r["component"] in ("schemas", "tables", "functions", "target")])
+    return _status_of([r for r in status if r["component"] in ("schemas", "tables", "functions", "target", "mapping")])
 
 
 # ------------------------------------------------------------------ status ---
+
+_NEXT_STEP = {
+    "not migrated": "Next: `rolemig backup`, then `rolemig migrate`.",
+    "migrating": "Next: `rolemig migrate` resumes and finishes the migration; `rolemig rollback` undoes it.",
+    "migrated": "Next: `rolemig validate`; `rolemig rollback` undoes the migration.",
+    "rolled back": "Next: `rolemig validate --phase post_rollback`; `rolemig migrate` starts again.",
+}
 
 def cmd_status(ctx: Context) -> int:
     """Infrastructure, backups, batches, users left, last validation: one screen."""
     require_infrastructure(ctx)
     infra = query(ctx.conn, "SELECT * FROM migration_control.get_infrastructure_status()")
     backups = query(ctx.conn, "SELECT * FROM migration_backup.list_available_backups() LIMIT 5")
-    batches = query(ctx.conn, """SELECT status, count(*) AS batches, coalesce(sum(processed_users), 0) AS users
-                                 FROM migration_tracking.migration_batch GROUP BY status ORDER BY status""")
-    last_run = query(ctx.conn, """SELECT run_id, migration_name, count(*) AS batches,
-                                         sum(processed_users) AS users, min(started_at) AS started_at,
-                                         max(completed_at) AS completed_at
-                                  FROM migration_tracking.migration_batch
-                                  GROUP BY run_id, migration_name ORDER BY max(started_at) DESC LIMIT 1""")
+    runs = query(ctx.conn, "SELECT * FROM migration_control.migration_runs(10)")
     last_validation = query(ctx.conn, """
         SELECT validation_run, max(checked_at) AS checked_at,
                count(*) FILTER (WHERE status = 'pass') AS passed,
@@ -200,27 +203,29 @@ def cmd_status(ctx: Context) -> int:
         FROM migration_validation.validation_results
         GROUP BY validation_run ORDER BY max(checked_at) DESC LIMIT 1""")
     try:
-        cfg = plan.target_config(ctx.conn)
-        roles = plan.role_counts(ctx.conn, cfg)
-        remaining = plan.remaining_users(ctx.conn, cfg)
+        state = query(ctx.conn, "SELECT * FROM migration_control.migration_state()")[0]
+        roles = plan.role_counts(ctx.conn, plan.target_config(ctx.conn))
     except (LookupError, psycopg.Error):
-        roles, remaining = [], None
-    data = {"database": ctx.dbname(), "infrastructure": infra, "backups": backups, "batches": batches,
-            "last_run": last_run[0] if last_run else None, "users_to_migrate": remaining,
+        state, roles = None, []
+    data = {"database": ctx.dbname(), "infrastructure": infra, "backups": backups, "state": state,
+            "runs": runs, "users_to_migrate": state["users_on_legacy_roles"] if state else None,
             "users_per_role": roles, "last_validation": last_validation[0] if last_validation else None}
-    phase = ("not started" if not batches else "complete" if remaining == 0 else "partial (resume with `rolemig migrate`)")
     lines = [f"Database {ctx.dbname()!r}", "", "Infrastructure", render.checks(infra), "",
              "Backups (newest first)",
              render.table(["backup_id", "name", "created", "status", "profiles", "sessions", "policies",
                            "restorable"],
                           [[b["backup_id"], b["backup_name"], b["created_at"], b["status"], b["profiles_count"],
-                            b["sessions_count"], b["policies_count"], b["restorable"]] for b in backups]),
-             "", f"Migration: {phase}; users still on a legacy role: {remaining}",
-             render.table(["batch status", "batches", "users"], [[b["status"], b["batches"], b["users"]] for b in batches])]
-    if last_run:
-        r = last_run[0]
-        lines.append(f"last run {r['run_id']}: {r['batches']} batches, {r['users']} users, "
-                     f"started {render._cell(r['started_at'])}")
+                            b["sessions_count"], b["policies_count"], b["restorable"]] for b in backups]), ""]
+    if state:
+        lines.append(f"State: {state['state']} ({state['detail']}); "
+                     f"users still on a legacy role: {state['users_on_legacy_roles']}")
+        lines.append(_NEXT_STEP[state["state"]])
+    else:
+        lines.append("State: unknown (the target tables cannot be read; see the infrastructure checks)")
+    lines += ["", "Runs (newest first)",
+              render.table(["kind", "id", "started", "finished", "status", "batches", "users", "backup"],
+                           [[r["kind"], r["id"], r["started_at"], r["finished_at"], r["status"], r["batches"],
+                             r["users"], r["backup_id"]] for r in runs])]
     lines.append("")
     if last_validation:
         v = last_validation[0]
@@ -370,8 +375,8 @@ def cmd_migrate(ctx: Context) -> int:
                 while True:
                     cur = ctx.conn.execute(
                         "SELECT * FROM migration_control.execute_role_migration(p_migration_name => %s, "
-                        "p_batch_size => %s, p_backup_id => %s, p_max_batches => 1)",
-                        (a.name, size, backup_id))
+                        "p_batch_size => %s, p_backup_id => %s, p_max_batches => 1, p_run_id => %s)",
+                        (a.name, size, backup_id, calls[0]["run_id"] if calls else None))
                     result = _rows(cur)[0]
                     calls.append(result)
                     if result["batches"]:
@@ -452,11 +457,14 @@ def _rollback(ctx: Context, emergency: bool) -> int:
     backup_id = ctx.args.backup_id
     if backup_id:
         backup_exists(ctx, backup_id)
-    else:
-        backup_id = newest_restorable(ctx)
+    else:  # the backup the migration started from; a later one would not undo it
+        backup_id = ctx.conn.execute("SELECT backup_id FROM migration_backup.migration_base()").fetchone()[0]
+        backup_id = backup_id or newest_restorable(ctx)
         if backup_id is None:
             raise CliError(f"no restorable backup in database {ctx.dbname()!r}", errors.CHECKS_FAILED,
                            hint="`rolemig backups` lists the backups")
+    # refused before the question: a backup taken after users moved cannot undo the migration
+    ctx.conn.execute("SELECT migration_backup.refuse_backup_after_migration(%s)", (backup_id,))
     what = "EMERGENCY-restore every backed-up row" if emergency else "roll back the role migration"
     confirm(ctx, f"{what} of database {ctx.dbname()!r} from backup {backup_id}")
     take_lock(ctx)

@@ -47,7 +47,12 @@ def checks(rows: Iterable[dict[str, Any]], only_problems: bool = False) -> str:
             label = f"{row['validation_type']}/{label}"
         lines.append(f"  [{MARK.get(row['status'], row['status'])}] {label}")
         if row["status"] != "pass" and row.get("details"):
-            lines.append("         " + json.dumps(row["details"], default=str, sort_keys=True)[:400])
+            details = row["details"]
+            if isinstance(details, dict) and isinstance(details.get("hint"), str):  # name the CLI command
+                from pytest_rolemig.cli.errors import cli_hint
+
+                details = {**details, "hint": cli_hint(details["hint"])}
+            lines.append("         " + json.dumps(details, default=str, sort_keys=True)[:400])
     return "\n".join(lines)
 
 
