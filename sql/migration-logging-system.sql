@@ -9,7 +9,9 @@
 --   * the tracking tables migration_tracking.migration_batch, migration_log and
 --     rls_policy_changes;
 --   * migration_tracking.start_migration_batch, log_user_migration,
---     complete_migration_batch and get_migration_status.
+--     complete_migration_batch and get_migration_status;
+--   * migration_tracking.application_search_path (the path the statements that write the
+--     application's tables run under, so that its triggers resolve names as they do for it).
 -- Depends on: PostgreSQL 13+ (gen_random_uuid is built in). Nothing else.
 -- Idempotent: safe to run twice; contains no psql meta-commands.
 
@@ -368,6 +370,31 @@ BEGIN
      WHERE p_batch_id IS NULL OR b.batch_id = p_batch_id
      ORDER BY b.started_at DESC, b.batch_id DESC;
 END
+$$;
+
+-- ------------------------------------------- the application's search_path ----
+
+CREATE OR REPLACE FUNCTION migration_tracking.application_search_path()
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- The search_path the application's own sessions get: the role/database/server default
+    -- (reset_val; neither a function's SET clause nor the caller's SET changes it), with pg_temp
+    -- appended unless it is named already, so temporary objects are searched last instead of
+    -- first. The statements that write the application's tables (the migration's role UPDATE,
+    -- the restores) run under it, set with set_config(..., true) just around the statement and
+    -- pinned back right after: the application's triggers usually do not pin a search_path and
+    -- resolve their names through the current one, which in our functions is pg_catalog, pg_temp
+    -- (issue #17: "function current_user_data(unknown) does not exist"). An application that sets its
+    -- search_path per transaction (PostgREST's db-schemas) is not seen here: give such an
+    -- application's role a default (ALTER ROLE ... SET search_path) or pin its trigger functions.
+    SELECT CASE WHEN s.reset_val ~* '(^|,)\s*pg_temp\s*(,|$)' OR s.reset_val ~ '(^|,)\s*"pg_temp"\s*(,|$)'
+                THEN s.reset_val
+                ELSE s.reset_val || ', pg_temp' END
+      FROM pg_catalog.pg_settings AS s
+     WHERE s.name = 'search_path'
 $$;
 
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA migration_tracking FROM PUBLIC;

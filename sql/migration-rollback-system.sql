@@ -446,6 +446,8 @@ DECLARE
     v_sessions    bigint := 0;
     v_policies    integer := 0;
     v_error       text;
+    v_sql         text;
+    v_app_path    text := migration_tracking.application_search_path();
     -- the last CTE of each restore statement: a 'rolled_back' migration_log row for every
     -- user in CTE "changed" (user_key, old_role, new_role) whose role the statement changed
     -- and who has a migration_log entry (its batch is the latest entry's); $2 = the message.
@@ -474,6 +476,16 @@ BEGIN
     -- a 'rolled_back' log row for every user whose role the rollback changed (re-inserted
     -- users included) and who has a migration_log entry, whatever changed the role before:
     -- the latest log entry of a user always names the role the user holds.
+    -- The statements that write the profiles fire the application's triggers, which resolve
+    -- names through the current search_path: each runs under the application's (v_app_path,
+    -- see migration_tracking.application_search_path), set just before it and pinned back right
+    -- after; an error rolls back the inner block's subtransaction, which restores the pinned
+    -- path too. Their text is built under the pinned path (regclass names come out qualified)
+    -- and must not depend on the other: tables and functions are schema-qualified; types and
+    -- operators, applied to operands of exact built-in types (a bare literal next to jsonb
+    -- would be read as jsonb and find an application's jsonb operator: hence the ::text),
+    -- resolve in pg_catalog first, since a path that does not name pg_catalog searches it
+    -- first (a path naming it after the application's schemas is the application's choice).
     SELECT * INTO v_log FROM migration_backup.backup_log AS l WHERE l.backup_id = p_backup_id;
     v_t := v_log.target;
     v_rollback_id := 'rb_' || to_char(clock_timestamp(), 'YYYYMMDD_HH24MISS') || '_'
@@ -502,14 +514,14 @@ BEGIN
         PERFORM migration_backup.restore_role_checks(p_backup_id, 'drop');
 
         IF p_mode = 'revert' THEN
-            EXECUTE format(
+            v_sql := format(
                 'WITH cand AS (
                      SELECT t.%1$I AS k, b.user_key, b.role AS backup_role, t.%3$I::text AS current_role
                        FROM migration_backup.user_profiles_complete_backup AS b
                        JOIN %5$s AS t ON t.%1$I = b.user_key::%2$s
                       WHERE b.backup_id = $1
                         AND t.%3$I::text IS DISTINCT FROM b.role
-                        AND (t.%3$I::text = ($3 -> ''mapping'' ->> b.role)
+                        AND (t.%3$I::text = ($3 -> ''mapping''::text ->> b.role)
                              OR t.%3$I::text = (SELECT m.new_role FROM migration_control.role_mapping AS m
                                                  WHERE m.legacy_role = b.role))),
                  changed AS (
@@ -518,10 +530,11 @@ BEGIN
                       WHERE t.%1$I = c.k AND t.%3$I::text = c.current_role
                      RETURNING c.user_key, c.current_role AS old_role, c.backup_role AS new_role),
                  %6$s
-                 SELECT count(*) FROM changed',
-                v_t ->> 'key_column', v_key_type, v_t ->> 'role_column', v_role_type, v_rel, v_log_changed)
-            INTO v_profiles
-            USING p_backup_id, 'rollback ' || v_rollback_id, v_t;
+                 SELECT pg_catalog.count(*) FROM changed',
+                v_t ->> 'key_column', v_key_type, v_t ->> 'role_column', v_role_type, v_rel, v_log_changed);
+            PERFORM pg_catalog.set_config('search_path', v_app_path, true);
+            EXECUTE v_sql INTO v_profiles USING p_backup_id, 'rollback ' || v_rollback_id, v_t;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
         ELSE
             -- Columns restorable from the backup: present both in the table (not generated) and
             -- in the backed-up rows; identity GENERATED ALWAYS columns and the key are not SET.
@@ -540,18 +553,19 @@ BEGIN
               CROSS JOIN LATERAL (
                   SELECT CASE WHEN (CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END)
                                    IN ('json'::regtype, 'jsonb'::regtype)
-                              THEN format('CASE WHEN src.j ? %1$L THEN (src.j ->> %1$L)::%2$s ELSE (src.r).%1$I END',
+                              THEN format('CASE WHEN src.j ? %1$L::text THEN (src.j ->> %1$L::text)::%2$s '
+                                          'ELSE (src.r).%1$I END',
                                           a.attname, format_type(a.atttypid, a.atttypmod))
                               ELSE format('(src.r).%I', a.attname) END AS expr) AS v
              WHERE a.attrelid = v_rel AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
                AND EXISTS (SELECT 1 FROM migration_backup.user_profiles_complete_backup AS b
                             WHERE b.backup_id = p_backup_id AND b.row_data ? a.attname
                             LIMIT 1);
-            v_src := format('(SELECT jsonb_populate_record(NULL::%s, b.row_data) AS r, b.json_text AS j
+            v_src := format('(SELECT pg_catalog.jsonb_populate_record(NULL::%s, b.row_data) AS r, b.json_text AS j
                                 FROM migration_backup.user_profiles_complete_backup AS b
                                WHERE b.backup_id = $1) AS src', v_rel);
             IF v_set_cols IS NOT NULL THEN
-                EXECUTE format(
+                v_sql := format(
                     'WITH changed AS (
                          UPDATE %1$s AS t SET (%2$s) = ROW(%3$s)
                            FROM %8$s
@@ -559,20 +573,21 @@ BEGIN
                           WHERE t.%4$I = (src.r).%4$I AND ROW(%5$s)::text IS DISTINCT FROM ROW(%6$s)::text
                          RETURNING t.%4$I::text AS user_key, cur.%7$I::text AS old_role, t.%7$I::text AS new_role),
                      %9$s
-                     SELECT count(*) FROM changed',
+                     SELECT pg_catalog.count(*) FROM changed',
                     v_rel,
                     (SELECT string_agg(format('%I', c), ', ') FROM unnest(v_set_cols) AS c),
                     array_to_string(v_set_vals, ', '),
                     v_t ->> 'key_column',
                     (SELECT string_agg(format('t.%I', c), ', ') FROM unnest(v_cols) AS c),
                     array_to_string(v_vals, ', '),
-                    v_t ->> 'role_column', v_src, v_log_changed)
-                INTO v_profiles
-                USING p_backup_id, 'emergency rollback ' || v_rollback_id;
+                    v_t ->> 'role_column', v_src, v_log_changed);
+                PERFORM pg_catalog.set_config('search_path', v_app_path, true);
+                EXECUTE v_sql INTO v_profiles USING p_backup_id, 'emergency rollback ' || v_rollback_id;
+                PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
             END IF;
 
             IF v_cols IS NOT NULL THEN  -- a backup without profile rows has nothing to insert
-                EXECUTE format(
+                v_sql := format(
                     'WITH changed AS (
                          INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE
                          SELECT %3$s
@@ -580,13 +595,14 @@ BEGIN
                           WHERE NOT EXISTS (SELECT 1 FROM %1$s AS t WHERE t.%4$I = (src.r).%4$I)
                          RETURNING %4$I::text AS user_key, NULL::text AS old_role, %5$I::text AS new_role),
                      %7$s
-                     SELECT count(*) FROM changed',
+                     SELECT pg_catalog.count(*) FROM changed',
                     v_rel,
                     (SELECT string_agg(format('%I', c), ', ') FROM unnest(v_cols) AS c),
                     array_to_string(v_vals, ', '),
-                    v_t ->> 'key_column', v_t ->> 'role_column', v_src, v_log_changed)
-                INTO v_inserted
-                USING p_backup_id, 'emergency rollback ' || v_rollback_id;
+                    v_t ->> 'key_column', v_t ->> 'role_column', v_src, v_log_changed);
+                PERFORM pg_catalog.set_config('search_path', v_app_path, true);
+                EXECUTE v_sql INTO v_inserted USING p_backup_id, 'emergency rollback ' || v_rollback_id;
+                PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
             END IF;
             v_profiles := v_profiles + v_inserted;
 

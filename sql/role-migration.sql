@@ -244,6 +244,7 @@ DECLARE
     v_keys      text[];
     v_old       text[];
     v_done      text[];
+    v_sql       text;
 BEGIN
     -- Moves one batch in the caller's transaction and logs it into the running batch
     -- p_batch_id: the next p_batch_size pending users in key order after p_after_key (keyset
@@ -299,18 +300,28 @@ BEGIN
     USING p_migration_name, p_cutoff, p_after_key, p_batch_size, p_batch_id;
 
     IF v_keys IS NOT NULL THEN
-        EXECUTE format(
+        -- The UPDATE fires the application's triggers, which resolve names through the current
+        -- search_path: it runs under the application's (application_search_path), set for this
+        -- statement only and pinned back right after (an error leaves through the caller's
+        -- subtransaction or this function's exit, which both restore the pinned path). So the
+        -- statement must not depend on that path: tables and functions are schema-qualified;
+        -- types and operators, applied to operands of exact built-in types, resolve in
+        -- pg_catalog first, since a path that does not name pg_catalog searches it first (a
+        -- path naming it after the application's schemas is the application's choice).
+        v_sql := format(
             'WITH upd AS (
                  UPDATE %3$I.%4$I AS t SET %2$I = m.new_role::%6$s
-                 FROM unnest($1::text[], $2::text[]) AS c(k, old_role), migration_control.role_mapping m
+                 FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS c(k, old_role),
+                      migration_control.role_mapping m
                  WHERE t.%1$I = ANY ($1::text[]::%5$s[]) AND t.%1$I = c.k::%5$s
                    AND t.%2$I::text = c.old_role AND m.legacy_role = c.old_role
                  RETURNING t.%1$I::text AS k)
-             SELECT array_agg(upd.k) FROM upd',
+             SELECT pg_catalog.array_agg(upd.k) FROM upd',
             v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table,
-            v_key_type, v_role_type)
-        INTO v_done
-        USING v_keys, v_old;
+            v_key_type, v_role_type);
+        PERFORM pg_catalog.set_config('search_path', migration_tracking.application_search_path(), true);
+        EXECUTE v_sql INTO v_done USING v_keys, v_old;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
         IF cardinality(v_done) IS DISTINCT FROM cardinality(v_keys) THEN
             DELETE FROM migration_tracking.migration_log l
             WHERE l.batch_id = p_batch_id AND l.status = 'migrated'
