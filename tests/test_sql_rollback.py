@@ -13,7 +13,7 @@ import re
 
 import psycopg
 import pytest
-from sql_helpers import one, rows
+from sql_helpers import one, rows, skip_unless_server_has_libxml
 
 ROLLBACK_ID = re.compile(r"^rb_\d{8}_\d{6}_[0-9a-f]{6}$")
 LEGACY = ["super_admin", "admin", "org_owner", "org_admin", "billing_admin", "manager", "team_lead",
@@ -483,23 +483,27 @@ def use_odd_settings(conn):
         conn.execute("SELECT set_config(%s, %s, false)", (name, value))
 
 
-def test_session_settings_change_neither_the_backup_nor_its_checks(rolemig_db):
+@pytest.mark.parametrize("with_xml", [False, True], ids=["without-xml", "with-xml"])
+def test_session_settings_change_neither_the_backup_nor_its_checks(rolemig_db, with_xml):
     """A backup taken, and a rollback checked, under any session settings restores the same bytes.
 
     to_jsonb renders timestamptz in the session's TimeZone, intervals in its IntervalStyle,
     float8 with extra_float_digits and bytea in bytea_output, and xml is read back by
     xmloption: a backup taken with extra_float_digits = 0 kept 0.3 for 0.1 + 0.2, checks run
     in another time zone saw every timestamp as changed, and an emergency rollback with
-    xmloption = document failed on an xml fragment.
+    xmloption = document failed on an xml fragment. The xml column is a case of its own: a
+    server built without libxml (the embedded binaries) refuses xml values, and skips it.
     """
     conn = rolemig_db
+    if with_xml:
+        skip_unless_server_has_libxml(conn)
     conn.execute("ALTER TABLE public.user_profiles ADD COLUMN score float8, ADD COLUMN idle interval, "
-                 "ADD COLUMN blob bytea, ADD COLUMN doc xml")
+                 "ADD COLUMN blob bytea" + (", ADD COLUMN doc xml" if with_xml else ""))
     # the last user: simulate_migration(limit=40) leaves their row alone
     key = one(conn, "SELECT id::text AS k FROM public.user_profiles ORDER BY id DESC LIMIT 1")["k"]
     conn.execute("UPDATE public.user_profiles SET score = 0.1::float8 + 0.2::float8, "
-                 "idle = '-1 day +2 hours', blob = '\\x00ff5c', doc = 'text and <b>a fragment</b>' "
-                 "WHERE id = %s", (key,))
+                 "idle = '-1 day +2 hours', blob = '\\x00ff5c'"
+                 + (", doc = 'text and <b>a fragment</b>'" if with_xml else "") + " WHERE id = %s", (key,))
     read_back = "SELECT score::text AS s, idle::text AS i FROM public.user_profiles WHERE id = %s"
     exact = one(conn, read_back, (key,))
     before = snapshot(conn)
