@@ -43,6 +43,7 @@ EXTRA_SETTINGS = {
     "migration_control.migrate_batch": ["jit=off", "enable_seqscan=off", *NO_RLS],
     "migration_control.execute_role_migration": NO_RLS,
     "migration_control.pending_count": NO_RLS,
+    "migration_control.migration_state": NO_RLS,
     "migration_control.online_precheck": NO_RLS,
     "migration_validation.pre_migration_checks": NO_RLS,
     "migration_validation.validate_post_migration_state": NO_RLS,
