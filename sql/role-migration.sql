@@ -495,10 +495,16 @@ BEGIN
         JOIN pg_catalog.pg_policy p ON p.polrelid = t.table_oid
         ORDER BY 1, 2, 3
     LOOP
-        IF migration_control.alter_role_policy(v_pol.schema_name, v_pol.table_name, v_pol.policy_name,
-                                               p_phase, p_run_id) THEN
-            v_count := v_count + 1;
-        END IF;
+        BEGIN
+            IF migration_control.alter_role_policy(v_pol.schema_name, v_pol.table_name, v_pol.policy_name,
+                                                   p_phase, p_run_id) THEN
+                v_count := v_count + 1;
+            END IF;
+        EXCEPTION WHEN OTHERS THEN  -- name the policy: the expression alone does not say where it is
+            RAISE EXCEPTION 'policy % on %.%: %', quote_ident(v_pol.policy_name), quote_ident(v_pol.schema_name),
+                            quote_ident(v_pol.table_name), SQLERRM
+                USING ERRCODE = SQLSTATE;
+        END;
     END LOOP;
     RETURN v_count;
 END;

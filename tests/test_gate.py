@@ -180,3 +180,20 @@ def test_gate_fails_when_a_role_change_logs_users_out(pytester):
     # the roles themselves move as the mapping says
     assert "test_migration_maps_every_user_as_the_mapping_says FAILED" not in result.stdout.str()
     assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+def test_gate_fails_mid_migration_on_a_policy_that_cannot_accept_both_role_names(pytester):
+    """Between two committed batches users hold either name; a policy that cannot accept both
+    would change access, so the batched migration (the path `rolemig migrate` runs) is refused
+    and the gate names the policy."""
+    extra = pytester.path / "lowered.sql"
+    extra.write_text(
+        "CREATE POLICY \"billing: lower-case check\" ON public.billing_accounts FOR SELECT TO authenticated\n"
+        "    USING (lower(public.current_user_role()) = lower('billing_admin'));\n"
+    )
+    result = _run(pytester, f"--rolemig-schema={resources.demo_schema()}", f"--rolemig-schema={extra}",
+                  "-k", "test_access")
+    result.stdout.fnmatch_lines(["*FAILED*test_access_unchanged_mid_migration*"])
+    result.stdout.fnmatch_lines(["*refusing a batched migration: policy \"billing: lower-case check\" on "
+                                 "public.billing_accounts: cannot expand role literal 'billing_admin'*"])
+    assert result.ret == pytest.ExitCode.TESTS_FAILED

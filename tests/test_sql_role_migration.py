@@ -362,7 +362,8 @@ def test_batched_call_is_refused_when_a_policy_cannot_accept_both_names(rolemig_
     backup(rolemig_db)
     rolemig_db.execute(NOT_EXPANDABLE)
     before, policies_before = roles(rolemig_db), policies(rolemig_db)
-    diag = assert_refused(rolemig_db, "refusing a batched migration: cannot expand role literal 'super_admin'",
+    diag = assert_refused(rolemig_db, "refusing a batched migration: policy \"profiles: lower-case admins\" on "
+                                      "public.user_profiles: cannot expand role literal 'super_admin'",
                           p_batch_size=10, p_max_batches=1)
     assert "without p_max_batches" in diag.message_hint
     assert roles(rolemig_db) == before and policies(rolemig_db) == policies_before

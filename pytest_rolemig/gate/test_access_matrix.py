@@ -30,7 +30,7 @@ from pytest_rolemig.access_store import ReachStore
 from pytest_rolemig.assertions import RolemigAssertionError
 from pytest_rolemig.rehearsal import StepBlocked
 
-STEPS = ("before", "mid_migration", "after_migration", "after_rollback")
+STEPS = ("before", "mid_migration", "mid_online_migration", "after_migration", "after_rollback")
 
 
 @dataclass
@@ -44,6 +44,7 @@ class AccessRehearsal:
     actors: list[Actor] = field(default_factory=list)
     seeded: SeededTables | None = None
     backup_id: str | None = None
+    third: int = 1
     migrated_mid: int = 0
     matrices: dict[str, Matrix] = field(default_factory=dict)
     comparisons: dict[str, Comparison] = field(default_factory=dict)
@@ -72,17 +73,24 @@ class AccessRehearsal:
         self.conn.execute("ANALYZE")
 
     def _mid_migration(self) -> None:
-        # The online path (expand phase, one COMMIT per batch) is what exposes a half-migrated
-        # state to the application; stop it after the first half of the users.
+        # Each path that commits between batches exposes a half-migrated state to the
+        # application. First `rolemig migrate`'s: one committed execute_role_migration call
+        # per batch; stopped after a third of the users.
         self.backup_id = api.backup(self.conn, "access_matrix").backup_id
         users = self.conn.execute("SELECT count(*) FROM migration_backup.user_profiles_complete_backup "
                                   "WHERE backup_id = %s", (self.backup_id,)).fetchone()[0]
-        result = self._online(phase="expand", batch_size=max(1, math.ceil(users / 2)), max_batches=1)
-        self.migrated_mid = int(result["users_migrated"]) + int(result["users_unchanged"])
+        self.third = max(1, math.ceil(users / 3))
+        result = api.migrate(self.conn, backup_id=self.backup_id, batch_size=self.third, max_batches=1)
+        self.migrated_mid = result.users_migrated + result.users_unchanged
+
+    def _mid_online_migration(self) -> None:
+        # Then the online procedure's (expand phase, one COMMIT per batch): the next third.
+        result = self._online(phase="expand", batch_size=self.third, max_batches=1)
+        self.migrated_mid += int(result["users_migrated"]) + int(result["users_unchanged"])
 
     def _after_migration(self) -> None:
-        self._online(phase="expand", batch_size=self.config.target.batch_size)
-        self._online(phase="contract")
+        # The one-call function finishes: the rest of the users, then policies and constraints.
+        api.migrate(self.conn, backup_id=self.backup_id, batch_size=self.config.target.batch_size)
 
     def _online(self, phase: str, batch_size: int | None = None, max_batches: int | None = None) -> Any:
         row = self.conn.execute(
@@ -151,12 +159,21 @@ def test_access_matrix_acts_as_every_role_through_rls(access_rehearsal: AccessRe
 
 
 def test_access_unchanged_mid_migration(access_rehearsal: AccessRehearsal) -> None:
-    """Half-way through the online migration (expand phase), nobody's access changed."""
-    result = access_rehearsal.compare("mid_migration", "half the users migrated", declared=True)
+    """Between two committed batches of `rolemig migrate`, nobody's access changed but as declared."""
+    result = access_rehearsal.compare("mid_migration", "a third of the users migrated", declared=True)
     _fail(result, access_rehearsal,
-          {"State": f"{access_rehearsal.migrated_mid} user(s) migrated by one committed batch of the "
-                    "online migration (expand phase: policies accept legacy and new names); acting users "
+          {"State": f"{access_rehearsal.migrated_mid} user(s) migrated by one committed batch as "
+                    "`rolemig migrate` runs it (policies accept legacy and new names); acting users "
                     "hold the role a fresh token would carry"})
+
+
+def test_access_unchanged_mid_online_migration(access_rehearsal: AccessRehearsal) -> None:
+    """Between two committed batches of the online procedure, nobody's access changed but as declared."""
+    result = access_rehearsal.compare("mid_online_migration", "two thirds of the users migrated",
+                                      declared=True)
+    _fail(result, access_rehearsal,
+          {"State": f"{access_rehearsal.migrated_mid} user(s) migrated, the last third by one committed "
+                    "batch of run_online_migration (expand phase)"})
 
 
 def test_access_after_migration_is_as_declared(access_rehearsal: AccessRehearsal) -> None:
