@@ -323,7 +323,8 @@ SET row_security = off  -- as in create_comprehensive_backup: fail rather than s
 AS $$
 DECLARE
     v_cfg      migration_control.target_config;
-    v_backup   text := coalesce(p_backup_id, migration_validation.newest_backup());
+    v_backup   text := coalesce(p_backup_id, (SELECT b.backup_id FROM migration_backup.migration_base() b),
+                                migration_validation.newest_backup());
     v_found    boolean;
     v_total    bigint;
     v_bad      bigint;
@@ -334,7 +335,8 @@ BEGIN
     -- Did the migration do what the mapping says and nothing else? Every user on a new
     -- role, each backed-up user on mapping(backed-up role), the same number of users, no
     -- legacy-only role left in a policy, every backed-up session still there. Data checks
-    -- compare against the given backup (NULL = newest completed).
+    -- compare against the given backup (NULL = the one the migration started from: a backup
+    -- taken mid-migration already holds new roles; with no migration, the newest completed).
     v_cfg := migration_validation.target();
     v_found := v_backup IS NOT NULL
                AND EXISTS (SELECT 1 FROM migration_backup.backup_log b WHERE b.backup_id = v_backup);

@@ -587,6 +587,19 @@ def test_rollback_without_an_id_undoes_the_migration_despite_a_later_backup(dsn,
     assert {c["check_name"]: c["status"] for c in run.json()["validation"]}["migration_undone"] == "pass"
 
 
+def test_migrate_resumes_on_the_backup_the_migration_started_from(dsn, rolemig_db):
+    """A backup taken mid-migration is not the resumed run's base: one migration, one base backup."""
+    first = cli(dsn, "backup", "--name", "before", "--json").json()["backup_id"]
+    assert cli(dsn, "migrate", "--batch-size", "20", "--max-batches", "2").code == 0
+    assert cli(dsn, "backup", "--name", "mid").code == 0
+    resumed = cli(dsn, "migrate", "--batch-size", "20", "--json")
+    assert resumed.code == 0, resumed.out
+    assert resumed.json()["backup_id"] == first
+    bases = rolemig_db.execute("SELECT DISTINCT details ->> 'backup_id' FROM migration_tracking.migration_batch "
+                               "WHERE details ->> 'phase' = 'migrate'").fetchall()
+    assert bases == [(first,)]
+
+
 def test_status_after_an_emergency_rollback_whose_client_was_killed(dsn, rolemig_db):
     """kill -9 of the CLI while the server runs its rollback: the server commits; status reads the server."""
     assert cli(dsn, "backup").code == 0

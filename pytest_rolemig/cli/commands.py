@@ -111,6 +111,11 @@ def backup_exists(ctx: Context, backup_id: str) -> None:
                        hint="`rolemig backups` lists the backups and whether each is restorable")
 
 
+def migration_base(ctx: Context) -> str | None:
+    """The backup the current migration started from (None before any user moved)."""
+    return ctx.conn.execute("SELECT backup_id FROM migration_backup.migration_base()").fetchone()[0]
+
+
 def newest_restorable(ctx: Context) -> str | None:
     """The newest backup whose counts and checksums still match."""
     row = ctx.conn.execute(
@@ -359,8 +364,8 @@ def cmd_migrate(ctx: Context) -> int:
         if a.backup_id:
             backup_exists(ctx, a.backup_id)
             backup_id = a.backup_id
-        else:
-            backup_id = newest_restorable(ctx)
+        else:  # resuming: the backup the migration started from, so one run has one base
+            backup_id = migration_base(ctx) or newest_restorable(ctx)
             if backup_id is None:
                 raise CliError(f"no restorable backup in database {ctx.dbname()!r}; the migration needs one",
                                errors.CHECKS_FAILED, hint="run `rolemig backup` first")
@@ -458,8 +463,7 @@ def _rollback(ctx: Context, emergency: bool) -> int:
     if backup_id:
         backup_exists(ctx, backup_id)
     else:  # the backup the migration started from; a later one would not undo it
-        backup_id = ctx.conn.execute("SELECT backup_id FROM migration_backup.migration_base()").fetchone()[0]
-        backup_id = backup_id or newest_restorable(ctx)
+        backup_id = migration_base(ctx) or newest_restorable(ctx)
         if backup_id is None:
             raise CliError(f"no restorable backup in database {ctx.dbname()!r}", errors.CHECKS_FAILED,
                            hint="`rolemig backups` lists the backups")
