@@ -29,6 +29,8 @@ class RoleMapping:
     source: str = "<memory>"
     # legacy role -> {"gains": (...), "loses": (...)}: deliberate access changes, each "table:COMMAND"
     access_changes: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict, hash=False)
+    # object name (as the role-mention scan names it) -> why it may keep naming legacy roles
+    acknowledged_mentions: dict[str, str] = field(default_factory=dict, hash=False)
 
     @property
     def legacy_roles(self) -> tuple[str, ...]:
@@ -40,11 +42,12 @@ class RoleMapping:
 
 def parse_mapping(data: dict[str, Any], source: str = "<memory>") -> RoleMapping:
     """Check the shape of a mapping document and build a :class:`RoleMapping`."""
-    unknown = sorted(set(data) - {"new_roles", "mapping", "access_changes"})
+    unknown = sorted(set(data) - {"new_roles", "mapping", "access_changes", "acknowledged_mentions"})
     if unknown:
         raise MappingError(
             f"role mapping {source}: unknown key(s) {', '.join(unknown)}; "
-            "expected only 'new_roles' (a list), a [mapping] table and an optional [access_changes] table"
+            "expected only 'new_roles' (a list), a [mapping] table and optional [access_changes] and "
+            "[acknowledged_mentions] tables"
         )
     new_roles = data.get("new_roles")
     if not isinstance(new_roles, list) or not new_roles or not all(
@@ -68,7 +71,17 @@ def parse_mapping(data: dict[str, Any], source: str = "<memory>") -> RoleMapping
             f"role mapping {source}: maps outside the new roles ({', '.join(new_roles)}): {', '.join(outside)}"
         )
     return RoleMapping(new_roles=tuple(new_roles), mapping=dict(mapping), source=source,
-                       access_changes=_access_changes(data.get("access_changes", {}), mapping, source))
+                       access_changes=_access_changes(data.get("access_changes", {}), mapping, source),
+                       acknowledged_mentions=_acknowledged(data.get("acknowledged_mentions", {}), source))
+
+
+def _acknowledged(data: Any, source: str) -> dict[str, str]:
+    """Check ``[acknowledged_mentions]``: ``"schema.object" = "why it keeps legacy role names"``."""
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) and v.strip()
+                                             for k, v in data.items()):
+        raise MappingError(f'role mapping {source}: [acknowledged_mentions] must map object names to a reason, '
+                           'e.g. "public.audit_log.role" = "the audit trail keeps the names it recorded"')
+    return dict(data)
 
 
 _COMMANDS = ("SELECT", "INSERT", "UPDATE", "DELETE", "*")
