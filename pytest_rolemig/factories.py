@@ -31,8 +31,10 @@ class UserFactory(factory.DictFactory):
     phone = factory.Faker("numerify", text="+1-###-###-####")
     locale = fuzzy.FuzzyChoice(["en", "de", "fr", "es", "pt-BR", "ja"])
     avatar_url = factory.LazyAttribute(lambda o: f"https://avatars.example.com/{o.id}.png")
-    metadata = factory.LazyAttribute(
-        lambda o: {"signup_source": "web", "theme": "dark", "seed_role": o.role}
+    # which factory user a row is (copies keep it); never the role: a copy of the role in
+    # other data is a place the migration does not reach (the gate's role-mention scan)
+    metadata = factory.LazyAttributeSequence(
+        lambda o, n: {"signup_source": "web", "theme": "dark", "seed_user": n}
     )
     is_active = True
     created_at = fuzzy.FuzzyDateTime(_EPOCH, _EPOCH + dt.timedelta(days=600))
@@ -43,7 +45,7 @@ class UserFactory(factory.DictFactory):
     encrypted_password = factory.LazyAttribute(lambda o: f"$2a$10${uuid.uuid5(uuid.NAMESPACE_OID, o.email).hex}")
     email_confirmed_at = factory.LazyAttribute(lambda o: o.created_at)
     last_sign_in_at = factory.LazyAttribute(lambda o: o.last_seen_at)
-    raw_app_meta_data = factory.LazyAttribute(lambda o: {"provider": "email", "user_role": o.role})
+    raw_app_meta_data = factory.LazyAttribute(lambda o: {"provider": "email", "providers": ["email"]})
     raw_user_meta_data = factory.LazyAttribute(lambda o: {"full_name": o.full_name})
 
 

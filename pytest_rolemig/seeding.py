@@ -242,7 +242,10 @@ def seed_users(conn: psycopg.Connection[Any], target: Target, roles: list[str], 
     sample = users[0][1]
     if parent is not None:
         parent_table, parent_key = parent
-        cols = _columns_for(parent_table, sample, {parent_key})
+        # the app role is the profiles table's: a parent column of the same name (Supabase's
+        # auth.users.role holds the API role) keeps its default
+        app_only = {target.role_column}
+        cols = _columns_for(parent_table, {k: v for k, v in sample.items() if k not in app_only}, {parent_key})
         _copy(conn, parent_table, cols,
               (_row(parent_table, cols, {**u, parent_key: u["id"]}) for _, u in users))
     cols = _columns_for(profiles, sample, {target.key_column, target.role_column})

@@ -35,11 +35,18 @@ def test_large_sets_are_completed_by_copies_of_factory_users(rolemig_db, rolemig
     assert mismatched == 0
     dupes = one(rolemig_db, "SELECT count(*) - count(DISTINCT email) AS n FROM auth.users")["n"]
     assert dupes == 0
-    copied = rows(rolemig_db, "SELECT email, display_name, metadata->>'seed_role' AS seed_role, role "
+    copied = rows(rolemig_db, "SELECT email, display_name, metadata->>'seed_user' AS seed_user, role "
                               "FROM public.user_profiles WHERE email LIKE '%%+c%%@example.com'")
     # 26 factory users asked for, rounded up to lcm(13 roles, 4 session counts) = 52
     assert len(copied) == 300 - 52
-    assert all(c["display_name"] and c["seed_role"] == c["role"] for c in copied)
+    assert all(c["display_name"] and c["seed_user"] is not None for c in copied)
+    # a copy keeps its source's role: every row descending from one factory user holds one role
+    mixed = one(rolemig_db, """
+        SELECT count(*) AS n FROM (SELECT metadata->>'seed_user' FROM public.user_profiles
+                                   WHERE metadata ? 'seed_user' GROUP BY 1 HAVING count(DISTINCT role) > 1) g""")["n"]
+    assert mixed == 0
+    # auth.users.role is the API role (its default), not the app role
+    assert one(rolemig_db, "SELECT count(*) AS n FROM auth.users WHERE role IS DISTINCT FROM 'authenticated'")["n"] == 0
     assert one(rolemig_db, "SELECT count(*) AS n FROM auth.sessions s LEFT JOIN auth.users u ON u.id = s.user_id "
                            "WHERE u.id IS NULL")["n"] == 0
 
