@@ -84,10 +84,16 @@ CREATE TABLE IF NOT EXISTS migration_tracking.migration_log (
     user_key  text NOT NULL,
     old_role  text,
     new_role  text,
-    status    text NOT NULL CHECK (status IN ('migrated', 'unchanged', 'failed', 'rolled_back')),
+    status    text NOT NULL CHECK (status IN ('migrated', 'unchanged', 'merged', 'failed', 'rolled_back')),
     message   text,
     logged_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
+-- 'merged': a row the migration deleted because another row of the same user ends on the same
+-- new role under a unique index (see migrate_batch); rollback inserts it back from the backup.
+-- Installed before 'merged' existed: the CHECK is replaced, so a reinstall upgrades it.
+ALTER TABLE migration_tracking.migration_log DROP CONSTRAINT IF EXISTS migration_log_status_check;
+ALTER TABLE migration_tracking.migration_log ADD CONSTRAINT migration_log_status_check
+    CHECK (status IN ('migrated', 'unchanged', 'merged', 'failed', 'rolled_back'));
 -- (user_key, log_id): "the latest entry of a user" is one index probe whatever the statistics
 -- say (on user_key alone, a rollback right after a migration, before autovacuum analysed the
 -- log, walked the primary key backwards per user: 2.6 s instead of 0.1 s at 10,000 users).
@@ -334,7 +340,7 @@ BEGIN
            error           = coalesce(p_error, b.error),
            processed_users = c.processed,
            failed_users    = c.failed
-      FROM (SELECT count(*) FILTER (WHERE l.status IN ('migrated', 'unchanged'))::integer AS processed,
+      FROM (SELECT count(*) FILTER (WHERE l.status IN ('migrated', 'unchanged', 'merged'))::integer AS processed,
                    count(*) FILTER (WHERE l.status = 'failed')::integer AS failed
               FROM migration_tracking.migration_log AS l
              WHERE l.batch_id = p_batch_id) AS c

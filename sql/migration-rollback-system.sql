@@ -125,7 +125,9 @@ BEGIN
            FROM migration_backup.user_profiles_complete_backup AS b
            LEFT JOIN %4$I.%5$I AS t ON t.%1$I = b.user_key::%2$s
           WHERE b.backup_id = $1
-            AND CASE WHEN t.%1$I IS NULL THEN $3
+            AND CASE WHEN t.%1$I IS NULL THEN $3 AND (SELECT m.status FROM migration_tracking.migration_log AS m
+                                                        WHERE m.user_key = b.user_key
+                                                        ORDER BY m.log_id DESC LIMIT 1) IS DISTINCT FROM ''merged''
                      ELSE t.%3$I::text IS DISTINCT FROM b.role
                           AND t.%3$I::text IS DISTINCT FROM ($2 -> ''mapping'' ->> b.role)
                           AND t.%3$I::text IS DISTINCT FROM
@@ -513,6 +515,34 @@ BEGIN
         PERFORM migration_backup.lock_restore_tables(p_backup_id);
         PERFORM migration_backup.restore_role_checks(p_backup_id, 'drop');
 
+        -- Columns restorable from the backup: present both in the table (not generated) and
+        -- in the backed-up rows; identity GENERATED ALWAYS columns and the key are not SET.
+        -- Each column's value is (src.r).col, the backed-up row read back by
+        -- jsonb_populate_record; a json or jsonb column takes the exact text kept in
+        -- json_text when the backup has one for it (json text, a JSON null).
+        SELECT array_agg(a.attname::text ORDER BY a.attnum),
+               array_agg(a.attname::text ORDER BY a.attnum)
+                   FILTER (WHERE a.attidentity <> 'a' AND a.attname <> v_t ->> 'key_column'),
+               array_agg(v.expr ORDER BY a.attnum),
+               array_agg(v.expr ORDER BY a.attnum)
+                   FILTER (WHERE a.attidentity <> 'a' AND a.attname <> v_t ->> 'key_column')
+          INTO v_cols, v_set_cols, v_vals, v_set_vals
+          FROM pg_catalog.pg_attribute AS a
+          JOIN pg_catalog.pg_type AS ty ON ty.oid = a.atttypid
+          CROSS JOIN LATERAL (
+              SELECT CASE WHEN (CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END)
+                               IN ('json'::regtype, 'jsonb'::regtype)
+                          THEN format('CASE WHEN src.j ? %1$L::text THEN (src.j ->> %1$L::text)::%2$s '
+                                      'ELSE (src.r).%1$I END',
+                                      a.attname, format_type(a.atttypid, a.atttypmod))
+                          ELSE format('(src.r).%I', a.attname) END AS expr) AS v
+         WHERE a.attrelid = v_rel AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+           AND EXISTS (SELECT 1 FROM migration_backup.user_profiles_complete_backup AS b
+                        WHERE b.backup_id = p_backup_id AND b.row_data ? a.attname
+                        LIMIT 1);
+        v_src := format('(SELECT pg_catalog.jsonb_populate_record(NULL::%s, b.row_data) AS r, b.json_text AS j
+                            FROM migration_backup.user_profiles_complete_backup AS b
+                           WHERE b.backup_id = $1) AS src', v_rel);
         IF p_mode = 'revert' THEN
             v_sql := format(
                 'WITH cand AS (
@@ -535,35 +565,33 @@ BEGIN
             PERFORM pg_catalog.set_config('search_path', v_app_path, true);
             EXECUTE v_sql INTO v_profiles USING p_backup_id, 'rollback ' || v_rollback_id, v_t;
             PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+            -- rows the migration deleted as merged duplicates (their latest log entry is
+            -- 'merged', see migrate_batch) come back as the backup has them, after the role
+            -- UPDATE gave their kept twin its backed-up role back (else the index would collide)
+            IF v_cols IS NOT NULL AND EXISTS (SELECT 1 FROM migration_tracking.migration_log AS m
+                                               WHERE m.status = 'merged') THEN
+                v_sql := format(
+                    'WITH changed AS (
+                         INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE
+                         SELECT %3$s
+                           FROM %6$s
+                          WHERE NOT EXISTS (SELECT 1 FROM %1$s AS t WHERE t.%4$I = (src.r).%4$I)
+                            AND (SELECT m.status FROM migration_tracking.migration_log AS m
+                                  WHERE m.user_key = (src.r).%4$I::text
+                                  ORDER BY m.log_id DESC LIMIT 1) = ''merged''
+                         RETURNING %4$I::text AS user_key, NULL::text AS old_role, %5$I::text AS new_role),
+                     %7$s
+                     SELECT pg_catalog.count(*) FROM changed',
+                    v_rel,
+                    (SELECT string_agg(format('%I', c), ', ') FROM unnest(v_cols) AS c),
+                    array_to_string(v_vals, ', '),
+                    v_t ->> 'key_column', v_t ->> 'role_column', v_src, v_log_changed);
+                PERFORM pg_catalog.set_config('search_path', v_app_path, true);
+                EXECUTE v_sql INTO v_inserted USING p_backup_id, 'rollback ' || v_rollback_id;
+                PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+                v_profiles := v_profiles + v_inserted;
+            END IF;
         ELSE
-            -- Columns restorable from the backup: present both in the table (not generated) and
-            -- in the backed-up rows; identity GENERATED ALWAYS columns and the key are not SET.
-            -- Each column's value is (src.r).col, the backed-up row read back by
-            -- jsonb_populate_record; a json or jsonb column takes the exact text kept in
-            -- json_text when the backup has one for it (json text, a JSON null).
-            SELECT array_agg(a.attname::text ORDER BY a.attnum),
-                   array_agg(a.attname::text ORDER BY a.attnum)
-                       FILTER (WHERE a.attidentity <> 'a' AND a.attname <> v_t ->> 'key_column'),
-                   array_agg(v.expr ORDER BY a.attnum),
-                   array_agg(v.expr ORDER BY a.attnum)
-                       FILTER (WHERE a.attidentity <> 'a' AND a.attname <> v_t ->> 'key_column')
-              INTO v_cols, v_set_cols, v_vals, v_set_vals
-              FROM pg_catalog.pg_attribute AS a
-              JOIN pg_catalog.pg_type AS ty ON ty.oid = a.atttypid
-              CROSS JOIN LATERAL (
-                  SELECT CASE WHEN (CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END)
-                                   IN ('json'::regtype, 'jsonb'::regtype)
-                              THEN format('CASE WHEN src.j ? %1$L::text THEN (src.j ->> %1$L::text)::%2$s '
-                                          'ELSE (src.r).%1$I END',
-                                          a.attname, format_type(a.atttypid, a.atttypmod))
-                              ELSE format('(src.r).%I', a.attname) END AS expr) AS v
-             WHERE a.attrelid = v_rel AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-               AND EXISTS (SELECT 1 FROM migration_backup.user_profiles_complete_backup AS b
-                            WHERE b.backup_id = p_backup_id AND b.row_data ? a.attname
-                            LIMIT 1);
-            v_src := format('(SELECT pg_catalog.jsonb_populate_record(NULL::%s, b.row_data) AS r, b.json_text AS j
-                                FROM migration_backup.user_profiles_complete_backup AS b
-                               WHERE b.backup_id = $1) AS src', v_rel);
             IF v_set_cols IS NOT NULL THEN
                 v_sql := format(
                     'WITH changed AS (

@@ -245,6 +245,8 @@ DECLARE
     v_old       text[];
     v_done      text[];
     v_sql       text;
+    v_idx       record;
+    v_merged    text[];
 BEGIN
     -- Moves one batch in the caller's transaction and logs it into the running batch
     -- p_batch_id: the next p_batch_size pending users in key order after p_after_key (keyset
@@ -298,6 +300,68 @@ BEGIN
         v_key_type, migration_control.pending_users_sql())
     INTO migrated, unchanged, first_key, last_key, v_keys, v_old
     USING p_migration_name, p_cutoff, p_after_key, p_batch_size, p_batch_id;
+
+    -- Merged duplicates: where a unique index spans the role column and other columns (a roles
+    -- table, UNIQUE (user_id, role)), two rows of one user whose roles map to the same new role
+    -- would collide. The defined outcome is "keep one": a row of this batch is deleted when
+    -- another row of the same index values ends on the same new role and takes precedence (it
+    -- does not change: not pending, or identity-mapped; or it is pending with a smaller key, so
+    -- it moved first). The deleted row's log entry becomes 'merged', naming the index and the
+    -- row kept; rollback (revert and emergency) inserts it back from the backup. The DELETE
+    -- fires the application's triggers, so it runs under the application's search_path too.
+    FOR v_idx IN
+        SELECT ic.relname AS index_name,
+               array_agg(a.attname::text ORDER BY a.attnum) FILTER (WHERE a.attname <> v_cfg.role_column) AS cols
+        FROM pg_catalog.pg_index i
+        JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey::int2[])
+        WHERE v_keys IS NOT NULL AND i.indrelid = v_rel AND i.indisunique
+          AND i.indpred IS NULL AND i.indexprs IS NULL
+        GROUP BY ic.relname
+        HAVING bool_or(a.attname = v_cfg.role_column) AND count(*) > 1
+        ORDER BY ic.relname
+    LOOP
+        v_sql := format(
+            'WITH doomed AS (
+                 SELECT x.%1$I AS k, x.%1$I::text AS key_text,
+                        (SELECT t.%1$I::text FROM %3$I.%4$I t
+                           LEFT JOIN migration_control.role_mapping tm ON tm.legacy_role = t.%2$I::text AND %6$s
+                          WHERE %7$s AND t.%1$I <> x.%1$I
+                            AND coalesce(tm.new_role, t.%2$I::text) = m.new_role
+                            AND (tm.new_role IS NULL OR tm.new_role = tm.legacy_role OR t.%1$I < x.%1$I)
+                          ORDER BY (tm.new_role IS NULL OR tm.new_role = tm.legacy_role) DESC, t.%1$I
+                          LIMIT 1) AS kept
+                 FROM %3$I.%4$I x
+                 JOIN migration_control.role_mapping m ON m.legacy_role = x.%2$I::text
+                 WHERE x.%1$I = ANY ($3::text[]::%5$s[])),
+             gone AS (
+                 DELETE FROM %3$I.%4$I AS t USING doomed d
+                 WHERE d.kept IS NOT NULL AND t.%1$I = d.k
+                 RETURNING d.key_text, d.kept),
+             relogged AS (
+                 UPDATE migration_tracking.migration_log l
+                    SET status = ''merged'',
+                        message = pg_catalog.format(''merged into row %%s: unique index %%s (%%s); row deleted, '
+                                  'rollback restores it from the backup'', g.kept, $4::text, $5::text)
+                   FROM gone g
+                  WHERE l.batch_id = $6 AND l.user_key = g.key_text AND l.status = ''migrated''
+                 RETURNING l.user_key)
+             SELECT pg_catalog.array_agg(r.user_key) FROM relogged r',
+            v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table, v_key_type,
+            migration_control.pending_users_sql(),
+            (SELECT string_agg(format('t.%1$I = x.%1$I', c), ' AND ') FROM unnest(v_idx.cols) AS c));
+        PERFORM pg_catalog.set_config('search_path', migration_tracking.application_search_path(), true);
+        EXECUTE v_sql INTO v_merged
+            USING p_migration_name, p_cutoff, v_keys, v_idx.index_name,
+                  array_to_string(v_idx.cols || v_cfg.role_column, ', '), p_batch_id;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+        IF v_merged IS NOT NULL THEN
+            SELECT array_agg(k.key ORDER BY k.n), array_agg(k.old ORDER BY k.n) INTO v_keys, v_old
+            FROM unnest(v_keys, v_old) WITH ORDINALITY AS k(key, old, n)
+            WHERE NOT k.key = ANY (v_merged);
+            migrated := migrated - cardinality(v_merged);
+        END IF;
+    END LOOP;
 
     IF v_keys IS NOT NULL THEN
         -- The UPDATE fires the application's triggers, which resolve names through the current
