@@ -192,3 +192,21 @@ def legacy_roles(conn: Conn) -> list[tuple[str, list[str], str | None]]:
     return [tuple(r) for r in conn.execute(
         "SELECT role_name, sources, mapped_to FROM migration_control.discover_legacy_roles() ORDER BY 1"
     )]
+
+
+@dataclass(frozen=True)
+class RoleMention:
+    """One place outside the role column that names a legacy-only role."""
+
+    kind: str  # policy, function, view, column default, check constraint, index, trigger, rule, enum type, data
+    name: str  # schema-qualified, as SQL spells it (the key of [acknowledged_mentions])
+    role: str
+    context: str  # the text around the name, or "<n> row(s) hold '<role>'"
+
+
+def role_mentions(conn: Conn) -> list[RoleMention]:
+    """``find_role_mentions()``: every policy, function, view, default, constraint, index,
+    trigger, rule, enum and data column that names a legacy-only role."""
+    rows = conn.execute("SELECT object_kind, object_name, role_name, context "
+                        "FROM migration_validation.find_role_mentions() ORDER BY 1, 2, 3").fetchall()
+    return [RoleMention(*r) for r in rows]

@@ -7,8 +7,9 @@ prerequisite failed is reported as blocked by it, with the prerequisite's reason
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from pytest_rolemig import api
 from pytest_rolemig.checks import CheckReport
@@ -35,6 +36,8 @@ class Rehearsal:
     before: StoredSnapshot | None = None
     after_migration: StoredSnapshot | None = None
     after_rollback: StoredSnapshot | None = None
+    mentions_before: list[api.RoleMention] = field(default_factory=list)
+    mentions_after_migration: list[api.RoleMention] = field(default_factory=list)
 
     def run(self, step: str) -> Any:
         """The result of ``step``, running it and every earlier step first if needed."""
@@ -61,6 +64,7 @@ class Rehearsal:
 
     def _backup(self) -> api.BackupResult:
         self.before = StoredSnapshot.take(self.conn, self.target, "before")
+        self.mentions_before = api.role_mentions(self.conn)
         return api.backup(self.conn, "gate_rehearsal")
 
     def _migrate(self) -> tuple[CheckReport, api.MigrationResult]:
@@ -68,6 +72,7 @@ class Rehearsal:
         result = api.migrate(self.conn, backup_id=self.results["backup"].backup_id,
                              batch_size=self.target.batch_size)
         self.after_migration = StoredSnapshot.take(self.conn, self.target, "after_migration")
+        self.mentions_after_migration = api.role_mentions(self.conn)
         return pre, result
 
     def _rollback(self) -> api.RollbackResult:

@@ -133,6 +133,166 @@ AS $$
       AND NOT EXISTS (SELECT 1 FROM migration_control.new_roles r WHERE r.role_name = m.legacy_role)
 $$;
 
+-- ---------------------------------------------------------- role mentions ----
+
+CREATE OR REPLACE FUNCTION migration_validation.application_objects()
+RETURNS TABLE(object_kind text, object_name text, definition text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- The definitions of the application's own objects where a role name can hide: policies,
+    -- function and procedure bodies, views, column defaults, CHECK constraints (tables and
+    -- domains), indexes (expressions and predicates), triggers and rules. System schemas,
+    -- the infrastructure's schemas and objects owned by extensions are left out. Names are
+    -- spelled as SQL spells them, so a team can copy one into [acknowledged_mentions].
+    WITH app_ns AS (
+        SELECT n.oid, n.nspname FROM pg_catalog.pg_namespace n
+        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast', 'migration_tracking',
+                                'migration_backup', 'migration_validation', 'migration_control')
+          AND n.nspname NOT LIKE 'pg\_%'
+    ),
+    ext AS (  -- objects created by an extension (pgcrypto's functions, moddatetime, ...)
+        SELECT d.classid, d.objid FROM pg_catalog.pg_depend d WHERE d.deptype = 'e'
+    )
+    SELECT 'policy', pg_catalog.format('%I.%I.%I', n.nspname, c.relname, p.polname),
+           concat_ws(' WITH CHECK ', pg_catalog.pg_get_expr(p.polqual, p.polrelid),
+                     pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid))
+      FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
+      JOIN app_ns n ON n.oid = c.relnamespace
+    UNION ALL
+    SELECT CASE f.prokind WHEN 'p' THEN 'procedure' ELSE 'function' END,
+           pg_catalog.format('%I.%I', n.nspname, f.proname),
+           pg_catalog.regexp_replace(f.prosrc, '--[^\n]*', '', 'g')  -- comments hold apostrophes
+      FROM pg_catalog.pg_proc f JOIN app_ns n ON n.oid = f.pronamespace
+      JOIN pg_catalog.pg_language l ON l.oid = f.prolang
+     WHERE l.lanname NOT IN ('c', 'internal')
+       AND NOT EXISTS (SELECT 1 FROM ext WHERE ext.classid = 'pg_catalog.pg_proc'::regclass AND ext.objid = f.oid)
+    UNION ALL
+    SELECT CASE c.relkind WHEN 'm' THEN 'materialized view' ELSE 'view' END,
+           pg_catalog.format('%I.%I', n.nspname, c.relname), pg_catalog.pg_get_viewdef(c.oid)
+      FROM pg_catalog.pg_class c JOIN app_ns n ON n.oid = c.relnamespace
+     WHERE c.relkind IN ('v', 'm')
+       AND NOT EXISTS (SELECT 1 FROM ext WHERE ext.classid = 'pg_catalog.pg_class'::regclass AND ext.objid = c.oid)
+    UNION ALL
+    SELECT 'column default', pg_catalog.format('%I.%I.%I', n.nspname, c.relname, a.attname),
+           pg_catalog.pg_get_expr(d.adbin, d.adrelid)
+      FROM pg_catalog.pg_attrdef d JOIN pg_catalog.pg_class c ON c.oid = d.adrelid
+      JOIN app_ns n ON n.oid = c.relnamespace
+      JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+    UNION ALL
+    SELECT 'check constraint',
+           pg_catalog.format('%I.%I.%I', n.nspname, coalesce(c.relname, t.typname), k.conname),
+           pg_catalog.pg_get_constraintdef(k.oid)
+      FROM pg_catalog.pg_constraint k
+      LEFT JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
+      LEFT JOIN pg_catalog.pg_type t ON t.oid = k.contypid
+      JOIN app_ns n ON n.oid = k.connamespace
+     WHERE k.contype = 'c'
+    UNION ALL
+    SELECT 'index', pg_catalog.format('%I.%I', n.nspname, c.relname), pg_catalog.pg_get_indexdef(i.indexrelid)
+      FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+      JOIN app_ns n ON n.oid = c.relnamespace
+     WHERE i.indexprs IS NOT NULL OR i.indpred IS NOT NULL
+    UNION ALL
+    SELECT 'trigger', pg_catalog.format('%I.%I.%I', n.nspname, c.relname, g.tgname), pg_catalog.pg_get_triggerdef(g.oid)
+      FROM pg_catalog.pg_trigger g JOIN pg_catalog.pg_class c ON c.oid = g.tgrelid
+      JOIN app_ns n ON n.oid = c.relnamespace
+     WHERE NOT g.tgisinternal
+    UNION ALL
+    SELECT 'rule', pg_catalog.format('%I.%I.%I', n.nspname, c.relname, r.rulename), pg_catalog.pg_get_ruledef(r.oid)
+      FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class c ON c.oid = r.ev_class
+      JOIN app_ns n ON n.oid = c.relnamespace
+     WHERE r.rulename <> '_RETURN'
+$$;
+
+CREATE OR REPLACE FUNCTION migration_validation.find_role_mentions()
+RETURNS TABLE(object_kind text, object_name text, role_name text, context text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET row_security = off  -- a row hidden by a policy still holds the name
+AS $$
+DECLARE
+    v_cfg    migration_control.target_config;
+    v_legacy text[];
+    v_col    record;
+    v_sql    text;
+BEGIN
+    -- Every place outside the role column where a legacy-only role name (a legacy role that
+    -- is not also a new role) still appears: quoted literals in the definitions of
+    -- application_objects(), labels of enum types other than the role column's own, and
+    -- values in the data of the application's tables (text and enum columns, text arrays,
+    -- json strings at any depth, e.g. auth.users.raw_app_meta_data). Before a migration it
+    -- says where the roles live; after it, each row is a place the migration did not reach.
+    v_cfg := migration_validation.target();
+    SELECT array_agg(m.legacy_role ORDER BY m.legacy_role) INTO v_legacy
+      FROM migration_control.role_mapping m
+     WHERE NOT EXISTS (SELECT 1 FROM migration_control.new_roles r WHERE r.role_name = m.legacy_role);
+    IF v_legacy IS NULL THEN
+        RETURN;
+    END IF;
+
+    RETURN QUERY
+    SELECT o.object_kind, o.object_name, l.role,
+           pg_catalog.regexp_replace(substr(o.definition, greatest(1, strpos(o.definition, q.literal) - 40),
+                                            length(q.literal) + 80), '\s+', ' ', 'g')
+      FROM migration_validation.application_objects() o
+      CROSS JOIN LATERAL migration_validation.quoted_literals(o.definition) q
+      JOIN unnest(v_legacy) AS l(role)
+        ON pg_catalog.lower(q.literal) ~ ('\m' || pg_catalog.regexp_replace(pg_catalog.lower(l.role),
+                                                                  '([^a-z0-9_])', '\\\1', 'g') || '\M')
+     WHERE o.definition IS NOT NULL
+     GROUP BY 1, 2, 3, 4;
+
+    RETURN QUERY
+    SELECT 'enum type', pg_catalog.format('%I.%I', n.nspname, t.typname), e.enumlabel::text,
+           'label ' || quote_literal(e.enumlabel)
+      FROM pg_catalog.pg_enum e JOIN pg_catalog.pg_type t ON t.oid = e.enumtypid
+      JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+     WHERE e.enumlabel = ANY (v_legacy)
+       AND n.nspname NOT LIKE 'migration\_%'
+       AND t.oid IS DISTINCT FROM (
+           SELECT a.atttypid FROM pg_catalog.pg_attribute a
+            WHERE a.attrelid = pg_catalog.format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table)::regclass
+              AND a.attname = v_cfg.role_column);
+
+    FOR v_col IN
+        SELECT n.nspname, c.relname, a.attname, t.typtype, t.typcategory, t.typname,
+               coalesce(et.typcategory, '') AS elem_category
+          FROM pg_catalog.pg_attribute a
+          JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+          LEFT JOIN pg_catalog.pg_type et ON et.oid = t.typelem AND t.typcategory = 'A'
+         WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast', 'migration_tracking',
+                                 'migration_backup', 'migration_validation', 'migration_control')
+           AND n.nspname NOT LIKE 'pg\_%'
+           AND NOT (n.nspname = v_cfg.profiles_schema AND c.relname = v_cfg.profiles_table
+                    AND a.attname = v_cfg.role_column)
+           AND (t.typcategory = 'S' OR t.typtype = 'e' OR t.typname IN ('json', 'jsonb')
+                OR (t.typcategory = 'A' AND (et.typcategory = 'S' OR et.typtype = 'e')))
+         ORDER BY 1, 2, 3
+    LOOP
+        v_sql := CASE
+            WHEN v_col.typname IN ('json', 'jsonb') THEN pg_catalog.format(
+                'SELECT x #>> ''{}'' FROM %I.%I, jsonb_path_query(%I::jsonb, ''strict $.**'') AS x '
+                'WHERE jsonb_typeof(x) = ''string'' AND x #>> ''{}'' = ANY ($1)',
+                v_col.nspname, v_col.relname, v_col.attname)
+            WHEN v_col.typcategory = 'A' THEN pg_catalog.format(
+                'SELECT u FROM %I.%I, unnest(%I::text[]) AS u WHERE u = ANY ($1)',
+                v_col.nspname, v_col.relname, v_col.attname)
+            ELSE pg_catalog.format('SELECT %I::text FROM %I.%I WHERE %I::text = ANY ($1)',
+                                   v_col.attname, v_col.nspname, v_col.relname, v_col.attname)
+        END;
+        RETURN QUERY EXECUTE pg_catalog.format(
+            'SELECT ''data''::text, %L::text, v::text, count(*) || '' row(s) hold '' || quote_literal(v) '
+            'FROM (%s) AS f(v) GROUP BY v ORDER BY v',
+            pg_catalog.format('%I.%I.%I', v_col.nspname, v_col.relname, v_col.attname), v_sql)
+        USING v_legacy;
+    END LOOP;
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION migration_validation.newest_backup()
 RETURNS text
 LANGUAGE sql STABLE
