@@ -60,6 +60,8 @@ SETTINGS: tuple[Setting, ...] = (
             default="public.user_profiles"),
     Setting("key_column", "User key column of the profiles table.", default="id"),
     Setting("role_column", "Role column of the profiles table.", default="role"),
+    Setting("user_column", "Column of the profiles table holding the user's id, the value the JWT claims "
+            "carry (a roles table with one row per user and role: user_id). Default: the key column."),
     Setting("sessions_table", "Table holding user sessions.", default="auth.sessions"),
     Setting("sessions_user_column", "Column of the sessions table naming the user.", default="user_id"),
     Setting("policy_schemas", "Schemas whose RLS policies are backed up and rewritten.", "linelist",
@@ -223,6 +225,8 @@ def resolve(config: pytest.Config) -> RolemigConfig:
         profiles_table=_qualified("profiles_table", values["profiles_table"], sources),
         key_column=_identifier("key_column", values["key_column"], sources),
         role_column=_identifier("role_column", values["role_column"], sources),
+        user_column=(_identifier("user_column", values["user_column"], sources)
+                     if values["user_column"] is not None else None),
         sessions_table=_qualified("sessions_table", values["sessions_table"], sources),
         sessions_user_column=_identifier("sessions_user_column", values["sessions_user_column"], sources),
         policy_schemas=policy_schemas or ("public",),
@@ -281,7 +285,8 @@ def header_lines(cfg: RolemigConfig) -> list[str]:
         "schema": lambda c: ", ".join(str(p) for p in c.schema_files),
         "mapping": lambda c: c.mapping_file,
         "profiles_table": lambda c: f"{c.target.profiles_table} (key {c.target.key_column}, "
-        f"role {c.target.role_column})",
+        f"role {c.target.role_column}"
+        + (f", user {c.target.user_column})" if c.target.user_column else ")"),
         "sessions_table": lambda c: f"{c.target.sessions_table} (user {c.target.sessions_user_column})",
         "users": lambda c: c.users if c.users <= c.login_sample
         else f"{c.users} (log-in check on a sample of {c.login_sample})",

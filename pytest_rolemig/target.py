@@ -99,6 +99,14 @@ class Target:
     sessions_user_column: str = "user_id"
     policy_schemas: tuple[str, ...] = ("public", "auth")
     batch_size: int = 1000
+    # the column holding the user's id (what the JWT claims carry); None: the key column. A roles
+    # table with one row per user and role keys rows by their own id and names the user here.
+    user_column: str | None = None
+
+    @property
+    def user(self) -> str:
+        """The column naming the user: ``user_column``, else the key column."""
+        return self.user_column or self.key_column
 
     @property
     def profiles_name(self) -> tuple[str, str]:
@@ -116,10 +124,10 @@ class Target:
             "SELECT * FROM migration_control.configure_target("
             "p_profiles_table => %s, p_key_column => %s, p_role_column => %s, "
             "p_sessions_table => %s, p_sessions_user_column => %s, "
-            "p_policy_schemas => %s, p_batch_size => %s)",
+            "p_policy_schemas => %s, p_batch_size => %s, p_user_column => %s)",
             (
                 self.profiles_table, self.key_column, self.role_column,
                 self.sessions_table, self.sessions_user_column,
-                list(self.policy_schemas), self.batch_size,
+                list(self.policy_schemas), self.batch_size, self.user_column,
             ),
         )

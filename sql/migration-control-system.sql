@@ -120,6 +120,8 @@ $$;
 
 -- ------------------------------------------------------------ configuration ----
 
+DROP FUNCTION IF EXISTS migration_control.configure_target(text, text, text, text, text, text[], integer);
+
 CREATE OR REPLACE FUNCTION migration_control.configure_target(
     p_profiles_table text DEFAULT 'public.user_profiles',
     p_key_column text DEFAULT 'id',
@@ -127,7 +129,8 @@ CREATE OR REPLACE FUNCTION migration_control.configure_target(
     p_sessions_table text DEFAULT 'auth.sessions',
     p_sessions_user_column text DEFAULT 'user_id',
     p_policy_schemas text[] DEFAULT ARRAY['public', 'auth'],
-    p_batch_size integer DEFAULT 1000)
+    p_batch_size integer DEFAULT 1000,
+    p_user_column text DEFAULT NULL)
 RETURNS TABLE(setting text, value text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -160,15 +163,28 @@ BEGIN
     v_sessions_key := migration_control.verify_target(v_profiles[1], v_profiles[2], p_key_column, p_role_column,
                                                        v_sessions[1], v_sessions[2], p_sessions_user_column,
                                                        p_policy_schemas);
+    IF p_user_column IS NOT NULL AND NOT EXISTS (
+           SELECT 1 FROM pg_catalog.pg_attribute a
+            WHERE a.attrelid = pg_catalog.to_regclass(format('%I.%I', v_profiles[1], v_profiles[2]))
+              AND a.attname = p_user_column AND a.attnum > 0 AND NOT a.attisdropped) THEN
+        RAISE EXCEPTION 'target column %.%.% does not exist', v_profiles[1], v_profiles[2], p_user_column
+            USING DETAIL = format('Configured user column %L: the column holding the user''s id (the JWT sub).',
+                                  p_user_column),
+                  HINT = 'call migration_control.configure_target with p_user_column naming an existing column, '
+                         'or NULL for the key column';
+    END IF;
 
     INSERT INTO migration_control.target_config AS t
         (singleton, profiles_schema, profiles_table, key_column, role_column, sessions_schema,
-         sessions_table, sessions_key_column, sessions_user_column, policy_schemas, batch_size, updated_at)
+         sessions_table, sessions_key_column, sessions_user_column, policy_schemas, batch_size, updated_at,
+         user_column)
     VALUES (true, v_profiles[1], v_profiles[2], p_key_column, p_role_column, v_sessions[1],
-            v_sessions[2], v_sessions_key, p_sessions_user_column, p_policy_schemas, p_batch_size, now())
+            v_sessions[2], v_sessions_key, p_sessions_user_column, p_policy_schemas, p_batch_size, now(),
+            nullif(p_user_column, p_key_column))
     ON CONFLICT (singleton) DO UPDATE
     SET profiles_schema = EXCLUDED.profiles_schema, profiles_table = EXCLUDED.profiles_table,
         key_column = EXCLUDED.key_column, role_column = EXCLUDED.role_column,
+        user_column = EXCLUDED.user_column,
         sessions_schema = EXCLUDED.sessions_schema, sessions_table = EXCLUDED.sessions_table,
         sessions_key_column = EXCLUDED.sessions_key_column,
         sessions_user_column = EXCLUDED.sessions_user_column,
@@ -180,6 +196,7 @@ BEGIN
     FROM migration_control.target_config t,
          LATERAL (VALUES ('profiles_table', format('%I.%I', t.profiles_schema, t.profiles_table)),
                          ('key_column', t.key_column), ('role_column', t.role_column),
+                         ('user_column', coalesce(t.user_column, t.key_column)),
                          ('sessions_table', format('%I.%I', t.sessions_schema, t.sessions_table)),
                          ('sessions_key_column', t.sessions_key_column),
                          ('sessions_user_column', t.sessions_user_column),

@@ -43,6 +43,10 @@ CREATE TABLE IF NOT EXISTS migration_control.target_config (
     role_claim           text NOT NULL DEFAULT 'user_role',
     updated_at           timestamptz NOT NULL DEFAULT now()
 );
+-- user_column: the column of the profiles (role) table holding the user's id, the value the
+-- JWT claims carry ('sub'); NULL means the key column (one row per user). A roles table with
+-- one row per user and role keys its rows by their own id and names the user in user_id.
+ALTER TABLE migration_control.target_config ADD COLUMN IF NOT EXISTS user_column text;
 COMMENT ON TABLE migration_control.target_config IS
     'The one row saying where the application keeps profiles, roles and sessions (identifiers unquoted)';
 

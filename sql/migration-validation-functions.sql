@@ -524,24 +524,34 @@ BEGIN
     ELSE
         EXECUTE format(
             'WITH c AS (
-                 SELECT b.user_key, b.role AS backed_up_role, m.new_role AS expected_role,
-                        t.%2$I::text AS current_role, (t.%1$I IS NULL) AS missing
+                 SELECT b.user_key, b.role AS backed_up_role,
+                        -- a row already on a new role (not a legacy one) keeps it
+                        coalesce(m.new_role, (SELECT nr.role_name FROM migration_control.new_roles nr
+                                               WHERE nr.role_name = b.role)) AS expected_role,
+                        t.%2$I::text AS current_role, (t.%1$I IS NULL) AS missing,
+                        -- a row the migration deleted as a merged duplicate (see migrate_batch)
+                        (t.%1$I IS NULL AND (SELECT l.status FROM migration_tracking.migration_log l
+                                              WHERE l.user_key = b.user_key
+                                              ORDER BY l.log_id DESC LIMIT 1) = ''merged'') AS merged
                  FROM migration_backup.user_profiles_complete_backup b
                  LEFT JOIN migration_control.role_mapping m ON m.legacy_role = b.role
                  LEFT JOIN %3$I.%4$I t ON t.%1$I::text = b.user_key
                  WHERE b.backup_id = $1)
              SELECT count(*),
-                    count(*) FILTER (WHERE c.missing OR c.current_role IS DISTINCT FROM c.expected_role),
+                    count(*) FILTER (WHERE NOT c.merged
+                                       AND (c.missing OR c.current_role IS DISTINCT FROM c.expected_role)),
                     (SELECT coalesce(jsonb_agg(to_jsonb(s)), ''[]'') FROM
                        (SELECT c.user_key, c.backed_up_role, c.expected_role, c.current_role, c.missing FROM c
-                        WHERE c.missing OR c.current_role IS DISTINCT FROM c.expected_role
-                        ORDER BY c.user_key LIMIT 20) s)
+                        WHERE NOT c.merged AND (c.missing OR c.current_role IS DISTINCT FROM c.expected_role)
+                        ORDER BY c.user_key LIMIT 20) s),
+                    count(*) FILTER (WHERE c.merged)
              FROM c',
             v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table)
-        INTO v_n, v_bad, v_sample USING v_backup;
+        INTO v_n, v_bad, v_sample, v_m USING v_backup;
         status := CASE WHEN v_bad = 0 THEN 'pass' ELSE 'fail' END;
         details := jsonb_build_object('backup_id', v_backup, 'backed_up_users', v_n, 'mismatched', v_bad,
-                                      'sample', v_sample);
+                                      'sample', v_sample)
+                   || CASE WHEN v_m > 0 THEN jsonb_build_object('merged_rows', v_m) ELSE '{}' END;
     END IF;
     RETURN NEXT;
 
@@ -551,8 +561,10 @@ BEGIN
         details := jsonb_build_object('backup_id', v_backup, 'error', 'backup not found', 'live_users', v_total);
     ELSE
         SELECT count(*) INTO v_n FROM migration_backup.user_profiles_complete_backup b WHERE b.backup_id = v_backup;
-        status := CASE WHEN v_n = v_total THEN 'pass' ELSE 'fail' END;
-        details := jsonb_build_object('backup_id', v_backup, 'backed_up_users', v_n, 'live_users', v_total);
+        -- rows deleted as merged duplicates (roles_match_mapping counted them) are not lost
+        status := CASE WHEN v_n - coalesce(v_m, 0) = v_total THEN 'pass' ELSE 'fail' END;
+        details := jsonb_build_object('backup_id', v_backup, 'backed_up_users', v_n, 'live_users', v_total)
+                   || CASE WHEN v_m > 0 THEN jsonb_build_object('merged_rows', v_m) ELSE '{}' END;
     END IF;
     RETURN NEXT;
 
@@ -636,6 +648,8 @@ DECLARE
     v_probe_seen   bigint;
     v_role_type    text;
     v_roles        text[];
+    v_user_col     text;
+    v_user_type    text;
 BEGIN
     -- Logs in as a sample of users the way PostgREST does (JWT claims in
     -- request.jwt.claims, SET ROLE to the API role, both transaction-local) so RLS really
@@ -664,12 +678,19 @@ BEGIN
      WHERE a.attrelid = to_regclass(format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table))
        AND a.attname = v_cfg.key_column;
     v_own_pred := format('t.%I = $1::%s', v_cfg.key_column, v_key_type);
+    -- the claims and the sessions name the user by the user column (a roles table: user_id),
+    -- which is the key column unless configured otherwise
+    v_user_col := coalesce(v_cfg.user_column, v_cfg.key_column);
+    SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) INTO v_user_type
+      FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid = to_regclass(format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table))
+       AND a.attname = v_user_col;
     v_sess_pred := CASE WHEN EXISTS (
                             SELECT 1 FROM pg_catalog.pg_attribute a
                              WHERE a.attrelid = to_regclass(format('%I.%I', v_cfg.sessions_schema, v_cfg.sessions_table))
                                AND a.attname = v_cfg.sessions_user_column
-                               AND pg_catalog.format_type(a.atttypid, a.atttypmod) = v_key_type)
-                        THEN format('s.%I = $1::%s', v_cfg.sessions_user_column, v_key_type)
+                               AND pg_catalog.format_type(a.atttypid, a.atttypmod) = v_user_type)
+                        THEN format('s.%I = $1::%s', v_cfg.sessions_user_column, v_user_type)
                         ELSE format('s.%I::text = $1', v_cfg.sessions_user_column) END;
     -- Two rows any user but their owner should be unable to see unless they see all: when a
     -- user cannot see one of them, "sees fewer than every row" is settled by two index lookups
@@ -699,27 +720,29 @@ BEGIN
     SELECT d.roles INTO v_roles FROM migration_control.roles_in_data() AS d;
     FOR v_user IN EXECUTE format(
         'WITH pool AS (
-             SELECT t.%1$I::text AS k, t.%2$I::text AS role, random() AS r
+             SELECT t.%1$I::text AS k, t.%2$I::text AS role, t.%9$I::text AS uid, random() AS r
              FROM %3$I.%4$I AS t TABLESAMPLE BERNOULLI ($2) WHERE t.%2$I IS NOT NULL),
          drawn AS (
-             SELECT DISTINCT ON (p.role) p.k, p.role FROM pool AS p ORDER BY p.role, p.r),
+             SELECT DISTINCT ON (p.role) p.k, p.role, p.uid FROM pool AS p ORDER BY p.role, p.r),
          missed AS (
-             SELECT x.k, x.role
+             SELECT x.k, x.role, x.uid
              FROM unnest($3::text[]) AS u(role)
-             CROSS JOIN LATERAL (SELECT t.%1$I::text AS k, t.%2$I::text AS role FROM %3$I.%4$I AS t
+             CROSS JOIN LATERAL (SELECT t.%1$I::text AS k, t.%2$I::text AS role, t.%9$I::text AS uid
+                                   FROM %3$I.%4$I AS t
                                   WHERE t.%2$I = u.role::%8$s LIMIT 1) AS x
              WHERE NOT EXISTS (SELECT 1 FROM drawn AS d WHERE d.role = u.role)),
          per_role AS (SELECT * FROM drawn UNION ALL SELECT * FROM missed),
          rest AS (
-             SELECT p.k, p.role FROM pool AS p
+             SELECT p.k, p.role, p.uid FROM pool AS p
              WHERE p.k NOT IN (SELECT per_role.k FROM per_role)
              ORDER BY p.r
              LIMIT greatest($1 - (SELECT count(*) FROM per_role), 0))
-         SELECT u.k, u.role,
+         SELECT u.k, u.role, u.uid,
                 (SELECT count(*) FROM %5$I.%6$I s WHERE %7$s) AS sessions
          FROM (SELECT * FROM per_role UNION ALL SELECT * FROM rest) u ORDER BY u.role, u.k',
         v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table,
-        v_cfg.sessions_schema, v_cfg.sessions_table, replace(v_sess_pred, '$1', 'u.k'), v_role_type)
+        v_cfg.sessions_schema, v_cfg.sessions_table, replace(v_sess_pred, '$1', 'u.uid'), v_role_type,
+        v_user_col)
         USING p_sample_size,
               CASE WHEN v_total <= 0 THEN 100 ELSE least(100, 300.0 * p_sample_size / v_total) END,
               v_roles
@@ -727,7 +750,7 @@ BEGIN
         v_tested := v_tested + 1;
         BEGIN
             PERFORM set_config('request.jwt.claims',
-                               jsonb_build_object('sub', v_user.k, 'role', v_cfg.auth_role,
+                               jsonb_build_object('sub', v_user.uid, 'role', v_cfg.auth_role,
                                                   v_cfg.role_claim, v_user.role)::text, true);
             PERFORM set_config('role', v_cfg.auth_role, true);
 
@@ -742,7 +765,7 @@ BEGIN
 
             EXECUTE format('SELECT count(*) FROM %I.%I s WHERE %s',
                            v_cfg.sessions_schema, v_cfg.sessions_table, v_sess_pred)
-            INTO v_sessions USING v_user.k;
+            INTO v_sessions USING v_user.uid;
             IF v_sessions <> v_user.sessions THEN
                 v_session_bad := v_session_bad || jsonb_build_object('key', v_user.k, 'role', v_user.role,
                                      'sessions', v_user.sessions, 'sessions_seen', v_sessions);

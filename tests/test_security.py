@@ -236,7 +236,7 @@ WEAKENINGS = {
         "GRANT EXECUTE ON FUNCTION migration_backup.execute_rollback(text, text) TO anon",
         {"migration_objects_not_exposed": "migration_backup.execute_rollback(text,text)"}),
     "execute_granted_to_public": (
-        "GRANT EXECUTE ON FUNCTION migration_control.configure_target(text, text, text, text, text, text[], integer) "
+        "GRANT EXECUTE ON FUNCTION migration_control.configure_target(text, text, text, text, text, text[], integer, text) "
         "TO PUBLIC",
         {"migration_objects_not_exposed": "PUBLIC"}),
     "schema_usage_to_authenticated": (

@@ -98,6 +98,7 @@ def test_files_install_twice_and_keep_configuration(rolemig_db):
 def test_configure_target_stores_checked_target(rolemig_db):
     settings = configure(rolemig_db, p_batch_size=50, p_policy_schemas=["public"])
     assert settings == {"profiles_table": "public.user_profiles", "key_column": "id", "role_column": "role",
+                        "user_column": "id",
                         "sessions_table": "auth.sessions", "sessions_key_column": "id",
                         "sessions_user_column": "user_id", "policy_schemas": "public", "batch_size": "50",
                         "auth_role": "authenticated", "role_claim": "user_role"}

@@ -8,6 +8,7 @@ Real PostgreSQL through ``rolemig_db`` (the demo application, infrastructure and
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 from sql_helpers import one, rows
 
@@ -26,7 +27,7 @@ SELECT v.id, u.id, v.role
                (8, 4, 'author'), (9, 4, 'viewer')) AS v(id, n, role)          -- nothing merged
   JOIN (SELECT id, row_number() OVER (ORDER BY id) AS n FROM auth.users) u ON u.n = v.n;
 SELECT * FROM migration_control.configure_target(p_profiles_table => 'public.user_roles',
-    p_key_column => 'id', p_role_column => 'role');
+    p_key_column => 'id', p_role_column => 'role', p_user_column => 'user_id');
 """
 
 
@@ -46,12 +47,32 @@ def test_migration_keeps_one_row_of_merged_roles_and_logs_the_other(rolemig_db, 
                  (batch_size,))
     assert result["status"] == "completed", result
     assert _table(rolemig_db) == {2: "admin", 3: "owner", 5: "editor", 6: "owner", 8: "editor", 9: "viewer"}
-    merged = rows(rolemig_db, "SELECT user_key, old_role, new_role, message FROM migration_tracking.migration_log "
-                              "WHERE status = 'merged' ORDER BY user_key")
+    log = "SELECT user_key, old_role, new_role, message FROM migration_tracking.migration_log"
+    merged = rows(rolemig_db, log + " WHERE status = 'merged' ORDER BY user_key")
     assert [(m["user_key"], m["old_role"], m["new_role"]) for m in merged] == [
         ("1", "org_admin", "admin"), ("4", "org_owner", "owner"), ("7", "org_owner", "owner")]
-    assert merged[0]["message"].startswith("merged into row 2: unique index user_roles_user_role_key (user_id, role)")
+    assert merged[0]["message"].startswith(
+        "merged into row 2: unique index user_roles_user_role_key (user_id, role)")
     assert "merged into row 3" in merged[1]["message"] and "merged into row 6" in merged[2]["message"]
+    checks = {r["check_name"]: r for r in rows(
+        rolemig_db, "SELECT * FROM migration_validation.validate_post_migration_state()")}
+    for name in ("roles_match_mapping", "user_count_unchanged", "every_user_has_new_role"):
+        assert checks[name]["status"] == "pass", checks[name]
+    assert checks["user_count_unchanged"]["details"]["merged_rows"] == 3
+
+
+def test_the_user_column_is_stored_with_the_target_and_checked(rolemig_db):
+    _prepare(rolemig_db)
+    stored = "SELECT user_column FROM migration_control.target_config"
+    assert one(rolemig_db, stored)["user_column"] == "user_id"
+    with pytest.raises(psycopg.errors.RaiseException, match="column public.user_roles.member does not") as e:
+        rolemig_db.execute("SELECT * FROM migration_control.configure_target("
+                           "p_profiles_table => 'public.user_roles', p_user_column => 'member')")
+    assert "p_user_column" in e.value.diag.message_hint
+    # the key column itself is stored as NULL: one row per user
+    rolemig_db.execute("SELECT * FROM migration_control.configure_target("
+                       "p_profiles_table => 'public.user_roles', p_user_column => 'id')")
+    assert one(rolemig_db, stored)["user_column"] is None
 
 
 @pytest.mark.parametrize("mode", ["revert", "emergency"])
@@ -74,5 +95,6 @@ def test_rollback_restores_the_merged_rows(rolemig_db, mode):
         (backup_id, result["rollback_id"]))}
     assert set(checks.values()) == {"pass"}, checks
     # a second migration after the rollback merges the same rows again
-    assert one(rolemig_db, "SELECT status FROM migration_control.execute_role_migration()")["status"] == "completed"
+    again = one(rolemig_db, "SELECT status FROM migration_control.execute_role_migration()")
+    assert again["status"] == "completed"
     assert sorted(_table(rolemig_db)) == [2, 3, 5, 6, 8, 9]

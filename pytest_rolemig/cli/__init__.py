@@ -51,6 +51,9 @@ def build_parser(err: TextIO | None = None) -> argparse.ArgumentParser:
     p.add_argument("--profiles-table", default="public.user_profiles")
     p.add_argument("--key-column", default="id")
     p.add_argument("--role-column", default="role")
+    p.add_argument("--user-column", default=None, metavar="COLUMN",
+                   help="column of the profiles table holding the user's id, as the JWT claims carry it "
+                        "(a roles table: user_id; default: the key column)")
     p.add_argument("--sessions-table", default="auth.sessions")
     p.add_argument("--sessions-user-column", default="user_id")
     p.add_argument("--policy-schema", action="append", metavar="SCHEMA",

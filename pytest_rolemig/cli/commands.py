@@ -142,6 +142,7 @@ def cmd_install(ctx: Context) -> int:
     except ConfigError as exc:
         raise CliError(str(exc), errors.USAGE) from None
     target = Target(profiles_table=a.profiles_table, key_column=a.key_column, role_column=a.role_column,
+                    user_column=a.user_column,
                     sessions_table=a.sessions_table, sessions_user_column=a.sessions_user_column,
                     policy_schemas=tuple(a.policy_schema or ("public", "auth")), batch_size=a.batch_size)
     seeded = None

@@ -69,6 +69,7 @@ SQL_TO_CLI: dict[str, str | None] = {
     "p_sessions_table": "--sessions-table",
     "p_key_column": "--key-column",
     "p_role_column": "--role-column",
+    "p_user_column": "--user-column",
     "p_sessions_user_column": "--sessions-user-column",
     "p_policy_schemas": "--policy-schema",
     "p_batch_size": "--batch-size",
