@@ -15,10 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_rolemig.access_matrix import COMMANDS, Matrix
+import pytest
+
+from pytest_rolemig.access_matrix import ANON, COMMANDS, Matrix
 from pytest_rolemig.access_store import EMPTY
 
 Changes = dict[str, dict[str, tuple[str, ...]]]
+
+UPDATED_ACCESS = pytest.StashKey[tuple[str, str]]()
+"""(mapping file, ``[access_changes]`` block) written by ``--rolemig-update-access``, for the summary."""
 
 
 @dataclass(frozen=True)
@@ -214,3 +219,22 @@ def write_reports(report_dir: Path, comparisons: list[Comparison], matrices: lis
                      for m in matrices},
     }, indent=1, sort_keys=True), encoding="utf-8")
     return paths
+
+
+def measured_changes(comparison: Comparison) -> Changes:
+    """The ``[access_changes]`` that declare exactly what ``comparison`` measured, per legacy role.
+
+    Tables of ``public`` are written bare (``documents:UPDATE``), others schema-qualified.
+    """
+    found: dict[str, dict[str, set[str]]] = {}
+    for d in comparison.differences:
+        if d.role == ANON:  # the anonymous role is not a legacy role: its changes cannot be declared
+            continue
+        schema, _, bare = d.table.rpartition(".")
+        entry = f"{bare if schema in ('', 'public') else d.table}:{d.command}"
+        kinds = found.setdefault(d.role, {"gains": set(), "loses": set()})
+        if d.gained:
+            kinds["gains"].add(entry)
+        if d.lost:
+            kinds["loses"].add(entry)
+    return {role: {k: tuple(sorted(v)) for k, v in kinds.items()} for role, kinds in found.items()}

@@ -79,6 +79,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server_dir", "Folder for the ephemeral server's data. Default: /dev/shm (memory) when it has "
             "2 GiB free, else the system temp folder.", path=True),
     Setting("report_dir", "Folder for the gate's reports (JSON and Markdown).", default="reports", path=True),
+    Setting("update_access", "Write the access changes the migration measurably makes into the mapping "
+            "file's [access_changes] (the rest of the file is kept), so that the next run passes: review "
+            "the diff as you review a snapshot update.", "bool", default=False),
     Setting("roundtrip_examples", "Hypothesis examples of the gate's round-trip property, per rollback mode.",
             "int", default=25),
 )
@@ -102,6 +105,7 @@ class RolemigConfig:
     server_dir: str | None
     report_dir: Path
     roundtrip_examples: int
+    update_access: bool = False
     ignored_env: str | None = None  # DATABASE_URL when set and ignored (an ephemeral server runs instead)
     sources: dict[str, str] = field(default_factory=dict, hash=False)
 
@@ -132,6 +136,9 @@ def add_options(parser: pytest.Parser) -> None:
         if s.kind == "linelist":
             group.addoption(s.flag, action="append", dest=s.ini, default=None, help=help_text)
             parser.addini(s.ini, s.help, type="linelist", default=[])
+        elif s.kind == "bool":
+            group.addoption(s.flag, action="store_true", dest=s.ini, default=None, help=help_text)
+            parser.addini(s.ini, s.help, type="bool", default=False)
         else:
             group.addoption(s.flag, action="store", dest=s.ini, default=None,
                             type=int if s.kind == "int" else str, help=help_text)
@@ -152,7 +159,7 @@ def _raw(config: pytest.Config, s: Setting) -> tuple[Any, str, Path]:
     if s.env and os.environ.get(s.env):
         return os.environ[s.env], f"environment {s.env}", invoked
     ini = config.getini(s.ini)
-    if ini not in (None, "", []):
+    if ini not in (None, "", [], False):  # False: a bool ini key left unset
         return ini, f"ini {s.ini}", ini_dir
     return s.default, "default", ini_dir
 
@@ -247,8 +254,19 @@ def resolve(config: pytest.Config) -> RolemigConfig:
         ignored_env=IGNORED_ENV if values["dsn"] is None and os.environ.get(IGNORED_ENV) else None,
         roundtrip_examples=_as_int(_BY_NAME["roundtrip_examples"], values["roundtrip_examples"],
                                    sources["roundtrip_examples"], 1),
+        update_access=_update_access(values["update_access"], mapping_file),
         sources=sources,
     )
+
+
+def _update_access(value: Any, mapping_file: Path) -> bool:
+    """``--rolemig-update-access`` writes into the team's mapping, never into the bundled demo's."""
+    if not value:
+        return False
+    if mapping_file == resources.demo_mapping():
+        raise ConfigError("--rolemig-update-access / rolemig_update_access writes into your mapping file: "
+                          "set --rolemig-mapping (the bundled demo mapping is not yours to change)")
+    return True
 
 
 def _folder(name: str, value: Any, root: Path, sources: dict[str, str]) -> str | None:

@@ -7,6 +7,8 @@ legacy role the schema and data allow is checked against the database.
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +114,45 @@ def _access_changes(data: Any, mapping: dict[str, str], source: str) -> dict[str
             parsed[kind] = tuple(f"{i.split(':')[0]}:{i.split(':')[1].upper()}" for i in items)
         changes[role] = parsed
     return changes
+
+
+def render_access_changes(changes: dict[str, dict[str, tuple[str, ...]]], order: tuple[str, ...] = ()) -> str:
+    """``[access_changes]`` as TOML: one line per legacy role, roles in ``order`` (then by name)."""
+    rank = {role: i for i, role in enumerate(order)}
+    lines = ["[access_changes]"]
+    for role in sorted(changes, key=lambda r: (rank.get(r, len(rank)), r)):
+        kinds = [f"{kind} = [{', '.join(json.dumps(e) for e in sorted(changes[role][kind]))}]"
+                 for kind in ("gains", "loses") if changes[role].get(kind)]
+        if kinds:
+            lines.append(f"{json.dumps(role) if not _BARE_KEY.fullmatch(role) else role} = {{ {', '.join(kinds)} }}")
+    return "\n".join(lines) + "\n"
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_TABLE_HEADER = re.compile(r"^\s*\[")
+
+
+def write_access_changes(path: str | Path, changes: dict[str, dict[str, tuple[str, ...]]]) -> RoleMapping:
+    """Replace the ``[access_changes]`` table of a mapping file, keeping every other line as it is.
+
+    The rest of the file (comments, key order, other tables) is left alone; the new file is
+    read back and checked before it replaces the old one, so a bad write loses nothing.
+    """
+    path = Path(path)
+    old = path.read_text(encoding="utf-8")
+    lines = old.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.strip() == "[access_changes]"), None)
+    mapping = parse_mapping(tomllib.loads(old), source=str(path))
+    block = render_access_changes(changes, mapping.legacy_roles)
+    if start is None:
+        text = old + ("" if not old or old.endswith("\n") else "\n") + "\n" + block
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if _TABLE_HEADER.match(lines[i])), len(lines))
+        tail = lines[end:]
+        text = "".join(lines[:start]) + block + ("\n" if tail else "") + "".join(tail)
+    checked = parse_mapping(tomllib.loads(text), source=str(path))
+    path.write_text(text, encoding="utf-8")
+    return checked
 
 
 def load_mapping(path: str | Path) -> RoleMapping:

@@ -88,6 +88,15 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         cfg = config.stash.get(_CONFIG_KEY, None)
         if cfg is not None and not cfg.gate and cfg.ignored_env_note:
             terminalreporter.write_line(f"rolemig: {cfg.ignored_env_note}")
+    if not config.getoption("rolemig", False):
+        return
+    from pytest_rolemig.access_report import UPDATED_ACCESS
+
+    updated = config.stash.get(UPDATED_ACCESS, None)
+    if updated:
+        source, block = updated
+        terminalreporter.write_sep("-", f"rolemig: wrote the measured access changes into {source}")
+        terminalreporter.write(block)
 
 
 def _fail_setup(message: str) -> None:

@@ -4,7 +4,7 @@ import pytest
 
 from pytest_rolemig import resources
 from pytest_rolemig.errors import MappingError
-from pytest_rolemig.mapping import load_mapping, parse_mapping
+from pytest_rolemig.mapping import load_mapping, parse_mapping, write_access_changes
 
 
 def test_demo_mapping_maps_13_legacy_roles_into_6_new_roles():
@@ -41,3 +41,30 @@ def test_missing_and_invalid_files(tmp_path):
     bad.write_text("new_roles = [\n")
     with pytest.raises(MappingError, match="not valid TOML"):
         load_mapping(bad)
+
+
+def test_write_access_changes_replaces_only_that_table(tmp_path):
+    path = tmp_path / "roles.toml"
+    path.write_text('# our mapping\nnew_roles = ["admin", "viewer"]\n\n[mapping]\nsuper_admin = "admin"  # keep\n'
+                    'viewer = "viewer"\n\n[access_changes]\nsuper_admin = { gains = ["old:SELECT"] }\n\n'
+                    '[acknowledged_mentions]\n"public.audit.role" = "history"\n')
+    written = write_access_changes(path, {"super_admin": {"gains": ("documents:UPDATE", "billing:SELECT"),
+                                                          "loses": ()}})
+    text = path.read_text()
+    assert text.startswith('# our mapping\nnew_roles = ["admin", "viewer"]\n\n[mapping]\nsuper_admin = "admin"  # keep')
+    assert 'super_admin = { gains = ["billing:SELECT", "documents:UPDATE"] }\n' in text
+    assert "old:SELECT" not in text and '"public.audit.role" = "history"' in text
+    assert written.access_changes == {"super_admin": {"gains": ("billing:SELECT", "documents:UPDATE"), "loses": ()}}
+    assert load_mapping(path).acknowledged_mentions == {"public.audit.role": "history"}
+
+
+def test_write_access_changes_appends_the_table_and_refuses_a_bad_change(tmp_path):
+    path = tmp_path / "roles.toml"
+    original = 'new_roles = ["admin"]\n[mapping]\nsuper_admin = "admin"\n'
+    path.write_text(original)
+    write_access_changes(path, {"super_admin": {"loses": ("projects:DELETE",)}})
+    assert load_mapping(path).access_changes["super_admin"]["loses"] == ("projects:DELETE",)
+    path.write_text(original)
+    with pytest.raises(MappingError, match="not a legacy role"):
+        write_access_changes(path, {"ghost": {"gains": ("t:SELECT",)}})
+    assert path.read_text() == original  # nothing lost on failure

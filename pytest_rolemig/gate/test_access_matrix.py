@@ -25,9 +25,10 @@ from pytest_rolemig.access_matrix import (
     compute_matrix,
     row_lookup,
 )
-from pytest_rolemig.access_report import Comparison, compare, write_reports
+from pytest_rolemig.access_report import UPDATED_ACCESS, Comparison, compare, measured_changes, write_reports
 from pytest_rolemig.access_store import ReachStore
 from pytest_rolemig.assertions import RolemigAssertionError
+from pytest_rolemig.mapping import render_access_changes, write_access_changes
 from pytest_rolemig.rehearsal import StepBlocked
 
 STEPS = ("before", "mid_migration", "mid_online_migration", "after_migration", "after_rollback")
@@ -49,6 +50,8 @@ class AccessRehearsal:
     matrices: dict[str, Matrix] = field(default_factory=dict)
     comparisons: dict[str, Comparison] = field(default_factory=dict)
     errors: dict[str, BaseException] = field(default_factory=dict)
+    update_access: bool = False  # --rolemig-update-access: write what was measured into the mapping
+    written: str | None = None  # the [access_changes] block written, once
 
     def matrix(self, step: str) -> Matrix:
         """The matrix at ``step``, running every earlier step first."""
@@ -104,10 +107,21 @@ class AccessRehearsal:
         assert self.backup_id is not None
         api.rollback(self.conn, self.backup_id, "access matrix gate")
 
+    def measured(self) -> dict[str, dict[str, tuple[str, ...]]]:
+        """The access changes the finished migration makes, as ``[access_changes]`` entries."""
+        return measured_changes(compare(self.matrix("before"), self.matrix("after_migration"), "measured"))
+
+    def declared_changes(self) -> dict[str, dict[str, tuple[str, ...]]]:
+        """The mapping's ``[access_changes]``; in update mode, first replaced by what was measured."""
+        if self.update_access and self.written is None:
+            self.mapping = write_access_changes(self.mapping.source, self.measured())
+            self.written = render_access_changes(self.mapping.access_changes, self.mapping.legacy_roles)
+        return dict(self.mapping.access_changes)
+
     def compare(self, step: str, title: str, declared: bool) -> Comparison:
         """Compare ``step`` with the state before the migration; write the reports."""
         before, after = self.matrix("before"), self.matrix(step)
-        result = compare(before, after, title, self.mapping.access_changes if declared else None,
+        result = compare(before, after, title, self.declared_changes() if declared else None,
                          row_lookup(self.conn))
         self.comparisons[step] = result
         write_reports(self.config.report_dir, [self.comparisons[s] for s in STEPS if s in self.comparisons],
@@ -117,12 +131,16 @@ class AccessRehearsal:
 
 @pytest.fixture(scope="module")
 def access_rehearsal(rolemig_server: Any, rolemig_template: Any, rolemig_config: Any,
-                     rolemig_mapping: Any) -> Any:
+                     rolemig_mapping: Any, request: pytest.FixtureRequest) -> Any:
     """Its own copy of the template: the matrix needs before, during, after and rollback states."""
     from pytest_rolemig.databases import clone
 
     with clone(rolemig_server, rolemig_template.name, "rolemig_matrix") as conn, ReachStore.beside(conn) as store:
-        yield AccessRehearsal(conn=conn, config=rolemig_config, mapping=rolemig_mapping, store=store)
+        rehearsal = AccessRehearsal(conn=conn, config=rolemig_config, mapping=rolemig_mapping, store=store,
+                                    update_access=getattr(rolemig_config, "update_access", False))
+        yield rehearsal
+        if rehearsal.written is not None:
+            request.config.stash[UPDATED_ACCESS] = (rehearsal.mapping.source, rehearsal.written)
 
 
 def _fail(result: Comparison, rehearsal: AccessRehearsal, extra: dict[str, str] | None = None) -> None:
@@ -138,9 +156,19 @@ def _fail(result: Comparison, rehearsal: AccessRehearsal, extra: dict[str, str] 
             **(extra or {}),
             "Report": str(rehearsal.config.report_dir / "access-matrix.md"),
             "Fix": "make the migration keep this access (helper functions, views and JWT claims that name "
-                   f"legacy roles), or declare it in [access_changes] of {rehearsal.mapping.source}",
+                   f"legacy roles), or declare it in [access_changes] of {rehearsal.mapping.source}: run "
+                   "the gate once with --rolemig-update-access, or paste",
+            "[access_changes] as measured": _measured_block(rehearsal),
         },
     )
+
+
+def _measured_block(rehearsal: AccessRehearsal) -> str:
+    """What the finished migration changes, ready to paste (or why it could not be measured)."""
+    try:
+        return render_access_changes(rehearsal.measured(), rehearsal.mapping.legacy_roles).rstrip()
+    except Exception as exc:  # the migration itself did not finish: nothing to declare yet
+        return f"(not measured: {exc})"
 
 
 def test_access_matrix_acts_as_every_role_through_rls(access_rehearsal: AccessRehearsal) -> None:
