@@ -407,4 +407,43 @@ AS $$
      WHERE s.name = 'search_path'
 $$;
 
+-- ------------------------------------------------- where an error came from ----
+
+CREATE OR REPLACE FUNCTION migration_tracking.error_origin(
+    p_context text, p_schema text DEFAULT NULL, p_table text DEFAULT NULL, p_constraint text DEFAULT NULL)
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- What the message of a failed write does not say: which of the application's objects
+    -- raised it. From PG_EXCEPTION_CONTEXT, the innermost frame of a function outside the
+    -- infrastructure, with the triggers that run that function; from the diagnostics, the
+    -- constraint and its table. '' when neither is known. Appended to the error a batch
+    -- records, so a trigger that refuses role changes is named, not only quoted.
+    WITH frame AS (
+        SELECT l.line, (pg_catalog.regexp_match(l.line, 'function ([^(]+)\('))[1] AS fn
+          FROM pg_catalog.regexp_split_to_table(coalesce(p_context, ''), '\n') WITH ORDINALITY AS l(line, n)
+         WHERE l.line ~ '^(PL/pgSQL|SQL) function '
+           AND l.line !~ '^(PL/pgSQL|SQL) function migration_(tracking|backup|validation|control)\.'
+         ORDER BY l.n
+         LIMIT 1
+    ), triggers AS (
+        SELECT pg_catalog.string_agg(pg_catalog.format('trigger %I on %I.%I', g.tgname, n.nspname, c.relname),
+                                     ', ' ORDER BY g.tgname) AS list
+          FROM frame f
+          JOIN pg_catalog.pg_proc p ON p.proname = pg_catalog.split_part(f.fn, '.', -1)
+           AND (f.fn NOT LIKE '%.%' OR p.pronamespace::regnamespace::text = pg_catalog.split_part(f.fn, '.', 1))
+          JOIN pg_catalog.pg_trigger g ON g.tgfoid = p.oid AND NOT g.tgisinternal
+          JOIN pg_catalog.pg_class c ON c.oid = g.tgrelid
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    )
+    SELECT concat(
+        (SELECT pg_catalog.format(' [raised in %s%s]',
+                    CASE WHEN t.list IS NOT NULL THEN t.list || ': ' ELSE '' END, f.line)
+           FROM frame f CROSS JOIN triggers t),
+        CASE WHEN coalesce(p_constraint, '') <> '' THEN
+            pg_catalog.format(' [constraint %I on %I.%I]', p_constraint, p_schema, p_table) END)
+$$;
+
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA migration_tracking FROM PUBLIC;

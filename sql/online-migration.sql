@@ -209,6 +209,10 @@ CREATE OR REPLACE PROCEDURE migration_control.run_online_migration(
 LANGUAGE plpgsql
 AS $$
 DECLARE
+    v_ctx            text;
+    v_err_schema     text;
+    v_err_table      text;
+    v_err_constraint text;
     v_lock_key  constant bigint := pg_catalog.hashtext('pytest_rolemig.migration');
     v_backup    text;
     v_run       text;
@@ -357,7 +361,11 @@ BEGIN
                                coalesce(p_batch_size, v_cfg.batch_size), v_backup, v_cutoff, p_lock_timeout_ms,
                                v_last_key);
             EXCEPTION WHEN lock_not_available THEN v_timed_out := true;
-                      WHEN OTHERS THEN v_err := SQLERRM;
+                      WHEN OTHERS THEN
+                          GET STACKED DIAGNOSTICS v_ctx = PG_EXCEPTION_CONTEXT, v_err_schema = SCHEMA_NAME,
+                                                  v_err_table = TABLE_NAME, v_err_constraint = CONSTRAINT_NAME;
+                          v_err := SQLERRM || migration_tracking.error_origin(v_ctx, v_err_schema, v_err_table,
+                                                                              v_err_constraint);
             END;
             COMMIT;
             EXIT WHEN v_err IS NOT NULL;

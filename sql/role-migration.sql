@@ -590,6 +590,10 @@ SET search_path = pg_catalog, pg_temp
 SET row_security = off  -- as in create_comprehensive_backup: fail rather than see a subset
 AS $$
 DECLARE
+    v_ctx            text;
+    v_err_schema     text;
+    v_err_table      text;
+    v_err_constraint text;
     v_cfg         migration_control.target_config;
     v_rel         oid;
     v_role_type   text;
@@ -803,7 +807,10 @@ BEGIN
                 WHERE b.batch_id = v_batch_id;
                 PERFORM migration_tracking.complete_migration_batch(v_batch_id);
             EXCEPTION WHEN OTHERS THEN
-                v_error := SQLERRM;
+                GET STACKED DIAGNOSTICS v_ctx = PG_EXCEPTION_CONTEXT, v_err_schema = SCHEMA_NAME,
+                                        v_err_table = TABLE_NAME, v_err_constraint = CONSTRAINT_NAME;
+                v_error := SQLERRM || migration_tracking.error_origin(v_ctx, v_err_schema, v_err_table,
+                                                                      v_err_constraint);
                 PERFORM migration_tracking.complete_migration_batch(v_batch_id, 'failed', v_error);
                 v_batches := v_batches + 1;
                 v_status := 'failed';

@@ -47,6 +47,7 @@ EXTRA_SETTINGS = {
     "migration_control.online_precheck": NO_RLS,
     "migration_validation.pre_migration_checks": NO_RLS,
     "migration_validation.validate_post_migration_state": NO_RLS,
+    "migration_validation.find_role_mentions": NO_RLS,
     "migration_backup.create_comprehensive_backup": ["TimeZone=UTC", *ROW_TEXT, *NO_RLS],
     "migration_backup.validate_backup_completeness": ["TimeZone=UTC", *ROW_TEXT, *NO_RLS],
     "migration_backup.validate_rollback_success": ["TimeZone=UTC", *ROW_TEXT, *NO_RLS],
