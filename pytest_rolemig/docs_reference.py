@@ -70,6 +70,8 @@ class _Recorder:
 
 def _setting_default(setting: Any) -> str:
     default = setting.default
+    if isinstance(default, bool):
+        return "on" if default else "off"
     if default is None:
         return "see the description"
     if isinstance(default, (tuple, list)):
@@ -79,7 +81,7 @@ def _setting_default(setting: Any) -> str:
 
 def _setting_kind(setting: Any) -> str:
     kind = {"linelist": "list (repeat the option; one per line in the ini file)", "int": "whole number",
-            "bool": "yes / no"}.get(setting.kind, "text")
+            "bool": "switch (ini: true / false)"}.get(setting.kind, "text")
     return f"{kind} (path)" if getattr(setting, "path", False) and kind == "text" else kind
 
 
