@@ -143,9 +143,9 @@ def rls_tables(conn: psycopg.Connection[Any], schemas: Iterable[str]) -> list[tu
 
 
 def owner_references(conn: psycopg.Connection[Any], target: Target) -> set[tuple[str, str, str]]:
-    """(schema, table, column) that identify a user: the profiles key and what it references."""
+    """(schema, table, column) that identify a user: the profiles user column and what it references."""
     schema, table = split_name(target.profiles_table)
-    refs = {(schema, table, target.key_column)}
+    refs = {(schema, table, target.user)}
     row = conn.execute(
         """
         SELECT fn.nspname, fc.relname, fa.attname
@@ -158,7 +158,7 @@ def owner_references(conn: psycopg.Connection[Any], target: Target) -> set[tuple
         JOIN pg_catalog.pg_attribute fa ON fa.attrelid = k.confrelid AND fa.attnum = k.confkey[1]
         WHERE k.contype = 'f' AND cardinality(k.conkey) = 1
           AND n.nspname = %s AND c.relname = %s AND a.attname = %s
-        """, (schema, table, target.key_column)).fetchone()
+        """, (schema, table, target.user)).fetchone()
     if row:
         refs.add(tuple(row))
     return refs
@@ -246,7 +246,7 @@ def choose_actors(conn: psycopg.Connection[Any], target: Target, per_role: int =
                    row_number() OVER (PARTITION BY t.{r}::text ORDER BY t.{k}::text) AS n
             FROM {t} AS t WHERE t.{r} IS NOT NULL) x
         WHERE n <= %s ORDER BY r, k
-        """).format(r=sql.Identifier(target.role_column), k=sql.Identifier(target.key_column),
+        """).format(r=sql.Identifier(target.role_column), k=sql.Identifier(target.user),
                     t=sql.Identifier(schema, table)), (per_role,)).fetchall()
     actors = [Actor(role, key) for role, key in rows]
     anon_exists = conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s",
@@ -258,7 +258,7 @@ def current_roles(conn: psycopg.Connection[Any], target: Target, keys: list[str]
     """The role each of ``keys`` holds now: what a freshly issued token would carry."""
     schema, table = split_name(target.profiles_table)
     return dict(conn.execute(sql.SQL("SELECT t.{k}::text, t.{r}::text FROM {t} AS t WHERE t.{k}::text = ANY(%s)").format(
-        k=sql.Identifier(target.key_column), r=sql.Identifier(target.role_column),
+        k=sql.Identifier(target.user), r=sql.Identifier(target.role_column),
         t=sql.Identifier(schema, table)), (keys,)).fetchall())
 
 

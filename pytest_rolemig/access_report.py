@@ -145,11 +145,13 @@ def _declared(changes: Changes, role: str, kind: str, table: str, command: str) 
 
 
 def compare(before: Matrix, after: Matrix, title: str, changes: Changes | None = None,
-            examples: Any = None) -> Comparison:
+            examples: Any = None, vanished: frozenset[tuple[str, str]] = frozenset()) -> Comparison:
     """Every cell whose rows differ; a change is declared only where ``changes`` names it.
 
     ``changes`` None means nothing may change (e.g. after a rollback). ``examples``,
-    if given, is called with (table, key) and returns the row to show.
+    if given, is called with (table, key) and returns the row to show. ``vanished``:
+    (table, key) of rows the migration deleted for everybody (merged duplicate role rows,
+    reported by the migration gate): losing only those is no access change.
     """
     changes = changes or {}
     used: set[str] = set()
@@ -163,6 +165,8 @@ def compare(before: Matrix, after: Matrix, title: str, changes: Changes | None =
             continue
         role, user, table, command = cell
         gained, lost, gained_keys, lost_keys = before.store.diff(was, now)
+        if not gained and lost == len(lost_keys) and {(table, k) for k in lost_keys} <= vanished:
+            continue
         gain_ok = _declared(changes, role, "gains", table, command) if gained else "-"
         loss_ok = _declared(changes, role, "loses", table, command) if lost else "-"
         used |= {e for e in (gain_ok, loss_ok) if e and e != "-"}

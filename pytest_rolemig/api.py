@@ -210,3 +210,35 @@ def role_mentions(conn: Conn) -> list[RoleMention]:
     rows = conn.execute("SELECT object_kind, object_name, role_name, context "
                         "FROM migration_validation.find_role_mentions() ORDER BY 1, 2, 3").fetchall()
     return [RoleMention(*r) for r in rows]
+
+
+@dataclass(frozen=True)
+class MergedRow:
+    """A role row the migration deleted because the user's other row ends on the same new role."""
+
+    key: str  # the deleted row's key
+    user: str | None  # the user it belonged to (the target's user column, from the backup)
+    old_role: str
+    new_role: str
+    message: str  # names the unique index and the row kept
+
+
+def merged_rows(conn: Conn, backup_id: str, user_column: str) -> list[MergedRow]:
+    """Rows whose latest ``migration_log`` entry is 'merged' (deleted as merged duplicates), by key."""
+    rows = conn.execute(
+        """SELECT l.user_key, b.row_data ->> %s, l.old_role, l.new_role, coalesce(l.message, '')
+             FROM migration_tracking.migration_log l
+             LEFT JOIN migration_backup.user_profiles_complete_backup b
+                    ON b.backup_id = %s AND b.user_key = l.user_key
+            WHERE l.status = 'merged'
+              AND NOT EXISTS (SELECT 1 FROM migration_tracking.migration_log m
+                               WHERE m.user_key = l.user_key AND m.log_id > l.log_id)
+            ORDER BY 2, 1""", (user_column, backup_id)).fetchall()
+    return [MergedRow(*r) for r in rows]
+
+
+def trigger_written_columns(conn: Conn) -> dict[str, str]:
+    """``trigger_written_columns()``: profile columns a BEFORE UPDATE trigger sets -> the trigger."""
+    rows = conn.execute("SELECT column_name, string_agg(trigger_name, ', ' ORDER BY trigger_name) "
+                        "FROM migration_validation.trigger_written_columns() GROUP BY 1 ORDER BY 1").fetchall()
+    return {column: trigger for column, trigger in rows}

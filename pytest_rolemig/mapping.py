@@ -3,6 +3,13 @@
 The mapping is data. It is read here, checked for shape, and loaded into
 ``migration_control.role_mapping`` by :func:`load_into`; whether it covers every
 legacy role the schema and data allow is checked against the database.
+
+Merged duplicates: where roles live in a table with one row per user and role (UNIQUE
+(user_id, role)), a user holding two legacy roles the mapping merges would end with two
+equal rows. The migration keeps one and deletes the other (logged as 'merged'; every
+rollback inserts it back from the backup). The gate reports each such user and the unique
+index, and fails on them unless the mapping acknowledges the outcome with the top-level key
+``merge_duplicates = "keep_one"`` (the only value; leaving the key out means "tell me").
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ class RoleMapping:
     access_changes: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict, hash=False)
     # object name (as the role-mention scan names it) -> why it may keep naming legacy roles
     acknowledged_mentions: dict[str, str] = field(default_factory=dict, hash=False)
+    # "keep_one": merging two roles a user holds both of may delete one of their rows (see above)
+    merge_duplicates: str | None = None
 
     @property
     def legacy_roles(self) -> tuple[str, ...]:
@@ -44,7 +53,8 @@ class RoleMapping:
 
 def parse_mapping(data: dict[str, Any], source: str = "<memory>") -> RoleMapping:
     """Check the shape of a mapping document and build a :class:`RoleMapping`."""
-    unknown = sorted(set(data) - {"new_roles", "mapping", "access_changes", "acknowledged_mentions"})
+    unknown = sorted(set(data) - {"new_roles", "mapping", "access_changes", "acknowledged_mentions",
+                                  "merge_duplicates"})
     if unknown:
         raise MappingError(
             f"role mapping {source}: unknown key(s) {', '.join(unknown)}; "
@@ -72,7 +82,11 @@ def parse_mapping(data: dict[str, Any], source: str = "<memory>") -> RoleMapping
         raise MappingError(
             f"role mapping {source}: maps outside the new roles ({', '.join(new_roles)}): {', '.join(outside)}"
         )
-    return RoleMapping(new_roles=tuple(new_roles), mapping=dict(mapping), source=source,
+    merge = data.get("merge_duplicates")
+    if merge is not None and merge != "keep_one":
+        raise MappingError(f'role mapping {source}: merge_duplicates must be "keep_one" (the only outcome the '
+                           f"migration offers), got {merge!r}")
+    return RoleMapping(new_roles=tuple(new_roles), mapping=dict(mapping), source=source, merge_duplicates=merge,
                        access_changes=_access_changes(data.get("access_changes", {}), mapping, source),
                        acknowledged_mentions=_acknowledged(data.get("acknowledged_mentions", {}), source))
 

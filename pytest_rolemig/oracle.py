@@ -184,18 +184,22 @@ class StoredSnapshot:
         return out[:limit]
 
     def role_mismatches(self, after: StoredSnapshot, mapping: dict[str, str],
-                        limit: int = 20) -> RoleMismatches:
-        """Users of ``self`` not holding ``mapping[their role]`` in ``after``, and users in only one."""
+                        limit: int = 20, merged: tuple[str, ...] = ()) -> RoleMismatches:
+        """Users of ``self`` not holding ``mapping[their role]`` in ``after``, and users in only one.
+
+        ``merged``: keys of rows the migration deleted as merged duplicates (reported apart).
+        """
         legacy = list(mapping)
         rows = self.conn.execute(
             sql.SQL("""SELECT coalesce(a.k, b.k), a.role, m.new_role, b.role, count(*) OVER ()
                        FROM {a} AS a FULL JOIN {b} AS b ON a.k = b.k
                        LEFT JOIN unnest(%s::text[], %s::text[]) AS m(legacy_role, new_role)
                               ON m.legacy_role = a.role
-                       WHERE a.k IS NULL OR b.role IS DISTINCT FROM m.new_role
+                       WHERE (a.k IS NULL OR b.role IS DISTINCT FROM m.new_role)
+                         AND NOT (b.k IS NULL AND a.k = ANY (%s::text[]))
                        ORDER BY 1 LIMIT %s""").format(a=self._table(self.label, "profiles"),
                                                       b=self._table(after.label, "profiles")),
-            (legacy, [mapping[role] for role in legacy], limit),
+            (legacy, [mapping[role] for role in legacy], list(merged), limit),
         ).fetchall()
         return RoleMismatches(rows[0][4] if rows else 0, self.profiles_count, after.profiles_count,
                               tuple(r[:4] for r in rows))

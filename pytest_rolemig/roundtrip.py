@@ -122,11 +122,12 @@ def read_shape(conn: Any, target: Target) -> UsersShape:
     sessions = read_table_shape(conn, target.sessions_table)
     parent = None
     schema, name = split_name(target.profiles_table)
-    ref = conn.execute(_PARENT, (target.key_column, schema, name)).fetchone()
+    ref = conn.execute(_PARENT, (target.user, schema, name)).fetchone()
     if ref is not None:
         parent = read_table_shape(conn, f"{ref[0]}.{ref[1]}", ref[2])
     return UsersShape(profiles=profiles, role_column=target.role_column, sessions=sessions,
-                      session_user_column=target.sessions_user_column, parent=parent)
+                      session_user_column=target.sessions_user_column, parent=parent,
+                      user_column=target.user_column if target.user != target.key_column else None)
 
 
 def empty_users(conn: Any, shape: UsersShape) -> None:
@@ -158,7 +159,12 @@ def load(conn: Any, users: UserSet) -> None:
     """Write the users (parent rows first), their profiles and their sessions through ``COPY``."""
     shape = users.shape
     if shape.parent is not None:
-        _copy(conn, shape.parent, [{shape.parent.key: users.key(u), **u.parent} for u in users.users])
+        _copy(conn, shape.parent, [{shape.parent.key: users.user_id(u), **u.parent} for u in users.users])
+        # a sign-up trigger on the parent may have created profile (or role) rows already: the
+        # generated rows replace them, so the users are exactly as generated
+        conn.execute(sql.SQL("DELETE FROM {t} WHERE {u}::text = ANY (%s)").format(
+            t=sql.Identifier(shape.profiles.schema, shape.profiles.name),
+            u=sql.Identifier(shape.user_column or shape.profiles.key)), ([users.user_id(u) for u in users.users],))
     _copy(conn, shape.profiles, [u.profile for u in users.users])
     _copy(conn, shape.sessions, [s for u in users.users for s in u.sessions])
 

@@ -27,7 +27,7 @@ from psycopg import sql
 
 from pytest_rolemig.errors import ConfigError
 from pytest_rolemig.factories import SessionFactory, UserFactory
-from pytest_rolemig.target import Target, split_qualified
+from pytest_rolemig.target import Target, quote_name, split_qualified
 
 
 @dataclass(frozen=True)
@@ -213,24 +213,32 @@ def seed_users(conn: psycopg.Connection[Any], target: Target, roles: list[str], 
                 f"column {column} does not exist in {profiles} (--rolemig-{setting.replace('_', '-')} "
                 f"/ rolemig_{setting})"
             )
-    sessions = read_table(conn, target.sessions_table, "--rolemig-sessions-table / rolemig_sessions_table")
-    if target.sessions_user_column not in sessions.columns:
+    sessions = (read_table(conn, target.sessions_table, "--rolemig-sessions-table / rolemig_sessions_table")
+                if target.sessions_table is not None else None)  # None: no sessions table, no sessions seeded
+    if sessions is not None and target.sessions_user_column not in sessions.columns:
         raise ConfigError(
             f"column {target.sessions_user_column} does not exist in {sessions} "
             "(--rolemig-sessions-user-column / rolemig_sessions_user_column)"
         )
-    parent = parent_of(conn, profiles, target.key_column)
+    if target.user not in profiles.columns:
+        raise ConfigError(f"column {target.user} does not exist in {profiles} "
+                          "(--rolemig-user-column / rolemig_user_column)")
+    # a roles table (one row per user and role) names the user in its own column; its rows
+    # have keys of their own, and the user's parent row is found through that column
+    multi = target.user != target.key_column
+    parent = parent_of(conn, profiles, target.user)
     cycle = math.lcm(len(roles), max_sessions + 1)  # a copy keeps its source's role and session count
     built = min(count, cycle * max(1, -(-factory_users // cycle)))
-    copyable = built < count and _copyable(conn, profiles, sessions, parent, target)
-    keys = _key_values(conn, parent[0] if parent else profiles, parent[1] if parent else target.key_column,
+    copyable = (built < count and not multi and _copyable(conn, profiles, sessions, parent, target)
+                and not (parent is not None and _creates_rows(conn, parent[0], profiles)))
+    keys = _key_values(conn, parent[0] if parent else profiles, parent[1] if parent else target.user,
                        built if copyable else count)
 
     users = []
     for i, (key, role) in enumerate(zip(keys, itertools.cycle(roles))):
         user = UserFactory(role=role)
         user["id"] = key
-        user[target.key_column] = key
+        user[target.user] = key
         user[target.role_column] = role
         users.append((i, user))
     per_role: dict[str, int] = {}
@@ -246,18 +254,16 @@ def seed_users(conn: psycopg.Connection[Any], target: Target, roles: list[str], 
         # auth.users.role holds the API role) keeps its default
         app_only = {target.role_column}
         cols = _columns_for(parent_table, {k: v for k, v in sample.items() if k not in app_only}, {parent_key})
-        _copy(conn, parent_table, cols,
-              (_row(parent_table, cols, {**u, parent_key: u["id"]}) for _, u in users))
-    cols = _columns_for(profiles, sample, {target.key_column, target.role_column})
-    _copy(conn, profiles, cols, (_row(profiles, cols, u) for _, u in users))
+        _copy_fitting(conn, parent_table, cols, [{**u, parent_key: u["id"]} for _, u in users], {parent_key})
+    _write_role_rows(conn, target, profiles, [u for _, u in users], roles if multi else [])
 
     session_rows = [
         {**SessionFactory(user_id=u["id"]), target.sessions_user_column: u["id"]}
         for i, u in users
         for _ in range(i % (max_sessions + 1))
-    ]
+    ] if sessions is not None else []
     written = 0
-    if session_rows:
+    if session_rows and sessions is not None:
         cols = _columns_for(sessions, session_rows[0], {target.sessions_user_column})
         written = _copy(conn, sessions, cols, (_row(sessions, cols, s) for s in session_rows))
     copied_users = 0
@@ -268,6 +274,207 @@ def seed_users(conn: psycopg.Connection[Any], target: Target, roles: list[str], 
         for i in range(len(users), len(users) + copied_users):
             per_role[roles[i % len(roles)]] = per_role.get(roles[i % len(roles)], 0) + 1
     return SeedSummary(users=len(users) + copied_users, sessions=written, per_role=per_role)
+
+
+# ------------------------------------------------- rows the application accepts ---
+# The gate's own users must never break the application's rules: a unique index, a CHECK, a
+# foreign key from any column, or a trigger that creates rows when a user signs up.
+
+_FOREIGN_KEYS = """
+SELECT a.attname, fn.nspname, fc.relname, fa.attname
+  FROM pg_catalog.pg_constraint k
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = k.conkey[1]
+  JOIN pg_catalog.pg_class fc ON fc.oid = k.confrelid
+  JOIN pg_catalog.pg_namespace fn ON fn.oid = fc.relnamespace
+  JOIN pg_catalog.pg_attribute fa ON fa.attrelid = k.confrelid AND fa.attnum = k.confkey[1]
+ WHERE k.contype = 'f' AND cardinality(k.conkey) = 1
+   AND k.conrelid = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, %s::text))
+"""
+_INDEXED_UNIQUE = """
+SELECT DISTINCT a.attname FROM pg_catalog.pg_index i
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey::int2[])
+ WHERE i.indisunique
+   AND i.indrelid = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, %s::text))
+"""
+_CHECK_COLUMNS = """
+SELECT a.attname FROM pg_catalog.pg_constraint k
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = ANY (k.conkey)
+ WHERE k.contype = 'c' AND k.conname = %s
+   AND k.conrelid = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, %s::text))
+"""
+
+
+def _creates_rows(conn: psycopg.Connection[Any], parent: Table, child: Table) -> bool:
+    """Whether inserting into ``parent`` fires a trigger (a sign-up trigger) that may write ``child``."""
+    row = conn.execute(
+        """SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
+                          WHERE t.tgrelid = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, %s::text))
+                            AND NOT t.tgisinternal AND t.tgenabled <> 'D' AND (t.tgtype & 4) <> 0)""",
+        (parent.schema, parent.name),
+    ).fetchone()
+    return bool(row and row[0]) and child is not parent
+
+
+def _mapping(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    """The loaded role mapping (legacy -> new), or empty before the infrastructure is installed."""
+    if conn.execute("SELECT pg_catalog.to_regclass('migration_control.role_mapping') IS NULL").fetchone()[0]:
+        return {}
+    return {r[0]: r[1] for r in conn.execute("SELECT legacy_role, new_role FROM migration_control.role_mapping")}
+
+
+def _roles_of(i: int, role: str, roles: list[str], mapping: dict[str, str]) -> list[str]:
+    """The roles user ``i`` holds in a roles table: its own, and in every other round of the roles
+    (users ``i`` with ``(i // len(roles))`` even: every role gets some) a second one.
+
+    The second is a legacy role the mapping merges with the first when there is one (the case a
+    migration of a roles table must handle), else the next role.
+    """
+    if (i // len(roles)) % 2 or len(roles) < 2:
+        return [role]
+    partners = [r for r in roles if r != role and mapping.get(r) is not None and mapping.get(r) == mapping.get(role)]
+    return [role, partners[0] if partners else roles[(roles.index(role) + 1) % len(roles)]]
+
+
+def _write_role_rows(conn: psycopg.Connection[Any], target: Target, profiles: Table,
+                     users: list[dict[str, Any]], roles: list[str]) -> None:
+    """The profiles (or role) rows of ``users``, as the application would hold them.
+
+    ``roles`` non-empty: a roles table, one row per user and role (see :func:`_roles_of`).
+    Rows a trigger already created for a user (a sign-up trigger on the parent table) are
+    kept: the first gets the user's role, as the application would set it after sign-up,
+    and only the roles the user does not hold yet are inserted.
+    """
+    mapping = _mapping(conn) if roles else {}
+    wanted = [(u, r) for i, u in enumerate(users)
+              for r in (_roles_of(i, u[target.role_column], roles, mapping) if roles else [u[target.role_column]])]
+    existing: dict[str, list[tuple[str, str]]] = {}
+    for uid, key, role in conn.execute(
+        sql.SQL("SELECT {u}::text, {k}::text, {r}::text FROM {t} WHERE {u}::text = ANY (%s) ORDER BY {k}").format(
+            u=sql.Identifier(target.user), k=sql.Identifier(target.key_column),
+            r=sql.Identifier(target.role_column), t=profiles.ident),
+        ([str(u[target.user]) for u in users],),
+    ):
+        existing.setdefault(uid, []).append((key, role))
+    inserts: list[dict[str, Any]] = []
+    updates: list[tuple[str, str]] = []
+    for user, role in wanted:
+        rows = existing.get(str(user[target.user]), [])
+        if any(r == role for _, r in rows):
+            continue
+        wanted_roles = {r for u, r in wanted if u is user}
+        spare = next((k for k, r in rows if r not in wanted_roles and (k, r) not in updates), None)
+        if spare is not None:
+            updates.append((spare, role))
+            rows[:] = [(k, role if k == spare else r) for k, r in rows]
+        else:
+            inserts.append({**user, target.role_column: role})
+    if updates:
+        with conn.cursor() as cur:
+            cur.executemany(sql.SQL("UPDATE {t} SET {r} = %s::text::{ty} WHERE {k}::text = %s").format(
+                t=profiles.ident, r=sql.Identifier(target.role_column), k=sql.Identifier(target.key_column),
+                ty=sql.SQL(profiles.columns[target.role_column].type_name)),
+                [(role, key) for key, role in updates])
+    if not inserts:
+        return
+    key = profiles.columns[target.key_column]
+    own_key = target.user != target.key_column
+    if own_key and not key.has_default:
+        for row, value in zip(inserts, _key_values(conn, profiles, target.key_column, len(inserts))):
+            row[target.key_column] = value
+    forced = {target.user, target.role_column} | ({target.key_column} if not (own_key and key.has_default) else set())
+    sample = {k: v for k, v in inserts[0].items() if not (own_key and k == target.key_column and key.has_default)}
+    if own_key and key.has_default:
+        sample.pop("id", None)
+        for row in inserts:
+            row.pop(target.key_column, None)
+    cols = _columns_for(profiles, sample, forced)
+    _copy_fitting(conn, profiles, cols, inserts, forced)
+
+
+def _copy_fitting(conn: psycopg.Connection[Any], table: Table, columns: list[str], rows: list[dict[str, Any]],
+                  forced: set[str]) -> int:
+    """COPY ``rows`` into ``table`` so that the application's constraints accept them.
+
+    Values of columns under a unique index (partial ones too: "one owner per organisation")
+    are made distinct per row; a required column with a foreign key takes an existing row
+    of the referenced table (its own new one where the column is under a unique index). A
+    CHECK constraint that refuses a factory value leaves the columns it names to their
+    defaults when they are optional; otherwise the error names the constraint and the table.
+    """
+    unique = {r[0] for r in conn.execute(_INDEXED_UNIQUE, (table.schema, table.name))} - forced
+    fks = {r[0]: (r[1], r[2], r[3]) for r in conn.execute(_FOREIGN_KEYS, (table.schema, table.name))}
+    values = [dict(row) for row in rows]
+    for name in columns:
+        if name in forced:
+            continue
+        if name in fks:
+            refs = _referenced(conn, fks[name], len(values), distinct=name in unique)
+            for n, row in enumerate(values):
+                row[name] = refs[n % len(refs)]
+        elif name in unique:
+            _make_distinct(conn, table, name, values)
+    columns = list(columns)
+    for _ in range(len(columns) + 1):
+        try:
+            with conn.transaction():
+                return _copy(conn, table, columns, (_row(table, columns, v) for v in values))
+        except psycopg.errors.CheckViolation as exc:
+            constraint = exc.diag.constraint_name or "?"
+            named = {r[0] for r in conn.execute(_CHECK_COLUMNS, (constraint, table.schema, table.name))}
+            optional = [c for c in columns if c in named and c not in forced and not table.columns[c].required]
+            if not optional:
+                raise ConfigError(
+                    f"cannot seed {table}: CHECK constraint {constraint} on table {table} refuses the seeded "
+                    f"rows ({str(exc).strip().splitlines()[0]}); give its columns a default the constraint "
+                    "accepts, or seed that table yourself") from exc
+            columns = [c for c in columns if c not in optional]
+    raise ConfigError(f"cannot seed {table}: its CHECK constraints refuse every seeded row")
+
+
+def _make_distinct(conn: psycopg.Connection[Any], table: Table, name: str, values: list[dict[str, Any]]) -> None:
+    """One value per row in a column under a unique index: text gets the row number, numbers count up."""
+    column = table.columns[name]
+    base = _base(column)
+    given = [_text(row.get(name)) for row in values]
+    if name in values[0] and None not in given and len(set(given)) == len(given):
+        return  # the factories made them distinct already (e-mails): keep them as they are
+    if base in _TEXT_TYPES:
+        for n, row in enumerate(values):
+            text = _text(row.get(name)) if name in row else _filler(column, table)
+            if text is None:
+                continue
+            at = text.find("@")
+            row[name] = f"{text[:at]}+s{n}{text[at:]}" if at > 0 else f"{text}-{n}"
+    elif base in ("integer", "bigint", "smallint", "numeric"):
+        top = conn.execute(sql.SQL("SELECT coalesce(max({}), 0) FROM {}").format(
+            sql.Identifier(name), table.ident)).fetchone()[0]
+        for n, row in enumerate(values):
+            row[name] = int(top) + 1 + n
+
+
+def _referenced(conn: psycopg.Connection[Any], ref: tuple[str, str, str], count: int, distinct: bool) -> list[Any]:
+    """Values of a referenced column: existing rows, or new rows (one per seeded row if ``distinct``)."""
+    schema, name, column = ref
+    target = read_table(conn, f"{quote_name(schema)}.{quote_name(name)}", "a table a seeded column references")
+    have = [r[0] for r in conn.execute(sql.SQL("SELECT {c} FROM {t} ORDER BY {c} LIMIT %s").format(
+        c=sql.Identifier(column), t=target.ident), (count,))] if not distinct else []
+    if have:
+        return have
+    need = count if distinct else 1
+    rows = [{column: k} for k in _key_values(conn, target, column, need)] \
+        if not target.columns[column].has_default else [{} for _ in range(need)]
+    cols = [c.name for c in target.columns.values() if not c.generated and (c.required or c.name in rows[0])]
+    if not cols:
+        return [r[0] for r in conn.execute(sql.SQL(
+            "INSERT INTO {t} SELECT FROM generate_series(1, %s) RETURNING {c}").format(
+                t=target.ident, c=sql.Identifier(column)), (need,))]
+    made = conn.execute(sql.SQL("INSERT INTO {t} ({cols}) SELECT * FROM unnest({arrays}) RETURNING {c}").format(
+        t=target.ident, cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols),
+        arrays=sql.SQL(", ").join(sql.SQL("%s::text[]::{}[]").format(sql.SQL(target.columns[c].type_name))
+                                  for c in cols),
+        c=sql.Identifier(column)),
+        [[_text(r[c]) if c in r else _filler(target.columns[c], target) for r in rows] for c in cols])
+    return [r[0] for r in made]
 
 
 # ------------------------------------------------------------ server-side copies ---
@@ -289,10 +496,11 @@ def _base(column: Column) -> str:
     return column.type_name.split("(")[0]
 
 
-def _copyable(conn: psycopg.Connection[Any], profiles: Table, sessions: Table,
+def _copyable(conn: psycopg.Connection[Any], profiles: Table, sessions: Table | None,
               parent: tuple[Table, str] | None, target: Target) -> bool:
     """Whether copies can be made unique: every other unique column is text, uuid or has a default."""
-    tables = [(profiles, target.key_column), (sessions, target.sessions_user_column)] + ([parent] if parent else [])
+    tables = ([(profiles, target.key_column)] + ([(sessions, target.sessions_user_column)] if sessions else [])
+              + ([parent] if parent else []))
     for table, fixed in tables:
         for name in _unique_columns(conn, table) - {fixed}:
             col = table.columns[name]
@@ -325,7 +533,7 @@ def _copy_columns(table: Table, unique: set[str], fixed: dict[str, sql.Composabl
     return exprs
 
 
-def _copy_users(conn: psycopg.Connection[Any], target: Target, profiles: Table, sessions: Table,
+def _copy_users(conn: psycopg.Connection[Any], target: Target, profiles: Table, sessions: Table | None,
                 parent: tuple[Table, str] | None, sources: list[Any], count: int) -> tuple[int, int]:
     """Users ``len(sources) .. count-1`` as copies of ``sources[i % len(sources)]``; (users, sessions)."""
     key_table, key_name = parent if parent else (profiles, target.key_column)
@@ -353,7 +561,7 @@ def _copy_users(conn: psycopg.Connection[Any], target: Target, profiles: Table, 
         return conn.execute(query).rowcount
 
     # fresh tables have no statistics: without them the copies' joins are planned as nested loops
-    for table in [profiles, sessions] + ([parent[0]] if parent else []):
+    for table in [profiles] + ([sessions] if sessions else []) + ([parent[0]] if parent else []):
         conn.execute(sql.SQL("ANALYZE {}").format(table.ident))
     parent_unique = set()
     if parent is not None:
@@ -362,6 +570,8 @@ def _copy_users(conn: psycopg.Connection[Any], target: Target, profiles: Table, 
     # a profile column named like a unique column of the parent (the e-mail) gets the same new value
     users = insert(profiles, target.key_column, {target.key_column: new_key},
                    (_unique_columns(conn, profiles) | parent_unique) - {target.key_column})
+    if sessions is None:
+        return users, 0
     session_key = [c for c in _unique_columns(conn, sessions) if c != target.sessions_user_column]
     fixed = {target.sessions_user_column: new_key}
     written = insert(sessions, target.sessions_user_column, fixed, set(session_key))

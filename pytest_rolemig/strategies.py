@@ -77,7 +77,9 @@ class UsersShape:
     role_column: str
     sessions: TableShape
     session_user_column: str
-    parent: TableShape | None = None  # e.g. auth.users, referenced by the profiles key
+    parent: TableShape | None = None  # e.g. auth.users, referenced by the profiles key (or user column)
+    # a roles table (one row per user and role): the column naming the user; None: the key
+    user_column: str | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,12 @@ class UserSet:
     def key(self, user: GeneratedUser) -> str:
         """The user's key, as text."""
         value = user.profile[self.shape.profiles.key]
+        assert value is not None
+        return value
+
+    def user_id(self, user: GeneratedUser) -> str:
+        """The user's id (the user column; the key unless the profiles table is a roles table), as text."""
+        value = user.profile[self.shape.user_column or self.shape.profiles.key]
         assert value is not None
         return value
 
@@ -392,7 +400,7 @@ def _user(shape: UsersShape, roles: Sequence[str],
           max_sessions: int, edits: bool, unique_cols: Sequence[str],
           edges: Edges, plain: bool) -> st.SearchStrategy[dict[str, Any]]:
     prof, sess = shape.profiles, shape.sessions
-    fixed = (prof.key, shape.role_column)
+    fixed = (prof.key, shape.role_column) + ((shape.user_column,) if shape.user_column else ())
     profile = rows(prof, exclude=fixed, shared_names=True, edges=edges, required_only=plain)
     session_rows = rows(sess, exclude=(sess.key, shape.session_user_column), edges=edges, required_only=plain)
     # many sessions repeat a few drawn rows (each gets its own key): cheap to draw, still many rows
@@ -406,6 +414,9 @@ def _user(shape: UsersShape, roles: Sequence[str],
     parent = (rows(shape.parent, exclude=(shape.parent.key,), required_only=True, edges=edges)
               if shape.parent is not None else st.just({}))
     key = keys(prof.column(prof.key))
+    # a roles table's user ids: keys of the parent the user column references, else of that column
+    uid = (keys(shape.parent.column(shape.parent.key) if shape.parent is not None
+                else prof.column(shape.user_column)) if shape.user_column else st.none())
     role = st.sampled_from(list(roles))
     session_key = sess.column(sess.key)
     session_keys_for: dict[int, st.SearchStrategy[list[str]]] = {}
@@ -414,6 +425,7 @@ def _user(shape: UsersShape, roles: Sequence[str],
     def user(draw: Callable[[st.SearchStrategy[Any]], Any]) -> dict[str, Any]:
         drawn = {"key": draw(key), "role": draw(role), "profile": draw(profile), "sessions": draw(sessions),
                  "profile_edit": draw(profile_edit), "parent": draw(parent)}
+        drawn["uid"] = draw(uid) if shape.user_column else drawn["key"]
         # exactly one (usually None) edit per session: no choices the shrinker would chase in vain
         n = len(drawn["sessions"])
         drawn["session_edits"] = draw(st.lists(session_edit, min_size=n, max_size=n))
@@ -453,7 +465,7 @@ def user_sets(shape: UsersShape, roles: Sequence[str], *, min_users: int = 0, ma
     user_lists = st.lists(
         _user(shape, roles, max_sessions, edits, unique_cols, edges, plain),
         min_size=min_users, max_size=max_users,
-        unique_by=(lambda u: u["key"], *[
+        unique_by=(lambda u: u["key"], lambda u: u["uid"], *[
             (lambda u, c=c: u["profile"].get(c) if isinstance(u["profile"].get(c), str) else object())
             for c in unique_cols
         ]),
@@ -476,12 +488,13 @@ def user_sets(shape: UsersShape, roles: Sequence[str], *, min_users: int = 0, ma
             built_sessions = []
             for row, session_key in zip(u["sessions"], u["session_keys"]):
                 full = dict(row)
-                full[shape.session_user_column] = key
+                full[shape.session_user_column] = u["uid"]
                 if session_key is not None:
                     full[shape.sessions.key] = session_key
                 built_sessions.append(full)
             users.append(GeneratedUser(
-                profile={prof.key: key, shape.role_column: u["role"], **resolve(u["profile"], pool)},
+                profile={prof.key: key, shape.role_column: u["role"], **resolve(u["profile"], pool),
+                         **({shape.user_column: u["uid"]} if shape.user_column else {})},
                 sessions=tuple(built_sessions),
                 profile_edit=u["profile_edit"],
                 session_edits=tuple(u["session_edits"]),

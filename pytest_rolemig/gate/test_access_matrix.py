@@ -30,6 +30,7 @@ from pytest_rolemig.access_store import ReachStore
 from pytest_rolemig.assertions import RolemigAssertionError
 from pytest_rolemig.mapping import render_access_changes, write_access_changes
 from pytest_rolemig.rehearsal import StepBlocked
+from pytest_rolemig.target import split_qualified
 
 STEPS = ("before", "mid_migration", "mid_online_migration", "after_migration", "after_rollback")
 
@@ -121,8 +122,14 @@ class AccessRehearsal:
     def compare(self, step: str, title: str, declared: bool) -> Comparison:
         """Compare ``step`` with the state before the migration; write the reports."""
         before, after = self.matrix("before"), self.matrix(step)
+        # role rows the migration merged away (see the migration gate) are gone for everybody
+        vanished: frozenset[tuple[str, str]] = frozenset()
+        if self.backup_id is not None:
+            table = ".".join(split_qualified(self.config.target.profiles_table))
+            vanished = frozenset((table, m.key) for m in api.merged_rows(self.conn, self.backup_id,
+                                                                         self.config.target.user))
         result = compare(before, after, title, self.declared_changes() if declared else None,
-                         row_lookup(self.conn))
+                         row_lookup(self.conn), vanished)
         self.comparisons[step] = result
         write_reports(self.config.report_dir, [self.comparisons[s] for s in STEPS if s in self.comparisons],
                       [self.matrices[s] for s in STEPS if s in self.matrices])
