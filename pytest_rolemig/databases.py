@@ -22,10 +22,10 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pytest_rolemig import installer
-from pytest_rolemig.errors import ConfigError, InstallError, ServerError
+from pytest_rolemig.errors import ConfigError, InstallError, ServerError, describe_pg_error
 from pytest_rolemig.mapping import RoleMapping
 from pytest_rolemig.seeding import SeedSummary, seed_users
-from pytest_rolemig.target import Target
+from pytest_rolemig.target import Target, quote_name, split_qualified
 
 
 class Server(Protocol):
@@ -136,9 +136,36 @@ def load_schema_file(conn: psycopg.Connection[Any], path: Path) -> None:
             "(dump with pg_dump --schema-only and without \\connect, or split the file)"
         )
     try:
-        conn.execute(text.encode("utf-8"))
+        conn.execute(text.encode("utf-8"))  # one simple query: one implicit transaction per file
     except psycopg.Error as exc:
-        raise ConfigError(f"loading schema file {path} failed: {str(exc).strip()}") from exc
+        where = _error_line(conn, text, exc)
+        raise ConfigError(
+            f"loading schema file {path}{f' line {where}' if where else ''} failed: "
+            f"{describe_pg_error(exc)}{_error_context(exc, where)}"
+        ) from exc
+
+
+def _error_line(conn: psycopg.Connection[Any], text: str, exc: psycopg.Error) -> int | None:
+    """The line of ``text`` the server's error position points at, or None without a position.
+
+    PostgreSQL counts the position in characters of the server encoding (1-based); under
+    SQL_ASCII a character is a byte.
+    """
+    position = exc.diag.statement_position
+    if not position or not position.isdigit():
+        return None
+    offset = int(position) - 1
+    if conn.info.parameter_status("server_encoding") in ("UTF8", None):
+        return text.count("\n", 0, offset) + 1
+    return text.encode("utf-8").count(b"\n", 0, offset) + 1
+
+
+def _error_context(exc: psycopg.Error, line: int | None) -> str:
+    """Where inside a statement it failed, when the server gave no position (a DO block's line)."""
+    context = exc.diag.context
+    if line is not None or not context:
+        return ""
+    return " (CONTEXT: " + " | ".join(part.strip() for part in context.splitlines() if part.strip()) + ")"
 
 
 @dataclass
@@ -159,14 +186,18 @@ def build_template(server: Server, schema_files: tuple[Path, ...], target: Targe
         with psycopg.connect(server.dsn(name), autocommit=True) as conn:
             for path in schema_files:
                 load_schema_file(conn, path)
+            check_target(conn, target)
             installer.install(conn, target, mapping)
             roles = [
                 r[0] for r in conn.execute(
                     "SELECT role_name FROM migration_control.discover_legacy_roles() ORDER BY role_name"
                 ).fetchall()
             ]
-            with conn.transaction():
-                seeded = seed_users(conn, target, roles, users)
+            try:
+                with conn.transaction():
+                    seeded = seed_users(conn, target, roles, users)
+            except psycopg.Error as exc:
+                raise ConfigError(f"seeding {users} users failed: {_refused_by(exc)}") from exc
             conn.execute("ANALYZE")
         with psycopg.connect(server.dsn(), autocommit=True) as conn:
             conn.execute(sql.SQL("ALTER DATABASE {} WITH is_template true").format(sql.Identifier(name)))
@@ -174,6 +205,63 @@ def build_template(server: Server, schema_files: tuple[Path, ...], target: Targe
         drop_database(server, name)
         raise
     return Template(name=name, legacy_roles=roles, seeded=seeded)
+
+
+def _refused_by(exc: psycopg.Error) -> str:
+    """The server's error, led by the constraint and table that refused the row when it names them."""
+    diag = exc.diag
+    table = ".".join(part for part in (diag.schema_name, diag.table_name) if part)
+    where = ""
+    if diag.constraint_name and table:
+        where = f"constraint {diag.constraint_name} on table {table} refused a seeded row: "
+    elif table:
+        where = f"table {table} refused a seeded row: "
+    return where + describe_pg_error(exc)
+
+
+_TARGET_COLUMNS = """
+SELECT c.oid IS NOT NULL,
+       ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
+       EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'p')
+  FROM (SELECT (SELECT r.oid FROM pg_catalog.pg_class r
+                  JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace
+                 WHERE n.nspname = %s AND r.relname = %s AND r.relkind IN ('r', 'p')) AS oid) AS c
+"""
+
+
+def check_target(conn: psycopg.Connection[Any], target: Target) -> None:
+    """Say which setting names a table or column the schema lacks, before the installer trips on it.
+
+    Also refuses a profiles table without a primary key: the gate's access matrix tells a
+    table's rows apart by their primary key, and without one a profile whose role changes
+    reads as one row lost and another gained, for every user.
+    """
+    from pytest_rolemig.config import SETTINGS  # the option names; config imports pytest
+
+    label = {s.name: f"{s.flag} / {s.ini}" for s in SETTINGS}
+    checks: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
+        ("profiles_table", target.profiles_table, (("key_column", target.key_column),
+                                                   ("role_column", target.role_column))),
+        ("sessions_table", target.sessions_table, (("sessions_user_column", target.sessions_user_column),)),
+    )
+    for table_setting, shown, columns in checks:
+        schema, table = split_qualified(shown)
+        row = conn.execute(_TARGET_COLUMNS, (schema, table)).fetchone()
+        exists, names, has_pk = row or (False, [], False)
+        if not exists:
+            raise ConfigError(f"{label[table_setting]} names table {shown}, which the schema does not "
+                              f"create: load the schema that creates it, or set {label[table_setting]}")
+        for column_setting, column in columns:
+            if column not in names:
+                raise ConfigError(f"{label[column_setting]} names column {column!r}, which table {shown} "
+                                  f"lacks (columns: {', '.join(names)}); set {label[column_setting]}")
+        if table_setting == "profiles_table" and not has_pk:
+            raise ConfigError(
+                f"profiles table {shown} has no primary key: the gate tells rows apart by it, and without "
+                f"one every user whose role changes reads as an access change; add one "
+                f"(ALTER TABLE {shown} ADD PRIMARY KEY ({quote_name(target.key_column)}))"
+            )
 
 
 def strip_infrastructure(conn: psycopg.Connection[Any]) -> None:

@@ -100,7 +100,14 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 
 def _fail_setup(message: str) -> None:
-    pytest.fail(f"rolemig: {message}", pytrace=False)
+    """End the run with one line, as a bad setting does (exit code 4), from the first failing setup.
+
+    The fixtures that fail here are session-scoped: pytest would raise the same error again in
+    the setup of every test that uses them (the gate's 19, each with its report), so the run
+    stops at the first instead, before anything else has to be said.
+    """
+    line = " | ".join(part.strip() for part in message.splitlines() if part.strip())
+    pytest.exit(f"rolemig: {line}", returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 # ----------------------------------------------------------------- fixtures ---
@@ -146,7 +153,10 @@ def rolemig_server(rolemig_config: settings.RolemigConfig, pytestconfig: pytest.
 def rolemig_template(rolemig_server: Any, rolemig_config: settings.RolemigConfig,
                      rolemig_mapping: Any) -> Iterator[Any]:
     """Template database: schema + infrastructure + mapping + seeded users, built once."""
+    import psycopg
+
     from pytest_rolemig.databases import build_template, drop_database
+    from pytest_rolemig.errors import describe_pg_error
 
     problem = None
     try:
@@ -154,6 +164,8 @@ def rolemig_template(rolemig_server: Any, rolemig_config: settings.RolemigConfig
                                   rolemig_mapping, rolemig_config.users)
     except RolemigError as exc:
         problem = str(exc)
+    except psycopg.Error as exc:  # creating or marking the template database, on the server as given
+        problem = f"building the template database failed: {describe_pg_error(exc)}"
     if problem is not None:
         _fail_setup(problem)
     yield template

@@ -188,6 +188,17 @@ def _privilege_dropping_pg_ctl(binaries: PgBinaries, user: pwd.struct_passwd, wo
     return str(wrapper)
 
 
+def _user_can_write(user: pwd.struct_passwd, folder: Path) -> bool:
+    """Whether ``user`` can enter and write ``folder``, asked as that user (modes, ACLs, mounts)."""
+    sh = shutil.which("sh") or "/bin/sh"  # not this Python: it may sit in a folder closed to the user
+    try:
+        done = subprocess.run([sh, "-c", 'test -w "$1" && test -x "$1"', "sh", str(folder)], user=user.pw_uid,
+                              group=user.pw_gid, extra_groups=[], capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return True  # cannot ask: let initdb say what is wrong
+    return done.returncode == 0
+
+
 def data_parent(explicit: str | None = None) -> tuple[Path, str]:
     """The folder the cluster's data goes in, and why it was chosen.
 
@@ -245,6 +256,16 @@ class EphemeralServer:
             user = ensure_server_user()
             os.chown(self.workdir, user.pw_uid, user.pw_gid)
             os.chown(self.datadir, user.pw_uid, user.pw_gid)
+            for folder in (self.workdir, self.datadir):
+                if not _user_can_write(user, folder):
+                    where = self.data_parent if folder == self.datadir else folder.parent
+                    self.stop()
+                    raise ServerError(
+                        f"the server runs as the unprivileged system user {user.pw_name!r} (tests run as "
+                        f"root), and {user.pw_name!r} cannot write to {folder}: a folder above it is "
+                        f"closed to it. Choose a folder it can reach with --rolemig-server-dir / "
+                        f"rolemig_server_dir, or open {where} to it (chmod o+x on each folder down to it)"
+                    )
             pg_ctl = _privilege_dropping_pg_ctl(self.binaries, user, self.workdir)
             self.run_as = user.pw_name
         port = self.port or get_port(None)

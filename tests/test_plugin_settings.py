@@ -176,7 +176,7 @@ def test_unknown_target_table_fails_setup_naming_it(pytester, monkeypatch):
     monkeypatch.delenv("DATABASE_URL", raising=False)
     pytester.makepyfile("def test_x(rolemig_db):\n    assert rolemig_db\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--rolemig-profiles-table=public.nope")
-    result.assert_outcomes(errors=1)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR  # the run ends at the first setup, as for a bad setting
     result.stdout.fnmatch_lines(["*rolemig:*public.nope*"])
 
 
@@ -186,7 +186,7 @@ def test_unreachable_server_fails_setup_naming_it(pytester, monkeypatch):
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "--rolemig-dsn=host=127.0.0.1 port=1 user=postgres connect_timeout=2"
     )
-    result.assert_outcomes(errors=1)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR  # the run ends at the first setup, as for a bad setting
     result.stdout.fnmatch_lines(["*cannot reach the server given by --rolemig-dsn / ROLEMIG_DSN*port=1*"])
 
 
