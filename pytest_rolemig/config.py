@@ -52,7 +52,8 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("schema", "Schema SQL files to load, in order (globs allowed). Default: the bundled demo.",
+    Setting("schema", "Schema SQL files to load, in order (globs allowed), or a migrations folder: its *.sql "
+            "files in name order, each in its own transaction. Default: the bundled demo.",
             "linelist", path=True),
     Setting("mapping", "Role mapping TOML file (new_roles + [mapping]). Default: the bundled demo mapping.",
             path=True),
@@ -191,12 +192,30 @@ def _schema_files(value: list[str], root: Path, source: str) -> tuple[Path, ...]
             if not matches:
                 raise ConfigError(f"--rolemig-schema / rolemig_schema: {part!r} matches no file ({source})")
             for match in matches:
+                if Path(match).is_dir():
+                    files.extend(_migrations(Path(match), source))
+                    continue
                 if not Path(match).is_file():
                     raise ConfigError(
                         f"--rolemig-schema / rolemig_schema: schema file {match} does not exist ({source})"
                     )
                 files.append(Path(match))
     return tuple(files)
+
+
+def _migrations(folder: Path, source: str) -> list[Path]:
+    """A migrations folder: its ``*.sql`` files in name order, as ``supabase db reset`` applies them.
+
+    A ``supabase/migrations`` folder is preceded by the bundled Supabase platform stand-in
+    (API roles, the auth schema and its functions), which the migrations take for granted.
+    """
+    found = sorted((p for p in folder.glob("*.sql") if p.is_file()), key=lambda p: p.name)
+    if not found:
+        raise ConfigError(f"--rolemig-schema / rolemig_schema: folder {folder} holds no *.sql file "
+                          f"({source})")
+    if folder.resolve().parts[-2:] == ("supabase", "migrations"):
+        found.insert(0, resources.supabase_platform())
+    return found
 
 
 def resolve(config: pytest.Config) -> RolemigConfig:

@@ -57,6 +57,11 @@ def demo_schema() -> Path:
     return fixtures_dir() / "demo-schema.sql"
 
 
+def supabase_platform() -> Path:
+    """What Supabase migrations take for granted (API roles, auth schema): loaded before them."""
+    return fixtures_dir() / "supabase-platform.sql"
+
+
 def demo_mapping() -> Path:
     """The bundled demo role mapping (13 legacy roles -> 6 new roles)."""
     return fixtures_dir() / "role-mapping.toml"
