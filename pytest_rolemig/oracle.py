@@ -14,6 +14,7 @@ in-memory snapshot took 770 MB there).
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,16 +46,33 @@ class Snapshot:
         return out
 
 
-def row_text_query(qualified: str, key: str, role: str | None = None) -> sql.Composed:
+def row_text_query(qualified: str, key: str, role: str | None = None,
+                   columns: Sequence[str] | None = None) -> sql.Composed:
     """``SELECT key::text AS k, [role::text AS role,] t::text AS v FROM table t``.
 
-    A row's content is its text output: what both snapshot kinds compare.
+    A row's content is its text output: what both snapshot kinds compare. With ``columns``,
+    only those (``ROW(t.a, t.b)::text``): the rest are columns the application's triggers set.
     """
     schema, table = split_name(qualified)
     role_part = sql.SQL(", t.{}::text AS role").format(sql.Identifier(role)) if role else sql.SQL("")
     return sql.SQL("SELECT t.{k}::text AS k{role}, t::text AS v FROM {t} AS t").format(
         k=sql.Identifier(key), role=role_part, t=sql.Identifier(schema, table)
     )
+
+
+def _columns_but(conn: Any, qualified: str, skip: Collection[str]) -> list[str] | None:
+    """The table's columns in order without ``skip``; None (the whole row) when nothing is skipped."""
+    if not skip:
+        return None
+    schema, table = split_name(qualified)
+    return [r[0] for r in conn.execute(
+        """SELECT a.attname FROM pg_catalog.pg_attribute a
+            WHERE a.attrelid = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, %s::text))
+              AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum""", (schema, table)) if r[0] not in skip]
+
+
+NO_ROWS = sql.SQL("SELECT NULL::text AS k, NULL::text AS v WHERE false")
+"""The sessions of an application without a sessions table."""
 
 
 def _rows(conn: Any, qualified: str, key: str) -> dict[str, str]:
@@ -140,12 +158,17 @@ class StoredSnapshot:
         self.profiles_count, self.sessions_count, self.policies = profiles, sessions, policies
 
     @classmethod
-    def take(cls, conn: Any, target: Target, label: str) -> StoredSnapshot:
-        """Copy profiles (key, role, row text), sessions (key, row text) and read the policies."""
+    def take(cls, conn: Any, target: Target, label: str, skip: Collection[str] = ()) -> StoredSnapshot:
+        """Copy profiles (key, role, row text), sessions (key, row text) and read the policies.
+
+        ``skip``: profile columns left out of the row text (set by the application's triggers).
+        """
         counts = []
         for part, query in (
-            ("profiles", row_text_query(target.profiles_table, target.key_column, target.role_column)),
-            ("sessions", row_text_query(target.sessions_table, _session_key(conn, target.sessions_table))),
+            ("profiles", row_text_query(target.profiles_table, target.key_column, target.role_column,
+                                        _columns_but(conn, target.profiles_table, skip))),
+            ("sessions", row_text_query(target.sessions_table, _session_key(conn, target.sessions_table))
+             if target.sessions_table is not None else NO_ROWS),
         ):
             table = cls._table(label, part)
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))

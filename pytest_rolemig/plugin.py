@@ -90,6 +90,10 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             terminalreporter.write_line(f"rolemig: {cfg.ignored_env_note}")
     if not config.getoption("rolemig", False):
         return
+    notes = sorted({value for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get(
+        "failed", []) for name, value in getattr(report, "user_properties", ()) if name == "rolemig_note"})
+    for note in notes:
+        terminalreporter.write_line(f"rolemig: {note}")
     from pytest_rolemig.access_report import UPDATED_ACCESS
 
     updated = config.stash.get(UPDATED_ACCESS, None)

@@ -36,6 +36,7 @@ class Rehearsal:
     before: StoredSnapshot | None = None
     after_migration: StoredSnapshot | None = None
     after_rollback: StoredSnapshot | None = None
+    trigger_columns: dict[str, str] = field(default_factory=dict)  # profile column -> the trigger setting it
     mentions_before: list[api.RoleMention] = field(default_factory=list)
     mentions_after_migration: list[api.RoleMention] = field(default_factory=list)
 
@@ -63,7 +64,8 @@ class Rehearsal:
         return api.initialize(self.conn)
 
     def _backup(self) -> api.BackupResult:
-        self.before = StoredSnapshot.take(self.conn, self.target, "before")
+        self.trigger_columns = api.trigger_written_columns(self.conn)
+        self.before = StoredSnapshot.take(self.conn, self.target, "before", self.trigger_columns)
         self.mentions_before = api.role_mentions(self.conn)
         return api.backup(self.conn, "gate_rehearsal")
 
@@ -71,11 +73,11 @@ class Rehearsal:
         pre = api.pre_migration_checks(self.conn)
         result = api.migrate(self.conn, backup_id=self.results["backup"].backup_id,
                              batch_size=self.target.batch_size)
-        self.after_migration = StoredSnapshot.take(self.conn, self.target, "after_migration")
+        self.after_migration = StoredSnapshot.take(self.conn, self.target, "after_migration", self.trigger_columns)
         self.mentions_after_migration = api.role_mentions(self.conn)
         return pre, result
 
     def _rollback(self) -> api.RollbackResult:
         result = api.rollback(self.conn, self.results["backup"].backup_id, "gate rehearsal")
-        self.after_rollback = StoredSnapshot.take(self.conn, self.target, "after_rollback")
+        self.after_rollback = StoredSnapshot.take(self.conn, self.target, "after_rollback", self.trigger_columns)
         return result

@@ -293,6 +293,40 @@ BEGIN
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION migration_validation.trigger_written_columns()
+RETURNS TABLE(schema_name text, table_name text, column_name text, trigger_name text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- Timestamp columns of the profiles table that an enabled BEFORE UPDATE row trigger sets
+    -- to the current time on every write: moddatetime(updated_at), or a PL/pgSQL body with the
+    -- statement NEW.<column> := now() (or current_timestamp, clock_timestamp(), ...). The
+    -- migration's and the rollbacks' writes change them: comparisons of the rows before and
+    -- after leave them out and say which and why. Any other assignment (NEW.is_active :=
+    -- false) stays compared: that is the application changing data, and the gate must see it.
+    SELECT n.nspname::text, c.relname::text, a.attname::text, g.tgname::text
+      FROM migration_control.target_config AS t
+      JOIN pg_catalog.pg_namespace AS n ON n.nspname = t.profiles_schema
+      JOIN pg_catalog.pg_class AS c ON c.relnamespace = n.oid AND c.relname = t.profiles_table
+      JOIN pg_catalog.pg_trigger AS g ON g.tgrelid = c.oid AND NOT g.tgisinternal AND g.tgenabled <> 'D'
+           AND (g.tgtype & 1) = 1 AND (g.tgtype & 2) = 2 AND (g.tgtype & 16) = 16  -- row, before, update
+      JOIN pg_catalog.pg_proc AS p ON p.oid = g.tgfoid
+      JOIN pg_catalog.pg_language AS l ON l.oid = p.prolang
+      JOIN pg_catalog.pg_attribute AS a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+           AND a.atttypid IN ('pg_catalog.timestamptz'::regtype, 'pg_catalog.timestamp'::regtype)
+     WHERE a.attname NOT IN (t.key_column, t.role_column)
+       AND CASE WHEN p.proname = 'moddatetime'
+                THEN pg_catalog.split_part(pg_catalog.encode(g.tgargs, 'escape'), '\000', 1) = a.attname
+                WHEN l.lanname = 'plpgsql'
+                THEN pg_catalog.regexp_replace(p.prosrc, '--[^\n]*', '', 'g')
+                     ~* ('(^|;|\mthen|\melse|\mbegin|\mloop)\s*new\s*\.\s*"?'
+                         || pg_catalog.regexp_replace(a.attname, '([^a-zA-Z0-9_])', '\\\1', 'g')
+                         || '"?\s*:?=\s*(pg_catalog\.)?(now\(\)|current_timestamp|localtimestamp|'
+                         || '(clock|statement|transaction)_timestamp\(\)|timezone\([^;]*now\(\)\))\s*;')
+                ELSE false END
+     ORDER BY 1, 2, 3, 4
+$$;
+
 CREATE OR REPLACE FUNCTION migration_validation.newest_backup()
 RETURNS text
 LANGUAGE sql STABLE
