@@ -60,9 +60,12 @@ def row_text_query(qualified: str, key: str, role: str | None = None,
     )
 
 
-def _columns_but(conn: Any, qualified: str, skip: Collection[str]) -> list[str] | None:
-    """The table's columns in order without ``skip``; None (the whole row) when nothing is skipped."""
-    if not skip:
+def _columns_but(conn: Any, qualified: str, skip: Collection[str], always: bool = False) -> list[str] | None:
+    """The table's columns in order without ``skip``; None (the whole row) when nothing is skipped.
+
+    ``always``: the list even when nothing is skipped.
+    """
+    if not skip and not always:
         return None
     schema, table = split_name(qualified)
     return [r[0] for r in conn.execute(
@@ -120,6 +123,55 @@ def take_snapshot(conn: Any, target: Target) -> Snapshot:
     )
 
 
+def composite_fields(text: str) -> list[str | None]:
+    """The fields of a row's text output (``(a,"b c",,"")``) as ``record_out`` writes them.
+
+    An empty unquoted field is NULL, ``""`` the empty string; quotes are doubled or
+    backslash-escaped inside a quoted field.
+    """
+    body, fields, i = text[1:-1], [], 0
+    n = len(body)
+    while True:
+        if i < n and body[i] == '"':
+            i, buf = i + 1, []
+            while i < n:
+                c = body[i]
+                if c == "\\" and i + 1 < n:
+                    buf.append(body[i + 1])
+                    i += 2
+                elif c == '"' and body.startswith('"', i + 1):
+                    buf.append('"')
+                    i += 2
+                elif c == '"':
+                    i += 1
+                    break
+                else:
+                    buf.append(c)
+                    i += 1
+            fields.append("".join(buf))
+        else:
+            end = body.find(",", i)
+            end = n if end < 0 else end
+            fields.append(body[i:end] or None)
+            i = end
+        if i >= n:
+            return fields
+        i += 1  # the comma
+        if i == n:
+            fields.append(None)
+            return fields
+
+
+def _changed_fields(columns: list[str], before: str | None, after: str | None) -> str:
+    """``col 'old' -> 'new', ...`` for the fields that differ; the whole rows when they cannot be split."""
+    if before is None or after is None:
+        return f"before={before!r} after={after!r}"
+    old, new = composite_fields(before), composite_fields(after)
+    if len(old) != len(columns) or len(new) != len(columns):
+        return f"before={before!r} after={after!r}"
+    return ", ".join(f"{c} {x!r} -> {y!r}" for c, x, y in zip(columns, old, new, strict=True) if x != y)
+
+
 @dataclass(frozen=True)
 class RowComparison:
     """How one table's rows changed between two stored snapshots (keys of a few, counts of all)."""
@@ -153,9 +205,11 @@ class StoredSnapshot:
     """
 
     def __init__(self, conn: Any, label: str, profiles: int, sessions: int,
-                 policies: dict[tuple[str, str, str], tuple[Any, ...]]) -> None:
+                 policies: dict[tuple[str, str, str], tuple[Any, ...]],
+                 columns: dict[str, list[str]] | None = None) -> None:
         self.conn, self.label = conn, label
         self.profiles_count, self.sessions_count, self.policies = profiles, sessions, policies
+        self.columns = columns or {}  # per part, the columns of the row text (to name what differs)
 
     @classmethod
     def take(cls, conn: Any, target: Target, label: str, skip: Collection[str] = ()) -> StoredSnapshot:
@@ -164,6 +218,9 @@ class StoredSnapshot:
         ``skip``: profile columns left out of the row text (set by the application's triggers).
         """
         counts = []
+        columns = {"profiles": _columns_but(conn, target.profiles_table, skip, always=True) or []}
+        if target.sessions_table is not None:
+            columns["sessions"] = _columns_but(conn, target.sessions_table, (), always=True) or []
         for part, query in (
             ("profiles", row_text_query(target.profiles_table, target.key_column, target.role_column,
                                         _columns_but(conn, target.profiles_table, skip))),
@@ -202,7 +259,7 @@ class StoredSnapshot:
         out: list[str] = []
         for label, part in (("profile", "profiles"), ("session", "sessions")):
             for key, before, after in self.compare_rows(other, part, limit).sample:
-                out.append(f"{label} {key}: before={before!r} after={after!r}")
+                out.append(f"{label} {key}: {_changed_fields(self.columns.get(part, []), before, after)}")
         out += Snapshot({}, {}, self.policies).differences(Snapshot({}, {}, other.policies), limit)
         return out[:limit]
 

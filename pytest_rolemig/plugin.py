@@ -68,6 +68,27 @@ def _ini_keys(config: pytest.Config) -> list[str]:
         return list(getattr(config, "inicfg", None) or {})
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+    """A failed check reads as its message with titled sections, without Python source.
+
+    ``RolemigAssertionError`` already says which check failed, what was expected and the
+    offending rows (as pytest-alembic's failures do); the test's source and the frames of
+    the plugin add nothing a team can act on. Hypothesis' notes (the falsifying example)
+    are kept. Other errors keep pytest's usual report.
+    """
+    report = yield
+    if call.excinfo is not None and report.failed:
+        from pytest_rolemig.assertions import RolemigAssertionError
+        from pytest_rolemig.rehearsal import StepBlocked
+
+        exc = call.excinfo.value
+        if isinstance(exc, (RolemigAssertionError, StepBlocked)):
+            notes = [str(n) for n in getattr(exc, "__notes__", ())]
+            report.longrepr = "\n".join([f"{type(exc).__name__}: {exc}", *notes])
+    return report
+
+
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
     """Show the chosen settings and where each came from (only with ``--rolemig``)."""
     cfg = config.stash.get(_CONFIG_KEY, None)

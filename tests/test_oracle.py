@@ -7,9 +7,11 @@ changed row, a wrong role or a changed policy is found and named.
 
 from __future__ import annotations
 
+import pytest
+
 from pytest_rolemig import api, resources
 from pytest_rolemig.mapping import load_mapping
-from pytest_rolemig.oracle import StoredSnapshot, take_snapshot
+from pytest_rolemig.oracle import StoredSnapshot, composite_fields, take_snapshot
 from pytest_rolemig.target import Target
 
 MAPPING = load_mapping(resources.demo_mapping()).mapping
@@ -80,3 +82,20 @@ def test_policy_change_is_a_difference(rolemig_db):
     rolemig_db.execute(f'DROP POLICY "{name}" ON {table}')
     after = StoredSnapshot.take(rolemig_db, TARGET, "after")
     assert any(line.startswith("policy ") and name in line for line in before.differences(after))
+
+
+@pytest.mark.parametrize("text, fields", [
+    ("(1,abc,,\"\")", ["1", "abc", None, ""]),
+    ('(x,"a ""quoted"", b",)', ["x", 'a "quoted", b', None]),
+    ('("back\\\\slash","{""k"": 1}")', ["back\\slash", '{"k": 1}']),
+    ("()", [None]),
+])
+def test_composite_fields_reads_record_out(text, fields):
+    assert composite_fields(text) == fields
+
+
+def test_composite_fields_agree_with_the_server(rolemig_db):
+    value = ("a,b", 'q"uote', None, "", "back\\slash", "{1,2}", " lead")
+    text = rolemig_db.execute("SELECT ROW(%s::text, %s::text, %s::text, %s::text, %s::text, %s::text, "
+                              "%s::text)::text", value).fetchone()[0]
+    assert composite_fields(text) == list(value)
