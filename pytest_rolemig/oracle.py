@@ -55,8 +55,10 @@ def row_text_query(qualified: str, key: str, role: str | None = None,
     """
     schema, table = split_name(qualified)
     role_part = sql.SQL(", t.{}::text AS role").format(sql.Identifier(role)) if role else sql.SQL("")
-    return sql.SQL("SELECT t.{k}::text AS k{role}, t::text AS v FROM {t} AS t").format(
-        k=sql.Identifier(key), role=role_part, t=sql.Identifier(schema, table)
+    value = (sql.SQL("ROW({})::text").format(sql.SQL(", ").join(sql.Identifier("t", c) for c in columns))
+             if columns is not None else sql.SQL("t::text"))
+    return sql.SQL("SELECT t.{k}::text AS k{role}, {v} AS v FROM {t} AS t").format(
+        k=sql.Identifier(key), role=role_part, v=value, t=sql.Identifier(schema, table)
     )
 
 
@@ -232,7 +234,7 @@ class StoredSnapshot:
             cur = conn.execute(sql.SQL("CREATE TEMPORARY TABLE {} AS {}").format(table, query))
             conn.execute(sql.SQL("CREATE INDEX ON {} (k)").format(table))
             counts.append(cur.rowcount)
-        return cls(conn, label, counts[0], counts[1], _policies(conn, target))
+        return cls(conn, label, counts[0], counts[1], _policies(conn, target), columns)
 
     @staticmethod
     def _table(label: str, part: str) -> sql.Identifier:
