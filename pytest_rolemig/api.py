@@ -242,3 +242,28 @@ def trigger_written_columns(conn: Conn) -> dict[str, str]:
     rows = conn.execute("SELECT column_name, string_agg(trigger_name, ', ' ORDER BY trigger_name) "
                         "FROM migration_validation.trigger_written_columns() GROUP BY 1 ORDER BY 1").fetchall()
     return {column: trigger for column, trigger in rows}
+
+
+@dataclass(frozen=True)
+class RankComparison:
+    """A policy or function that orders the enum role column's values (``role >= 'editor'``)."""
+
+    kind: str  # policy | function
+    name: str
+    role_type: str
+    detail: str
+
+
+def rank_comparisons(conn: Conn) -> tuple[list[str], list[RankComparison]]:
+    """The role enum's labels in rank order (empty unless the role column is an enum), and
+    ``role_rank_comparisons()``: the policies and functions that compare them by rank."""
+    labels = [r[0] for r in conn.execute(
+        """SELECT e.enumlabel::text FROM migration_control.target_config c
+             JOIN pg_catalog.pg_attribute a
+               ON a.attrelid = pg_catalog.to_regclass(pg_catalog.format('%I.%I', c.profiles_schema, c.profiles_table))
+              AND a.attname = c.role_column
+             JOIN pg_catalog.pg_enum e ON e.enumtypid = a.atttypid
+            ORDER BY e.enumsortorder""")]
+    found = [RankComparison(*r) for r in conn.execute(
+        "SELECT object_kind, object_name, role_type, detail FROM migration_validation.role_rank_comparisons()")]
+    return labels, found

@@ -39,6 +39,8 @@ class Rehearsal:
     trigger_columns: dict[str, str] = field(default_factory=dict)  # profile column -> the trigger setting it
     mentions_before: list[api.RoleMention] = field(default_factory=list)
     mentions_after_migration: list[api.RoleMention] = field(default_factory=list)
+    # the role enum's labels in order, and what compares them by rank, before the migration
+    rank_comparisons_before: tuple[list[str], list[api.RankComparison]] = ([], [])
 
     def run(self, step: str) -> Any:
         """The result of ``step``, running it and every earlier step first if needed."""
@@ -67,6 +69,7 @@ class Rehearsal:
         self.trigger_columns = api.trigger_written_columns(self.conn)
         self.before = StoredSnapshot.take(self.conn, self.target, "before", self.trigger_columns)
         self.mentions_before = api.role_mentions(self.conn)
+        self.rank_comparisons_before = api.rank_comparisons(self.conn)
         return api.backup(self.conn, "gate_rehearsal")
 
     def _migrate(self) -> tuple[CheckReport, api.MigrationResult]:

@@ -12,6 +12,7 @@
 --   test_user_authentication(integer)        sample users read their own rows under RLS
 --   validate_rls_policies(text)              RLS enabled, policy role names fit the phase
 --   run_comprehensive_validation(text)       the checks of a phase, stored
+--   role_rank_comparisons()                  policies and functions that order an enum role by rank
 --
 -- Depends on: migration-logging-system.sql (schemas, migration_control.target_config,
 -- new_roles, role_mapping, migration_tracking.migration_batch), comprehensive-backup-system.sql
@@ -1022,6 +1023,65 @@ BEGIN
         RETURNING result_id, validation_results.validation_type, validation_results.check_name,
                   validation_results.status, validation_results.details)
     SELECT s.validation_type, s.check_name, s.status, s.details FROM stored s ORDER BY s.result_id;
+END;
+$$;
+
+-- ------------------------------------------------------------ rank comparisons ----
+
+CREATE OR REPLACE FUNCTION migration_validation.role_rank_comparisons()
+RETURNS TABLE(object_kind text, object_name text, role_type text, detail text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_cfg  migration_control.target_config;
+    v_type oid;
+BEGIN
+    -- Where the application orders roles by rank: when the role column is an enum, the
+    -- policies whose expression compares with <, <=, >, >= or sorts and involves the enum (a
+    -- cast to it, the role column's name, or a call of a function returning it), and the
+    -- functions of the application that take, return or name the enum type or the role table
+    -- and whose body compares or sorts. Read from the text: a heuristic that errs towards
+    -- reporting. A mapping that merges or reorders ranks changes who passes such a comparison.
+    v_cfg := migration_validation.target();
+    SELECT a.atttypid INTO v_type
+      FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+     WHERE a.attrelid = pg_catalog.to_regclass(format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table))
+       AND a.attname = v_cfg.role_column AND t.typtype = 'e';
+    IF v_type IS NULL THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    SELECT 'policy'::text, format('%I.%I.%I', n.nspname, c.relname, p.polname),
+           pg_catalog.format_type(v_type, NULL), 'orders roles: ' || x.expr
+      FROM pg_catalog.pg_policy p
+      JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+      CROSS JOIN LATERAL (SELECT concat_ws(' WITH CHECK ', pg_catalog.pg_get_expr(p.polqual, p.polrelid),
+                                           pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)) AS expr) x
+     WHERE x.expr ~* '(<=|>=|[^-=<>]>[^>=]|[^<]<[^<=>-]|\morder\s+by\M|\m(max|min|greatest|least)\s*\()'
+       AND (x.expr ~ ('::' || replace(pg_catalog.format_type(v_type, NULL), '.', '\.') || '\M')
+            OR x.expr ~* ('\m' || v_cfg.role_column || '\M')
+            -- or it calls an application function returning the role type (pg_depend records
+            -- those; the built-in enum operators are pinned and never recorded)
+            OR EXISTS (SELECT 1 FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_proc f ON f.oid = d.refobjid
+                        WHERE d.classid = 'pg_catalog.pg_policy'::regclass AND d.objid = p.oid
+                          AND d.refclassid = 'pg_catalog.pg_proc'::regclass AND f.prorettype = v_type))
+    UNION ALL
+    SELECT 'function'::text, p.oid::regprocedure::text, pg_catalog.format_type(v_type, NULL),
+           'its body compares with <, <=, >, >= or sorts, and it uses the role type or table (from its source)'
+      FROM pg_catalog.pg_proc p
+      JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'migration_control', 'migration_validation',
+                             'migration_backup', 'migration_tracking')
+       AND n.nspname NOT LIKE 'pg\_%'
+       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend x WHERE x.classid = 'pg_catalog.pg_proc'::regclass
+                          AND x.objid = p.oid AND x.deptype = 'e')
+       AND (v_type = ANY (p.proargtypes::oid[]) OR p.prorettype = v_type
+            OR p.prosrc ~* ('\m' || regexp_replace(pg_catalog.format_type(v_type, NULL), '^.*\.', '') || '\M')
+            OR p.prosrc ~* ('\m' || v_cfg.profiles_table || '\M'))
+       AND p.prosrc ~* '(<=|>=|[^-=<>]>[^>=]|[^<]<[^<=>-]|\morder\s+by\M|\m(max|min|greatest|least)\s*\()'
+     ORDER BY 1, 2;
 END;
 $$;
 

@@ -397,6 +397,30 @@ BEGIN
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION migration_control.rank_kept(p_literal text, p_op text, p_type text)
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- Whether "x <op> 'literal'::<enum type>" gives every mapped legacy role r the same outcome
+    -- as its new role m(r), by the enum's order: then the comparison keeps access whichever
+    -- name a user holds, and needs no expansion between batches. False when p_type is not an
+    -- enum holding the literal and every mapped role (nothing is guessed).
+    WITH e AS (SELECT x.enumlabel::text AS label, x.enumsortorder AS pos FROM pg_catalog.pg_enum x
+                WHERE x.enumtypid = pg_catalog.to_regtype(p_type)),
+         lit AS (SELECT e.pos FROM e WHERE e.label = p_literal),
+         pairs AS (SELECT a.pos AS was, b.pos AS now FROM migration_control.role_mapping m
+                     LEFT JOIN e a ON a.label = m.legacy_role LEFT JOIN e b ON b.label = m.new_role)
+    SELECT EXISTS (SELECT 1 FROM lit) AND NOT EXISTS (
+               SELECT 1 FROM pairs, lit
+                WHERE pairs.was IS NULL OR pairs.now IS NULL
+                   OR CASE p_op WHEN '>=' THEN (pairs.was >= lit.pos) <> (pairs.now >= lit.pos)
+                                WHEN '>'  THEN (pairs.was > lit.pos) <> (pairs.now > lit.pos)
+                                WHEN '<=' THEN (pairs.was <= lit.pos) <> (pairs.now <= lit.pos)
+                                WHEN '<'  THEN (pairs.was < lit.pos) <> (pairs.now < lit.pos)
+                                ELSE true END)
+$$;
+
 CREATE OR REPLACE FUNCTION migration_control.expand_role_literals(p_expr text)
 RETURNS text
 LANGUAGE plpgsql STABLE
@@ -415,8 +439,9 @@ BEGIN
     -- Expand form of one deparsed expression: each quoted legacy role whose new role differs
     -- is made to accept the new role too. Inside ARRAY[...] the new role is added after it
     -- (unless it already follows, so expanding twice changes nothing); after "= " / "<> " the
-    -- comparison becomes = ANY / <> ALL of both. Any other place is refused: guessing there
-    -- could change access. Tokenised like rewrite_role_literals (literals, quoted identifiers,
+    -- comparison becomes = ANY / <> ALL of both. After "<", "<=", ">", ">=" with an enum cast
+    -- (a rank threshold) it stays as it is when every legacy role and its new role fall on the
+    -- same side of it (rank_kept). Any other place is refused: guessing there could change access. Tokenised like rewrite_role_literals (literals, quoted identifiers,
     -- the rest), so claim names and identifiers are never touched.
     IF p_expr IS NULL THEN
         RETURN NULL;
@@ -454,6 +479,10 @@ BEGIN
             ELSE
                 v_tok := v_tok || '])'::text;
             END IF;
+        ELSIF i > 1 AND v_cast <> '' AND v_tok[i - 1] ~ '(^|[^<>=!])(<=|>=|<|>) $'
+              AND migration_control.rank_kept(v_lit, substring(v_tok[i - 1] FROM '(<=|>=|<|>) $'),
+                                              substr(v_cast, 3)) THEN
+            CONTINUE;  -- a rank threshold the mapping keeps: either name gives the same outcome
         ELSE
             RAISE EXCEPTION 'cannot expand role literal % in: %', v_tok[i], p_expr
                 USING DETAIL = 'Only literals inside ARRAY[...] or right of = / <> can be widened to accept the new role too.',

@@ -103,6 +103,32 @@ def _fail_on_merged_duplicates(merged: list[Any], source: str) -> None:
     )
 
 
+def test_role_ranks_keep_their_order(rolemig_rehearsal: Rehearsal) -> None:
+    """Where policies or functions compare enum roles by rank, the mapping keeps ranks apart and in order."""
+    rolemig_rehearsal.run("backup")
+    labels, comparisons = rolemig_rehearsal.rank_comparisons_before  # the policies as the app has them
+    rank = {label: i for i, label in enumerate(labels)}
+    mapping = {old: new for old, new in rolemig_rehearsal.mapping.mapping.items() if old in rank and new in rank}
+    changed = [(a, b) for a in mapping for b in mapping
+               if rank[a] < rank[b] and rank[mapping[a]] >= rank[mapping[b]]]
+    if not comparisons or not changed:
+        return
+    raise RolemigAssertionError(
+        f"the mapping merges or reorders ranks that {len(comparisons)} polic(ies)/function(s) compare: "
+        + ", ".join(c.name for c in comparisons[:5]),
+        expected=f"for legacy roles a < b (enum {comparisons[0].role_type}), mapping[a] < mapping[b]",
+        sections={
+            "Ranks changed (before -> after)": "\n".join(
+                f"{a} < {b} -> {mapping[a]} {'=' if mapping[a] == mapping[b] else '>'} {mapping[b]}"
+                for a, b in changed[:20]),
+            "Comparing ranks (kind name: what)": "\n".join(f"{c.kind} {c.name}: {c.detail}" for c in comparisons),
+            "Enum order": " < ".join(labels),
+            "Fix": "map the legacy roles onto new roles in the same order, or change these policies and "
+                   f"functions in your migration and declare the access changes in {rolemig_rehearsal.mapping.source}",
+        },
+    )
+
+
 def test_no_policy_names_a_legacy_role(rolemig_rehearsal: Rehearsal) -> None:
     """After the migration, no RLS policy still names a legacy-only role."""
     rolemig_rehearsal.run("migrate")
