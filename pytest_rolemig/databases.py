@@ -25,6 +25,7 @@ from pytest_rolemig import installer
 from pytest_rolemig.errors import ConfigError, InstallError, ServerError, describe_pg_error
 from pytest_rolemig.mapping import RoleMapping
 from pytest_rolemig.seeding import SeedSummary, seed_users
+from pytest_rolemig.statements import split_statements
 from pytest_rolemig.target import Target, quote_name, split_qualified
 
 
@@ -139,9 +140,13 @@ def load_schema_file(conn: psycopg.Connection[Any], path: Path) -> None:
         conn.execute(text.encode("utf-8"))  # one simple query: one implicit transaction per file
     except psycopg.Error as exc:
         where = _error_line(conn, text, exc)
+        if where is not None:
+            at = f" line {where}"
+        else:
+            start = _failing_statement(conn, text)
+            at = "" if start is None else f" statement at line {_line_of(text, start)}"
         raise ConfigError(
-            f"loading schema file {path}{f' line {where}' if where else ''} failed: "
-            f"{describe_pg_error(exc)}{_error_context(exc, where)}"
+            f"loading schema file {path}{at} failed: {describe_pg_error(exc)}{_error_context(exc, where)}"
         ) from exc
 
 
@@ -156,8 +161,41 @@ def _error_line(conn: psycopg.Connection[Any], text: str, exc: psycopg.Error) ->
         return None
     offset = int(position) - 1
     if conn.info.parameter_status("server_encoding") in ("UTF8", None):
-        return text.count("\n", 0, offset) + 1
+        return _line_of(text, offset)
     return text.encode("utf-8").count(b"\n", 0, offset) + 1
+
+
+def _line_of(text: str, offset: int) -> int:
+    return text.count("\n", 0, offset) + 1
+
+
+def _failing_statement(conn: psycopg.Connection[Any], text: str) -> int | None:
+    """Offset of the statement that fails, for an error without a position, or None.
+
+    The file's statements run again one by one in a transaction that is rolled back; only
+    on an idle autocommit connection, and not when the file manages transactions itself.
+    """
+    if not conn.autocommit or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        return None
+    statements = split_statements(text)
+    if len(statements) < 2:
+        return statements[0][0] if statements else None
+    if any(_TRANSACTION_CONTROL.match(s) for _, s in statements):
+        return None
+    try:
+        with conn.transaction(force_rollback=True):
+            for offset, statement in statements:
+                try:
+                    conn.execute(statement.encode("utf-8"))
+                except psycopg.Error:
+                    return offset
+    except psycopg.Error:
+        return None
+    return None
+
+
+_TRANSACTION_CONTROL = re.compile(r"(BEGIN|START|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE|PREPARE)\b",
+                                  re.IGNORECASE)
 
 
 def _error_context(exc: psycopg.Error, line: int | None) -> str:

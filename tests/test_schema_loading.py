@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pytest_rolemig import resources
+from pytest_rolemig.statements import split_statements
 
 PROJECT = Path(__file__).parent / "examples" / "supabase-project"
 MIGRATIONS = sorted((PROJECT / "supabase" / "migrations").glob("*.sql"))
@@ -86,13 +87,35 @@ def test_an_error_in_a_migration_names_its_file_and_line(project):
     assert f"loading schema file {broken} line 4 failed: type \"txet\" does not exist" in said[0]
 
 
-def test_a_statement_without_an_error_position_is_named_by_file_and_context(project):
-    broken = project.path / "supabase" / "migrations" / "20240104000000_check.sql"
-    broken.write_text("do $$\nbegin\n  raise exception 'backfill found % orphans', 3;\nend $$;\n")
+@pytest.mark.parametrize(("sql", "line", "message"), [
+    ("insert into public.profiles (id) values\n  ('00000000-0000-0000-0000-000000000001');\n",
+     5, 'insert or update on table "profiles" violates foreign key constraint "profiles_id_fkey" DETAIL: '
+        "Key (id)=(00000000-0000-0000-0000-000000000001) is not present in table \"users\"."),
+    ("do $$\nbegin\n  raise exception 'backfill found % orphans', 3;\nend $$;\n",
+     5, "backfill found 3 orphans (CONTEXT: PL/pgSQL function inline_code_block line 3 at RAISE)"),
+])
+def test_an_error_without_a_position_names_the_statement_that_failed(project, sql, line, message):
+    """Without an error position the statements are run one by one (rolled back) to find it."""
+    broken = project.path / "supabase" / "migrations" / "20240104000000_backfill.sql"
+    broken.write_text("-- backfill\ncreate table public.audit (id int primary key, note text);\n"
+                      "insert into public.audit values (1, 'a; b');\n\n" + sql)
     result = project.runpytest_subprocess("-p", "no:cacheprovider", "test_probe.py")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stdout.fnmatch_lines([f"*rolemig: loading schema file {broken} failed: backfill found 3 orphans "
-                                 "(CONTEXT: PL/pgSQL function inline_code_block line 3 at RAISE)*"])
+    said = [s for s in result.stdout.lines if "rolemig: loading schema file" in s]
+    assert len(said) == 1, result.stdout.str()[-3000:]
+    assert f"loading schema file {broken} statement at line {line} failed: {message}" in said[0]
+
+
+def test_statements_split_as_psql_splits_them():
+    text = ("-- a; comment\nSELECT 'a;b', E'x\\';y', \"q;\"\"\";\n"
+            "/* one; /* nested; */ two; */ CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql\n"
+            "  AS $f$ BEGIN RETURN 1; END $f$;\n"
+            "CREATE FUNCTION g() RETURNS int LANGUAGE sql\n"
+            "  BEGIN ATOMIC SELECT 1; SELECT CASE WHEN true THEN 2 END; END;\n"
+            "DO $$ BEGIN PERFORM 1; END $$; SELECT a$b, $1 FROM x\n-- trailing; comment\n")
+    found = [(text.count("\n", 0, offset) + 1, statement.split()[0])
+             for offset, statement in split_statements(text)]
+    assert found == [(2, "SELECT"), (3, "CREATE"), (5, "CREATE"), (7, "DO"), (7, "SELECT")]
 
 
 def test_a_folder_other_than_supabase_migrations_gets_no_platform_stand_in(pytester, monkeypatch):
