@@ -260,10 +260,12 @@ def rank_comparisons(conn: Conn) -> tuple[list[str], list[RankComparison]]:
     labels = [r[0] for r in conn.execute(
         """SELECT e.enumlabel::text FROM migration_control.target_config c
              JOIN pg_catalog.pg_attribute a
-               ON a.attrelid = pg_catalog.to_regclass(pg_catalog.format('%I.%I', c.profiles_schema, c.profiles_table))
+               ON a.attrelid = pg_catalog.to_regclass(
+                      pg_catalog.format('%I.%I', c.profiles_schema, c.profiles_table))
               AND a.attname = c.role_column
              JOIN pg_catalog.pg_enum e ON e.enumtypid = a.atttypid
             ORDER BY e.enumsortorder""")]
     found = [RankComparison(*r) for r in conn.execute(
-        "SELECT object_kind, object_name, role_type, detail FROM migration_validation.role_rank_comparisons()")]
+        "SELECT object_kind, object_name, role_type, detail "
+        "FROM migration_validation.role_rank_comparisons()")]
     return labels, found

@@ -308,7 +308,8 @@ def _creates_rows(conn: psycopg.Connection[Any], parent: Table, child: Table) ->
     """Whether inserting into ``parent`` fires a trigger (a sign-up trigger) that may write ``child``."""
     row = conn.execute(
         """SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
-                          WHERE t.tgrelid = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, %s::text))
+                          WHERE t.tgrelid = pg_catalog.to_regclass(
+                                    pg_catalog.format('%%I.%%I', %s::text, %s::text))
                             AND NOT t.tgisinternal AND t.tgenabled <> 'D' AND (t.tgtype & 4) <> 0)""",
         (parent.schema, parent.name),
     ).fetchone()
@@ -317,9 +318,11 @@ def _creates_rows(conn: psycopg.Connection[Any], parent: Table, child: Table) ->
 
 def _mapping(conn: psycopg.Connection[Any]) -> dict[str, str]:
     """The loaded role mapping (legacy -> new), or empty before the infrastructure is installed."""
-    if conn.execute("SELECT pg_catalog.to_regclass('migration_control.role_mapping') IS NULL").fetchone()[0]:
+    missing = conn.execute("SELECT pg_catalog.to_regclass('migration_control.role_mapping') IS NULL").fetchone()
+    if missing is None or missing[0]:
         return {}
-    return {r[0]: r[1] for r in conn.execute("SELECT legacy_role, new_role FROM migration_control.role_mapping")}
+    query = "SELECT legacy_role, new_role FROM migration_control.role_mapping"
+    return {r[0]: r[1] for r in conn.execute(query)}
 
 
 def _roles_of(i: int, role: str, roles: list[str], mapping: dict[str, str]) -> list[str]:
@@ -331,7 +334,8 @@ def _roles_of(i: int, role: str, roles: list[str], mapping: dict[str, str]) -> l
     """
     if (i // len(roles)) % 2 or len(roles) < 2:
         return [role]
-    partners = [r for r in roles if r != role and mapping.get(r) is not None and mapping.get(r) == mapping.get(role)]
+    partners = [r for r in roles
+                if r != role and mapping.get(r) is not None and mapping.get(r) == mapping.get(role)]
     return [role, partners[0] if partners else roles[(roles.index(role) + 1) % len(roles)]]
 
 
@@ -346,10 +350,12 @@ def _write_role_rows(conn: psycopg.Connection[Any], target: Target, profiles: Ta
     """
     mapping = _mapping(conn) if roles else {}
     wanted = [(u, r) for i, u in enumerate(users)
-              for r in (_roles_of(i, u[target.role_column], roles, mapping) if roles else [u[target.role_column]])]
+              for r in (_roles_of(i, u[target.role_column], roles, mapping) if roles
+                        else [u[target.role_column]])]
     existing: dict[str, list[tuple[str, str]]] = {}
     for uid, key, role in conn.execute(
-        sql.SQL("SELECT {u}::text, {k}::text, {r}::text FROM {t} WHERE {u}::text = ANY (%s) ORDER BY {k}").format(
+        sql.SQL("SELECT {u}::text, {k}::text, {r}::text FROM {t} "
+                "WHERE {u}::text = ANY (%s) ORDER BY {k}").format(
             u=sql.Identifier(target.user), k=sql.Identifier(target.key_column),
             r=sql.Identifier(target.role_column), t=profiles.ident),
         ([str(u[target.user]) for u in users],),
@@ -381,8 +387,9 @@ def _write_role_rows(conn: psycopg.Connection[Any], target: Target, profiles: Ta
     if own_key and not key.has_default:
         for row, value in zip(inserts, _key_values(conn, profiles, target.key_column, len(inserts))):
             row[target.key_column] = value
-    forced = {target.user, target.role_column} | ({target.key_column} if not (own_key and key.has_default) else set())
-    sample = {k: v for k, v in inserts[0].items() if not (own_key and k == target.key_column and key.has_default)}
+    generated_key = own_key and key.has_default  # the table numbers its rows itself
+    forced = {target.user, target.role_column} | (set() if generated_key else {target.key_column})
+    sample = {k: v for k, v in inserts[0].items() if not (generated_key and k == target.key_column)}
     if own_key and key.has_default:
         sample.pop("id", None)
         for row in inserts:
@@ -421,7 +428,8 @@ def _copy_fitting(conn: psycopg.Connection[Any], table: Table, columns: list[str
         except psycopg.errors.CheckViolation as exc:
             constraint = exc.diag.constraint_name or "?"
             named = {r[0] for r in conn.execute(_CHECK_COLUMNS, (constraint, table.schema, table.name))}
-            optional = [c for c in columns if c in named and c not in forced and not table.columns[c].required]
+            optional = [c for c in columns
+                        if c in named and c not in forced and not table.columns[c].required]
             if not optional:
                 raise ConfigError(
                     f"cannot seed {table}: CHECK constraint {constraint} on table {table} refuses the seeded "
@@ -431,7 +439,8 @@ def _copy_fitting(conn: psycopg.Connection[Any], table: Table, columns: list[str
     raise ConfigError(f"cannot seed {table}: its CHECK constraints refuse every seeded row")
 
 
-def _make_distinct(conn: psycopg.Connection[Any], table: Table, name: str, values: list[dict[str, Any]]) -> None:
+def _make_distinct(conn: psycopg.Connection[Any], table: Table, name: str,
+                   values: list[dict[str, Any]]) -> None:
     """One value per row in a column under a unique index: text gets the row number, numbers count up."""
     column = table.columns[name]
     base = _base(column)
@@ -439,12 +448,13 @@ def _make_distinct(conn: psycopg.Connection[Any], table: Table, name: str, value
     if name in values[0] and None not in given and len(set(given)) == len(given):
         return  # the factories made them distinct already (e-mails): keep them as they are
     if base in _TEXT_TYPES:
+        salt = uuid.uuid4().hex[:4]  # distinct from the rows of an earlier seeding too
         for n, row in enumerate(values):
             text = _text(row.get(name)) if name in row else _filler(column, table)
             if text is None:
                 continue
             at = text.find("@")
-            row[name] = f"{text[:at]}+s{n}{text[at:]}" if at > 0 else f"{text}-{n}"
+            row[name] = f"{text[:at]}+s{salt}{n}{text[at:]}" if at > 0 else f"{text}-{salt}{n}"
     elif base in ("integer", "bigint", "smallint", "numeric"):
         top = conn.execute(sql.SQL("SELECT coalesce(max({}), 0) FROM {}").format(
             sql.Identifier(name), table.ident)).fetchone()[0]
@@ -452,10 +462,12 @@ def _make_distinct(conn: psycopg.Connection[Any], table: Table, name: str, value
             row[name] = int(top) + 1 + n
 
 
-def _referenced(conn: psycopg.Connection[Any], ref: tuple[str, str, str], count: int, distinct: bool) -> list[Any]:
+def _referenced(conn: psycopg.Connection[Any], ref: tuple[str, str, str], count: int,
+                distinct: bool) -> list[Any]:
     """Values of a referenced column: existing rows, or new rows (one per seeded row if ``distinct``)."""
     schema, name, column = ref
-    target = read_table(conn, f"{quote_name(schema)}.{quote_name(name)}", "a table a seeded column references")
+    target = read_table(conn, f"{quote_name(schema)}.{quote_name(name)}",
+                        "a table a seeded column references")
     have = [r[0] for r in conn.execute(sql.SQL("SELECT {c} FROM {t} ORDER BY {c} LIMIT %s").format(
         c=sql.Identifier(column), t=target.ident), (count,))] if not distinct else []
     if have:
@@ -468,7 +480,8 @@ def _referenced(conn: psycopg.Connection[Any], ref: tuple[str, str, str], count:
         return [r[0] for r in conn.execute(sql.SQL(
             "INSERT INTO {t} SELECT FROM generate_series(1, %s) RETURNING {c}").format(
                 t=target.ident, c=sql.Identifier(column)), (need,))]
-    made = conn.execute(sql.SQL("INSERT INTO {t} ({cols}) SELECT * FROM unnest({arrays}) RETURNING {c}").format(
+    made = conn.execute(sql.SQL(
+        "INSERT INTO {t} ({cols}) SELECT * FROM unnest({arrays}) RETURNING {c}").format(
         t=target.ident, cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols),
         arrays=sql.SQL(", ").join(sql.SQL("%s::text[]::{}[]").format(sql.SQL(target.columns[c].type_name))
                                   for c in cols),

@@ -28,13 +28,15 @@ def _run(pytester, *args):
 
 def _assert_every_gate_test_passed(result):
     outcomes = result.parseoutcomes()
-    assert outcomes.get("passed", 0) > 0 and set(outcomes) <= {"passed", "warnings"}, result.stdout.str()[-4000:]
+    assert outcomes.get("passed", 0) > 0 and set(outcomes) <= {"passed", "warnings"}, \
+        result.stdout.str()[-4000:]
 
 
 def test_gate_passes_on_a_roles_table_with_several_roles_per_user(pytester):
     _app(pytester, "supabase-roles-table")
     result = _run(pytester)
-    result.stdout.fnmatch_lines(["rolemig profiles_table: public.user_roles (key id, role role, user user_id) [ini*"])
+    result.stdout.fnmatch_lines(
+        ["rolemig profiles_table: public.user_roles (key id, role role, user user_id) [ini*"])
     _assert_every_gate_test_passed(result)
 
 
@@ -45,8 +47,8 @@ def test_gate_fails_on_merged_duplicate_roles_the_mapping_does_not_acknowledge(p
     result = _run(pytester, "-k", "test_migration")
     result.stdout.fnmatch_lines(["*FAILED*test_migration_maps_every_user_as_the_mapping_says*"])
     result.stdout.fnmatch_lines([
-        "*the mapping merges roles that * user(s) hold both of: the migration deleted * role row(s) that would "
-        "have broken unique index user_roles_user_id_role_key (user_id, role)*"])
+        "*the mapping merges roles that * user(s) hold both of: the migration deleted * role row(s) that "
+        "would have broken unique index user_roles_user_id_role_key (user_id, role)*"])
     # the users are named by their user id, with the roles merged
     result.stdout.fnmatch_lines(["*-*-*-*-*: org_admin -> admin, row *"])
     result.stdout.fnmatch_lines(['*merge_duplicates = "keep_one"*'])

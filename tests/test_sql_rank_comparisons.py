@@ -16,16 +16,19 @@ CREATE TYPE app.rank AS ENUM ('viewer', 'reader', 'editor', 'writer');
 CREATE TABLE app.members (id integer PRIMARY KEY, rank app.rank NOT NULL);
 CREATE TABLE app.logins (id bigint PRIMARY KEY, member_id integer REFERENCES app.members);
 CREATE TABLE app.docs (id integer PRIMARY KEY, body text);
-INSERT INTO app.members SELECT g, (ARRAY['viewer', 'editor'])[1 + g % 2]::app.rank FROM generate_series(1, 12) g;
-CREATE FUNCTION app.my_rank() RETURNS app.rank LANGUAGE sql STABLE AS $$ SELECT rank FROM app.members LIMIT 1 $$;
+INSERT INTO app.members
+SELECT g, (ARRAY['viewer', 'editor'])[1 + g % 2]::app.rank FROM generate_series(1, 12) g;
+CREATE FUNCTION app.my_rank() RETURNS app.rank LANGUAGE sql STABLE
+    AS $$ SELECT rank FROM app.members LIMIT 1 $$;
 CREATE FUNCTION app.plain(p integer) RETURNS boolean LANGUAGE sql STABLE AS $$ SELECT p > 1 AND p < 9 $$;
 ALTER TABLE app.members ENABLE ROW LEVEL SECURITY;
 ALTER TABLE app.docs ENABLE ROW LEVEL SECURITY;
 CREATE POLICY "members: editors" ON app.members FOR SELECT USING (rank >= 'editor'::app.rank);
 CREATE POLICY "docs: editors" ON app.docs FOR SELECT USING (app.my_rank() >= 'editor'::app.rank);
 CREATE POLICY "docs: own" ON app.docs FOR SELECT USING (id > 0);
-SELECT * FROM migration_control.configure_target(p_profiles_table => 'app.members', p_role_column => 'rank',
-    p_sessions_table => 'app.logins', p_sessions_user_column => 'member_id', p_policy_schemas => ARRAY['app']);
+SELECT * FROM migration_control.configure_target(
+    p_profiles_table => 'app.members', p_role_column => 'rank', p_sessions_table => 'app.logins',
+    p_sessions_user_column => 'member_id', p_policy_schemas => ARRAY['app']);
 """
 KEPT = """SELECT * FROM migration_control.load_role_mapping('{"viewer": "reader", "editor": "writer"}',
                                                           ARRAY['reader', 'writer'])"""

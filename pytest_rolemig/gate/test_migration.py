@@ -108,7 +108,8 @@ def test_role_ranks_keep_their_order(rolemig_rehearsal: Rehearsal) -> None:
     rolemig_rehearsal.run("backup")
     labels, comparisons = rolemig_rehearsal.rank_comparisons_before  # the policies as the app has them
     rank = {label: i for i, label in enumerate(labels)}
-    mapping = {old: new for old, new in rolemig_rehearsal.mapping.mapping.items() if old in rank and new in rank}
+    mapping = {old: new for old, new in rolemig_rehearsal.mapping.mapping.items()
+               if old in rank and new in rank}
     changed = [(a, b) for a in mapping for b in mapping
                if rank[a] < rank[b] and rank[mapping[a]] >= rank[mapping[b]]]
     if not comparisons or not changed:
@@ -121,10 +122,12 @@ def test_role_ranks_keep_their_order(rolemig_rehearsal: Rehearsal) -> None:
             "Ranks changed (before -> after)": "\n".join(
                 f"{a} < {b} -> {mapping[a]} {'=' if mapping[a] == mapping[b] else '>'} {mapping[b]}"
                 for a, b in changed[:20]),
-            "Comparing ranks (kind name: what)": "\n".join(f"{c.kind} {c.name}: {c.detail}" for c in comparisons),
+            "Comparing ranks (kind name: what)": "\n".join(f"{c.kind} {c.name}: {c.detail}"
+                                                           for c in comparisons),
             "Enum order": " < ".join(labels),
             "Fix": "map the legacy roles onto new roles in the same order, or change these policies and "
-                   f"functions in your migration and declare the access changes in {rolemig_rehearsal.mapping.source}",
+                   "functions in your migration and declare the access changes in "
+                   f"{rolemig_rehearsal.mapping.source}",
         },
     )
 
