@@ -2,7 +2,8 @@
 -- and role (a user may hold several). Sign-up goes through auth.users: the trigger
 -- on_auth_user_created creates the user's profile and gives them the default role 'viewer'.
 -- Policies ask a SECURITY DEFINER helper, has_role(), whether the caller holds one of a list
--- of roles. A plain plpgsql trigger keeps profiles.updated_at current (moddatetime's job).
+-- of roles. A plain plpgsql trigger keeps updated_at current on profiles and user_roles
+-- (moddatetime's job): the migration and the rollback move it, and the gate leaves it out.
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'anon') THEN
@@ -55,6 +56,7 @@ CREATE TABLE public.user_roles (
     user_id    uuid NOT NULL REFERENCES auth.users (id) ON DELETE CASCADE,
     role       text NOT NULL CHECK (role IN ('super_admin', 'org_admin', 'admin', 'editor', 'author', 'viewer')),
     granted_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT user_roles_user_id_role_key UNIQUE (user_id, role)
 );
 CREATE INDEX user_roles_user_id_idx ON public.user_roles (user_id);
@@ -67,6 +69,8 @@ BEGIN
 END
 $$;
 CREATE TRIGGER profiles_updated_at BEFORE UPDATE ON public.profiles
+    FOR EACH ROW EXECUTE FUNCTION public.handle_updated_at();
+CREATE TRIGGER user_roles_updated_at BEFORE UPDATE ON public.user_roles
     FOR EACH ROW EXECUTE FUNCTION public.handle_updated_at();
 
 -- sign-up: a profile and the default role for every new auth user
