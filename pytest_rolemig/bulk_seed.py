@@ -89,22 +89,40 @@ def bulk_seed_users(conn: psycopg.Connection[Any], target: Target, roles: list[s
     began = time.perf_counter()
     profiles = read_table(conn, target.profiles_table, "rolemig_profiles_table")
     sessions = read_table(conn, target.sessions_table, "rolemig_sessions_table")
-    parent = parent_of(conn, profiles, target.key_column)
-    key_col = profiles.columns[target.key_column]
-    offset = 0
-    if key_col.type_name in ("integer", "bigint", "smallint"):
-        offset = conn.execute(sql.SQL("SELECT coalesce(max({}), 0) FROM {}").format(
-            sql.Identifier(target.key_column), profiles.ident)).fetchone()[0]
-    key = _key_expr(key_col, offset)
+    # the user's id: the key, or a roles table's user column (its rows keep keys of their own)
+    parent = parent_of(conn, profiles, target.user)
+    exprs: dict[str, sql.Composable] = {}
+    for name in dict.fromkeys((target.user, target.key_column)):
+        column = profiles.columns[name]
+        if name != target.user and column.has_default:
+            continue  # a roles table numbering its rows itself
+        offset = 0
+        if column.type_name in ("integer", "bigint", "smallint"):
+            offset = conn.execute(sql.SQL("SELECT coalesce(max({}), 0) FROM {}").format(
+                sql.Identifier(name), profiles.ident)).fetchone()[0]
+        exprs[name] = _key_expr(column, offset)
+    key = exprs[target.user]
     series = sql.SQL("generate_series({}::bigint, {}::bigint) AS g(i)").format(
         sql.Literal(start), sql.Literal(start + count - 1))
     role_type = sql.SQL(profiles.columns[target.role_column].type_name)
     role = sql.SQL("({}::text[])[1 + (i % {})]::{}").format(sql.Literal(roles), sql.Literal(len(roles)), role_type)
 
+    users = 0
     if parent is not None:
         parent_table, parent_key = parent
         _insert(conn, parent_table, {parent_key: key}, series)
-    users = _insert(conn, profiles, {target.key_column: key, target.role_column: role}, series)
+        # a sign-up trigger may have created the user's row: it gets the user's role, as the
+        # application sets it after sign-up (one row per user), and no second row is written
+        users = conn.execute(sql.SQL(
+            "UPDATE {t} AS t SET {r} = {role} FROM {series} WHERE t.{u} = {key} "
+            "AND t.{k} = (SELECT x.{k} FROM {t} AS x WHERE x.{u} = {key} ORDER BY x.{k} LIMIT 1)").format(
+                t=profiles.ident, r=sql.Identifier(target.role_column), role=role, series=series,
+                u=sql.Identifier(target.user), k=sql.Identifier(target.key_column), key=key)).rowcount
+        series_new = sql.SQL("{} WHERE NOT EXISTS (SELECT 1 FROM {} AS x WHERE x.{} = {})").format(
+            series, profiles.ident, sql.Identifier(target.user), key)
+    else:
+        series_new = series
+    users += _insert(conn, profiles, {**exprs, target.role_column: role}, series_new)
     # user i has i % (max_sessions + 1) sessions, as the factory seeder gives them
     per_user = sql.SQL("{} CROSS JOIN LATERAL generate_series(1, (i % {})::integer) AS s(n)").format(
         series, sql.Literal(max_sessions + 1))

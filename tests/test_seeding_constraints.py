@@ -7,6 +7,7 @@ Each test loads a small application into its own database and seeds it as the ga
 import pytest
 from sql_helpers import one, rows
 
+from pytest_rolemig.bulk_seed import bulk_seed_users
 from pytest_rolemig.databases import clone
 from pytest_rolemig.errors import ConfigError
 from pytest_rolemig.seeding import seed_users
@@ -101,3 +102,18 @@ def test_a_roles_table_is_seeded_through_the_sign_up_trigger(rolemig_server):
         assert one(conn, "SELECT count(*) AS n FROM public.user_roles WHERE role = 'member'")["n"] >= 4
         assert one(conn, "SELECT count(*) AS n FROM auth.sessions s "
                          "LEFT JOIN auth.users u ON u.id = s.user_id WHERE u.id IS NULL")["n"] == 0
+
+
+def test_bulk_seeding_a_roles_table_goes_through_the_sign_up_trigger(rolemig_server):
+    target = Target(profiles_table="public.user_roles", key_column="id", user_column="user_id")
+    with clone(rolemig_server, None, "rolemig_bulk_signup") as conn:
+        conn.execute(SIGNUP)
+        with conn.transaction():
+            result = bulk_seed_users(conn, target, ROLES, 50)
+        assert result.users == 50
+        counts = one(conn, "SELECT count(*) AS n, count(DISTINCT user_id) AS users FROM public.user_roles")
+        assert counts == {"n": 50, "users": 50}
+        per_role = {r["role"]: r["n"] for r in rows(
+            conn, "SELECT role, count(*) AS n FROM public.user_roles GROUP BY role")}
+        assert per_role == {"owner": 16, "admin": 17, "member": 17}
+        assert one(conn, "SELECT count(*) AS n FROM public.profiles")["n"] == 50
