@@ -98,3 +98,24 @@ def test_rollback_restores_the_merged_rows(rolemig_db, mode):
     again = one(rolemig_db, "SELECT status FROM migration_control.execute_role_migration()")
     assert again["status"] == "completed"
     assert sorted(_table(rolemig_db)) == [2, 3, 5, 6, 8, 9]
+
+
+def test_rolemig_install_stores_the_user_column(rolemig_server, rolemig_db):
+    import io
+    import json
+
+    from pytest_rolemig.cli import main
+
+    rolemig_db.execute(ROLES_TABLE)
+    dsn = rolemig_server.dsn(rolemig_db.info.dbname)
+
+    def run(*argv):
+        out, err = io.StringIO(), io.StringIO()
+        return main([*argv, "--dsn", dsn], out=out, err=err), out.getvalue(), err.getvalue()
+
+    code, out, err = run("install", "--profiles-table", "public.user_roles", "--key-column", "id",
+                         "--user-column", "user_id", "--json")
+    assert code == 0, err
+    assert json.loads(out)["target"]["user_column"] == "user_id"
+    code, _, err = run("install", "--profiles-table", "public.user_roles", "--user-column", "member")
+    assert code != 0 and "--user-column" in err and "member" in err
