@@ -41,6 +41,7 @@ class Rehearsal:
     mentions_after_migration: list[api.RoleMention] = field(default_factory=list)
     # the role enum's labels in order, and what compares them by rank, before the migration
     rank_comparisons_before: tuple[list[str], list[api.RankComparison]] = ([], [])
+    merged_after_migration: list[api.MergedRow] = field(default_factory=list)
 
     def run(self, step: str) -> Any:
         """The result of ``step``, running it and every earlier step first if needed."""
@@ -78,6 +79,9 @@ class Rehearsal:
                              batch_size=self.target.batch_size)
         self.after_migration = StoredSnapshot.take(self.conn, self.target, "after_migration", self.trigger_columns)
         self.mentions_after_migration = api.role_mentions(self.conn)
+        # role rows merged away, read now: a rollback later restores them and logs it
+        self.merged_after_migration = api.merged_rows(self.conn, self.results["backup"].backup_id,
+                                                      self.target.user)
         return pre, result
 
     def _rollback(self) -> api.RollbackResult:

@@ -53,6 +53,8 @@ class AccessRehearsal:
     errors: dict[str, BaseException] = field(default_factory=dict)
     update_access: bool = False  # --rolemig-update-access: write what was measured into the mapping
     written: str | None = None  # the [access_changes] block written, once
+    # per step: role rows the migration merged away (gone for everybody), read right after it
+    vanished: dict[str, frozenset[tuple[str, str]]] = field(default_factory=dict)
 
     def matrix(self, step: str) -> Matrix:
         """The matrix at ``step``, running every earlier step first."""
@@ -61,6 +63,7 @@ class AccessRehearsal:
                 action: Callable[[], None] = getattr(self, f"_{name}")
                 try:
                     action()
+                    self.vanished[name] = self._merged_away()
                     self.matrices[name] = compute_matrix(self.conn, self.config.target, self.actors, name,
                                                          self.store)
                 except Exception as exc:  # remembered: every later step is blocked by it
@@ -70,6 +73,14 @@ class AccessRehearsal:
                     raise self.errors[name]
                 raise StepBlocked(f"step '{step}' did not run: step '{name}' failed: {self.errors[name]}")
         return self.matrices[step]
+
+    def _merged_away(self) -> frozenset[tuple[str, str]]:
+        """(table, key) of the role rows the migration deleted as merged duplicates, now."""
+        if self.backup_id is None:
+            return frozenset()
+        table = ".".join(split_qualified(self.config.target.profiles_table))
+        return frozenset((table, m.key) for m in api.merged_rows(self.conn, self.backup_id,
+                                                                 self.config.target.user))
 
     def _before(self) -> None:
         self.actors = choose_actors(self.conn, self.config.target, per_role=2)
@@ -122,14 +133,8 @@ class AccessRehearsal:
     def compare(self, step: str, title: str, declared: bool) -> Comparison:
         """Compare ``step`` with the state before the migration; write the reports."""
         before, after = self.matrix("before"), self.matrix(step)
-        # role rows the migration merged away (see the migration gate) are gone for everybody
-        vanished: frozenset[tuple[str, str]] = frozenset()
-        if self.backup_id is not None:
-            table = ".".join(split_qualified(self.config.target.profiles_table))
-            vanished = frozenset((table, m.key) for m in api.merged_rows(self.conn, self.backup_id,
-                                                                         self.config.target.user))
         result = compare(before, after, title, self.declared_changes() if declared else None,
-                         row_lookup(self.conn), vanished)
+                         row_lookup(self.conn), self.vanished.get(step, frozenset()))
         self.comparisons[step] = result
         write_reports(self.config.report_dir, [self.comparisons[s] for s in STEPS if s in self.comparisons],
                       [self.matrices[s] for s in STEPS if s in self.matrices])

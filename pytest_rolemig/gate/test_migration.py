@@ -7,6 +7,7 @@ infrastructure, the mapping and seeded users of every legacy role).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -59,16 +60,25 @@ def test_pre_migration_state_is_valid(rolemig_rehearsal: Rehearsal) -> None:
     assert_checks_pass(api.pre_migration_checks(rolemig_rehearsal.conn), "pre-migration state is not valid")
 
 
-def test_migration_maps_every_user_as_the_mapping_says(rolemig_rehearsal: Rehearsal) -> None:
-    """Each user ends with mapping[their legacy role]; no user lost or added."""
+def test_migration_maps_every_user_as_the_mapping_says(
+        rolemig_rehearsal: Rehearsal, record_property: Callable[[str, object], None]) -> None:
+    """Each user ends with mapping[their legacy role]; no user lost or added.
+
+    A roles table (one row per user and role): a row the migration deleted because the user's
+    other row ends on the same new role fails this test, naming the unique index and the users,
+    unless the mapping says ``merge_duplicates = "keep_one"``.
+    """
     _, result = rolemig_rehearsal.run("migrate")
     assert result.status == "completed", f"migration ended with status {result.status}: {result.error}"
     before, after = rolemig_rehearsal.before, rolemig_rehearsal.after_migration
     assert before is not None and after is not None
-    merged = api.merged_rows(rolemig_rehearsal.conn, rolemig_rehearsal.results["backup"].backup_id,
-                             rolemig_rehearsal.target.user)
+    merged = rolemig_rehearsal.merged_after_migration
     if merged and rolemig_rehearsal.mapping.merge_duplicates != "keep_one":
         _fail_on_merged_duplicates(merged, rolemig_rehearsal.mapping.source)
+    if merged:
+        users = len({m.user or m.key for m in merged})
+        record_property("rolemig_note", f"merged duplicates: {len(merged)} role row(s) of {users} user(s) "
+                        'deleted by the migration, restored by rollback (merge_duplicates = "keep_one")')
     wrong = before.role_mismatches(after, rolemig_rehearsal.mapping.mapping,
                                    merged=tuple(m.key for m in merged))
     if wrong.count:
