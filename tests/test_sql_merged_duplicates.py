@@ -119,3 +119,29 @@ def test_rolemig_install_stores_the_user_column(rolemig_server, rolemig_db):
     assert json.loads(out)["target"]["user_column"] == "user_id"
     code, _, err = run("install", "--profiles-table", "public.user_roles", "--user-column", "member")
     assert code != 0 and "--user-column" in err and "member" in err
+
+
+def test_a_merge_that_breaks_a_partial_unique_index_is_refused_naming_it(rolemig_db):
+    """Two users of one organisation both become its owner: nothing to keep one of, so the run
+    fails as a whole, naming the index, and nobody's role changes."""
+    rolemig_db.execute("""
+        CREATE TABLE public.memberships (
+            id      bigint PRIMARY KEY,
+            user_id uuid NOT NULL REFERENCES auth.users (id),
+            org     integer NOT NULL,
+            role    text NOT NULL);
+        CREATE UNIQUE INDEX memberships_one_owner ON public.memberships (org) WHERE role = 'owner';
+        INSERT INTO public.memberships
+        SELECT n, id, 1, (ARRAY['super_admin', 'org_owner', 'viewer'])[n]
+          FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM auth.users) u WHERE n <= 3;
+        SELECT * FROM migration_control.configure_target(p_profiles_table => 'public.memberships',
+            p_user_column => 'user_id');
+    """)
+    one(rolemig_db, "SELECT backup_id FROM migration_backup.create_comprehensive_backup()")
+    result = one(rolemig_db, "SELECT * FROM migration_control.execute_role_migration()")
+    assert result["status"] == "failed" and "memberships_one_owner" in result["error"], result
+    assert _roles(rolemig_db) == {1: "super_admin", 2: "org_owner", 3: "viewer"}
+
+
+def _roles(conn):
+    return {r["id"]: r["role"] for r in rows(conn, "SELECT id, role FROM public.memberships")}
