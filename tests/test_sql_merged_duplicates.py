@@ -145,3 +145,25 @@ def test_a_merge_that_breaks_a_partial_unique_index_is_refused_naming_it(rolemig
 
 def _roles(conn):
     return {r["id"]: r["role"] for r in rows(conn, "SELECT id, role FROM public.memberships")}
+
+
+def test_rolemig_plan_acts_as_the_user_of_a_roles_table(rolemig_server, rolemig_db):
+    import io
+    import json
+    import uuid
+
+    from pytest_rolemig.cli import main
+
+    rolemig_db.execute(ROLES_TABLE)
+    rolemig_db.execute("ALTER TABLE public.user_roles ENABLE ROW LEVEL SECURITY; "
+                       "GRANT SELECT ON public.user_roles TO authenticated; "
+                       "CREATE POLICY own ON public.user_roles FOR SELECT TO authenticated "
+                       "USING (user_id::text = current_setting('request.jwt.claims', true)::jsonb ->> 'sub')")
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["plan", "--json", "--dsn", rolemig_server.dsn(rolemig_db.info.dbname)], out=out, err=err)
+    assert code == 0, err.getvalue()
+    changes = json.loads(out.getvalue())["access_changes"]
+    # org_admin's sample row (1) is merged away by the dry run: its user is asked with the new role
+    assert changes["org_admin"]["new_role"] == "admin"
+    for entry in changes.values():
+        uuid.UUID(entry["sample_user"])  # the user id the claims carry, not the row key

@@ -202,22 +202,26 @@ def pending_users(conn: psycopg.Connection[Any], cfg: dict[str, Any], migration_
     return int(conn.execute(query, (migration_name,)).fetchone()[0])
 
 
-def _sample_users(conn: psycopg.Connection[Any], cfg: dict[str, Any]) -> list[tuple[str, str]]:
+def _sample_users(conn: psycopg.Connection[Any], cfg: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(role, row key, user id) of one row per legacy role: the user id is what the claims carry
+    (a roles table's user column; else the key)."""
     query = sql.SQL(
-        """SELECT DISTINCT ON (p.{role}::text) p.{role}::text, p.{key}::text
+        """SELECT DISTINCT ON (p.{role}::text) p.{role}::text, p.{key}::text, p.{user}::text
            FROM {profiles} AS p
            JOIN migration_control.role_mapping AS m ON m.legacy_role = p.{role}::text
            ORDER BY p.{role}::text, p.{key}::text"""
     ).format(role=sql.Identifier(cfg["role_column"]), key=sql.Identifier(cfg["key_column"]),
-             profiles=profiles_ident(cfg))
-    return [(r[0], r[1]) for r in conn.execute(query)]
+             user=sql.Identifier(cfg.get("user_column") or cfg["key_column"]), profiles=profiles_ident(cfg))
+    return [(r[0], r[1], r[2]) for r in conn.execute(query)]
 
 
-def _current_role(conn: psycopg.Connection[Any], cfg: dict[str, Any], key: str) -> str:
+def _current_role(conn: psycopg.Connection[Any], cfg: dict[str, Any], key: str) -> str | None:
+    """The row's role now; None when the migration deleted it (a merged duplicate role row)."""
     query = sql.SQL("SELECT p.{role}::text FROM {profiles} AS p WHERE p.{key}::text = %s").format(
         role=sql.Identifier(cfg["role_column"]), key=sql.Identifier(cfg["key_column"]),
         profiles=profiles_ident(cfg))
-    return conn.execute(query, (key,)).fetchone()[0]
+    row = conn.execute(query, (key,)).fetchone()
+    return row[0] if row else None
 
 
 def _migrate(conn: psycopg.Connection[Any], batch_size: int, backup_id: str | None,
@@ -241,7 +245,7 @@ def build_plan(conn: psycopg.Connection[Any], batch_size: int | None, with_acces
         counts = role_counts(conn, cfg)
         to_move = sum(r["users"] for r in counts if r["action"] == "moves")
         samples = _sample_users(conn, cfg)
-        before_access = {role: access(conn, cfg, key, role) for role, key in samples} if with_access else {}
+        before_access = {role: access(conn, cfg, uid, role) for role, _, uid in samples} if with_access else {}
         before_pols = policies(conn, cfg)
 
         notes = []
@@ -281,14 +285,15 @@ def build_plan(conn: psycopg.Connection[Any], batch_size: int | None, with_acces
 
         changes: dict[str, Any] = {}
         if with_access:
-            for role, key in samples:
-                new_role = _current_role(conn, cfg, key)
-                after = access(conn, cfg, key, new_role)
+            mapped = {r["legacy_role"]: r["new_role"] for r in counts}
+            for role, row_key, uid in samples:
+                new_role = _current_role(conn, cfg, row_key) or mapped.get(role) or role
+                after = access(conn, cfg, uid, new_role)
                 before = before_access[role]
                 gains = _by_table(k for k in after if after[k] is True and before.get(k) is not True)
                 loses = _by_table(k for k in before if before[k] is True and after.get(k) is not True)
                 errors = sorted({v for v in list(before.values()) + list(after.values()) if isinstance(v, str)})
-                changes[role] = {"new_role": new_role, "sample_user": key, "gains": gains, "loses": loses,
+                changes[role] = {"new_role": new_role, "sample_user": uid, "gains": gains, "loses": loses,
                                  "errors": errors}
 
     per_batch = sample_seconds if sample_users else 0.0
