@@ -21,6 +21,7 @@ import psycopg
 from psycopg import sql
 
 from pytest_rolemig.access_matrix import owner_references, rls_tables
+from pytest_rolemig.db import scalar
 from pytest_rolemig.target import Target
 
 # Expressions by column type, in terms of the row number g. They are SQL text with literal
@@ -89,8 +90,7 @@ def _default(conn: psycopg.Connection[Any], schema: str, table: str, column: str
 
 
 def _is_empty(conn: psycopg.Connection[Any], schema: str, table: str) -> bool:
-    return conn.execute(sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {})").format(
-        sql.Identifier(schema, table))).fetchone()[0]
+    return bool(scalar(conn, sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(schema, table))))
 
 
 def seed_access_rows(conn: psycopg.Connection[Any], target: Target, owner_keys: list[str],

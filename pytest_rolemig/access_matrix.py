@@ -29,7 +29,6 @@ per distinct set; a cell holds the id of its set, so Python stays flat as users 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ import psycopg
 from psycopg import sql
 
 from pytest_rolemig.access_store import EMPTY, ReachStore
+from pytest_rolemig.postgrest import AuthSettings, act_as, auth_settings
 from pytest_rolemig.seeding import split_name
 from pytest_rolemig.target import Target
 
@@ -57,15 +57,6 @@ class Actor:
 
     role: str
     key: str | None  # None = anonymous (no JWT subject)
-
-
-@dataclass(frozen=True)
-class AuthSettings:
-    """How a request is authenticated: the API roles and the claim carrying the app role."""
-
-    auth_role: str = "authenticated"
-    anon_role: str = "anon"
-    role_claim: str = "user_role"
 
 
 @dataclass(frozen=True)
@@ -121,14 +112,6 @@ class Matrix:
 
 
 # ------------------------------------------------------------------ catalog ---
-
-def auth_settings(conn: psycopg.Connection[Any]) -> AuthSettings:
-    """The API role and role claim from ``migration_control.target_config`` when installed."""
-    if conn.execute("SELECT to_regclass('migration_control.target_config')").fetchone()[0] is None:
-        return AuthSettings()
-    row = conn.execute("SELECT auth_role, role_claim FROM migration_control.target_config").fetchone()
-    return AuthSettings(auth_role=row[0], role_claim=row[1]) if row else AuthSettings()
-
 
 def rls_tables(conn: psycopg.Connection[Any], schemas: Iterable[str]) -> list[tuple[str, str]]:
     """Tables with row level security enabled in ``schemas``, in name order."""
@@ -236,7 +219,7 @@ def table_info(conn: psycopg.Connection[Any], schema: str, table: str, owners: s
 
 
 def choose_actors(conn: psycopg.Connection[Any], target: Target, per_role: int = 2,
-                  anonymous: bool = True) -> list[Actor]:
+                  anonymous: bool = True, auth: AuthSettings | None = None) -> list[Actor]:
     """The first ``per_role`` users (by key) of every role in the profiles table, and an anonymous caller."""
     schema, table = split_name(target.profiles_table)
     rows = conn.execute(sql.SQL(
@@ -250,7 +233,7 @@ def choose_actors(conn: psycopg.Connection[Any], target: Target, per_role: int =
                     t=sql.Identifier(schema, table)), (per_role,)).fetchall()
     actors = [Actor(role, key) for role, key in rows]
     anon_exists = conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s",
-                               (AuthSettings().anon_role,)).fetchone()
+                               ((auth or auth_settings(conn)).anon_role,)).fetchone()
     return actors + [Actor(ANON, None)] if anonymous and anon_exists else actors
 
 
@@ -336,16 +319,9 @@ def _insert(conn: psycopg.Connection[Any], store: ReachStore, info: TableInfo,
 
 
 def _act_as(conn: psycopg.Connection[Any], actor: Actor, claim_role: str | None, auth: AuthSettings) -> None:
-    """Become the user as PostgREST does, transaction-local: claims, then the API role."""
+    """Become the user as PostgREST does, transaction-local: claims, the API role, the pre-request."""
     conn.execute("SELECT set_config('session_replication_role', 'replica', true)")
-    if actor.key is None:
-        claims = {"role": auth.anon_role}
-        db_role = auth.anon_role
-    else:
-        claims = {"sub": actor.key, "role": auth.auth_role, auth.role_claim: claim_role}
-        db_role = auth.auth_role
-    conn.execute("SELECT set_config('request.jwt.claims', %s, true)", (json.dumps(claims),))
-    conn.execute("SELECT set_config('role', %s, true)", (db_role,))
+    db_role = act_as(conn, auth, actor.key, claim_role)
     is_super = conn.execute("SELECT rolsuper OR rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = current_user").fetchone()
     if is_super is None or is_super[0]:
         raise RuntimeError(f"acting as {db_role!r} would bypass RLS (superuser or BYPASSRLS): the matrix would prove nothing")

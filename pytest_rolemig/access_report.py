@@ -45,6 +45,7 @@ class Difference:
     sets: tuple[int, int] = (0, 0)  # the store's set ids before and after
 
     def as_json(self) -> dict[str, Any]:
+        """The difference for the JSON report, with the first gained and lost row keys."""
         return {"role": self.role, "user": self.user, "claim_before": self.claim_before,
                 "claim_after": self.claim_after, "table": self.table, "command": self.command,
                 "gained": self.gained, "lost": self.lost, "gained_first": list(self.gained_keys),
@@ -65,10 +66,12 @@ class Comparison:
 
     @property
     def unexpected(self) -> list[Difference]:
+        """The differences the role mapping did not declare: these fail the comparison."""
         return [d for d in self.differences if not d.declared]
 
     @property
     def ok(self) -> bool:
+        """True when every difference was declared."""
         return not self.unexpected
 
     # ------------------------------------------------------------ rendering --
@@ -99,9 +102,9 @@ class Comparison:
         more = len(rows) - limit
         rows = [[c if len(c) <= 110 else c[:107] + "..." for c in r] for r in rows[:limit]]
         widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(self.HEAD)]
-        lines = ["  ".join(h.ljust(w) for h, w in zip(self.HEAD, widths)).rstrip(),
+        lines = ["  ".join(h.ljust(w) for h, w in zip(self.HEAD, widths, strict=True)).rstrip(),
                  "  ".join("-" * w for w in widths)]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
         if more > 0:
             lines.append(f"... and {more} more (see the report files)")
         return "\n".join(lines)
@@ -122,6 +125,7 @@ class Comparison:
         return "\n".join(out)
 
     def as_json(self) -> dict[str, Any]:
+        """The comparison for the JSON report: verdict, both states' times, every difference."""
         return {"title": self.title, "expected": self.expected, "ok": self.ok,
                 "before": self.before.label, "after": self.after.label,
                 "seconds": {self.before.label: round(self.before.seconds, 3),
@@ -218,7 +222,7 @@ def write_reports(report_dir: Path, comparisons: list[Comparison], matrices: lis
         "comparisons": [c.as_json() for c in comparisons],
         "matrices": {m.label: {"seconds": round(m.seconds, 3), "tables": list(m.tables), "claims": m.claims,
                                "counts": m.counts(),
-                               "errors": [dict(zip(("role", "user", "table", "command"), k), error=v)
+                               "errors": [dict(zip(("role", "user", "table", "command"), k, strict=True), error=v)
                                           for k, v in sorted(m.errors.items())]}
                      for m in matrices},
     }, indent=1, sort_keys=True), encoding="utf-8")

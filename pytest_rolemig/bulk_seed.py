@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from pytest_rolemig.db import scalar
 from pytest_rolemig.errors import ConfigError
 from pytest_rolemig.seeding import Column, Table, parent_of, read_table
 from pytest_rolemig.target import Target
@@ -88,7 +89,8 @@ def bulk_seed_users(conn: psycopg.Connection[Any], target: Target, roles: list[s
         raise ConfigError("no legacy roles to seed users for: the mapping and the schema name none")
     began = time.perf_counter()
     profiles = read_table(conn, target.profiles_table, "rolemig_profiles_table")
-    sessions = read_table(conn, target.sessions_table, "rolemig_sessions_table")
+    sessions = (read_table(conn, target.sessions_table, "rolemig_sessions_table")
+                if target.sessions_table is not None else None)  # an application without sessions
     # the user's id: the key, or a roles table's user column (its rows keep keys of their own)
     parent = parent_of(conn, profiles, target.user)
     exprs: dict[str, sql.Composable] = {}
@@ -98,8 +100,8 @@ def bulk_seed_users(conn: psycopg.Connection[Any], target: Target, roles: list[s
             continue  # a roles table numbering its rows itself
         offset = 0
         if column.type_name in ("integer", "bigint", "smallint"):
-            offset = conn.execute(sql.SQL("SELECT coalesce(max({}), 0) FROM {}").format(
-                sql.Identifier(name), profiles.ident)).fetchone()[0]
+            offset = scalar(conn, sql.SQL("SELECT coalesce(max({}), 0) FROM {}").format(
+                sql.Identifier(name), profiles.ident))
         exprs[name] = _key_expr(column, offset)
     key = exprs[target.user]
     series = sql.SQL("generate_series({}::bigint, {}::bigint) AS g(i)").format(
@@ -126,5 +128,7 @@ def bulk_seed_users(conn: psycopg.Connection[Any], target: Target, roles: list[s
     # user i has i % (max_sessions + 1) sessions, as the factory seeder gives them
     per_user = sql.SQL("{} CROSS JOIN LATERAL generate_series(1, (i % {})::integer) AS s(n)").format(
         series, sql.Literal(max_sessions + 1))
-    written = _insert(conn, sessions, {target.sessions_user_column: key}, per_user)
+    written = 0
+    if sessions is not None:
+        written = _insert(conn, sessions, {target.sessions_user_column: key}, per_user)
     return BulkSeedResult(users=users, sessions=written, seconds=time.perf_counter() - began)

@@ -26,7 +26,8 @@ import pytest
 from pytest_rolemig import resources
 from pytest_rolemig.errors import ConfigError
 from pytest_rolemig.mapping import RoleMapping, load_mapping
-from pytest_rolemig.target import Target, qualified_name
+from pytest_rolemig.postgrest import AuthSettings, parse_claims
+from pytest_rolemig.target import Target, parse_ident, qualified_name, quote_name
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("role_column", "Role column of the profiles table.", default="role"),
     Setting("user_column", "Column of the profiles table holding the user's id, the value the JWT claims "
             "carry (a roles table with one row per user and role: user_id). Default: the key column."),
-    Setting("sessions_table", "Table holding user sessions.", default="auth.sessions"),
+    Setting("sessions_table", "Table holding user sessions; 'none' (or empty) for an application without "
+            "one. Left at its default, a schema without auth.sessions has none.", default="auth.sessions"),
     Setting("sessions_user_column", "Column of the sessions table naming the user.", default="user_id"),
     Setting("policy_schemas", "Schemas whose RLS policies are backed up and rewritten.", "linelist",
             default=("public", "auth")),
@@ -83,6 +85,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("update_access", "Write the access changes the migration measurably makes into the mapping "
             "file's [access_changes] (the rest of the file is kept), so that the next run passes: review "
             "the diff as you review a snapshot update.", "bool", default=False),
+    Setting("api_role", "Database role a logged-in request switches to (SET LOCAL ROLE), as PostgREST's "
+            "JWT role.", default="authenticated"),
+    Setting("anon_role", "Database role of a request without a JWT (PostgREST's db-anon-role).",
+            default="anon"),
+    Setting("jwt_claims", "JWT claims of a logged-in request, a JSON object; the values \"{user}\" and "
+            "\"{role}\" become the user's id and app role. Default: Supabase's "
+            "{\"sub\": \"{user}\", \"role\": <api role>, \"user_role\": \"{role}\"}."),
+    Setting("pre_request", "Function called after the claims are set and the role switched, as PostgREST's "
+            "db-pre-request (schema.function, no arguments). Default: none."),
     Setting("roundtrip_examples", "Hypothesis examples of the gate's round-trip property, per rollback mode.",
             "int", default=25),
 )
@@ -108,6 +119,7 @@ class RolemigConfig:
     roundtrip_examples: int
     update_access: bool = False
     ignored_env: str | None = None  # DATABASE_URL when set and ignored (an ephemeral server runs instead)
+    auth: AuthSettings = field(default_factory=AuthSettings)
     sources: dict[str, str] = field(default_factory=dict, hash=False)
 
     @property
@@ -117,6 +129,11 @@ class RolemigConfig:
             return None
         return (f"{self.ignored_env} is set and ignored; pass --rolemig-dsn (or set ROLEMIG_DSN) "
                 "to use that server")
+
+    @property
+    def sessions_default(self) -> bool:
+        """Whether the sessions table is the default one, which the schema may lack (then: none)."""
+        return self.sources.get("sessions_table") == "default" and self.target.sessions_table is not None
 
     @property
     def is_demo(self) -> bool:
@@ -253,7 +270,7 @@ def resolve(config: pytest.Config) -> RolemigConfig:
         role_column=_identifier("role_column", values["role_column"], sources),
         user_column=(_identifier("user_column", values["user_column"], sources)
                      if values["user_column"] is not None else None),
-        sessions_table=_qualified("sessions_table", values["sessions_table"], sources),
+        sessions_table=_sessions(values["sessions_table"], sources),
         sessions_user_column=_identifier("sessions_user_column", values["sessions_user_column"], sources),
         policy_schemas=policy_schemas or ("public",),
         batch_size=_as_int(_BY_NAME["batch_size"], values["batch_size"], sources["batch_size"], 1),
@@ -274,6 +291,12 @@ def resolve(config: pytest.Config) -> RolemigConfig:
         roundtrip_examples=_as_int(_BY_NAME["roundtrip_examples"], values["roundtrip_examples"],
                                    sources["roundtrip_examples"], 1),
         update_access=_update_access(values["update_access"], mapping_file),
+        auth=AuthSettings(
+            auth_role=_identifier("api_role", values["api_role"], sources, "a role"),
+            anon_role=_identifier("anon_role", values["anon_role"], sources, "a role"),
+            jwt_claims=_claims(values["jwt_claims"], sources),
+            pre_request=_function("pre_request", values["pre_request"], sources),
+        ),
         sources=sources,
     )
 
@@ -298,12 +321,45 @@ def _folder(name: str, value: Any, root: Path, sources: dict[str, str]) -> str |
     return str(path)
 
 
-def _identifier(name: str, value: Any, sources: dict[str, str]) -> str:
+def _identifier(name: str, value: Any, sources: dict[str, str], what: str = "a column") -> str:
     """A column name, as it is: the CLI and ``configure_target`` take plain names, never quoted ones."""
     s = _BY_NAME[name]
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{s.flag} / {s.ini} must name a column ({sources[name]})")
+        raise ConfigError(f"{s.flag} / {s.ini} must name {what} ({sources[name]})")
     return value.strip()
+
+
+NO_SESSIONS = ("", "none")
+"""Values of the sessions table setting meaning: the application has no sessions table."""
+
+
+def _sessions(value: Any, sources: dict[str, str]) -> str | None:
+    """The sessions table, or None for 'none' / an empty value (no sessions table)."""
+    if value is None or str(value).strip().lower() in NO_SESSIONS:
+        return None
+    return _qualified("sessions_table", value, sources)
+
+
+def _claims(value: Any, sources: dict[str, str]) -> str | None:
+    """The claims template as canonical JSON text, or None for the Supabase default."""
+    if value is None or not str(value).strip():
+        return None
+    s = _BY_NAME["jwt_claims"]
+    try:
+        return parse_claims(str(value))
+    except ValueError as exc:
+        raise ConfigError(f"{s.flag} / {s.ini}: {exc} ({sources['jwt_claims']})") from None
+
+
+def _function(name: str, value: Any, sources: dict[str, str]) -> str | None:
+    """A function name (``schema.fn``) in its canonical spelling, or None when unset."""
+    if value is None or not str(value).strip():
+        return None
+    s = _BY_NAME[name]
+    try:
+        return ".".join(quote_name(part) for part in parse_ident(str(value)))
+    except ValueError as exc:
+        raise ConfigError(f"{s.flag} / {s.ini}: {exc} ({sources[name]})") from None
 
 
 def _qualified(name: str, value: Any, sources: dict[str, str]) -> str:
@@ -324,10 +380,15 @@ def header_lines(cfg: RolemigConfig) -> list[str]:
         "profiles_table": lambda c: f"{c.target.profiles_table} (key {c.target.key_column}, "
         f"role {c.target.role_column}"
         + (f", user {c.target.user_column})" if c.target.user_column else ")"),
-        "sessions_table": lambda c: f"{c.target.sessions_table} (user {c.target.sessions_user_column})",
+        "sessions_table": lambda c: (f"{c.target.sessions_table} (user {c.target.sessions_user_column})"
+                                     + (", none if the schema lacks it" if c.sessions_default else "")
+                                     if c.target.sessions_table else "none (no sessions table)"),
         "users": lambda c: c.users if c.users <= c.login_sample
         else f"{c.users} (log-in check on a sample of {c.login_sample})",
         "batch_size": lambda c: c.target.batch_size,
+        "api_role": lambda c: f"{c.auth.auth_role} (anon {c.auth.anon_role}"
+        + (f", pre-request {c.auth.pre_request})" if c.auth.pre_request else ")"),
+        "jwt_claims": lambda c: c.auth.jwt_claims or "Supabase (sub, role, user_role)",
         "roundtrip_examples": lambda c: c.roundtrip_examples,
         "dsn": lambda c: "ephemeral server" if c.dsn is None else "existing server (DSN set)",
     }

@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pytest_rolemig import installer
 from pytest_rolemig.errors import ConfigError, InstallError, ServerError, describe_pg_error
 from pytest_rolemig.mapping import RoleMapping
+from pytest_rolemig.postgrest import AuthSettings
 from pytest_rolemig.seeding import SeedSummary, seed_users
 from pytest_rolemig.statements import split_statements
 from pytest_rolemig.target import Target, quote_name, split_qualified
@@ -213,19 +214,28 @@ class Template:
     name: str
     legacy_roles: list[str]
     seeded: SeedSummary
+    target: Target | None = None  # the target as installed (no sessions table when the default is absent)
 
 
 def build_template(server: Server, schema_files: tuple[Path, ...], target: Target,
-                   mapping: RoleMapping, users: int) -> Template:
-    """Load the schema, install the infrastructure, seed users of every legacy role; mark as template."""
+                   mapping: RoleMapping, users: int, auth: AuthSettings | None = None,
+                   sessions_default: bool = False) -> Template:
+    """Load the schema, install the infrastructure, seed users of every legacy role; mark as template.
+
+    With ``sessions_default`` (the sessions table left at its default), a schema without that
+    table has no sessions table: the target is installed with none (``Template.target``).
+    """
     name = unique_name("rolemig_tmpl")
     create_database(server, name)
     try:
         with psycopg.connect(server.dsn(name), autocommit=True) as conn:
             for path in schema_files:
                 load_schema_file(conn, path)
+            sessions = target.sessions_table
+            if sessions_default and sessions is not None and not _exists(conn, sessions):
+                target = replace(target, sessions_table=None)
             check_target(conn, target)
-            installer.install(conn, target, mapping)
+            installer.install(conn, target, mapping, auth)
             roles = [
                 r[0] for r in conn.execute(
                     "SELECT role_name FROM migration_control.discover_legacy_roles() ORDER BY role_name"
@@ -242,7 +252,12 @@ def build_template(server: Server, schema_files: tuple[Path, ...], target: Targe
     except (ConfigError, InstallError, psycopg.Error):
         drop_database(server, name)
         raise
-    return Template(name=name, legacy_roles=roles, seeded=seeded)
+    return Template(name=name, legacy_roles=roles, seeded=seeded, target=target)
+
+
+def _exists(conn: psycopg.Connection[Any], table: str) -> bool:
+    row = conn.execute(_TARGET_COLUMNS, split_qualified(table)).fetchone()
+    return bool(row and row[0])
 
 
 def _refused_by(exc: psycopg.Error) -> str:
@@ -281,8 +296,10 @@ def check_target(conn: psycopg.Connection[Any], target: Target) -> None:
     checks: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
         ("profiles_table", target.profiles_table, (("key_column", target.key_column),
                                                    ("role_column", target.role_column))),
-        ("sessions_table", target.sessions_table, (("sessions_user_column", target.sessions_user_column),)),
     )
+    if target.sessions_table is not None:
+        checks += (("sessions_table", target.sessions_table,
+                    (("sessions_user_column", target.sessions_user_column),)),)
     for table_setting, shown, columns in checks:
         schema, table = split_qualified(shown)
         row = conn.execute(_TARGET_COLUMNS, (schema, table)).fetchone()

@@ -16,6 +16,7 @@ import psycopg
 from pytest_rolemig import resources
 from pytest_rolemig.errors import InstallError, MappingRefused, describe_pg_error
 from pytest_rolemig.mapping import RoleMapping, load_into
+from pytest_rolemig.postgrest import AuthSettings
 from pytest_rolemig.target import Target
 
 _INCLUDE = re.compile(r"^\\ir\s+(\S+)", re.MULTILINE)
@@ -39,9 +40,10 @@ def component_sql() -> list[tuple[str, str]]:
 
 
 def install(conn: psycopg.Connection[Any], target: Target | None = None,
-            mapping: RoleMapping | None = None) -> None:
-    """Install (or re-install) the infrastructure, configure the target, load the mapping."""
+            mapping: RoleMapping | None = None, auth: AuthSettings | None = None) -> None:
+    """Install (or re-install) the infrastructure, configure the target and requests, load the mapping."""
     target = target or Target()
+    auth = auth or AuthSettings()
     try:
         with conn.transaction():
             for name, text in component_sql():
@@ -54,6 +56,11 @@ def install(conn: psycopg.Connection[Any], target: Target | None = None,
                 conn.execute(query, params)
             except psycopg.Error as exc:
                 raise InstallError(f"target check failed: {describe_pg_error(exc)}") from exc
+            query, params = auth.configure_sql()
+            try:
+                conn.execute(query, params)
+            except psycopg.Error as exc:
+                raise InstallError(f"request settings check failed: {describe_pg_error(exc)}") from exc
             if mapping is not None:
                 try:
                     load_into(conn, mapping)

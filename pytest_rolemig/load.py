@@ -24,6 +24,8 @@ from typing import Any
 
 import psycopg
 
+from pytest_rolemig.db import one, scalar
+
 ROLES = ["super_admin", "admin", "org_owner", "org_admin", "billing_admin", "manager", "team_lead",
          "editor", "author", "contributor", "moderator", "support_agent", "viewer"]
 
@@ -66,6 +68,7 @@ def request(conn: psycopg.Connection[Any], user: str) -> None:
 
 
 def run_client(dsn: str, users: list[str], client: Client, phase: list[str], stop: threading.Event) -> None:
+    """One client thread: requests as random users until ``stop``, timed under the current phase."""
     rng = random.Random()
     with psycopg.connect(dsn, autocommit=True) as conn:
         while not stop.is_set():
@@ -96,6 +99,7 @@ def watch_locks(dsn: str, longest: list[float], stop: threading.Event) -> None:
 
 
 def pct(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank), 0.0 when there are none."""
     if not values:
         return 0.0
     ordered = sorted(values)
@@ -123,16 +127,17 @@ def run(dsn: str, users: int, clients: int, baseline: float = 3.0, batch_size: i
         started = time.perf_counter()
         with psycopg.connect(dsn, autocommit=True) as migrator:
             migrator.execute(f"SET statement_timeout = {int(timeout * 1000)}")
-            result = migrator.execute(
-                "CALL migration_control.run_online_migration(p_batch_size => %s, p_pause_ms => %s)",
-                (batch_size, pause_ms)).fetchone()[0]
+            result = scalar(
+                migrator, "CALL migration_control.run_online_migration(p_batch_size => %s, p_pause_ms => %s)",
+                (batch_size, pause_ms))
             migration_seconds = time.perf_counter() - started
-            batch_seconds = migrator.execute(
+            batch_seconds = one(
+                migrator,
                 """SELECT avg(d), percentile_cont(0.5) WITHIN GROUP (ORDER BY d), max(d)
                    FROM (SELECT extract(epoch FROM b.completed_at - b.started_at)::float8 AS d
                          FROM migration_tracking.migration_batch b
                          WHERE b.run_id = %s AND b.details ->> 'phase' = 'migrate') s""",
-                (result["run_id"],)).fetchone()
+                (result["run_id"],))
         phase[0] = "after"
         time.sleep(min(baseline, 1.0))
     finally:
@@ -145,7 +150,7 @@ def run(dsn: str, users: int, clients: int, baseline: float = 3.0, batch_size: i
         "users": users, "clients": clients, "batch_size": batch_size,
         "migration": result, "migration_seconds": round(migration_seconds, 2),
         "batch_ms": {name: round((value or 0.0) * 1000, 1)
-                     for name, value in zip(("mean", "p50", "max"), batch_seconds)},
+                     for name, value in zip(("mean", "p50", "max"), batch_seconds, strict=True)},
         "requests": sum(c.requests for c in states), "client_errors": len(errors), "error_sample": errors[:5],
         "longest_lock_wait_ms": round(longest[0] * 1000, 1),
     }
@@ -163,6 +168,7 @@ def run(dsn: str, users: int, clients: int, baseline: float = 3.0, batch_size: i
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the harness on its own ephemeral server, print the JSON report; exit 1 on client errors."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--clients", type=int, default=8)

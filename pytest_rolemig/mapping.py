@@ -45,9 +45,11 @@ class RoleMapping:
 
     @property
     def legacy_roles(self) -> tuple[str, ...]:
+        """The legacy roles, in the order the mapping file lists them."""
         return tuple(self.mapping)
 
     def as_json(self) -> dict[str, Any]:
+        """The new roles and the mapping as a JSON-ready dict (lists, not tuples)."""
         return {"new_roles": list(self.new_roles), "mapping": dict(self.mapping)}
 
 

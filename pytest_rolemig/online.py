@@ -16,6 +16,8 @@ from typing import Any
 
 import psycopg
 
+from pytest_rolemig import postgrest
+
 LOCK_KEY_SQL = "pg_catalog.hashtext('pytest_rolemig.migration')::bigint"
 """The advisory lock key shared by execute_role_migration, the rollbacks and the online procedure."""
 
@@ -88,10 +90,11 @@ def terminate(conn: psycopg.Connection[Any], pid: int, timeout: float = 30) -> N
                (pid,), timeout)
 
 
-def act_as(conn: psycopg.Connection[Any], user_id: str, claim_role: str | None = None) -> None:
-    """Inside the current transaction: become ``authenticated`` with the claims PostgREST sets."""
-    claims = {"sub": str(user_id), "role": "authenticated"}
-    if claim_role is not None:
-        claims["user_role"] = claim_role
-    conn.execute("SET LOCAL ROLE authenticated")
-    conn.execute("SELECT pg_catalog.set_config('request.jwt.claims', %s, true)", (json.dumps(claims),))
+def act_as(conn: psycopg.Connection[Any], user_id: str, claim_role: str | None = None,
+           auth: postgrest.AuthSettings | None = None) -> None:
+    """Inside the current transaction: become the user with the claims PostgREST sets.
+
+    ``auth`` defaults to the settings stored with the target (API role, claims template,
+    pre-request function): see :func:`pytest_rolemig.postgrest.act_as`.
+    """
+    postgrest.act_as(conn, auth or postgrest.auth_settings(conn), str(user_id), claim_role)

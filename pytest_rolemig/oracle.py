@@ -120,7 +120,8 @@ def take_snapshot(conn: Any, target: Target) -> Snapshot:
     """Read profiles, sessions and every policy in the target's policy schemas."""
     return Snapshot(
         profiles=_rows(conn, target.profiles_table, target.key_column),
-        sessions=_rows(conn, target.sessions_table, _session_key(conn, target.sessions_table)),
+        sessions=(_rows(conn, target.sessions_table, _session_key(conn, target.sessions_table))
+                  if target.sessions_table is not None else {}),
         policies=_policies(conn, target),
     )
 

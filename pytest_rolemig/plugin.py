@@ -186,7 +186,8 @@ def rolemig_template(rolemig_server: Any, rolemig_config: settings.RolemigConfig
     problem = None
     try:
         template = build_template(rolemig_server, rolemig_config.schema_files, rolemig_config.target,
-                                  rolemig_mapping, rolemig_config.users)
+                                  rolemig_mapping, rolemig_config.users, rolemig_config.auth,
+                                  sessions_default=rolemig_config.sessions_default)
     except RolemigError as exc:
         problem = str(exc)
     except psycopg.Error as exc:  # creating or marking the template database, on the server as given
@@ -250,7 +251,7 @@ def rolemig_roundtrip(rolemig_server: Any, rolemig_template: Any, rolemig_config
     """
     from pytest_rolemig.roundtrip import scratch_roundtrip
 
-    with scratch_roundtrip(rolemig_server, rolemig_template.name, rolemig_config.target, rolemig_mapping,
+    with scratch_roundtrip(rolemig_server, rolemig_template.name, rolemig_template.target, rolemig_mapping,
                            prefix="rolemig_roundtrip",
                            strict=False) as roundtrip:
         yield roundtrip
@@ -264,4 +265,4 @@ def rolemig_rehearsal(rolemig_server: Any, rolemig_template: Any, rolemig_config
     from pytest_rolemig.rehearsal import Rehearsal
 
     with clone(rolemig_server, rolemig_template.name, "rolemig_gate") as conn:
-        yield Rehearsal(conn=conn, target=rolemig_config.target, mapping=rolemig_mapping)
+        yield Rehearsal(conn=conn, target=rolemig_template.target, mapping=rolemig_mapping)

@@ -119,7 +119,7 @@ def read_table_shape(conn: Any, qualified: str, key: str | None = None) -> Table
 def read_shape(conn: Any, target: Target) -> UsersShape:
     """Profiles, sessions and (if the profiles key references one) the parent table of ``target``."""
     profiles = read_table_shape(conn, target.profiles_table, target.key_column)
-    sessions = read_table_shape(conn, target.sessions_table)
+    sessions = read_table_shape(conn, target.sessions_table) if target.sessions_table is not None else None
     parent = None
     schema, name = split_name(target.profiles_table)
     ref = conn.execute(_PARENT, (target.user, schema, name)).fetchone()
@@ -136,7 +136,7 @@ def empty_users(conn: Any, shape: UsersShape) -> None:
     Meant for a scratch copy of the template: ``TRUNCATE ... CASCADE`` also
     empties tables that reference the users.
     """
-    tables = [shape.sessions, shape.profiles] + ([shape.parent] if shape.parent else [])
+    tables = ([shape.sessions] if shape.sessions else []) + [shape.profiles] + ([shape.parent] if shape.parent else [])
     conn.execute(sql.SQL("TRUNCATE {} CASCADE").format(
         sql.SQL(", ").join(sql.Identifier(t.schema, t.name) for t in tables)))
 
@@ -166,7 +166,8 @@ def load(conn: Any, users: UserSet) -> None:
             t=sql.Identifier(shape.profiles.schema, shape.profiles.name),
             u=sql.Identifier(shape.user_column or shape.profiles.key)), ([users.user_id(u) for u in users.users],))
     _copy(conn, shape.profiles, [u.profile for u in users.users])
-    _copy(conn, shape.sessions, [s for u in users.users for s in u.sessions])
+    if shape.sessions is not None:
+        _copy(conn, shape.sessions, [s for u in users.users for s in u.sessions])
 
 
 def update_row(conn: Any, table: TableShape, key: str, values: dict[str, str | None]) -> None:
@@ -186,18 +187,18 @@ def update_row(conn: Any, table: TableShape, key: str, values: dict[str, str | N
 def apply_edits(conn: Any, users: UserSet) -> int:
     """What the application changes after the backup: the users' ``profile_edit`` / ``session_edits``."""
     shape, count = users.shape, 0
-    session_key = shape.sessions.column(shape.sessions.key)
+    sessions = shape.sessions
     for user in users.users:
         if user.profile_edit:
             update_row(conn, shape.profiles, users.key(user), user.profile_edit)
             count += 1
-        if session_key.skip:
+        if sessions is None or sessions.column(sessions.key).skip:
             continue  # keys assigned by the database: the sessions cannot be addressed
         for session, edit in zip(user.sessions, user.session_edits):
             if edit:
-                key = session[shape.sessions.key]
+                key = session[sessions.key]
                 assert key is not None
-                update_row(conn, shape.sessions, key, edit)
+                update_row(conn, sessions, key, edit)
                 count += 1
     return count
 
@@ -273,9 +274,11 @@ def _table_text(conn: Any, table: TableShape) -> tuple[tuple[str, ...], dict[str
 
 def take_dump(conn: Any, shape: UsersShape, policy_schemas: Sequence[str]) -> Dump:
     """Read the live tables and the catalog (nothing of the infrastructure is used)."""
-    schemas = sorted({*policy_schemas, shape.profiles.schema, shape.sessions.schema})
+    # no sessions table: no session columns or rows (and the profiles table stands in below)
+    other = shape.sessions or shape.profiles
+    schemas = sorted({*policy_schemas, shape.profiles.schema, other.schema})
     pcols, profiles = _table_text(conn, shape.profiles)
-    scols, sessions = _table_text(conn, shape.sessions)
+    scols, sessions = _table_text(conn, shape.sessions) if shape.sessions is not None else ((), {})
     policies = {
         (r[0], r[1], r[2]): tuple(r[3:]) for r in conn.execute(
             """SELECT n.nspname, c.relname, p.polname, p.polpermissive, p.polcmd,
@@ -294,7 +297,7 @@ def take_dump(conn: Any, shape: UsersShape, policy_schemas: Sequence[str]) -> Du
                  FROM pg_catalog.pg_constraint k
                 WHERE k.conrelid IN (pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, %s::text)),
                                      pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, %s::text)))""",
-            (shape.profiles.schema, shape.profiles.name, shape.sessions.schema, shape.sessions.name))
+            (shape.profiles.schema, shape.profiles.name, other.schema, other.name))
     }
     rls = {
         (r[0], r[1]): (r[2], r[3]) for r in conn.execute(

@@ -24,8 +24,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pytest_rolemig.errors import ServerError
+
+if TYPE_CHECKING:  # imported when a server starts: a run without --rolemig does not load it
+    from pytest_postgresql.executors import PostgreSQLExecutor
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +72,7 @@ class PgBinaries:
 
     @property
     def major(self) -> int:
+        """The major version (``15`` of ``15.4``), which decides what the server supports."""
         return int(self.version.split(".")[0])
 
 
@@ -238,9 +243,10 @@ class EphemeralServer:
         self.workdir: Path | None = None
         self.datadir: Path | None = None
         self.data_parent, self.data_reason = data_parent(data_dir)
-        self.executor = None
+        self.executor: PostgreSQLExecutor | None = None
 
     def start(self) -> EphemeralServer:
+        """Create the cluster in fresh folders and start it; raise :class:`ServerError` with its log if it fails."""
         from port_for import get_port
         from pytest_postgresql.executors import PostgreSQLExecutor
 
@@ -269,6 +275,9 @@ class EphemeralServer:
             pg_ctl = _privilege_dropping_pg_ctl(self.binaries, user, self.workdir)
             self.run_as = user.pw_name
         port = self.port or get_port(None)
+        if port is None:  # get_port returns None only when asked for port -1
+            self.stop()
+            raise ServerError("no free TCP port found for the ephemeral PostgreSQL server")
         self.executor = PostgreSQLExecutor(
             executable=pg_ctl,
             host="127.0.0.1",
@@ -314,6 +323,7 @@ class EphemeralServer:
                 time.sleep(0.1)
 
     def log_tail(self, lines: int = 20) -> str:
+        """The last lines of the server log on one line, for an error message; empty without a log."""
         if self.workdir is None:
             return ""
         path = self.workdir / "server.log"
@@ -322,9 +332,11 @@ class EphemeralServer:
         return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
 
     def dsn(self, dbname: str = "postgres") -> str:
+        """A libpq connection string to ``dbname`` on this server, as the superuser."""
         return f"host=127.0.0.1 port={self.port} user={SUPERUSER} dbname={dbname}"
 
     def describe(self) -> str:
+        """Version, binaries, port, system user and data folder, for the report header."""
         who = f", running as system user {self.run_as!r} because tests run as root" if self.run_as else ""
         return (
             f"PostgreSQL {self.binaries.version} from {self.binaries.pg_ctl} "

@@ -95,7 +95,7 @@ class Target:
     profiles_table: str = "public.user_profiles"
     key_column: str = "id"
     role_column: str = "role"
-    sessions_table: str = "auth.sessions"
+    sessions_table: str | None = "auth.sessions"  # None: the application has no sessions table
     sessions_user_column: str = "user_id"
     policy_schemas: tuple[str, ...] = ("public", "auth")
     batch_size: int = 1000
@@ -115,7 +115,9 @@ class Target:
 
     @property
     def sessions_name(self) -> tuple[str, str]:
-        """(schema, table) of the sessions table, as the catalog names them."""
+        """(schema, table) of the sessions table, as the catalog names them (there must be one)."""
+        if self.sessions_table is None:
+            raise ValueError("the target has no sessions table")
         return split_qualified(self.sessions_table)
 
     def configure_sql(self) -> tuple[str, tuple[object, ...]]:

@@ -54,12 +54,26 @@ def build_parser(err: TextIO | None = None) -> argparse.ArgumentParser:
     p.add_argument("--user-column", default=None, metavar="COLUMN",
                    help="column of the profiles table holding the user's id, as the JWT claims carry it "
                         "(a roles table: user_id; default: the key column)")
-    p.add_argument("--sessions-table", default="auth.sessions")
+    p.add_argument("--sessions-table", default="auth.sessions",
+                   help="table of user sessions; 'none' for an application without one (default auth.sessions)")
     p.add_argument("--sessions-user-column", default="user_id")
     p.add_argument("--policy-schema", action="append", metavar="SCHEMA",
                    help="schema whose RLS policies are migrated (repeatable; default: public and auth)")
     p.add_argument("--batch-size", type=_positive, default=1000, metavar="N",
                    help="default batch size stored in the target (default 1000)")
+    # requests as PostgREST makes them: stored with the target, used by plan, validate and the gate
+    p.add_argument("--api-role", default="authenticated", metavar="ROLE",
+                   help="role a logged-in request switches to, PostgREST's JWT role (stored with the target; "
+                        "plan and validate act through it; default authenticated)")
+    p.add_argument("--anon-role", default="anon", metavar="ROLE",
+                   help="role of a request without a JWT, PostgREST's db-anon-role (default anon)")
+    p.add_argument("--jwt-claims", default=None, metavar="JSON",
+                   help='claims of a logged-in request, a JSON object whose "{user}" and "{role}" become the '
+                        "user's id and app role (stored with the target; default: Supabase's sub, role, "
+                        "user_role)")
+    p.add_argument("--pre-request", default=None, metavar="FUNCTION",
+                   help="function called after the claims are set and the role switched, PostgREST's "
+                        "db-pre-request (schema.function; stored with the target; default: none)")
     p.add_argument("--demo", action="store_true",
                    help="load the bundled demo application first (when its tables are missing) "
                         "and seed users")

@@ -134,6 +134,7 @@ def cmd_install(ctx: Context) -> int:
     from pytest_rolemig import installer, resources
     from pytest_rolemig.errors import ConfigError, InstallError, MappingRefused
     from pytest_rolemig.mapping import load_mapping
+    from pytest_rolemig.postgrest import AuthSettings, parse_claims
     from pytest_rolemig.target import Target
 
     a = ctx.args
@@ -141,9 +142,15 @@ def cmd_install(ctx: Context) -> int:
         mapping = load_mapping(a.mapping or resources.demo_mapping())
     except ConfigError as exc:
         raise CliError(str(exc), errors.USAGE) from None
+    try:
+        auth = AuthSettings(auth_role=a.api_role, anon_role=a.anon_role, pre_request=a.pre_request or None,
+                            jwt_claims=parse_claims(a.jwt_claims) if a.jwt_claims else None)
+    except ValueError as exc:
+        raise CliError(f"--jwt-claims: {exc}", errors.USAGE) from None
+    sessions = None if a.sessions_table.strip().lower() in ("", "none") else a.sessions_table
     target = Target(profiles_table=a.profiles_table, key_column=a.key_column, role_column=a.role_column,
                     user_column=a.user_column,
-                    sessions_table=a.sessions_table, sessions_user_column=a.sessions_user_column,
+                    sessions_table=sessions, sessions_user_column=a.sessions_user_column,
                     policy_schemas=tuple(a.policy_schema or ("public", "auth")), batch_size=a.batch_size)
     seeded = None
     try:
@@ -154,7 +161,7 @@ def cmd_install(ctx: Context) -> int:
             if not exists:
                 with ctx.conn.transaction():
                     load_schema_file(ctx.conn, resources.demo_schema())
-        installer.install(ctx.conn, target, mapping)
+        installer.install(ctx.conn, target, mapping, auth)
         if a.demo and a.demo_users:
             from pytest_rolemig.seeding import seed_users
 
@@ -177,7 +184,7 @@ def cmd_install(ctx: Context) -> int:
     lines = [f"Installed the migration infrastructure in {ctx.dbname()!r}",
              f"  mapping: {mapping.source} ({len(mapping.mapping)} legacy roles -> {len(mapping.new_roles)} new roles)",
              f"  target:  {target.profiles_table}.{target.role_column} (key {target.key_column}), "
-             f"sessions {target.sessions_table}"]
+             f"sessions {target.sessions_table or 'none'}"]
     if seeded:
         lines.append(f"  demo:    {seeded.users} users, {seeded.sessions} sessions seeded")
     lines += ["", render.checks(status)]

@@ -10,13 +10,14 @@ locks the migration would while it runs (``lock_timeout`` keeps it from queueing
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from typing import Any
 
 import psycopg
 from psycopg import sql
+
+from pytest_rolemig import postgrest
 
 OPS = ("SELECT", "INSERT", "UPDATE", "DELETE")
 _CMD = {"SELECT": ("r", "*"), "INSERT": ("a", "*"), "UPDATE": ("w", "*"), "DELETE": ("d", "*")}
@@ -132,7 +133,7 @@ def access(conn: psycopg.Connection[Any], cfg: dict[str, Any], user_key: str, ro
     for (schema, table, _name), p in policies(conn, cfg).items():
         if "public" in p["roles"] or auth_role in p["roles"]:
             pols_by_table.setdefault((schema, table), []).append(p)
-    claims = json.dumps({"sub": user_key, "role": auth_role, cfg["role_claim"]: role})
+    auth = postgrest.from_config(cfg)  # the API role, claims template and pre-request stored with the target
     result: dict[str, Any] = {}
     for schema, table, oid, rls in migrated_tables(conn, cfg):
         privileges = conn.execute(
@@ -156,8 +157,7 @@ def access(conn: psycopg.Connection[Any], cfg: dict[str, Any], user_key: str, ro
         name = f"{schema}.{table}"
         conn.execute("SAVEPOINT rolemig_access")
         try:
-            conn.execute("SELECT set_config('request.jwt.claims', %s, true), set_config('role', %s, true)",
-                         (claims, auth_role))
+            postgrest.act_as(conn, auth, user_key, role)
             allowed = conn.execute(query).fetchone()
             for op, ok, priv in zip(OPS, allowed, privileges):
                 result[f"{name}:{op}"] = bool(ok) and bool(priv)

@@ -28,9 +28,9 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], max_width: int 
     body = [[_cell(v) for v in row] for row in rows]
     body = [[c if len(c) <= max_width else c[: max_width - 1] + "…" for c in row] for row in body]
     widths = [max([len(h)] + [len(r[i]) for r in body]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(),
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(),
              "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in body]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in body]
     if not body:
         lines.append("(none)")
     return "\n".join(lines)
