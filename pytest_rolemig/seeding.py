@@ -512,8 +512,9 @@ def _base(column: Column) -> str:
 def _copyable(conn: psycopg.Connection[Any], profiles: Table, sessions: Table | None,
               parent: tuple[Table, str] | None, target: Target) -> bool:
     """Whether copies can be made unique: every other unique column is text, uuid or has a default."""
-    tables = ([(profiles, target.key_column)] + ([(sessions, target.sessions_user_column)] if sessions else [])
-              + ([parent] if parent else []))
+    tables = [(profiles, target.key_column)] + ([parent] if parent else [])
+    if sessions is not None:
+        tables.append((sessions, target.sessions_user_column))
     for table, fixed in tables:
         for name in _unique_columns(conn, table) - {fixed}:
             col = table.columns[name]

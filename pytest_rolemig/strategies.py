@@ -75,7 +75,7 @@ class UsersShape:
 
     profiles: TableShape
     role_column: str
-    sessions: TableShape
+    sessions: TableShape | None  # None: the application has no sessions table (users have none)
     session_user_column: str
     parent: TableShape | None = None  # e.g. auth.users, referenced by the profiles key (or user column)
     # a roles table (one row per user and role): the column naming the user; None: the key
@@ -402,15 +402,20 @@ def _user(shape: UsersShape, roles: Sequence[str],
     prof, sess = shape.profiles, shape.sessions
     fixed = (prof.key, shape.role_column) + ((shape.user_column,) if shape.user_column else ())
     profile = rows(prof, exclude=fixed, shared_names=True, edges=edges, required_only=plain)
-    session_rows = rows(sess, exclude=(sess.key, shape.session_user_column), edges=edges, required_only=plain)
-    # many sessions repeat a few drawn rows (each gets its own key): cheap to draw, still many rows
-    many = st.tuples(st.lists(session_rows, min_size=1, max_size=2),
-                     st.integers(min_value=min(4, max_sessions), max_value=max_sessions)).map(
-        lambda t: [t[0][i % len(t[0])] for i in range(t[1])])
-    sessions = st.one_of(st.lists(session_rows, max_size=min(3, max_sessions)), many)
     none: st.SearchStrategy[Any] = st.none()
+    sessions: st.SearchStrategy[list[Any]] = st.just([])
+    session_edit = none
+    if sess is not None:
+        session_rows = rows(sess, exclude=(sess.key, shape.session_user_column), edges=edges,
+                            required_only=plain)
+        # many sessions repeat a few drawn rows (each gets its own key): cheap to draw, still many rows
+        many = st.tuples(st.lists(session_rows, min_size=1, max_size=2),
+                         st.integers(min_value=min(4, max_sessions), max_value=max_sessions)).map(
+            lambda t: [t[0][i % len(t[0])] for i in range(t[1])])
+        sessions = st.one_of(st.lists(session_rows, max_size=min(3, max_sessions)), many)
+        if edits:
+            session_edit = changes(sess, exclude=(sess.key, shape.session_user_column), edges=edges)
     profile_edit = changes(prof, exclude=(*fixed, *unique_cols), edges=edges) if edits else none
-    session_edit = changes(sess, exclude=(sess.key, shape.session_user_column), edges=edges) if edits else none
     parent = (rows(shape.parent, exclude=(shape.parent.key,), required_only=True, edges=edges)
               if shape.parent is not None else st.just({}))
     key = keys(prof.column(prof.key))
@@ -418,7 +423,7 @@ def _user(shape: UsersShape, roles: Sequence[str],
     uid = (keys(shape.parent.column(shape.parent.key) if shape.parent is not None
                 else prof.column(shape.user_column)) if shape.user_column else st.none())
     role = st.sampled_from(list(roles))
-    session_key = sess.column(sess.key)
+    session_key = sess.column(sess.key) if sess is not None else None
     session_keys_for: dict[int, st.SearchStrategy[list[str]]] = {}
 
     @st.composite
@@ -431,7 +436,7 @@ def _user(shape: UsersShape, roles: Sequence[str],
         drawn["session_edits"] = draw(st.lists(session_edit, min_size=n, max_size=n))
         # the user's own session keys, drawn with the user: deleting a user then deletes only its
         # own choices (keys drawn for the whole set afterwards shifted every later draw)
-        if n and not session_key.skip:
+        if n and session_key is not None and not session_key.skip:
             if n not in session_keys_for:
                 session_keys_for[n] = st.lists(keys(session_key), min_size=n, max_size=n, unique=True)
             drawn["session_keys"] = draw(session_keys_for[n])
@@ -489,7 +494,7 @@ def user_sets(shape: UsersShape, roles: Sequence[str], *, min_users: int = 0, ma
             for row, session_key in zip(u["sessions"], u["session_keys"]):
                 full = dict(row)
                 full[shape.session_user_column] = u["uid"]
-                if session_key is not None:
+                if session_key is not None and shape.sessions is not None:
                     full[shape.sessions.key] = session_key
                 built_sessions.append(full)
             users.append(GeneratedUser(

@@ -279,6 +279,10 @@ BEGIN
         INTO v_profiles, v_profiles_sum
         USING v_backup_id;
 
+        -- no sessions table (sessions_table NULL): no session rows, the checksum of none
+        v_sessions := 0;
+        v_sessions_sum := '0';
+        IF v_cfg.sessions_table IS NOT NULL THEN
         EXECUTE format(
             'WITH copied AS (
                  INSERT INTO migration_backup.user_sessions_backup (backup_id, session_key, user_key, row_data)
@@ -289,6 +293,7 @@ BEGIN
             v_cfg.sessions_key_column, v_cfg.sessions_user_column, v_cfg.sessions_schema, v_cfg.sessions_table)
         INTO v_sessions, v_sessions_sum
         USING v_backup_id;
+        END IF;
 
         INSERT INTO migration_backup.rls_policies_backup
                (backup_id, schema_name, table_name, policy_name, permissive, command, roles, using_expr, check_expr)

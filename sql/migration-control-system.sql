@@ -43,6 +43,7 @@ BEGIN
     -- Checks that the target objects exist and fit the migration: both tables, their
     -- columns, a unique key column for keyset batching, a text-like or enum role column,
     -- a single-column primary key on the sessions table (returned), and the policy schemas.
+    -- No sessions table (p_sessions_table NULL): the sessions checks are skipped, NULL returned.
     SELECT c.oid INTO v_profiles_oid
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     WHERE n.nspname = p_profiles_schema AND c.relname = p_profiles_table AND c.relkind IN ('r', 'p');
@@ -54,7 +55,7 @@ BEGIN
     SELECT c.oid INTO v_sessions_oid
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     WHERE n.nspname = p_sessions_schema AND c.relname = p_sessions_table AND c.relkind IN ('r', 'p');
-    IF v_sessions_oid IS NULL THEN
+    IF v_sessions_oid IS NULL AND p_sessions_table IS NOT NULL THEN
         RAISE EXCEPTION 'target table %.% does not exist', p_sessions_schema, p_sessions_table
             USING DETAIL = format('The sessions table is configured as %I.%I.', p_sessions_schema, p_sessions_table),
                   HINT = 'load the application schema first, or call migration_control.configure_target(p_sessions_table => ''schema.table'')';
@@ -64,7 +65,7 @@ BEGIN
     FROM (VALUES (v_profiles_oid, p_profiles_schema, p_profiles_table, p_key_column),
                  (v_profiles_oid, p_profiles_schema, p_profiles_table, p_role_column),
                  (v_sessions_oid, p_sessions_schema, p_sessions_table, p_sessions_user_column)) AS w(rel, sch, tab, col)
-    WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+    WHERE w.rel IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
                       WHERE a.attrelid = w.rel AND a.attname = w.col AND a.attnum > 0 AND NOT a.attisdropped);
     IF v_missing IS NOT NULL THEN
         RAISE EXCEPTION 'target column % does not exist', v_missing
@@ -100,7 +101,7 @@ BEGIN
     FROM pg_catalog.pg_constraint c
     JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)
     WHERE c.conrelid = v_sessions_oid AND c.contype = 'p';
-    IF v_sessions_key IS NULL OR cardinality(v_sessions_key) <> 1 THEN
+    IF v_sessions_oid IS NOT NULL AND (v_sessions_key IS NULL OR cardinality(v_sessions_key) <> 1) THEN
         RAISE EXCEPTION 'sessions table %.% has no single-column primary key', p_sessions_schema, p_sessions_table
             USING DETAIL = format('Primary key columns found: %s.', coalesce(array_to_string(v_sessions_key, ', '), 'none')),
                   HINT = 'the backup keys session rows by the primary key; add one or configure another sessions table';
@@ -143,9 +144,11 @@ BEGIN
     -- Stores where the application keeps users, roles and sessions. Table names come as
     -- 'schema.table' (parse_ident, so quoted names work) and are stored as pairs; every
     -- object is checked before the singleton row is upserted, so a bad target never lands.
+    -- p_sessions_table NULL, '' or 'none': the application has no sessions table.
     BEGIN
         v_profiles := pg_catalog.parse_ident(p_profiles_table);
-        v_sessions := pg_catalog.parse_ident(p_sessions_table);
+        v_sessions := CASE WHEN coalesce(btrim(p_sessions_table), '') IN ('', 'none') THEN ARRAY[NULL, NULL]::text[]
+                           ELSE pg_catalog.parse_ident(p_sessions_table) END;
     EXCEPTION WHEN invalid_parameter_value THEN
         RAISE EXCEPTION 'cannot parse table name % / %', p_profiles_table, p_sessions_table
             USING DETAIL = SQLERRM, HINT = 'write tables as schema.table, e.g. public.user_profiles';
@@ -197,13 +200,91 @@ BEGIN
          LATERAL (VALUES ('profiles_table', format('%I.%I', t.profiles_schema, t.profiles_table)),
                          ('key_column', t.key_column), ('role_column', t.role_column),
                          ('user_column', coalesce(t.user_column, t.key_column)),
-                         ('sessions_table', format('%I.%I', t.sessions_schema, t.sessions_table)),
+                         ('sessions_table', CASE WHEN t.sessions_table IS NULL THEN 'none' ELSE format('%I.%I', t.sessions_schema, t.sessions_table) END),
                          ('sessions_key_column', t.sessions_key_column),
                          ('sessions_user_column', t.sessions_user_column),
                          ('policy_schemas', array_to_string(t.policy_schemas, ',')),
                          ('batch_size', t.batch_size::text), ('auth_role', t.auth_role),
                          ('role_claim', t.role_claim)) AS s(k, v);
 END;
+$$;
+
+CREATE OR REPLACE FUNCTION migration_control.configure_requests(
+    p_auth_role text DEFAULT 'authenticated',
+    p_anon_role text DEFAULT 'anon',
+    p_jwt_claims jsonb DEFAULT NULL,
+    p_pre_request text DEFAULT NULL)
+RETURNS TABLE(setting text, value text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_proc text;
+BEGIN
+    -- Stores how a request becomes a user, as PostgREST does it: the API role requests switch
+    -- to, the anonymous role, the JWT claims template ({user} / {role} replaced by the user's
+    -- id and app role; NULL: Supabase's sub, role and the role claim) and the db-pre-request
+    -- function, stored schema-qualified as the catalog names it. Run after configure_target.
+    IF p_jwt_claims IS NOT NULL AND pg_catalog.jsonb_typeof(p_jwt_claims) <> 'object' THEN
+        RAISE EXCEPTION 'JWT claims template must be a JSON object, got %', p_jwt_claims
+            USING DETAIL = 'p_jwt_claims: the claims a request of a user carries ({user}, {role} are replaced).',
+                  HINT = 'pass an object such as {"sub": "{user}", "app_role": "{role}"} '
+                         '(--rolemig-jwt-claims / rolemig_jwt_claims, rolemig install --jwt-claims)';
+    END IF;
+    IF nullif(btrim(p_pre_request), '') IS NOT NULL THEN
+        BEGIN
+            SELECT format('%I.%I', n.nspname, f.proname) INTO v_proc
+              FROM pg_catalog.pg_proc AS f JOIN pg_catalog.pg_namespace AS n ON n.oid = f.pronamespace
+             WHERE f.oid = pg_catalog.to_regprocedure(p_pre_request || '()');
+        EXCEPTION WHEN OTHERS THEN
+            v_proc := NULL;
+        END;
+        IF v_proc IS NULL THEN
+            RAISE EXCEPTION 'pre-request function %() does not exist', p_pre_request
+                USING DETAIL = 'p_pre_request names the function called after the claims are set and the role '
+                               'switched, as PostgREST''s db-pre-request (a function without arguments).',
+                      HINT = 'create it or fix the name: --rolemig-pre-request / rolemig_pre_request, '
+                             'rolemig install --pre-request';
+        END IF;
+    END IF;
+    UPDATE migration_control.target_config AS t
+       SET auth_role = coalesce(p_auth_role, 'authenticated'), anon_role = coalesce(p_anon_role, 'anon'),
+           jwt_claims = p_jwt_claims, pre_request = v_proc, updated_at = now();
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no target is configured'
+            USING DETAIL = 'migration_control.target_config has no row.',
+                  HINT = 'call migration_control.configure_target() first';
+    END IF;
+    RETURN QUERY
+    SELECT s.k, s.v
+    FROM migration_control.target_config t,
+         LATERAL (VALUES ('auth_role', t.auth_role), ('anon_role', t.anon_role),
+                         ('jwt_claims', coalesce(t.jwt_claims::text, 'default')),
+                         ('pre_request', coalesce(t.pre_request, 'none'))) AS s(k, v);
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION migration_control.request_claims(p_user text, p_role text)
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- The JWT claims of a request by user p_user holding app role p_role: the stored template
+    -- with a value that is exactly "{user}" / "{role}" replaced by the id / role (as JSON),
+    -- and {user} / {role} inside a longer string by their text. Replacing in the canonical
+    -- jsonb text is safe: JSON itself never spells {user} outside a string.
+    SELECT CASE
+        WHEN t.jwt_claims IS NULL
+        THEN pg_catalog.jsonb_build_object('sub', p_user, 'role', t.auth_role, t.role_claim, p_role)
+        ELSE pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(t.jwt_claims::text,
+                 '"{user}"', pg_catalog.to_jsonb(p_user)::text),
+                 '"{role}"', coalesce(pg_catalog.to_jsonb(p_role)::text, 'null')),
+                 '{user}', coalesce(pg_catalog.substr(u.j, 2, pg_catalog.length(u.j) - 2), '')),
+                 '{role}', coalesce(pg_catalog.substr(r.j, 2, pg_catalog.length(r.j) - 2), ''))::jsonb
+    END
+    FROM migration_control.target_config AS t,
+         LATERAL (SELECT pg_catalog.to_jsonb(p_user)::text) AS u(j),
+         LATERAL (SELECT pg_catalog.to_jsonb(p_role)::text) AS r(j)
 $$;
 
 CREATE OR REPLACE FUNCTION migration_control.ensure_target_configured()
@@ -226,7 +307,7 @@ BEGIN
     SELECT s.k, s.v
     FROM (VALUES ('profiles_table', format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table)),
                  ('key_column', v_cfg.key_column), ('role_column', v_cfg.role_column),
-                 ('sessions_table', format('%I.%I', v_cfg.sessions_schema, v_cfg.sessions_table)),
+                 ('sessions_table', CASE WHEN v_cfg.sessions_table IS NULL THEN 'none' ELSE format('%I.%I', v_cfg.sessions_schema, v_cfg.sessions_table) END),
                  ('sessions_key_column', v_cfg.sessions_key_column),
                  ('sessions_user_column', v_cfg.sessions_user_column),
                  ('policy_schemas', array_to_string(v_cfg.policy_schemas, ',')),
@@ -545,7 +626,7 @@ BEGIN
                         v_cfg.sessions_user_column, v_cfg.policy_schemas);
             v_rows := v_rows || jsonb_build_object('c', 'target', 's', 'pass', 'd',
                           jsonb_build_object('profiles_table', format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table),
-                                             'sessions_table', format('%I.%I', v_cfg.sessions_schema, v_cfg.sessions_table)));
+                                             'sessions_table', CASE WHEN v_cfg.sessions_table IS NULL THEN 'none' ELSE format('%I.%I', v_cfg.sessions_schema, v_cfg.sessions_table) END));
         EXCEPTION WHEN OTHERS THEN
             v_rows := v_rows || jsonb_build_object('c', 'target', 's', 'fail', 'd', jsonb_build_object('error', SQLERRM));
         END;

@@ -47,6 +47,17 @@ CREATE TABLE IF NOT EXISTS migration_control.target_config (
 -- JWT claims carry ('sub'); NULL means the key column (one row per user). A roles table with
 -- one row per user and role keys its rows by their own id and names the user in user_id.
 ALTER TABLE migration_control.target_config ADD COLUMN IF NOT EXISTS user_column text;
+-- Requests as PostgREST makes them (#18): anon_role is the role of a request without a JWT;
+-- jwt_claims the claims template ({user} and {role} replaced by the user's id and app role;
+-- NULL: the Supabase claims sub, role, role_claim); pre_request the function PostgREST's
+-- db-pre-request names, called after the claims are set and the role switched (NULL: none).
+-- No sessions table: sessions_schema, sessions_table and sessions_key_column are NULL.
+ALTER TABLE migration_control.target_config ADD COLUMN IF NOT EXISTS anon_role text NOT NULL DEFAULT 'anon';
+ALTER TABLE migration_control.target_config ADD COLUMN IF NOT EXISTS jwt_claims jsonb;
+ALTER TABLE migration_control.target_config ADD COLUMN IF NOT EXISTS pre_request text;
+ALTER TABLE migration_control.target_config ALTER COLUMN sessions_schema DROP NOT NULL,
+                                            ALTER COLUMN sessions_table DROP NOT NULL,
+                                            ALTER COLUMN sessions_key_column DROP NOT NULL;
 COMMENT ON TABLE migration_control.target_config IS
     'The one row saying where the application keeps profiles, roles and sessions (identifiers unquoted)';
 

@@ -977,12 +977,17 @@ BEGIN
                                                'sample', coalesce(v_sample, '[]'));
     END IF;
 
-    -- sessions
-    v_srel := to_regclass(format('%I.%I', v_t ->> 'sessions_schema', v_t ->> 'sessions_table'));
-    SELECT format_type(a.atttypid, a.atttypmod) INTO v_skey_type
-      FROM pg_catalog.pg_attribute AS a
-     WHERE a.attrelid = v_srel AND a.attname = v_t ->> 'sessions_key_column' AND NOT a.attisdropped;
-    IF v_skey_type IS NULL THEN
+    -- sessions (none when the backed-up target has no sessions table)
+    IF v_t ->> 'sessions_table' IS NOT NULL THEN
+        v_srel := to_regclass(format('%I.%I', v_t ->> 'sessions_schema', v_t ->> 'sessions_table'));
+        SELECT format_type(a.atttypid, a.atttypmod) INTO v_skey_type
+          FROM pg_catalog.pg_attribute AS a
+         WHERE a.attrelid = v_srel AND a.attname = v_t ->> 'sessions_key_column' AND NOT a.attisdropped;
+    END IF;
+    IF v_t ->> 'sessions_table' IS NULL THEN
+        RETURN QUERY SELECT 'sessions_intact'::text, 'pass'::text,
+                            jsonb_build_object('note', 'no sessions table');
+    ELSIF v_skey_type IS NULL THEN
         RETURN QUERY SELECT 'sessions_intact'::text, 'fail'::text,
                             jsonb_build_object('error', 'sessions table or key column missing',
                                                'table', format('%I.%I', v_t ->> 'sessions_schema', v_t ->> 'sessions_table'));

@@ -379,7 +379,7 @@ BEGIN
         status := 'pass';
         details := jsonb_build_object('profiles_table', format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table),
                                       'key_column', v_cfg.key_column, 'role_column', v_cfg.role_column,
-                                      'sessions_table', format('%I.%I', v_cfg.sessions_schema, v_cfg.sessions_table));
+                                      'sessions_table', CASE WHEN v_cfg.sessions_table IS NULL THEN 'none' ELSE format('%I.%I', v_cfg.sessions_schema, v_cfg.sessions_table) END);
         RETURN NEXT;
     EXCEPTION WHEN OTHERS THEN
         status := 'fail';
@@ -632,6 +632,9 @@ BEGIN
     IF NOT v_found THEN
         status := 'fail';
         details := jsonb_build_object('backup_id', v_backup, 'error', 'backup not found');
+    ELSIF v_cfg.sessions_table IS NULL THEN
+        status := 'pass';
+        details := jsonb_build_object('backup_id', v_backup, 'note', 'no sessions table');
     ELSE
         EXECUTE format(
             'WITH miss AS (
@@ -720,7 +723,8 @@ BEGIN
       FROM pg_catalog.pg_attribute a
      WHERE a.attrelid = to_regclass(format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table))
        AND a.attname = v_user_col;
-    v_sess_pred := CASE WHEN EXISTS (
+    -- no sessions table: no session is counted or read (own_sessions_readable says so and passes)
+    v_sess_pred := CASE WHEN v_cfg.sessions_table IS NULL THEN NULL WHEN EXISTS (
                             SELECT 1 FROM pg_catalog.pg_attribute a
                              WHERE a.attrelid = to_regclass(format('%I.%I', v_cfg.sessions_schema, v_cfg.sessions_table))
                                AND a.attname = v_cfg.sessions_user_column
@@ -772,22 +776,26 @@ BEGIN
              WHERE p.k NOT IN (SELECT per_role.k FROM per_role)
              ORDER BY p.r
              LIMIT greatest($1 - (SELECT count(*) FROM per_role), 0))
-         SELECT u.k, u.role, u.uid,
-                (SELECT count(*) FROM %5$I.%6$I s WHERE %7$s) AS sessions
+         SELECT u.k, u.role, u.uid, %5$s AS sessions
          FROM (SELECT * FROM per_role UNION ALL SELECT * FROM rest) u ORDER BY u.role, u.k',
         v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table,
-        v_cfg.sessions_schema, v_cfg.sessions_table, replace(v_sess_pred, '$1', 'u.uid'), v_role_type,
-        v_user_col)
+        CASE WHEN v_sess_pred IS NULL THEN '0::bigint'
+             ELSE format('(SELECT count(*) FROM %I.%I s WHERE %s)', v_cfg.sessions_schema, v_cfg.sessions_table,
+                         replace(v_sess_pred, '$1', 'u.uid')) END,
+        NULL, NULL, v_role_type, v_user_col)
         USING p_sample_size,
               CASE WHEN v_total <= 0 THEN 100 ELSE least(100, 300.0 * p_sample_size / v_total) END,
               v_roles
     LOOP
         v_tested := v_tested + 1;
         BEGIN
+            -- as PostgREST: the claims (the configured template), the API role, then db-pre-request
             PERFORM set_config('request.jwt.claims',
-                               jsonb_build_object('sub', v_user.uid, 'role', v_cfg.auth_role,
-                                                  v_cfg.role_claim, v_user.role)::text, true);
+                               migration_control.request_claims(v_user.uid, v_user.role)::text, true);
             PERFORM set_config('role', v_cfg.auth_role, true);
+            IF v_cfg.pre_request IS NOT NULL THEN
+                EXECUTE format('SELECT %s()', v_cfg.pre_request);  -- stored as format('%I.%I')
+            END IF;
 
             EXECUTE format('SELECT count(*), min(t.%1$I::text), min(t.%2$I::text) FROM %3$I.%4$I t WHERE %5$s',
                            v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table,
@@ -798,9 +806,13 @@ BEGIN
                                      'rows_seen', v_rows, 'role_seen', v_own_role);
             END IF;
 
-            EXECUTE format('SELECT count(*) FROM %I.%I s WHERE %s',
-                           v_cfg.sessions_schema, v_cfg.sessions_table, v_sess_pred)
-            INTO v_sessions USING v_user.uid;
+            IF v_sess_pred IS NULL THEN
+                v_sessions := 0;
+            ELSE
+                EXECUTE format('SELECT count(*) FROM %I.%I s WHERE %s',
+                               v_cfg.sessions_schema, v_cfg.sessions_table, v_sess_pred)
+                INTO v_sessions USING v_user.uid;
+            END IF;
             IF v_sessions <> v_user.sessions THEN
                 v_session_bad := v_session_bad || jsonb_build_object('key', v_user.k, 'role', v_user.role,
                                      'sessions', v_user.sessions, 'sessions_seen', v_sessions);
@@ -843,8 +855,11 @@ BEGIN
     RETURN NEXT;
 
     check_name := 'own_sessions_readable';
-    status := CASE WHEN v_tested = 0 THEN 'warn' WHEN v_session_bad = '[]' THEN 'pass' ELSE 'fail' END;
-    details := v_users || jsonb_build_object('failing_users', jsonb_array_length(v_session_bad),
+    status := CASE WHEN v_cfg.sessions_table IS NULL THEN 'pass'
+                   WHEN v_tested = 0 THEN 'warn' WHEN v_session_bad = '[]' THEN 'pass' ELSE 'fail' END;
+    details := v_users || CASE WHEN v_cfg.sessions_table IS NULL
+                               THEN jsonb_build_object('note', 'no sessions table') ELSE '{}' END
+                       || jsonb_build_object('failing_users', jsonb_array_length(v_session_bad),
                    'failing_roles', (SELECT coalesce(jsonb_agg(DISTINCT e ->> 'role'), '[]') FROM jsonb_array_elements(v_session_bad) e),
                    'sample', (SELECT coalesce(jsonb_agg(e), '[]') FROM (SELECT e FROM jsonb_array_elements(v_session_bad) e LIMIT 20) x));
     RETURN NEXT;
