@@ -19,14 +19,16 @@ import itertools
 import json
 import math
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from pytest_rolemig.db import scalar
 from pytest_rolemig.errors import ConfigError
-from pytest_rolemig.factories import SessionFactory, UserFactory
+from pytest_rolemig.factories import build_session, build_user
 from pytest_rolemig.target import Target, quote_name, split_qualified
 
 
@@ -52,6 +54,7 @@ class Table:
 
     @property
     def ident(self) -> sql.Identifier:
+        """The schema-qualified name, quoted, for composing statements."""
         return sql.Identifier(self.schema, self.name)
 
     def __str__(self) -> str:
@@ -185,9 +188,8 @@ def _key_values(conn: psycopg.Connection[Any], table: Table, key: str, count: in
     if key_type == "uuid":
         return [uuid.uuid4() for _ in range(count)]
     if key_type in ("integer", "bigint", "smallint"):
-        start = conn.execute(
-            sql.SQL("SELECT coalesce(max({}), 0) + 1 FROM {}").format(sql.Identifier(key), table.ident)
-        ).fetchone()[0]
+        start = scalar(conn, sql.SQL("SELECT coalesce(max({}), 0) + 1 FROM {}").format(
+            sql.Identifier(key), table.ident))
         return list(range(start, start + count))
     return [f"user-{uuid.uuid4().hex[:12]}" for _ in range(count)]
 
@@ -236,7 +238,7 @@ def seed_users(conn: psycopg.Connection[Any], target: Target, roles: list[str], 
 
     users = []
     for i, (key, role) in enumerate(zip(keys, itertools.cycle(roles))):
-        user = UserFactory(role=role)
+        user = build_user(role=role)
         user["id"] = key
         user[target.user] = key
         user[target.role_column] = role
@@ -258,7 +260,7 @@ def seed_users(conn: psycopg.Connection[Any], target: Target, roles: list[str], 
     _write_role_rows(conn, target, profiles, [u for _, u in users], roles if multi else [])
 
     session_rows = [
-        {**SessionFactory(user_id=u["id"]), target.sessions_user_column: u["id"]}
+        {**build_session(user_id=u["id"]), target.sessions_user_column: u["id"]}
         for i, u in users
         for _ in range(i % (max_sessions + 1))
     ] if sessions is not None else []
@@ -385,7 +387,7 @@ def _write_role_rows(conn: psycopg.Connection[Any], target: Target, profiles: Ta
     key = profiles.columns[target.key_column]
     own_key = target.user != target.key_column
     if own_key and not key.has_default:
-        for row, value in zip(inserts, _key_values(conn, profiles, target.key_column, len(inserts))):
+        for row, value in zip(inserts, _key_values(conn, profiles, target.key_column, len(inserts)), strict=True):
             row[target.key_column] = value
     generated_key = own_key and key.has_default  # the table numbers its rows itself
     forced = {target.user, target.role_column} | (set() if generated_key else {target.key_column})
@@ -456,8 +458,7 @@ def _make_distinct(conn: psycopg.Connection[Any], table: Table, name: str,
             at = text.find("@")
             row[name] = f"{text[:at]}+s{salt}{n}{text[at:]}" if at > 0 else f"{text}-{salt}{n}"
     elif base in ("integer", "bigint", "smallint", "numeric"):
-        top = conn.execute(sql.SQL("SELECT coalesce(max({}), 0) FROM {}").format(
-            sql.Identifier(name), table.ident)).fetchone()[0]
+        top = scalar(conn, sql.SQL("SELECT coalesce(max({}), 0) FROM {}").format(sql.Identifier(name), table.ident))
         for n, row in enumerate(values):
             row[name] = int(top) + 1 + n
 
@@ -557,8 +558,8 @@ def _copy_users(conn: psycopg.Connection[Any], target: Target, profiles: Table, 
     if base == "uuid":
         new_key: sql.Composable = sql.SQL("md5({} || g.i)::uuid").format(sql.Literal(f"rolemig-seed-{salt}-"))
     elif base in ("integer", "bigint", "smallint"):
-        top = conn.execute(sql.SQL("SELECT coalesce(max({}), 0) FROM {}").format(
-            sql.Identifier(key_name), key_table.ident)).fetchone()[0]
+        top = scalar(conn, sql.SQL("SELECT coalesce(max({}), 0) FROM {}").format(
+            sql.Identifier(key_name), key_table.ident))
         new_key = sql.SQL("({} + g.i)::{}").format(sql.Literal(top), key_type)
     else:
         new_key = sql.SQL("({} || g.i)::{}").format(sql.Literal(f"user-{salt}-"), key_type)
