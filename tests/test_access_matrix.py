@@ -49,13 +49,15 @@ def test_matrix_acts_through_rls_as_each_role(rolemig_db, store):
     total = rolemig_db.execute("SELECT count(*) FROM public.user_profiles").fetchone()[0]
     viewers = _by_role(matrix, "viewer", "public.user_profiles", "SELECT")
     assert viewers and all(rows == {user} for user, rows in viewers.items()), "a viewer sees only their own profile"
-    assert all(len(rows) == total for rows in _by_role(matrix, "super_admin", "public.user_profiles", "SELECT").values())
+    super_admins = _by_role(matrix, "super_admin", "public.user_profiles", "SELECT")
+    assert all(len(rows) == total for rows in super_admins.values())
     billing = _by_role(matrix, "billing_admin", "public.billing_accounts", "UPDATE")
     assert billing and all(billing.values()), "billing admins update billing rows"
     assert not any(_by_role(matrix, "viewer", "public.billing_accounts", "SELECT").values())
     # the JWT claim decides: moderators update published documents they do not own
     published = {r[0] for r in rolemig_db.execute("SELECT id::text FROM public.documents WHERE status = 'published'")}
-    assert published and all(published <= rows for rows in _by_role(matrix, "moderator", "public.documents", "UPDATE").values())
+    moderators = _by_role(matrix, "moderator", "public.documents", "UPDATE")
+    assert published and all(published <= rows for rows in moderators.values())
     assert not any(published & rows for rows in _by_role(matrix, "viewer", "public.documents", "UPDATE").values())
     assert set(_by_role(matrix, "(anon)", "public.user_profiles", "SELECT").values()) == {frozenset()}
     # nothing the matrix did was kept
@@ -228,7 +230,8 @@ def test_own_schema_with_user_roles_enum_order_and_jwt_claims(rolemig_server, ro
         assert not any(r == "support_agent" for r, _, _ in changed)
         rb = api.rollback(conn, backup.backup_id, "test")
         assert rb.status == "completed"
-        assert compare(before, compute_matrix(conn, USER_ROLES, actors, "rollback", store), "rollback").differences == []
+        restored = compute_matrix(conn, USER_ROLES, actors, "rollback", store)
+        assert compare(before, restored, "rollback").differences == []
 
 
 def test_superuser_connection_sees_everything_which_is_why_the_matrix_switches_role(rolemig_db):

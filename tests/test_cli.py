@@ -106,7 +106,8 @@ def test_database_url_is_used_when_no_dsn(monkeypatch, dsn):
     monkeypatch.setenv("DATABASE_URL", dsn)
     run = Run("status", "--json")
     assert run.code == 0, run
-    assert run.json()["users_to_migrate"] == 80  # 13 roles x 10 users; admin, editor, manager, moderator, viewer keep their name
+    # 13 roles x 10 users; admin, editor, manager, moderator, viewer keep their name
+    assert run.json()["users_to_migrate"] == 80
 
 
 # ------------------------------------------------------------------ install ---

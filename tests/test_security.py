@@ -121,7 +121,8 @@ def test_installed_demo_passes_every_security_check(rolemig_db):
 
 
 def test_dedicated_nologin_owner_owns_every_migration_object(rolemig_db):
-    owner = rows(rolemig_db, "SELECT rolcanlogin, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = 'migration_owner'")
+    owner = rows(rolemig_db, "SELECT rolcanlogin, rolsuper, rolbypassrls FROM pg_roles "
+                             "WHERE rolname = 'migration_owner'")
     assert owner == [{"rolcanlogin": False, "rolsuper": False, "rolbypassrls": False}]
     others = rows(rolemig_db, """
         SELECT kind, name, owner FROM (
@@ -135,7 +136,8 @@ def test_dedicated_nologin_owner_owns_every_migration_object(rolemig_db):
     assert others == []
     # backup tables: RLS on, no policy at all (a mistaken GRANT would still return no row)
     assert rows(rolemig_db, """
-        SELECT c.relname::text, c.relrowsecurity, (SELECT count(*) FROM pg_policy p WHERE p.polrelid = c.oid) AS policies
+        SELECT c.relname::text, c.relrowsecurity,
+               (SELECT count(*) FROM pg_policy p WHERE p.polrelid = c.oid) AS policies
           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE n.nspname = 'migration_backup' AND c.relkind = 'r' AND (NOT c.relrowsecurity OR EXISTS (
                SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid))""") == []
@@ -197,7 +199,8 @@ def test_supabase_style_broad_default_privileges_do_not_leak(rolemig_bare_db, ro
     # the defaults are live: a new object of the operator's is exposed...
     rolemig_bare_db.execute("CREATE SCHEMA probe; CREATE FUNCTION probe.f() RETURNS int LANGUAGE sql AS 'SELECT 1'")
     assert rolemig_bare_db.execute(
-        "SELECT has_function_privilege('anon', 'probe.f()', 'EXECUTE') AND has_schema_privilege('anon', 'probe', 'USAGE')"
+        "SELECT has_function_privilege('anon', 'probe.f()', 'EXECUTE') "
+        "AND has_schema_privilege('anon', 'probe', 'USAGE')"
     ).fetchone()[0]
     # ...but the installed infrastructure is not
     installer.install(rolemig_bare_db, Target(), rolemig_mapping)
@@ -236,8 +239,8 @@ WEAKENINGS = {
         "GRANT EXECUTE ON FUNCTION migration_backup.execute_rollback(text, text) TO anon",
         {"migration_objects_not_exposed": "migration_backup.execute_rollback(text,text)"}),
     "execute_granted_to_public": (
-        "GRANT EXECUTE ON FUNCTION migration_control.configure_target(text, text, text, text, text, text[], integer, text) "
-        "TO PUBLIC",
+        "GRANT EXECUTE ON FUNCTION "
+        "migration_control.configure_target(text, text, text, text, text, text[], integer, text) TO PUBLIC",
         {"migration_objects_not_exposed": "PUBLIC"}),
     "schema_usage_to_authenticated": (
         "GRANT USAGE ON SCHEMA migration_control TO authenticated",

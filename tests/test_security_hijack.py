@@ -64,7 +64,9 @@ def plant(conn) -> None:
     for schema in ("public", "pg_temp"):
         for signature, returns, body in SHADOWS:
             name = signature.split("(")[0]
-            if conn.execute("SELECT pg_catalog.to_regprocedure(%s) IS NOT NULL", (f"{schema}.{signature}",)).fetchone()[0]:
+            exists = conn.execute("SELECT pg_catalog.to_regprocedure(%s) IS NOT NULL",
+                                  (f"{schema}.{signature}",)).fetchone()[0]
+            if exists:
                 continue  # already there (pgcrypto puts gen_random_uuid in public): a real look-alike
             conn.execute(
                 f"CREATE FUNCTION {schema}.{signature} RETURNS {returns} LANGUAGE plpgsql VOLATILE AS $$ "

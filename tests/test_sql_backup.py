@@ -60,12 +60,14 @@ def test_backup_copies_every_profile_session_and_policy_exactly(rolemig_db):
     assert BACKUP_ID.match(result["backup_id"]) and result["status"] == "completed"
     bid = result["backup_id"]
 
-    live_profiles = rows(rolemig_db, "SELECT id::text AS k, role, to_jsonb(p) AS j FROM public.user_profiles p ORDER BY 1")
+    live_profiles = rows(rolemig_db, "SELECT id::text AS k, role, to_jsonb(p) AS j "
+                                     "FROM public.user_profiles p ORDER BY 1")
     saved_profiles = rows(rolemig_db, """SELECT user_key AS k, role, row_data AS j
         FROM migration_backup.user_profiles_complete_backup WHERE backup_id = %s ORDER BY 1""", (bid,))
     assert len(live_profiles) == 130 and saved_profiles == live_profiles
 
-    live_sessions = rows(rolemig_db, "SELECT id::text AS k, user_id::text AS u, to_jsonb(s) AS j FROM auth.sessions s ORDER BY 1")
+    live_sessions = rows(rolemig_db, "SELECT id::text AS k, user_id::text AS u, to_jsonb(s) AS j "
+                                     "FROM auth.sessions s ORDER BY 1")
     saved_sessions = rows(rolemig_db, """SELECT session_key AS k, user_key AS u, row_data AS j
         FROM migration_backup.user_sessions_backup WHERE backup_id = %s ORDER BY 1""", (bid,))
     assert len(live_sessions) > 0 and saved_sessions == live_sessions
@@ -171,7 +173,8 @@ def test_deleted_session_row_fails_count_and_checksum(rolemig_db):
                                  FROM migration_backup.user_sessions_backup)""", (bid,))
     checks = validate(rolemig_db, bid)
     assert checks["sessions_count"]["status"] == "fail"
-    assert int(checks["sessions_count"]["details"]["actual"]) == int(checks["sessions_count"]["details"]["recorded"]) - 1
+    counted = checks["sessions_count"]["details"]
+    assert int(counted["actual"]) == int(counted["recorded"]) - 1
     assert checks["sessions_checksum"]["status"] == "fail"
     assert checks["profiles_checksum"]["status"] == "pass"
 
@@ -240,7 +243,8 @@ def test_backups_are_independent_and_deleted_with_their_log(rolemig_db):
     rolemig_db.execute("UPDATE public.user_profiles SET full_name = 'changed'")
     second = backup(rolemig_db)["backup_id"]
     sums = rows(rolemig_db, "SELECT backup_id, profiles_checksum FROM migration_backup.backup_log ORDER BY created_at")
-    assert [s["backup_id"] for s in sums] == [first, second] and sums[0]["profiles_checksum"] != sums[1]["profiles_checksum"]
+    assert [s["backup_id"] for s in sums] == [first, second]
+    assert sums[0]["profiles_checksum"] != sums[1]["profiles_checksum"]
     rolemig_db.execute("DELETE FROM migration_backup.backup_log WHERE backup_id = %s", (first,))
     left = one(rolemig_db, "SELECT count(DISTINCT backup_id) AS n FROM migration_backup.user_profiles_complete_backup")
     assert left["n"] == 1

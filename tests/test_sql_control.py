@@ -31,7 +31,8 @@ def raises(conn, query, params=None, *, match):
 
 def configure(conn, **kw):
     args = ", ".join(f"{k} => %({k})s" for k in kw)
-    return {r["setting"]: r["value"] for r in rows(conn, f"SELECT * FROM migration_control.configure_target({args})", kw)}
+    return {r["setting"]: r["value"]
+            for r in rows(conn, f"SELECT * FROM migration_control.configure_target({args})", kw)}
 
 
 # ---------------------------------------------------------------- hygiene ----
@@ -136,7 +137,8 @@ def test_configure_target_refuses_missing_or_unfit_objects(rolemig_db):
 
 def test_ensure_target_configured_inserts_defaults_and_rechecks(rolemig_db):
     rolemig_db.execute("DELETE FROM migration_control.target_config")
-    result = {r["setting"]: r["value"] for r in rows(rolemig_db, "SELECT * FROM migration_control.ensure_target_configured()")}
+    result = {r["setting"]: r["value"]
+              for r in rows(rolemig_db, "SELECT * FROM migration_control.ensure_target_configured()")}
     assert result["profiles_table"] == "public.user_profiles" and result["sessions_key_column"] == "id"
     rolemig_db.execute("ALTER TABLE public.user_profiles RENAME TO members")
     diag = raises(rolemig_db, "SELECT * FROM migration_control.ensure_target_configured()",
@@ -154,7 +156,8 @@ def test_install_on_database_without_the_application_fails_clearly(rolemig_empty
 
 def test_install_on_bare_application_works(rolemig_bare_db):
     install(rolemig_bare_db, mapping=DEMO_MAPPING)
-    status = {r["component"]: r["status"] for r in rows(rolemig_bare_db, "SELECT * FROM migration_control.get_infrastructure_status()")}
+    status = {r["component"]: r["status"]
+              for r in rows(rolemig_bare_db, "SELECT * FROM migration_control.get_infrastructure_status()")}
     assert status == {"schemas": "pass", "tables": "pass", "functions": "pass", "target": "pass",
                       "mapping": "pass", "backups": "warn", "migrations": "pass"}
 
@@ -164,7 +167,8 @@ def test_install_on_bare_application_works(rolemig_bare_db):
 def test_load_role_mapping_replaces_both_tables(rolemig_db):
     result = rows(rolemig_db, "SELECT * FROM migration_control.load_role_mapping(%s, %s)",
                   (Jsonb({"super_admin": "boss", "viewer": "reader"}), ["boss", "reader"]))
-    assert result == [{"legacy_role": "super_admin", "new_role": "boss"}, {"legacy_role": "viewer", "new_role": "reader"}]
+    assert result == [{"legacy_role": "super_admin", "new_role": "boss"},
+                      {"legacy_role": "viewer", "new_role": "reader"}]
     assert rows(rolemig_db, "SELECT role_name, position FROM migration_control.new_roles ORDER BY position") == [
         {"role_name": "boss", "position": 1}, {"role_name": "reader", "position": 2}]
 
@@ -242,7 +246,8 @@ def test_discover_leaves_out_new_roles_written_by_the_migration(rolemig_db):
 # ---------------------------------------------------------- master control ----
 
 def test_initialize_exercises_every_component_and_leaves_nothing(rolemig_db):
-    result = {r["component"]: r for r in rows(rolemig_db, "SELECT * FROM migration_control.initialize_migration_infrastructure()")}
+    result = {r["component"]: r
+              for r in rows(rolemig_db, "SELECT * FROM migration_control.initialize_migration_infrastructure()")}
     assert {k: v["status"] for k, v in result.items()} == dict.fromkeys(
         ["target", "mapping", "tracking", "backup", "validation"], "pass")
     assert result["backup"]["details"]["profiles_count"] == 130
@@ -255,20 +260,23 @@ def test_initialize_exercises_every_component_and_leaves_nothing(rolemig_db):
 
 def test_initialize_reports_a_broken_component(rolemig_db):
     rolemig_db.execute("DROP FUNCTION migration_tracking.complete_migration_batch(text, text, text)")
-    result = {r["component"]: r for r in rows(rolemig_db, "SELECT * FROM migration_control.initialize_migration_infrastructure()")}
+    result = {r["component"]: r
+              for r in rows(rolemig_db, "SELECT * FROM migration_control.initialize_migration_infrastructure()")}
     assert result["tracking"]["status"] == "fail"
     assert "complete_migration_batch" in result["tracking"]["details"]["error"]
     assert result["backup"]["status"] == "pass"
 
 
 def test_prepare_for_migration_takes_and_checks_a_backup(rolemig_db):
-    steps = {r["step"]: r for r in rows(rolemig_db, "SELECT * FROM migration_control.prepare_for_migration('rehearsal')")}
+    steps = {r["step"]: r
+             for r in rows(rolemig_db, "SELECT * FROM migration_control.prepare_for_migration('rehearsal')")}
     assert list(steps) == ["backup", "backup_validation", "pre_migration_validation", "ready"]
     assert {k: v["status"] for k, v in steps.items()} == dict.fromkeys(steps, "pass")
     bid = steps["backup"]["details"]["backup_id"]
-    assert one(rolemig_db, "SELECT backup_name, status FROM migration_backup.backup_log WHERE backup_id = %s", (bid,)) == {
-        "backup_name": "rehearsal_backup", "status": "completed"}
-    assert one(rolemig_db, "SELECT count(DISTINCT validation_run) AS n FROM migration_validation.validation_results")["n"] == 1
+    assert one(rolemig_db, "SELECT backup_name, status FROM migration_backup.backup_log WHERE backup_id = %s",
+               (bid,)) == {"backup_name": "rehearsal_backup", "status": "completed"}
+    runs = one(rolemig_db, "SELECT count(DISTINCT validation_run) AS n FROM migration_validation.validation_results")
+    assert runs["n"] == 1
 
 
 def test_prepare_for_migration_reports_failing_validation(rolemig_db):
@@ -279,16 +287,19 @@ def test_prepare_for_migration_reports_failing_validation(rolemig_db):
     assert {c["check_name"] for c in steps["pre_migration_validation"]["details"]["failing"]} == {
         "all_roles_known", "mapping_total"}
     assert steps["ready"]["status"] == "fail"
-    raises(rolemig_db, "SELECT * FROM migration_control.prepare_for_migration('')", match="migration name must not be empty")
+    raises(rolemig_db, "SELECT * FROM migration_control.prepare_for_migration('')",
+           match="migration name must not be empty")
 
 
 def test_infrastructure_status_lists_missing_pieces(rolemig_db):
-    status = {r["component"]: r for r in rows(rolemig_db, "SELECT * FROM migration_control.get_infrastructure_status()")}
+    status = {r["component"]: r
+              for r in rows(rolemig_db, "SELECT * FROM migration_control.get_infrastructure_status()")}
     assert status["backups"]["status"] == "warn" and status["functions"]["status"] == "pass"
     one(rolemig_db, "SELECT * FROM migration_backup.create_comprehensive_backup()")
     rolemig_db.execute("DROP FUNCTION migration_backup.get_backup_summary()")
     rolemig_db.execute("UPDATE migration_control.target_config SET role_column = 'rank'")
-    status = {r["component"]: r for r in rows(rolemig_db, "SELECT * FROM migration_control.get_infrastructure_status()")}
+    status = {r["component"]: r
+              for r in rows(rolemig_db, "SELECT * FROM migration_control.get_infrastructure_status()")}
     assert status["functions"]["status"] == "fail"
     assert status["functions"]["details"]["missing"] == ["migration_backup.get_backup_summary"]
     assert status["target"]["status"] == "fail" and "rank" in status["target"]["details"]["error"]

@@ -49,7 +49,8 @@ def policies(conn):
 
 def role_check(conn):
     return one(conn, """SELECT pg_get_constraintdef(oid) AS d FROM pg_constraint
-                         WHERE conrelid = 'public.user_profiles'::regclass AND conname = 'user_profiles_role_check'""")["d"]
+                         WHERE conrelid = 'public.user_profiles'::regclass
+                           AND conname = 'user_profiles_role_check'""")["d"]
 
 
 def expand(conn, expr):
@@ -117,7 +118,8 @@ def test_refuses_unknown_and_unmapped_roles(rolemig_db):
     rolemig_db.execute("UPDATE public.user_profiles SET role = 'viewer' WHERE role = 'ghost'")
     rolemig_db.execute("ALTER TABLE public.user_profiles ADD CONSTRAINT user_profiles_role_check "
                        "CHECK (role IN ('super_admin', 'admin', 'org_owner', 'org_admin', 'billing_admin', 'manager', "
-                       "'team_lead', 'editor', 'author', 'contributor', 'moderator', 'support_agent', 'viewer', 'auditor'))")
+                       "'team_lead', 'editor', 'author', 'contributor', 'moderator', 'support_agent', 'viewer', "
+                       "'auditor'))")
     assert_refused(rolemig_db, r"unmapped legacy roles: auditor \(found in check\)")
     assert one(rolemig_db, "SELECT count(*) AS n FROM public.user_profiles WHERE role = 'owner'")["n"] == 0
 
@@ -149,16 +151,20 @@ def test_partial_run_migrates_exactly_two_batches_then_resumes(rolemig_db):
     assert first["users_migrated"] + first["users_unchanged"] == 14
     # the first 14 users in key order, each changed exactly as the mapping says
     first_keys = [r["id"] for r in rows(rolemig_db, "SELECT id::text FROM public.user_profiles ORDER BY id LIMIT 14")]
-    logged = rows(rolemig_db, "SELECT user_key, old_role, new_role, status FROM migration_tracking.migration_log ORDER BY user_key")
+    logged = rows(rolemig_db, "SELECT user_key, old_role, new_role, status FROM migration_tracking.migration_log "
+                              "ORDER BY user_key")
     assert [r["user_key"] for r in logged] == sorted(first_keys)
     after = roles(rolemig_db)
     for r in logged:
-        assert r["old_role"] == before[r["user_key"]] and r["new_role"] == MAPPING[r["old_role"]] == after[r["user_key"]]
+        assert r["old_role"] == before[r["user_key"]]
+        assert r["new_role"] == MAPPING[r["old_role"]] == after[r["user_key"]]
         assert r["status"] == ("unchanged" if r["old_role"] == r["new_role"] else "migrated")
-    assert {k: v for k, v in after.items() if k not in first_keys} == {k: v for k, v in before.items() if k not in first_keys}
+    untouched = {k: v for k, v in before.items() if k not in first_keys}
+    assert {k: v for k, v in after.items() if k not in first_keys} == untouched
     batches = rows(rolemig_db, """SELECT run_id, batch_number, status, first_key, last_key, processed_users, details
                                    FROM migration_tracking.migration_batch ORDER BY batch_number""")
-    assert [(b["batch_number"], b["status"], b["processed_users"]) for b in batches] == [(1, "completed", 7), (2, "completed", 7)]
+    assert [(b["batch_number"], b["status"], b["processed_users"]) for b in batches] == [
+        (1, "completed", 7), (2, "completed", 7)]
     assert {b["run_id"] for b in batches} == {first["run_id"]}
     assert (batches[0]["first_key"], batches[0]["last_key"], batches[1]["first_key"], batches[1]["last_key"]) == (
         first_keys[0], first_keys[6], first_keys[7], first_keys[13])
@@ -186,7 +192,8 @@ def test_partial_run_migrates_exactly_two_batches_then_resumes(rolemig_db):
                                     for name, pair in policies_before.items()}
 
     third = migrate(rolemig_db)
-    assert (third["status"], third["batches"], third["users_migrated"], third["policies_rewritten"]) == ("completed", 0, 0, 0)
+    assert (third["status"], third["batches"], third["users_migrated"], third["policies_rewritten"]) == (
+        "completed", 0, 0, 0)
 
 
 def test_resume_goes_on_from_the_last_batch_and_wraps_around_once(rolemig_db):
@@ -279,7 +286,8 @@ def test_policies_are_rewritten_and_logged(rolemig_db):
         "((( SELECT public.current_user_role() AS current_user_role) = 'owner'::text) OR "
         "(( SELECT public.current_user_role() AS current_user_role) = 'owner'::text))")
     assert after["documents: moderators update"][0] == (
-        "((auth.jwt() ->> 'user_role'::text) = ANY (ARRAY['moderator'::text, 'moderator'::text, 'admin'::text, 'owner'::text]))")
+        "((auth.jwt() ->> 'user_role'::text) = "
+        "ANY (ARRAY['moderator'::text, 'moderator'::text, 'admin'::text, 'owner'::text]))")
     assert after["documents: writers insert"][1].endswith(
         "ARRAY['editor'::text, 'editor'::text, 'editor'::text, 'manager'::text, 'manager'::text])))")
     assert after["projects: owner or management"][0] == after["projects: owner or management"][1]
@@ -302,7 +310,8 @@ def test_policies_are_rewritten_and_logged(rolemig_db):
     literals = " ".join(q or "" for pair in after.values() for q in pair)
     assert not any(f"'{role}'" in literals for role in LEGACY_ONLY)
 
-    post = {r["check_name"]: r["status"] for r in rows(rolemig_db, "SELECT * FROM migration_validation.validate_post_migration_state()")}
+    post = {r["check_name"]: r["status"]
+            for r in rows(rolemig_db, "SELECT * FROM migration_validation.validate_post_migration_state()")}
     assert set(post.values()) == {"pass"}, post
     auth = rows(rolemig_db, "SELECT * FROM migration_validation.test_user_authentication(200)")
     assert {r["status"] for r in auth} == {"pass"}, auth
@@ -332,13 +341,14 @@ def test_failing_batch_is_undone_recorded_and_resumable(rolemig_db):
             IF NEW.id = '{victim}' THEN RAISE EXCEPTION 'refusing %', NEW.id; END IF;
             RETURN NEW;
         END $$;
-        CREATE TRIGGER refuse_one BEFORE UPDATE ON public.user_profiles FOR EACH ROW EXECUTE FUNCTION public.refuse_one()""")
+        CREATE TRIGGER refuse_one BEFORE UPDATE ON public.user_profiles
+            FOR EACH ROW EXECUTE FUNCTION public.refuse_one()""")
 
     result = migrate(rolemig_db, p_batch_size=10)
     assert result["status"] == "failed" and f"refusing {victim}" in result["error"]
     assert result["batches"] == 3 and result["policies_rewritten"] == 0
-    batches = rows(rolemig_db, "SELECT batch_number, status, error, processed_users FROM migration_tracking.migration_batch "
-                               "ORDER BY batch_number")
+    batches = rows(rolemig_db, "SELECT batch_number, status, error, processed_users "
+                               "FROM migration_tracking.migration_batch ORDER BY batch_number")
     assert [(b["batch_number"], b["status"]) for b in batches] == [(1, "completed"), (2, "completed"), (3, "failed")]
     assert f"refusing {victim}" in batches[2]["error"] and batches[2]["processed_users"] == 0
     after = roles(rolemig_db)
@@ -384,13 +394,15 @@ def test_one_call_without_expand_is_all_or_nothing(rolemig_db):
             IF NEW.id = '{victim}' THEN RAISE EXCEPTION 'refusing %', NEW.id; END IF;
             RETURN NEW;
         END $$;
-        CREATE TRIGGER refuse_one BEFORE UPDATE ON public.user_profiles FOR EACH ROW EXECUTE FUNCTION public.refuse_one()""")
+        CREATE TRIGGER refuse_one BEFORE UPDATE ON public.user_profiles
+            FOR EACH ROW EXECUTE FUNCTION public.refuse_one()""")
     result = migrate(rolemig_db, p_batch_size=10)
     assert result["status"] == "failed" and f"refusing {victim}" in result["error"]
     assert "the run was undone: no user moved" in result["error"] and "cannot expand" in result["error"]
     assert roles(rolemig_db) == before and policies(rolemig_db) == policies_before
     assert one(rolemig_db, "SELECT count(*) AS n FROM migration_tracking.migration_log")["n"] == 0
-    assert [b["status"] for b in rows(rolemig_db, "SELECT status FROM migration_tracking.migration_batch")] == ["failed"]
+    batches = rows(rolemig_db, "SELECT status FROM migration_tracking.migration_batch")
+    assert [b["status"] for b in batches] == ["failed"]
 
     rolemig_db.execute("DROP TRIGGER refuse_one ON public.user_profiles")
     done = migrate(rolemig_db, p_batch_size=10)
@@ -430,23 +442,27 @@ def test_enum_role_column_and_integer_key(rolemig_db):
           FROM generate_series(1, 25) g;
         INSERT INTO app.logins SELECT g, 1 + g % 25 FROM generate_series(1, 40) g;
         ALTER TABLE app.members ENABLE ROW LEVEL SECURITY;
-        CREATE POLICY "members: writers" ON app.members FOR UPDATE USING (rank = ANY (ARRAY['author'::app.role, 'super_admin'::app.role]));
+        CREATE POLICY "members: writers" ON app.members FOR UPDATE
+            USING (rank = ANY (ARRAY['author'::app.role, 'super_admin'::app.role]));
     """)
     rolemig_db.execute("""SELECT * FROM migration_control.configure_target(p_profiles_table => 'app.members',
         p_key_column => 'member_no', p_role_column => 'rank', p_sessions_table => 'app.logins',
         p_sessions_user_column => 'member_no', p_policy_schemas => ARRAY['app'])""")
     rolemig_db.execute("""SELECT * FROM migration_control.load_role_mapping(
         '{"super_admin": "owner", "author": "editor", "viewer": "viewer"}', ARRAY['owner', 'editor', 'viewer'])""")
-    discovered = {r["role_name"]: r["sources"] for r in rows(rolemig_db, "SELECT * FROM migration_control.discover_legacy_roles()")}
+    discovered = {r["role_name"]: r["sources"]
+                  for r in rows(rolemig_db, "SELECT * FROM migration_control.discover_legacy_roles()")}
     assert discovered == {"super_admin": ["enum", "data", "mapping"], "author": ["enum", "data", "mapping"],
                           "viewer": ["enum", "data", "mapping"]}
     backup(rolemig_db)
     first = migrate(rolemig_db, p_batch_size=4, p_max_batches=2)
     assert first["users_migrated"] + first["users_unchanged"] == 8
-    assert [r["last_key"] for r in rows(rolemig_db, "SELECT last_key FROM migration_tracking.migration_batch ORDER BY batch_number")] == ["4", "8"]
+    batches = rows(rolemig_db, "SELECT last_key FROM migration_tracking.migration_batch ORDER BY batch_number")
+    assert [r["last_key"] for r in batches] == ["4", "8"]
     result = migrate(rolemig_db, p_batch_size=4)
     assert result["status"] == "completed" and result["policies_rewritten"] == 1
-    assert {r["rank"] for r in rows(rolemig_db, "SELECT DISTINCT rank::text FROM app.members")} == {"owner", "editor", "viewer"}
+    ranks = rows(rolemig_db, "SELECT DISTINCT rank::text FROM app.members")
+    assert {r["rank"] for r in ranks} == {"owner", "editor", "viewer"}
     rolemig_db.execute("SET search_path = pg_catalog")
     qual = one(rolemig_db, "SELECT qual FROM pg_policies WHERE policyname = 'members: writers'")["qual"]
     assert qual == "(rank = ANY (ARRAY['editor'::app.role, 'owner'::app.role]))"
@@ -461,7 +477,8 @@ def test_enum_without_the_new_roles_is_refused(rolemig_db):
         INSERT INTO app.members VALUES (1, 'super_admin'), (2, 'viewer');
         SELECT * FROM migration_control.configure_target(p_profiles_table => 'app.members', p_role_column => 'rank',
             p_sessions_table => 'app.logins', p_sessions_user_column => 'member_id', p_policy_schemas => ARRAY['app']);
-        SELECT * FROM migration_control.load_role_mapping('{"super_admin": "owner", "viewer": "viewer"}', ARRAY['owner', 'viewer']);
+        SELECT * FROM migration_control.load_role_mapping('{"super_admin": "owner", "viewer": "viewer"}',
+                                                          ARRAY['owner', 'viewer']);
     """)
     backup(rolemig_db)
     diag = assert_refused(rolemig_db, "enum app.role lacks new role")

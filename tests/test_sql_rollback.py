@@ -19,8 +19,9 @@ ROLLBACK_ID = re.compile(r"^rb_\d{8}_\d{6}_[0-9a-f]{6}$")
 LEGACY = ["super_admin", "admin", "org_owner", "org_admin", "billing_admin", "manager", "team_lead",
           "editor", "author", "contributor", "moderator", "support_agent", "viewer"]
 NEW = ["owner", "admin", "manager", "editor", "moderator", "viewer"]
-ROLLBACK_CHECKS = ["rollback_recorded", "profiles_roles_restored", "migration_undone", "profiles_content", "profiles_count",
-                   "sessions_intact", "policies_restored", "rls_flags_restored", "role_constraints_restored"]
+ROLLBACK_CHECKS = ["rollback_recorded", "profiles_roles_restored", "migration_undone", "profiles_content",
+                   "profiles_count", "sessions_intact", "policies_restored", "rls_flags_restored",
+                   "role_constraints_restored"]
 
 
 def policies(conn):
@@ -204,7 +205,8 @@ def test_revert_refuses_backup_failing_validation_and_changes_nothing(rolemig_db
     during = snapshot(rolemig_db)
     rolemig_db.execute("""UPDATE migration_backup.user_profiles_complete_backup
                              SET row_data = jsonb_set(row_data, '{phone}', '"555"')
-                           WHERE user_key = (SELECT min(user_key) FROM migration_backup.user_profiles_complete_backup)""")
+                           WHERE user_key = (SELECT min(user_key)
+                                               FROM migration_backup.user_profiles_complete_backup)""")
     with pytest.raises(psycopg.errors.RaiseException, match=f"backup {bid} failed validation") as exc:
         rollback(rolemig_db, bid)
     assert "profiles_checksum" in exc.value.diag.message_detail
@@ -281,8 +283,8 @@ def test_revert_repairs_tracking(rolemig_db):
     assert result["status"] == "completed"
     assert one(rolemig_db, "SELECT status FROM migration_tracking.migration_batch WHERE batch_id = %s",
                (batch,))["status"] == "rolled_back"
-    logged = rows(rolemig_db, "SELECT user_key, old_role, new_role, status, batch_id FROM migration_tracking.migration_log "
-                              "ORDER BY log_id")
+    logged = rows(rolemig_db, "SELECT user_key, old_role, new_role, status, batch_id "
+                              "FROM migration_tracking.migration_log ORDER BY log_id")
     assert logged[-1] == {"user_key": user, "old_role": "editor", "new_role": "author", "status": "rolled_back",
                           "batch_id": batch}
 
@@ -350,7 +352,8 @@ def test_emergency_validation_fails_on_any_content_difference(rolemig_db):
     assert check_rollback(rolemig_db, bid)["profiles_content"]["status"] == "pass"
     key = key_of(rolemig_db, "")
     rolemig_db.execute("UPDATE public.user_profiles SET locale = 'zz-test' WHERE id = %s", (key,))
-    rolemig_db.execute("UPDATE auth.sessions SET tag = 'changed-by-test' WHERE id = (SELECT min(id::text)::uuid FROM auth.sessions)")
+    rolemig_db.execute("UPDATE auth.sessions SET tag = 'changed-by-test' "
+                       "WHERE id = (SELECT min(id::text)::uuid FROM auth.sessions)")
     checks = check_rollback(rolemig_db, bid)
     assert checks["profiles_content"]["status"] == "fail"
     assert checks["profiles_content"]["details"]["sample"] == [{"user_key": key, "columns": ["locale"]}]

@@ -19,7 +19,8 @@ MY_SCHEMAS = ("migration_tracking", "migration_backup")
 
 
 def start(conn, name="role_system_migration", size=None, run=None, details=None):
-    return one(conn, "SELECT migration_tracking.start_migration_batch(%s::text, %s::integer, %s::text, coalesce(%s::jsonb, '{}')) AS id",
+    return one(conn, "SELECT migration_tracking.start_migration_batch("
+                     "%s::text, %s::integer, %s::text, coalesce(%s::jsonb, '{}')) AS id",
                (name, size, run, details))["id"]
 
 

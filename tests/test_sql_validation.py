@@ -71,7 +71,8 @@ def test_pre_migration_passes_once_a_backup_exists(rolemig_db):
 def test_unknown_role_fails_all_roles_known_and_mapping_total_naming_it(rolemig_db):
     rolemig_db.execute("ALTER TABLE public.user_profiles DROP CONSTRAINT user_profiles_role_check")
     key = one(rolemig_db, """UPDATE public.user_profiles SET role = 'ghost'
-                              WHERE id = (SELECT min(id::text)::uuid FROM public.user_profiles) RETURNING id::text""")["id"]
+                              WHERE id = (SELECT min(id::text)::uuid FROM public.user_profiles)
+                              RETURNING id::text""")["id"]
     result = pre(rolemig_db)
     known = result["all_roles_known"]
     assert known["status"] == "fail"
@@ -112,7 +113,8 @@ def test_role_allowed_by_check_only_is_found_unmapped(rolemig_db):
 def test_null_role_fails_naming_the_user(rolemig_db):
     rolemig_db.execute("ALTER TABLE public.user_profiles ALTER COLUMN role DROP NOT NULL")
     key = one(rolemig_db, """UPDATE public.user_profiles SET role = NULL
-                              WHERE id = (SELECT max(id::text)::uuid FROM public.user_profiles) RETURNING id::text""")["id"]
+                              WHERE id = (SELECT max(id::text)::uuid FROM public.user_profiles)
+                              RETURNING id::text""")["id"]
     result = pre(rolemig_db)["no_null_roles"]
     assert result["status"] == "fail"
     assert result["details"]["null_roles"] == 1 and result["details"]["sample"] == [key]
@@ -131,8 +133,9 @@ def test_target_and_mapping_problems_fail(rolemig_db):
 def test_corrupt_backup_fails_valid_backup_exists(rolemig_db):
     bid = backup(rolemig_db)
     rolemig_db.execute("""DELETE FROM migration_backup.user_profiles_complete_backup
-                           WHERE backup_id = %s AND user_key = (SELECT min(user_key)
-                                 FROM migration_backup.user_profiles_complete_backup WHERE backup_id = %s)""", (bid, bid))
+                           WHERE backup_id = %s AND user_key = (
+                                 SELECT min(user_key) FROM migration_backup.user_profiles_complete_backup
+                                  WHERE backup_id = %s)""", (bid, bid))
     result = pre(rolemig_db)["valid_backup_exists"]
     assert result["status"] == "fail" and result["details"]["backup_id"] == bid
     assert {c["check_name"] for c in result["details"]["failing_checks"]} >= {"profiles_count"}
@@ -205,7 +208,8 @@ def test_post_migration_names_changed_users_missing_sessions_and_users(rolemig_d
     bid = backup(rolemig_db)
     migrate(rolemig_db)
     changed = one(rolemig_db, """UPDATE public.user_profiles SET role = 'viewer'
-        WHERE id = (SELECT min(id::text)::uuid FROM public.user_profiles WHERE role = 'owner') RETURNING id::text""")["id"]
+        WHERE id = (SELECT min(id::text)::uuid FROM public.user_profiles WHERE role = 'owner')
+        RETURNING id::text""")["id"]
     session = one(rolemig_db, "DELETE FROM auth.sessions WHERE id = (SELECT min(id::text)::uuid FROM auth.sessions) "
                               "RETURNING id::text, user_id::text")
     result = post(rolemig_db, bid)
@@ -244,7 +248,8 @@ def test_authentication_passes_before_and_after_migration(rolemig_db):
     migrate(rolemig_db)
     after = auth(rolemig_db, 200)
     assert {k: v["status"] for k, v in after.items()} == dict.fromkeys(AUTH_CHECKS, "pass")
-    # after the migration: owner, admin and moderator read all (from super_admin, admin, org_owner, org_admin, support_agent)
+    # after the migration: owner, admin and moderator read all
+    # (from super_admin, admin, org_owner, org_admin, support_agent)
     assert after["rls_applies"]["details"]["users_filtered"] == 130 - 70
 
 

@@ -69,7 +69,8 @@ def test_gate_fails_when_a_trigger_changes_another_column(pytester):
     result = _gate(pytester, "deactivate-on-role-change.sql")
     result.stdout.fnmatch_lines(["FAILED *test_rollback_restores_everything_exactly*",
                                  "FAILED *test_round_trip_gives_every_user_back*"], consecutive=False)
-    result.stdout.fnmatch_lines(["*the migration changed is_active ('true' -> 'false'), not only role*"], consecutive=False)
+    result.stdout.fnmatch_lines(["*the migration changed is_active ('true' -> 'false'), not only role*"],
+                                consecutive=False)
     result.stdout.fnmatch_lines(["  profile *: is_active 't' -> 'f'"], consecutive=False)
     out = result.stdout.str()
     assert "not compared: public.user_profiles.updated_at" in out
