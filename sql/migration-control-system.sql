@@ -58,7 +58,8 @@ BEGIN
     IF v_sessions_oid IS NULL AND p_sessions_table IS NOT NULL THEN
         RAISE EXCEPTION 'target table %.% does not exist', p_sessions_schema, p_sessions_table
             USING DETAIL = format('The sessions table is configured as %I.%I.', p_sessions_schema, p_sessions_table),
-                  HINT = 'load the application schema first, or call migration_control.configure_target(p_sessions_table => ''schema.table'')';
+                  HINT = 'load the application schema first, or call migration_control.configure_target(p_sessions_table => ''schema.table''), '
+                         'or p_sessions_table => ''none'' when the application has no sessions table';
     END IF;
 
     SELECT string_agg(format('%s.%s.%s', w.sch, w.tab, w.col), ', ') INTO v_missing
