@@ -29,9 +29,10 @@ per distinct set; a cell holds the id of its set, so Python stays flat as users 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
@@ -72,6 +73,7 @@ class TableInfo:
     owner_columns: tuple[str, ...]
     templates: tuple[tuple[str, str], ...]  # (key, row as JSON text)
     unique_key: bool = True  # key_expr is a primary key (no key twice)
+    read_only: bool = False  # a view the API exposes: only SELECT is probed
 
     @property
     def qualified(self) -> str:
@@ -123,6 +125,68 @@ def rls_tables(conn: psycopg.Connection[Any], schemas: Iterable[str]) -> list[tu
           AND n.nspname = ANY(%s)
         ORDER BY 1, 2
         """, (list(schemas),)).fetchall()]
+
+
+def exposed_views(conn: psycopg.Connection[Any], schemas: Iterable[str], api_role: str) -> list[tuple[str, str]]:
+    """Views and materialized views of ``schemas`` the API role may read (what PostgREST serves)."""
+    return [tuple(r) for r in conn.execute(
+        """
+        SELECT n.nspname, c.relname FROM pg_catalog.pg_class c
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('v', 'm') AND n.nspname = ANY(%s)
+          AND pg_catalog.has_table_privilege(%s, c.oid, 'SELECT')
+          AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                           WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+        ORDER BY 1, 2
+        """, (list(schemas), api_role)).fetchall()]
+
+
+def exposed_functions(conn: psycopg.Connection[Any], schemas: Iterable[str], api_role: str) -> list[str]:
+    """Read-only functions of ``schemas`` without arguments that the API role may call (RPC).
+
+    Stable or immutable, not a trigger, not from an extension: calling one as a user changes
+    nothing, and what it returns may depend on the caller's role (``can_see_billing()``).
+    """
+    return [r[0] for r in conn.execute(
+        """
+        SELECT pg_catalog.format('%%I.%%I', n.nspname, p.proname) FROM pg_catalog.pg_proc p
+        JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = ANY(%s) AND p.prokind = 'f' AND p.pronargs = 0 AND p.provolatile IN ('s', 'i')
+          AND p.prorettype NOT IN ('pg_catalog.trigger'::regtype, 'pg_catalog.void'::regtype)
+          AND pg_catalog.has_function_privilege(%s, p.oid, 'EXECUTE')
+          AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                           WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')
+        ORDER BY 1
+        """, (list(schemas), api_role)).fetchall()]
+
+
+def _call(conn: psycopg.Connection[Any], store: ReachStore, function: str,
+          mapping: dict[str, str]) -> tuple[int, str | None]:
+    """What a read-only function returns to the acting user, as one key per result row.
+
+    Role names in the result are read through the mapping (a function returning the caller's
+    role returns 'owner' where it returned 'org_owner': that is the migration, not a change).
+    """
+    query = sql.SQL("SELECT coalesce(to_jsonb(r), 'null')::text FROM {}() AS r").format(sql.SQL(function))
+    try:
+        with conn.transaction(force_rollback=True):
+            rows = [r[0] for r in conn.execute(query)]
+    except psycopg.Error as exc:
+        if exc.sqlstate == "42501":
+            return EMPTY, None
+        return EMPTY, str(exc).strip().splitlines()[0]
+    return store.add([json.dumps(_mapped(json.loads(r), mapping), sort_keys=True) for r in rows]), None
+
+
+def _mapped(value: Any, mapping: dict[str, str]) -> Any:
+    """``value`` with every string that is a legacy role replaced by its new role."""
+    if isinstance(value, str):
+        return mapping.get(value, value)
+    if isinstance(value, list):
+        return [_mapped(v, mapping) for v in value]
+    if isinstance(value, dict):
+        return {k: _mapped(v, mapping) for k, v in value.items()}
+    return value
 
 
 def owner_references(conn: psycopg.Connection[Any], target: Target) -> set[tuple[str, str, str]]:
@@ -338,8 +402,13 @@ def compute_matrix(conn: psycopg.Connection[Any], target: Target, actors: list[A
     auth = auth or auth_settings(conn)
     owners = owner_references(conn, target)
     infos = [table_info(conn, s, t, owners, auth) for s, t in rls_tables(conn, target.policy_schemas)]
+    infos += [replace(table_info(conn, s, t, owners, auth), read_only=True)
+              for s, t in exposed_views(conn, target.policy_schemas, auth.auth_role)]
+    functions = exposed_functions(conn, target.policy_schemas, auth.auth_role)
+    mapping = dict(conn.execute("SELECT legacy_role, new_role FROM migration_control.role_mapping").fetchall())
     claims = current_roles(conn, target, [a.key for a in actors if a.key is not None])
-    matrix = Matrix(label=label, store=store, tables=tuple(i.qualified for i in infos))
+    matrix = Matrix(label=label, store=store,
+                    tables=tuple(i.qualified for i in infos) + tuple(f"{f}()" for f in functions))
     for actor in actors:
         user = actor.key or ANON
         matrix.claims[user] = claims.get(actor.key) if actor.key else None
@@ -352,6 +421,8 @@ def compute_matrix(conn: psycopg.Connection[Any], target: Target, actors: list[A
                 matrix.cells[cell + ("SELECT",)] = visible
                 if error is not None and error.sqlstate != "42501":
                     matrix.errors[cell + ("SELECT",)] = str(error).strip().splitlines()[0]
+                if info.read_only:
+                    continue
                 for command in ("UPDATE", "DELETE"):
                     keys, note = _write(conn, store, info, command, visible)
                     matrix.cells[cell + (command,)] = keys
@@ -361,6 +432,11 @@ def compute_matrix(conn: psycopg.Connection[Any], target: Target, actors: list[A
                 matrix.cells[cell + ("INSERT",)] = keys
                 if note:
                     matrix.errors[cell + ("INSERT",)] = note
+            for function in functions:
+                cell = (actor.role, user, f"{function}()", "EXECUTE")
+                matrix.cells[cell], note = _call(conn, store, function, mapping)
+                if note:
+                    matrix.errors[cell] = note
     matrix.seconds = time.perf_counter() - started
     return matrix
 
@@ -370,6 +446,8 @@ def row_lookup(conn: psycopg.Connection[Any], width: int = 160) -> Any:
     exprs: dict[str, tuple[sql.Composable, list[str]]] = {}
 
     def lookup(table: str, key: str) -> str:
+        if table.endswith("()"):  # a function: its key is already the result it returned
+            return ""
         schema, _, name = table.rpartition(".")  # a display name (schema.name), not SQL spelling
         if table not in exprs:
             pk = [r[0] for r in _columns(conn, schema, name, "public") if r[5]]

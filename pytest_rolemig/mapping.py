@@ -102,7 +102,7 @@ def _acknowledged(data: Any, source: str) -> dict[str, str]:
     return dict(data)
 
 
-_COMMANDS = ("SELECT", "INSERT", "UPDATE", "DELETE", "*")
+_COMMANDS = ("SELECT", "INSERT", "UPDATE", "DELETE", "EXECUTE", "*")  # EXECUTE: a function the API exposes
 
 
 def _access_changes(data: Any, mapping: dict[str, str], source: str) -> dict[str, dict[str, tuple[str, ...]]]:

@@ -270,3 +270,38 @@ def test_empty_table_with_json_columns_and_no_default_is_filled(rolemig_db):
     assert seeded.rows.get("public.user_settings", 0) >= 12, seeded.skipped
     values = rolemig_db.execute("SELECT DISTINCT settings::text, legacy::text FROM public.user_settings")
     assert values.fetchall() == [("{}", "{}")]
+
+
+HIDING = EXAMPLES / "role-hiding"
+
+
+def test_views_and_rpc_functions_the_api_exposes_are_probed(rolemig_db, store, rolemig_mapping):
+    """A view and an RPC function that filter by legacy role names lose access after the migration."""
+    load_schema_file(rolemig_db, HIDING / "staff-view.sql")
+    load_schema_file(rolemig_db, HIDING / "rpc-function.sql")
+    actors = _prepared(rolemig_db)
+    before = compute_matrix(rolemig_db, DEMO, actors, "before", store)
+    assert {"public.staff_directory", "public.can_see_billing()"} <= set(before.tables)
+    assert "public.current_user_role()" in before.tables  # granted to the API role, no arguments
+    assert all(cmd == "SELECT" for (_, _, table, cmd) in before.cells if table == "public.staff_directory")
+    agents = _by_role(before, "support_agent", "public.staff_directory", "SELECT")
+    assert agents and all(agents.values()), "support agents read the staff directory"
+    backup = api.backup(rolemig_db)
+    api.migrate(rolemig_db, backup_id=backup.backup_id)
+    after = compute_matrix(rolemig_db, DEMO, actors, "after", store)
+    result = compare(before, after, "after the migration", rolemig_mapping.access_changes)
+    changed = {(d.role, d.table, d.command) for d in result.unexpected}
+    assert ("support_agent", "public.staff_directory", "SELECT") in changed
+    assert ("billing_admin", "public.can_see_billing()", "EXECUTE") in changed
+    # a function returning the caller's role name returns the new name: read through the mapping, no change
+    assert not {c for c in changed if c[1] == "public.current_user_role()"}
+
+
+def test_functions_with_arguments_or_side_effects_are_not_called(rolemig_db):
+    rolemig_db.execute("""
+        CREATE FUNCTION public.bump() RETURNS integer LANGUAGE sql VOLATILE AS 'SELECT 1';
+        CREATE FUNCTION public.stable_with_arg(p integer) RETURNS integer LANGUAGE sql STABLE AS 'SELECT p';
+        GRANT EXECUTE ON FUNCTION public.bump(), public.stable_with_arg(integer) TO authenticated""")
+    exposed = access_matrix.exposed_functions(rolemig_db, ["public"], "authenticated")
+    assert "public.bump" not in exposed and "public.stable_with_arg" not in exposed
+    assert "public.current_user_role" in exposed
