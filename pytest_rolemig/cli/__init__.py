@@ -26,7 +26,8 @@ def build_parser(err: TextIO | None = None) -> argparse.ArgumentParser:
 
     Usage errors go to ``err`` (default: standard error) as one line and exit with code 2.
     """
-    common = argparse.ArgumentParser(add_help=False)
+    # a _Parser too: the subparsers are _Parsers, and their parents must be of their class
+    common = _Parser(add_help=False, err=err)
     common.add_argument("--dsn", default=argparse.SUPPRESS,
                         help="libpq connection string or URL (default: $DATABASE_URL)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
@@ -167,7 +168,7 @@ def _safe_dsn(dsn: str) -> str:
         params = conninfo_to_dict(dsn)
     except Exception:  # noqa: BLE001 - shown only in an error message
         return "<unparsable DSN>"
-    return make_conninfo(**{k: v for k, v in params.items() if k != "password"})
+    return make_conninfo("", **{k: v for k, v in params.items() if k != "password"})
 
 
 def connect(dsn: str | None):  # type: ignore[no-untyped-def]

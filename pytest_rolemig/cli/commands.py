@@ -13,6 +13,7 @@ import psycopg
 from pytest_rolemig.cli import errors, plan, render
 from pytest_rolemig.cli.errors import CliError
 from pytest_rolemig.cli.progress import ProgressBar
+from pytest_rolemig.db import scalar
 
 SCHEMAS = ("migration_tracking", "migration_backup", "migration_validation", "migration_control")
 LOCK_SQL = "hashtext('pytest_rolemig.migration')"
@@ -29,6 +30,7 @@ class Context:
 
     @property
     def json(self) -> bool:
+        """True with ``--json``: print machine-readable output."""
         return bool(self.args.json)
 
     def emit(self, data: Any, text: str) -> None:
@@ -37,12 +39,13 @@ class Context:
         self.out.flush()
 
     def dbname(self) -> str:
+        """The connected database's name, for messages."""
         return self.conn.info.dbname
 
 
 def _rows(cur: psycopg.Cursor[Any]) -> list[dict[str, Any]]:
     names = [d.name for d in cur.description or ()]
-    return [dict(zip(names, row)) for row in cur.fetchall()]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
 def query(conn: psycopg.Connection[Any], text: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
@@ -71,14 +74,15 @@ def require_infrastructure(ctx: Context, functions: tuple[str, ...] = ()) -> Non
 
 def take_lock(ctx: Context) -> None:
     """Hold the migration advisory lock for the session, or fail with exit code 4."""
-    if not ctx.conn.execute(f"SELECT pg_try_advisory_lock({LOCK_SQL})").fetchone()[0]:
+    if not scalar(ctx.conn, f"SELECT pg_try_advisory_lock({LOCK_SQL})"):
         holder = ctx.conn.execute(
             f"""SELECT a.pid, a.application_name, a.state, a.query_start
                 FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
                 WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
                   AND ((l.classid::bigint << 32) | l.objid::bigint) = {LOCK_SQL}::bigint LIMIT 1"""
         ).fetchone()
-        who = f" (server process {holder[0]}, {holder[1] or 'no application name'}, since {holder[3]})" if holder else ""
+        who = (f" (server process {holder[0]}, {holder[1] or 'no application name'}, since {holder[3]})"
+               if holder else "")
         raise CliError(f"a migration is already running on database {ctx.dbname()!r}{who}", errors.LOCKED,
                        hint="wait for it to finish (`rolemig status`), then run the command again")
 
@@ -113,7 +117,8 @@ def backup_exists(ctx: Context, backup_id: str) -> None:
 
 def migration_base(ctx: Context) -> str | None:
     """The backup the current migration started from (None before any user moved)."""
-    return ctx.conn.execute("SELECT backup_id FROM migration_backup.migration_base()").fetchone()[0]
+    base: str | None = scalar(ctx.conn, "SELECT backup_id FROM migration_backup.migration_base()")
+    return base
 
 
 def newest_restorable(ctx: Context) -> str | None:
@@ -157,7 +162,7 @@ def cmd_install(ctx: Context) -> int:
         if a.demo:
             from pytest_rolemig.databases import load_schema_file
 
-            exists = ctx.conn.execute("SELECT to_regclass(%s) IS NOT NULL", (target.profiles_table,)).fetchone()[0]
+            exists = scalar(ctx.conn, "SELECT to_regclass(%s) IS NOT NULL", (target.profiles_table,))
             if not exists:
                 with ctx.conn.transaction():
                     load_schema_file(ctx.conn, resources.demo_schema())
@@ -304,8 +309,8 @@ def cmd_backup(ctx: Context) -> int:
     row = query(ctx.conn, "SELECT * FROM migration_backup.create_comprehensive_backup(%s)", (ctx.args.name,))[0]
     error = None
     if row["status"] != "completed":
-        error = ctx.conn.execute("SELECT error FROM migration_backup.backup_log WHERE backup_id = %s",
-                                 (row["backup_id"],)).fetchone()[0]
+        error = scalar(ctx.conn, "SELECT error FROM migration_backup.backup_log WHERE backup_id = %s",
+                       (row["backup_id"],))
     checks = query(ctx.conn, "SELECT * FROM migration_backup.validate_backup_completeness(%s)", (row["backup_id"],))
     data = {**row, "error": error, "validation": checks}
     text = (f"Backup {row['backup_id']}: {row['status']} — {row['profiles_count']} profiles, "
@@ -340,7 +345,7 @@ class _StopAfterBatch:
         self.requested = False
         self._previous: Any = None
 
-    def __enter__(self) -> "_StopAfterBatch":
+    def __enter__(self) -> _StopAfterBatch:
         try:
             self._previous = signal.signal(signal.SIGINT, self._handle)
         except ValueError:  # not the main thread: Ctrl-C raises KeyboardInterrupt as usual
@@ -451,8 +456,8 @@ def cmd_validate(ctx: Context) -> int:
     phase = ctx.args.phase
     if phase == "auto":
         cfg = plan.target_config(ctx.conn)
-        migrated = ctx.conn.execute("SELECT EXISTS (SELECT 1 FROM migration_tracking.migration_batch "
-                                    "WHERE status = 'completed')").fetchone()[0]
+        migrated = scalar(ctx.conn, "SELECT EXISTS (SELECT 1 FROM migration_tracking.migration_batch "
+                                    "WHERE status = 'completed')")
         phase = "post_migration" if migrated and plan.remaining_users(ctx.conn, cfg) == 0 else "pre_migration"
     checks = _validation(ctx, phase)
     code = _status_of(checks)
@@ -496,8 +501,8 @@ def _rollback(ctx: Context, emergency: bool) -> int:
         release_lock(ctx)
     data: dict[str, Any] = {**result, "backup_id": backup_id, "mode": "emergency" if emergency else "revert"}
     if result["status"] != "completed":
-        data["error"] = ctx.conn.execute("SELECT error FROM migration_backup.rollback_log WHERE rollback_id = %s",
-                                         (result["rollback_id"],)).fetchone()[0]
+        data["error"] = scalar(ctx.conn, "SELECT error FROM migration_backup.rollback_log WHERE rollback_id = %s",
+                               (result["rollback_id"],))
         ctx.emit(data, f"Rollback {result['rollback_id']} FAILED, nothing was changed: {data['error']}")
         return errors.CHECKS_FAILED
     checks = query(ctx.conn, "SELECT * FROM migration_backup.validate_rollback_success(%s, %s)",

@@ -18,6 +18,7 @@ import psycopg
 from psycopg import sql
 
 from pytest_rolemig import postgrest
+from pytest_rolemig.db import one, scalar
 
 OPS = ("SELECT", "INSERT", "UPDATE", "DELETE")
 _CMD = {"SELECT": ("r", "*"), "INSERT": ("a", "*"), "UPDATE": ("w", "*"), "DELETE": ("d", "*")}
@@ -37,7 +38,7 @@ def target_config(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     row = cur.fetchone()
     if row is None:
         raise LookupError("migration_control.target_config has no row")
-    return {d.name: v for d, v in zip(cur.description or (), row)}
+    return {d.name: v for d, v in zip(cur.description or (), row, strict=True)}
 
 
 def profiles_ident(cfg: dict[str, Any]) -> sql.Identifier:
@@ -71,7 +72,7 @@ def remaining_users(conn: psycopg.Connection[Any], cfg: dict[str, Any]) -> int:
            JOIN migration_control.role_mapping AS m ON m.legacy_role = p.{role}::text
            WHERE m.new_role <> m.legacy_role"""
     ).format(role=sql.Identifier(cfg["role_column"]), profiles=profiles_ident(cfg))
-    return int(conn.execute(query).fetchone()[0])
+    return int(scalar(conn, query))
 
 
 def migrated_tables(conn: psycopg.Connection[Any], cfg: dict[str, Any]) -> list[tuple[str, str, int, bool]]:
@@ -136,10 +137,10 @@ def access(conn: psycopg.Connection[Any], cfg: dict[str, Any], user_key: str, ro
     auth = postgrest.from_config(cfg)  # the API role, claims template and pre-request stored with the target
     result: dict[str, Any] = {}
     for schema, table, oid, rls in migrated_tables(conn, cfg):
-        privileges = conn.execute(
-            "SELECT " + ", ".join(f"pg_catalog.has_table_privilege(%s, %s::oid, '{op}')" for op in OPS),
+        privileges = one(
+            conn, "SELECT " + ", ".join(f"pg_catalog.has_table_privilege(%s, %s::oid, '{op}')" for op in OPS),
             tuple(x for _ in OPS for x in (auth_role, oid)),
-        ).fetchone()
+        )
         pols = pols_by_table.get((schema, table), [])
         if not rls:
             exprs = ["true"] * len(OPS)
@@ -158,8 +159,8 @@ def access(conn: psycopg.Connection[Any], cfg: dict[str, Any], user_key: str, ro
         conn.execute("SAVEPOINT rolemig_access")
         try:
             postgrest.act_as(conn, auth, user_key, role)
-            allowed = conn.execute(query).fetchone()
-            for op, ok, priv in zip(OPS, allowed, privileges):
+            allowed = one(conn, query)
+            for op, ok, priv in zip(OPS, allowed, privileges, strict=True):
                 result[f"{name}:{op}"] = bool(ok) and bool(priv)
         except psycopg.Error as exc:
             for op in OPS:
@@ -199,7 +200,7 @@ def pending_users(conn: psycopg.Connection[Any], cfg: dict[str, Any], migration_
                                       FROM migration_backup.rollback_log r WHERE r.status = 'completed'))"""
     ).format(role=sql.Identifier(cfg["role_column"]), key=sql.Identifier(cfg["key_column"]),
              profiles=profiles_ident(cfg))
-    return int(conn.execute(query, (migration_name,)).fetchone()[0])
+    return int(scalar(conn, query, (migration_name,)))
 
 
 def _sample_users(conn: psycopg.Connection[Any], cfg: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -232,7 +233,9 @@ def _migrate(conn: psycopg.Connection[Any], batch_size: int, backup_id: str | No
         (batch_size, backup_id, max_batches),
     )
     row = cur.fetchone()
-    return {d.name: v for d, v in zip(cur.description or (), row)}
+    if row is None:
+        raise LookupError("migration_control.execute_role_migration returned no row")
+    return {d.name: v for d, v in zip(cur.description or (), row, strict=True)}
 
 
 def build_plan(conn: psycopg.Connection[Any], batch_size: int | None, with_access: bool = True,
@@ -249,16 +252,16 @@ def build_plan(conn: psycopg.Connection[Any], batch_size: int | None, with_acces
         before_pols = policies(conn, cfg)
 
         notes = []
-        backup_id = conn.execute(
+        restorable = conn.execute(
             "SELECT backup_id FROM migration_backup.list_available_backups() WHERE restorable LIMIT 1"
         ).fetchone()
-        if backup_id is None:
-            backup_id = conn.execute(
-                "SELECT backup_id FROM migration_backup.create_comprehensive_backup('rolemig_plan_dry_run')"
-            ).fetchone()
+        if restorable is None:
+            backup = scalar(
+                conn, "SELECT backup_id FROM migration_backup.create_comprehensive_backup('rolemig_plan_dry_run')")
             notes.append("no restorable backup exists: the dry run took one inside its transaction "
                          "(rolled back); run `rolemig backup` before `rolemig migrate`")
-        backup = backup_id[0]
+        else:
+            backup = restorable[0]
 
         started = time.perf_counter()
         first = _migrate(conn, size, backup, 1)
