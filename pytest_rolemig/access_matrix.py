@@ -39,6 +39,7 @@ import psycopg
 from psycopg import sql
 
 from pytest_rolemig.access_store import EMPTY, ReachStore
+from pytest_rolemig.db import scalar
 from pytest_rolemig.postgrest import AuthSettings, act_as, auth_settings
 from pytest_rolemig.seeding import split_name
 from pytest_rolemig.target import Target
@@ -69,7 +70,7 @@ class TableInfo:
     key_expr: sql.Composable
     update_column: str | None
     update_with_check: bool  # an UPDATE policy's WITH CHECK differs from its USING: probe with a no-op UPDATE
-    insert: sql.Composable | None
+    insert: sql.Composed | None
     owner_columns: tuple[str, ...]
     templates: tuple[tuple[str, str], ...]  # (key, row as JSON text)
     unique_key: bool = True  # key_expr is a primary key (no key twice)
@@ -77,10 +78,12 @@ class TableInfo:
 
     @property
     def qualified(self) -> str:
+        """``schema.table``, as the matrix and the reports name the table."""
         return f"{self.schema}.{self.name}"
 
     @property
     def ident(self) -> sql.Identifier:
+        """The qualified name, quoted, for composing statements."""
         return sql.Identifier(self.schema, self.name)
 
 
@@ -250,7 +253,8 @@ def table_info(conn: psycopg.Connection[Any], schema: str, table: str, owners: s
 
     is_owner = {c[0] for c in cols
                 if (schema, table, c[0]) in owners or any(tuple(r) in owners for r in (c[7] or []))}
-    targets, values = [], []
+    targets: list[sql.Composable] = []
+    values: list[sql.Composable] = []
     for name, type_name, _gen, _ident, has_default, primary, _upd, _refs in settable:
         if name in is_owner:
             values.append(sql.SQL("coalesce(%(user)s::{}, r.{})").format(sql.SQL(type_name), sql.Identifier(name)))
@@ -261,7 +265,8 @@ def table_info(conn: psycopg.Connection[Any], schema: str, table: str, owners: s
         else:  # an equal key fails on the unique index, after RLS has let the row through
             values.append(sql.SQL("r.{}").format(sql.Identifier(name)))
         targets.append(sql.Identifier(name))
-    insert = sql.SQL("INSERT INTO {t} ({cols}) SELECT {vals} FROM jsonb_populate_record(NULL::{t}, %(row)s) AS r").format(
+    insert = sql.SQL("INSERT INTO {t} ({cols}) "
+                     "SELECT {vals} FROM jsonb_populate_record(NULL::{t}, %(row)s) AS r").format(
         t=sql.Identifier(schema, table), cols=sql.SQL(", ").join(targets), vals=sql.SQL(", ").join(values),
     ) if targets else None
     # to_jsonb only for the rows kept: beside ORDER BY ... LIMIT it ran for every row of the
@@ -270,14 +275,14 @@ def table_info(conn: psycopg.Connection[Any], schema: str, table: str, owners: s
         sql.SQL("SELECT f.k, to_jsonb(f.r)::text "
                 "FROM (SELECT {k} AS k, t AS r FROM {t} AS t ORDER BY 1 LIMIT {n}) AS f ORDER BY 1").format(
             k=key_expr, t=sql.Identifier(schema, table), n=sql.Literal(TEMPLATES_PER_TABLE))).fetchall())
-    with_check = conn.execute(
+    with_check = scalar(conn,
         """
         SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_policy p
                         WHERE p.polrelid = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, %s::text))
                           AND p.polcmd IN ('w', '*') AND p.polwithcheck IS NOT NULL
                           AND pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)
                               IS DISTINCT FROM pg_catalog.pg_get_expr(p.polqual, p.polrelid))
-        """, (schema, table)).fetchone()[0]
+        """, (schema, table))
     return TableInfo(schema, table, key_expr, update_column, with_check or not LOCK_PROBE, insert,
                      tuple(sorted(is_owner)), templates, unique_key=bool(pk))
 
@@ -304,9 +309,9 @@ def choose_actors(conn: psycopg.Connection[Any], target: Target, per_role: int =
 def current_roles(conn: psycopg.Connection[Any], target: Target, keys: list[str]) -> dict[str, str]:
     """The role each of ``keys`` holds now: what a freshly issued token would carry."""
     schema, table = split_name(target.profiles_table)
-    return dict(conn.execute(sql.SQL("SELECT t.{k}::text, t.{r}::text FROM {t} AS t WHERE t.{k}::text = ANY(%s)").format(
-        k=sql.Identifier(target.user), r=sql.Identifier(target.role_column),
-        t=sql.Identifier(schema, table)), (keys,)).fetchall())
+    query = sql.SQL("SELECT t.{k}::text, t.{r}::text FROM {t} AS t WHERE t.{k}::text = ANY(%s)").format(
+        k=sql.Identifier(target.user), r=sql.Identifier(target.role_column), t=sql.Identifier(schema, table))
+    return dict(conn.execute(query, (keys,)).fetchall())
 
 
 # ---------------------------------------------------------------- computing ---
@@ -320,7 +325,7 @@ def _attempt(conn: psycopg.Connection[Any], store: ReachStore, info: TableInfo,
         return EMPTY, exc
 
 
-def _fails(conn: psycopg.Connection[Any], query: sql.Composable,
+def _fails(conn: psycopg.Connection[Any], query: sql.Composed,
            params: dict[str, Any] | None = None) -> psycopg.Error | None:
     """Run a write in a savepoint that is always rolled back; its error, if any."""
     try:
@@ -386,9 +391,11 @@ def _act_as(conn: psycopg.Connection[Any], actor: Actor, claim_role: str | None,
     """Become the user as PostgREST does, transaction-local: claims, the API role, the pre-request."""
     conn.execute("SELECT set_config('session_replication_role', 'replica', true)")
     db_role = act_as(conn, auth, actor.key, claim_role)
-    is_super = conn.execute("SELECT rolsuper OR rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = current_user").fetchone()
+    is_super = conn.execute(
+        "SELECT rolsuper OR rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = current_user").fetchone()
     if is_super is None or is_super[0]:
-        raise RuntimeError(f"acting as {db_role!r} would bypass RLS (superuser or BYPASSRLS): the matrix would prove nothing")
+        raise RuntimeError(f"acting as {db_role!r} would bypass RLS (superuser or BYPASSRLS): "
+                           "the matrix would prove nothing")
 
 
 def compute_matrix(conn: psycopg.Connection[Any], target: Target, actors: list[Actor], label: str,

@@ -22,6 +22,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pytest_rolemig import installer
+from pytest_rolemig.db import scalar
 from pytest_rolemig.errors import ConfigError, InstallError, ServerError, describe_pg_error
 from pytest_rolemig.mapping import RoleMapping
 from pytest_rolemig.postgrest import AuthSettings
@@ -52,10 +53,10 @@ class ExistingServer:
             raise ConfigError(
                 f"--rolemig-dsn / ROLEMIG_DSN / rolemig_dsn is not a valid libpq DSN: {exc}"
             ) from exc
-        self._maintenance = self._params.get("dbname") or "postgres"
+        self._maintenance = str(self._params.get("dbname") or "postgres")
         try:
             with psycopg.connect(self.dsn(self._maintenance), connect_timeout=10) as conn:
-                self.version = conn.execute("SHOW server_version").fetchone()[0]
+                self.version = str(scalar(conn, "SHOW server_version"))
         except psycopg.OperationalError as exc:
             raise ServerError(
                 f"cannot reach the server given by --rolemig-dsn / ROLEMIG_DSN / rolemig_dsn "
@@ -64,13 +65,13 @@ class ExistingServer:
 
     def _safe(self) -> str:
         shown = {k: v for k, v in self._params.items() if k != "password"}
-        return make_conninfo(**shown)
+        return make_conninfo("", **shown)
 
     def dsn(self, dbname: str = "postgres") -> str:
         """Same server and credentials, another database; "postgres" means the DSN's own database."""
         if dbname == "postgres":
             dbname = self._maintenance
-        return make_conninfo(**{**self._params, "dbname": dbname})
+        return make_conninfo("", **{**self._params, "dbname": dbname})
 
     def describe(self) -> str:
         """Version and address, without the password."""

@@ -51,7 +51,8 @@ class Background:
         except BaseException as exc:  # noqa: BLE001 - reported to the test through .error
             self.error = exc
 
-    def join(self, timeout: float = 60) -> "Background":
+    def join(self, timeout: float = 60) -> Background:
+        """Wait for the statement, close its connection and return self; raise if it is still running."""
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise TimeoutError(f"background statement of backend {self.pid} still running after {timeout} s")

@@ -14,7 +14,7 @@ in-memory snapshot took 770 MB there).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,9 +35,11 @@ class Snapshot:
     def differences(self, other: Snapshot, limit: int = 20) -> list[str]:
         """Human-readable differences from ``self`` (before) to ``other`` (after)."""
         out: list[str] = []
-        for label, mine, theirs in (("profile", self.profiles, other.profiles),
-                                    ("session", self.sessions, other.sessions),
-                                    ("policy", self.policies, other.policies)):
+        tables: tuple[tuple[str, Mapping[Any, Any], Mapping[Any, Any]], ...] = (
+            ("profile", self.profiles, other.profiles),
+            ("session", self.sessions, other.sessions),
+            ("policy", self.policies, other.policies))
+        for label, mine, theirs in tables:
             for key in sorted(set(mine) | set(theirs), key=str):
                 if mine.get(key) != theirs.get(key):
                     out.append(f"{label} {key}: before={mine.get(key)!r} after={theirs.get(key)!r}")
@@ -132,7 +134,8 @@ def composite_fields(text: str) -> list[str | None]:
     An empty unquoted field is NULL, ``""`` the empty string; quotes are doubled or
     backslash-escaped inside a quoted field.
     """
-    body, fields, i = text[1:-1], [], 0
+    body, i = text[1:-1], 0
+    fields: list[str | None] = []
     n = len(body)
     while True:
         if i < n and body[i] == '"':

@@ -16,7 +16,7 @@ checked as well. :func:`run_property` runs the property with Hypothesis.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -194,7 +194,8 @@ def apply_edits(conn: Any, users: UserSet) -> int:
             count += 1
         if sessions is None or sessions.column(sessions.key).skip:
             continue  # keys assigned by the database: the sessions cannot be addressed
-        for session, edit in zip(user.sessions, user.session_edits):
+        # strict=False: a user built without edits has no session_edits at all (the default, ())
+        for session, edit in zip(user.sessions, user.session_edits, strict=False):
             if edit:
                 key = session[sessions.key]
                 assert key is not None
@@ -253,13 +254,15 @@ class Dump:
                     out.append(f"{label} {key}: {'missing' if b is None else 'unexpected'}")
                 else:
                     out += [f"{label} {key} column {c}: expected {x!r}, got {y!r}"
-                            for c, x, y in zip(cols, a, b) if x != y]
-        for label, m, t in (("policy", self.policies, after.policies),
-                            ("constraint", self.constraints, after.constraints),
-                            ("RLS flags of", self.rls, after.rls)):
-            for key in sorted(set(m) | set(t), key=repr):
-                if m.get(key) != t.get(key):  # type: ignore[call-overload]
-                    out.append(f"{label} {key}: expected {m.get(key)!r}, got {t.get(key)!r}")  # type: ignore
+                            for c, x, y in zip(cols, a, b, strict=True) if x != y]
+        catalog: tuple[tuple[str, Mapping[Any, Any], Mapping[Any, Any]], ...] = (
+            ("policy", self.policies, after.policies),
+            ("constraint", self.constraints, after.constraints),
+            ("RLS flags of", self.rls, after.rls))
+        for label, m, t in catalog:
+            for name in sorted(set(m) | set(t), key=repr):
+                if m.get(name) != t.get(name):
+                    out.append(f"{label} {name}: expected {m.get(name)!r}, got {t.get(name)!r}")
         return out[:limit] + ([f"... and {len(out) - limit} more"] if len(out) > limit else [])
 
 
@@ -506,6 +509,6 @@ def run_property(roundtrip: RoundTrip, *, max_examples: int = 25, modes: Sequenc
     roundtrip_property()
 
 
-__all__ = ["DEFAULT_EDGES", "Dump", "KNOWN_BUGS", "MODES", "Outcome", "RoundTrip", "RoundTripError", "apply_edits", "describe_users",
-           "empty_users", "load", "property_settings", "read_shape", "read_table_shape", "run_property",
-           "scratch_roundtrip", "take_dump", "update_row", "GeneratedUser"]
+__all__ = ["DEFAULT_EDGES", "Dump", "KNOWN_BUGS", "MODES", "Outcome", "RoundTrip", "RoundTripError", "apply_edits",
+           "describe_users", "empty_users", "load", "property_settings", "read_shape", "read_table_shape",
+           "run_property", "scratch_roundtrip", "take_dump", "update_row", "GeneratedUser"]

@@ -284,7 +284,7 @@ def column_values(col: ColumnShape, *, shared_names: bool = False,
                   edges: Edges = Edges()) -> st.SearchStrategy[Any] | None:
     """Text values (COPY input) for ``col``, by type and name; None when no value can be invented."""
     base = col.base
-    values: st.SearchStrategy[str]
+    values: st.SearchStrategy[str | SharedName]
     if col.references:
         return None
     if base in ("text", "character varying", "character", "citext", "name"):
@@ -293,8 +293,8 @@ def column_values(col: ColumnShape, *, shared_names: bool = False,
         elif _NAME_COLUMNS.search(col.name):
             values = names()
             if shared_names and not col.unique:  # mostly a name shared with other users of the set (see user_sets)
-                values = st.one_of(st.integers(min_value=0, max_value=2).map(
-                    lambda i, n=col.max_length: SharedName(i, n)), values)
+                pooled = st.builds(SharedName, st.integers(min_value=0, max_value=2), st.just(col.max_length))
+                values = st.one_of(pooled, values)
         else:
             values = names()
         if col.max_length is not None:
@@ -378,7 +378,11 @@ def changes(table: TableShape, *, exclude: Sequence[str] = (),
     fields = _fields(table, exclude, False, False, edges)
     if not fields:
         return st.none()
-    return st.one_of(st.none(), *(f.map(lambda v, c=c: {c: v}) for c, f in fields.items()))
+    return st.one_of(st.none(), *(_change_of(c, f) for c, f in fields.items()))
+
+
+def _change_of(column: str, values: st.SearchStrategy[str | None]) -> st.SearchStrategy[Row]:
+    return values.map(lambda v: {column: v})
 
 
 def keys(col: ColumnShape) -> st.SearchStrategy[str]:
@@ -491,7 +495,7 @@ def user_sets(shape: UsersShape, roles: Sequence[str], *, min_users: int = 0, ma
         for u in drawn:
             key = u["key"]
             built_sessions = []
-            for row, session_key in zip(u["sessions"], u["session_keys"]):
+            for row, session_key in zip(u["sessions"], u["session_keys"], strict=True):
                 full = dict(row)
                 full[shape.session_user_column] = u["uid"]
                 if session_key is not None and shape.sessions is not None:

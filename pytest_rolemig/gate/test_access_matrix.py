@@ -10,8 +10,9 @@ compare the rows each user reaches per table and command. Reports:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import pytest
-
 from pytest_rolemig import api
 from pytest_rolemig.assertions import RolemigAssertionError, assert_checks_pass
 from pytest_rolemig.rehearsal import Rehearsal
