@@ -440,10 +440,10 @@ def compute_matrix(conn: psycopg.Connection[Any], target: Target, actors: list[A
                 if note:
                     matrix.errors[cell + ("INSERT",)] = note
             for function in functions:
-                cell = (actor.role, user, f"{function}()", "EXECUTE")
-                matrix.cells[cell], note = _call(conn, store, function, mapping)
+                call: Cell = (actor.role, user, f"{function}()", "EXECUTE")
+                matrix.cells[call], note = _call(conn, store, function, mapping)
                 if note:
-                    matrix.errors[cell] = note
+                    matrix.errors[call] = note
     matrix.seconds = time.perf_counter() - started
     return matrix
 
