@@ -67,3 +67,23 @@ def test_gate_passes_on_the_embedded_server_binaries(pytester):
     result = _run(pytester, f"--rolemig-pg-bin={bindir}")
     _assert_every_gate_test_passed(result)
     result.stdout.fnmatch_lines([f"rolemig: PostgreSQL * from {os.path.realpath(bindir / 'pg_ctl')} *"])
+
+
+def test_gate_passes_on_a_supabase_project_from_its_own_folder(pytester):
+    """supabase/migrations, a sign-up trigger, an enum role, and auth.sessions the API may not read."""
+    import shutil
+
+    shutil.copytree(EXAMPLES / "supabase-project", pytester.path, dirs_exist_ok=True)
+    result = _run(pytester)
+    _assert_every_gate_test_passed(result)
+    result.stdout.fnmatch_lines(["rolemig schema: *20240101000000_app_role.sql*", "*"])
+
+
+def test_log_in_check_on_a_sessions_table_the_api_role_may_not_read(rolemig_db):
+    """As on Supabase: the API role reads no auth.sessions; the log-in check says so and passes."""
+    rolemig_db.execute("REVOKE ALL ON auth.sessions FROM authenticated")
+    checks = {r[0]: (r[1], r[2]) for r in rolemig_db.execute(
+        "SELECT check_name, status, details FROM migration_validation.test_user_authentication(20)")}
+    assert checks["own_sessions_readable"][0] == "pass"
+    assert "may not read auth.sessions" in checks["own_sessions_readable"][1]["note"]
+    assert checks["own_profile_readable"][0] == "pass", checks["own_profile_readable"]
