@@ -35,7 +35,9 @@ def test_file_creates_schemas_and_configuration_tables(rolemig_db):
     assert [c["column_name"] for c in cols] == [
         "singleton", "profiles_schema", "profiles_table", "key_column", "role_column", "sessions_schema",
         "sessions_table", "sessions_key_column", "sessions_user_column", "policy_schemas", "batch_size",
-        "auth_role", "role_claim", "updated_at"]
+        "auth_role", "role_claim", "updated_at",
+        # added by ALTER TABLE, so an installed infrastructure upgrades in place (#18)
+        "user_column", "anon_role", "jwt_claims", "pre_request"]
     # one row only
     with pytest.raises(psycopg.errors.UniqueViolation):
         rolemig_db.execute("INSERT INTO migration_control.target_config DEFAULT VALUES")
