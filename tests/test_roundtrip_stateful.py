@@ -3,7 +3,7 @@ rollbacks, a failed batch and the application's own writes, with invariants afte
 
 Each run of the machine is one transaction on a scratch copy of the template (users removed),
 rolled back in ``teardown``. Rules compare the independent dump of
-:mod:`pytest_rolemig.roundtrip` with what the contract (docs/sql-api.md) promises:
+:mod:`pytest_rolemig.roundtrip` with what the contract (docs/reference/sql-api.md) promises:
 
 - revert rollback: compare-and-swap on the role column only (a user whose role is the mapping of
   the backed-up role gets the backed-up role back; any other changed role is a conflict, left

@@ -49,15 +49,20 @@ def build_parser(err: TextIO | None = None) -> argparse.ArgumentParser:
     p = add("install",
             "install the migration infrastructure, configure the target tables, load the role mapping")
     p.add_argument("--mapping", metavar="FILE", help="role mapping TOML (default: the bundled demo mapping)")
-    p.add_argument("--profiles-table", default="public.user_profiles")
-    p.add_argument("--key-column", default="id")
-    p.add_argument("--role-column", default="role")
+    p.add_argument("--profiles-table", default="public.user_profiles", metavar="TABLE",
+                   help="table holding each user's role, as SQL spells it (\"My Schema\".\"Users\"); "
+                        "default public.user_profiles (same as the gate's --rolemig-profiles-table)")
+    p.add_argument("--key-column", default="id", metavar="COLUMN",
+                   help="primary key column of the profiles table (default id)")
+    p.add_argument("--role-column", default="role", metavar="COLUMN",
+                   help="column of the profiles table holding the legacy role (default role)")
     p.add_argument("--user-column", default=None, metavar="COLUMN",
                    help="column of the profiles table holding the user's id, as the JWT claims carry it "
                         "(a roles table: user_id; default: the key column)")
     p.add_argument("--sessions-table", default="auth.sessions",
                    help="table of user sessions; 'none' for an application without one (default auth.sessions)")
-    p.add_argument("--sessions-user-column", default="user_id")
+    p.add_argument("--sessions-user-column", default="user_id", metavar="COLUMN",
+                   help="column of the sessions table naming the user (default user_id)")
     p.add_argument("--policy-schema", action="append", metavar="SCHEMA",
                    help="schema whose RLS policies are migrated (repeatable; default: public and auth)")
     p.add_argument("--batch-size", type=_positive, default=1000, metavar="N",
