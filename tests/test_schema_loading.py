@@ -43,7 +43,7 @@ def project(pytester, monkeypatch):
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.delenv("ROLEMIG_DSN", raising=False)
     shutil.copytree(PROJECT, pytester.path, dirs_exist_ok=True)
-    pytester.makeini(INI)
+    (pytester.path / "pytest.ini").write_text(INI)  # the project's own, with fewer users
     pytester.makepyfile(test_probe=PROBE)
     return pytester
 
