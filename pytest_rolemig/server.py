@@ -160,6 +160,10 @@ def ensure_server_user(name: str = SERVER_USER) -> pwd.struct_passwd:
             capture_output=True, text=True, timeout=60, check=True,
         )
     except (OSError, subprocess.CalledProcessError) as exc:
+        try:  # another process (a pytest-xdist worker) created it meanwhile
+            return pwd.getpwnam(name)
+        except KeyError:
+            pass
         detail = getattr(exc, "stderr", "") or str(exc)
         raise ServerError(
             f"running as root, PostgreSQL needs an unprivileged user, and creating "
