@@ -61,12 +61,18 @@ def test_a_supabase_migrations_folder_loads_file_by_file_in_name_order(project):
 
 
 def test_the_same_statements_in_one_file_do_not_load_and_the_line_is_named(project):
-    """The control: in one transaction the enum's new value cannot be used yet."""
+    """The control: in one transaction the enum's new value cannot be used yet.
+
+    The type comes from the first file, loaded on its own: PostgreSQL 18 lets a transaction
+    use a value it added to a type it also created, 15 does not; neither lets it use a value
+    it added to an existing type.
+    """
     single = project.path / "all-in-one.sql"
-    single.write_text("".join(p.read_text() for p in MIGRATIONS))
+    single.write_text("".join(p.read_text() for p in MIGRATIONS[1:]))
     line = next(n for n, text in enumerate(single.read_text().splitlines(), 1) if "default 'member'" in text)
     result = project.runpytest_subprocess("-p", "no:cacheprovider", "test_probe.py",
                                           f"--rolemig-schema={resources.supabase_platform()}",
+                                          f"--rolemig-schema={MIGRATIONS[0]}",
                                           f"--rolemig-schema={single}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     said = [s for s in result.stdout.lines if "rolemig: loading schema file" in s]
