@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class Check:
 
     @property
     def failed(self) -> bool:
+        """Whether the check failed (a warning is not a failure)."""
         return self.status == "fail"
 
 
@@ -29,7 +31,8 @@ class CheckReport:
     checks: tuple[Check, ...]
 
     @classmethod
-    def from_rows(cls, source: str, rows: Iterable[tuple[Any, ...]]) -> "CheckReport":
+    def from_rows(cls, source: str, rows: Iterable[tuple[Any, ...]]) -> CheckReport:
+        """Rows of ``(name, status, details)``, or ``(group, name, status, details)``."""
         checks = []
         for row in rows:
             if len(row) == 4:  # (group, name, status, details) as run_comprehensive_validation
@@ -41,17 +44,21 @@ class CheckReport:
 
     @property
     def failures(self) -> tuple[Check, ...]:
+        """The checks that failed."""
         return tuple(c for c in self.checks if c.failed)
 
     @property
     def warnings(self) -> tuple[Check, ...]:
+        """The checks that warned."""
         return tuple(c for c in self.checks if c.status == "warn")
 
     @property
     def ok(self) -> bool:
+        """No failure, and at least one check ran (an empty report proves nothing)."""
         return not self.failures and bool(self.checks)
 
     def get(self, name: str) -> Check:
+        """The check called ``name``; a KeyError listing the names there are."""
         for check in self.checks:
             if check.name == name:
                 return check
@@ -59,6 +66,7 @@ class CheckReport:
                        f"{[c.name for c in self.checks]}")
 
     def render(self, only_problems: bool = False) -> str:
+        """One line per check (``[FAIL] group/name``), the details of each that did not pass."""
         lines = []
         for c in self.checks:
             if only_problems and c.status == "pass":
