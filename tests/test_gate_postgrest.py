@@ -61,6 +61,7 @@ CREATE POLICY member_directory ON api.members FOR SELECT TO webuser
         '*staff = { loses = ?"api.members:SELECT"? }*',  # fnmatch: ? for the brackets
         "FAILED *test_access_after_migration_is_as_declared*",
     ], consecutive=False)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
 
 
 def test_gate_fails_when_the_claims_lack_the_key_the_pre_request_reads(pytester):
