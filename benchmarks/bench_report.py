@@ -11,7 +11,11 @@ so, because fixed costs weigh more there.
 
 from __future__ import annotations
 
+import json
+import platform
 from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 
 TARGETS = {"backup": 1.3, "validation_pre": 1.3, "validation_post": 1.3, "migration": 1.5, "migration_cli": 1.5,
            "rollback": 1.5}
@@ -78,6 +82,34 @@ class Results:
                        f"= {users / seconds:,.0f} users/s")
         out.extend(f"{name}: {value}" for name, value in self.figures)
         return out
+
+
+    def as_json(self) -> dict[str, object]:
+        """Every measurement, ratio and figure of the run, for ``benchmarks/results/``."""
+        ops = sorted({(o, s) for o, s, _ in self.medians}, key=lambda k: (k[1], k[0]))
+        return {
+            "operations": [{"operation": op, "users": size,
+                            **{kind: self.medians.get((op, size, kind)) for kind in ("project", "baseline", "floor")},
+                            "ratio": self.ratio(op, size), "floor_ratio": self.ratio(op, size, "floor"),
+                            "target": TARGETS.get(op), "verdict": self.verdict(op, size)} for op, size in ops],
+            "seeding": [{"users": users, "sessions": sessions, "seconds": seconds}
+                        for users, sessions, seconds in self.seeding.values()],
+            "figures": dict(self.figures),
+        }
+
+    def write(self, folder: Path, when: datetime) -> list[Path]:
+        """``<stamp>.json`` and ``<stamp>.md`` (the table printed at the end), and ``latest.*`` copies."""
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = when.strftime("%Y%m%dT%H%M%SZ")
+        data = {"run_at": when.isoformat(), "platform": platform.platform(), "python": platform.python_version(),
+                **self.as_json()}
+        text = "\n".join([f"# Benchmark run {when.isoformat()}", "", "```", *self.lines(), "```", ""])
+        written = []
+        for name in (stamp, "latest"):
+            (folder / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+            (folder / f"{name}.md").write_text(text)
+            written += [folder / f"{name}.json", folder / f"{name}.md"]
+        return written
 
 
 def _fmt(value: float | None) -> str:

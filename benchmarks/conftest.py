@@ -17,6 +17,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -63,11 +65,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     """Print the ratios (and seeding, clone, gate and memory figures) at the end of the run."""
-    lines = config.stash[_RESULTS].lines()
+    results = config.stash[_RESULTS]
+    lines = results.lines()
     if lines:
         terminalreporter.section("rolemig: project vs bare SQL")
         for line in lines:
             terminalreporter.write_line(line)
+        written = results.write(Path(__file__).parent / "results", datetime.now(timezone.utc))
+        terminalreporter.write_line(f"written: {', '.join(str(p) for p in written[:2])} (and latest.*)")
 
 
 @pytest.fixture(scope="session")
