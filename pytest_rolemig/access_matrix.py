@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
@@ -43,6 +43,9 @@ from pytest_rolemig.db import scalar
 from pytest_rolemig.postgrest import AuthSettings, act_as, auth_settings
 from pytest_rolemig.seeding import split_name
 from pytest_rolemig.target import Target
+
+if TYPE_CHECKING:
+    from pytest_rolemig.api import RoleDependent
 
 COMMANDS = ("SELECT", "INSERT", "UPDATE", "DELETE")
 ANON = "(anon)"
@@ -98,6 +101,8 @@ class Matrix:
     errors: dict[Cell, str] = field(default_factory=dict)
     tables: tuple[str, ...] = ()
     seconds: float = 0.0
+    # role-dependent policy name -> legacy roles of the acting users for whom its USING is true on some row
+    policy_reach: dict[str, set[str]] = field(default_factory=dict)
 
     def reached(self, cell: Cell) -> int:
         """How many rows the cell reaches (0 for a cell the matrix has not)."""
@@ -398,12 +403,25 @@ def _act_as(conn: psycopg.Connection[Any], actor: Actor, claim_role: str | None,
                            "the matrix would prove nothing")
 
 
+def _policy_lets_in(conn: psycopg.Connection[Any], info: TableInfo, expression: str) -> bool:
+    """Whether a policy's USING expression is true on some row the acting user may read."""
+    query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE ({}))").format(info.ident, sql.SQL(expression))
+    try:
+        with conn.transaction(force_rollback=True):
+            return bool(scalar(conn, query))
+    except psycopg.Error:
+        return False  # no privilege, or an expression that fails for this user: it lets nobody in
+
+
 def compute_matrix(conn: psycopg.Connection[Any], target: Target, actors: list[Actor], label: str,
-                   store: ReachStore, auth: AuthSettings | None = None) -> Matrix:
+                   store: ReachStore, auth: AuthSettings | None = None,
+                   policies: Sequence[RoleDependent] = ()) -> Matrix:
     """The access matrix of ``actors`` on every RLS-protected table of the target's policy schemas.
 
     The matrices of one rehearsal share one ``store`` (a set reached in several states is
-    stored once, and comparing them needs both).
+    stored once, and comparing them needs both). For each of ``policies`` (role-dependent
+    policies, :func:`pytest_rolemig.api.role_dependent_objects`) the matrix also records which
+    roles it lets in, evaluated as each acting user that it applies to (``policy_reach``).
     """
     started = time.perf_counter()
     auth = auth or auth_settings(conn)
@@ -416,6 +434,7 @@ def compute_matrix(conn: psycopg.Connection[Any], target: Target, actors: list[A
     claims = current_roles(conn, target, [a.key for a in actors if a.key is not None])
     matrix = Matrix(label=label, store=store,
                     tables=tuple(i.qualified for i in infos) + tuple(f"{f}()" for f in functions))
+    by_name = {i.qualified: i for i in infos}
     for actor in actors:
         user = actor.key or ANON
         matrix.claims[user] = claims.get(actor.key) if actor.key else None
@@ -439,6 +458,14 @@ def compute_matrix(conn: psycopg.Connection[Any], target: Target, actors: list[A
                 matrix.cells[cell + ("INSERT",)] = keys
                 if note:
                     matrix.errors[cell + ("INSERT",)] = note
+            db_role = auth.anon_role if actor.key is None else auth.auth_role
+            for policy in policies:
+                table = by_name.get(policy.relation or "")
+                if table is None or not ({db_role, "public"} & set(policy.api_roles)):
+                    continue
+                reach = matrix.policy_reach.setdefault(policy.name, set())
+                if _policy_lets_in(conn, table, policy.expression):
+                    reach.add(actor.role)
             for function in functions:
                 call: Cell = (actor.role, user, f"{function}()", "EXECUTE")
                 matrix.cells[call], note = _call(conn, store, function, mapping)

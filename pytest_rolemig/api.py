@@ -269,3 +269,23 @@ def rank_comparisons(conn: Conn) -> tuple[list[str], list[RankComparison]]:
         "SELECT object_kind, object_name, role_type, detail "
         "FROM migration_validation.role_rank_comparisons()")]
     return labels, found
+
+
+@dataclass(frozen=True)
+class RoleDependent:
+    """A policy, view or function of the API whose answer depends on the caller's role."""
+
+    kind: str  # policy | view | materialized view | function
+    name: str  # as SQL spells it: schema.table.policy, schema.view, schema.function
+    relation: str | None  # the table or view as the access matrix names it (schema.name); None: function
+    command: str  # a policy's command letter (r, a, w, d, *); r for views; x for functions
+    api_roles: tuple[str, ...]  # the database roles a policy applies to ('public': all); () otherwise
+    expression: str  # a policy's USING expression; a view's or function's definition
+    roles: tuple[str, ...]  # the role names it decides on (legacy or new), directly or in a called function
+
+
+def role_dependent_objects(conn: Conn) -> list[RoleDependent]:
+    """``role_dependent_objects()``: what the API answers differently by role; each should let some role in."""
+    rows = conn.execute("SELECT object_kind, object_name, relation, command, api_roles, expression, roles "
+                        "FROM migration_validation.role_dependent_objects()").fetchall()
+    return [RoleDependent(k, n, rel, c, tuple(a or ()), e or "", tuple(r)) for k, n, rel, c, a, e, r in rows]

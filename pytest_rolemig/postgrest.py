@@ -17,10 +17,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from pytest_rolemig.db import scalar
 from pytest_rolemig.target import parse_ident
 
 USER, ROLE = "{user}", "{role}"
 """The placeholders of a claims template: the acting user's id and their app role."""
+TOKEN_FIELDS = ("app_metadata", "user_metadata", "email")
+"""Placeholders (``"{app_metadata}"``...) a template may use for what the user's auth row holds."""
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,10 @@ class AuthSettings:
     """How a request is authenticated: the API roles, the claims and the pre-request function.
 
     ``jwt_claims`` is a JSON object (text) whose ``{user}`` / ``{role}`` become the user's id and
-    app role; None means Supabase's claims: ``sub``, ``role`` (the API role) and ``role_claim``.
+    app role, and ``"{app_metadata}"`` / ``"{user_metadata}"`` / ``"{email}"`` the user's token
+    fields; None means Supabase's claims: the token fields Supabase Auth copies from
+    ``auth.users`` (app_metadata, user_metadata, email...), ``sub``, ``role`` (the API role) and
+    ``role_claim``.
     ``pre_request`` is a function name (``schema.fn``) called after the role switch, or None.
     """
 
@@ -38,13 +44,21 @@ class AuthSettings:
     jwt_claims: str | None = None
     pre_request: str | None = None
 
-    def claims(self, user: str | None, role: str | None) -> dict[str, Any]:
-        """The JWT claims of a request by ``user`` (None: anonymous) holding app ``role``."""
+    def claims(self, user: str | None, role: str | None,
+               token: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The JWT claims of a request by ``user`` (None: anonymous) holding app ``role``.
+
+        ``token``: the fields the platform copies from the user's auth row into the token
+        (``migration_control.token_fields``); without them a policy reading
+        ``auth.jwt() -> 'app_metadata'`` would be false for everyone and prove nothing.
+        """
         if user is None:
             return {"role": self.anon_role}
+        token = token or {}
         if self.jwt_claims is None:
-            return {"sub": user, "role": self.auth_role, self.role_claim: role}
-        return fill_template(json.loads(self.jwt_claims), user, role)
+            return {**token, "sub": user, "role": self.auth_role, self.role_claim: role}
+        fields = {f'"{{{name}}}"': token.get(name) for name in TOKEN_FIELDS}
+        return fill_template(json.loads(self.jwt_claims), user, role, fields)
 
     def configure_sql(self) -> tuple[str, tuple[object, ...]]:
         """The call that stores these settings with the target (after ``configure_target``)."""
@@ -53,17 +67,21 @@ class AuthSettings:
                 (self.auth_role, self.anon_role, self.jwt_claims, self.pre_request))
 
 
-def fill_template(value: Any, user: str, role: str | None) -> Any:
+def fill_template(value: Any, user: str, role: str | None, fields: dict[str, Any] | None = None) -> Any:
     """``value`` with ``"{user}"`` / ``"{role}"`` replaced, in parsed JSON (keys and strings alike).
 
     A string that is exactly a placeholder becomes the value itself (the id string, the role or
-    null); inside a longer string the placeholder is replaced by its text.
+    null; a token field of ``fields``, keyed ``'"{app_metadata}"'``, its JSON value); inside a
+    longer string ``{user}`` / ``{role}`` are replaced by their text.
     """
     if isinstance(value, dict):
-        return {fill_template(k, user, role): fill_template(v, user, role) for k, v in value.items()}
+        return {fill_template(k, user, role, fields): fill_template(v, user, role, fields)
+                for k, v in value.items()}
     if isinstance(value, list):
-        return [fill_template(v, user, role) for v in value]
+        return [fill_template(v, user, role, fields) for v in value]
     if isinstance(value, str):
+        if fields and f'"{value}"' in fields:
+            return fields[f'"{value}"']
         if value == USER:
             return user
         if value == ROLE:
@@ -104,15 +122,23 @@ def from_config(cfg: dict[str, Any]) -> AuthSettings:
     )
 
 
+def token_fields(conn: psycopg.Connection[Any], user: str) -> dict[str, Any]:
+    """What the platform copies from ``user``'s auth row into their token; {} without the infrastructure."""
+    if not scalar(conn, "SELECT pg_catalog.to_regprocedure('migration_control.token_fields(text)') IS NOT NULL"):
+        return {}
+    return dict(scalar(conn, "SELECT migration_control.token_fields(%s)", (user,)) or {})
+
+
 def act_as(conn: psycopg.Connection[Any], auth: AuthSettings, user: str | None, role: str | None) -> str:
     """Inside the current transaction: become ``user`` (None: anonymous) as PostgREST does; the DB role.
 
     Claims, then the API role, then the pre-request function, all transaction-local.
     """
     db_role = auth.anon_role if user is None else auth.auth_role
+    token = None if user is None else token_fields(conn, user)
     conn.execute("SELECT pg_catalog.set_config('request.jwt.claims', %s, true), "
                  "pg_catalog.set_config('role', %s, true)",
-                 (json.dumps(auth.claims(user, role)), db_role))
+                 (json.dumps(auth.claims(user, role, token)), db_role))
     if auth.pre_request:
         conn.execute(sql.SQL("SELECT {}()").format(sql.Identifier(*parse_ident(auth.pre_request))))
     return db_role

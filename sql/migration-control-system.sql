@@ -5,6 +5,8 @@
 --   configure_target(...)                 store the application's tables/columns, checked
 --   ensure_target_configured()            default row if none, then re-check the stored target
 --   verify_target(...)                    the check both of them use (raises on a missing object)
+--   token_fields(text), request_claims(text, text)
+--                                         the JWT claims of a user's request, as the platform builds them
 --   load_role_mapping(jsonb, text[])      replace new_roles and role_mapping (refused mid-migration)
 --   users_moved_since_rollback()          users the migration moved that no completed rollback undid
 --   discover_legacy_roles()               roles the target allows or holds, with their source
@@ -265,27 +267,79 @@ BEGIN
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION migration_control.token_fields(p_user text)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_fields text;
+    v_id_type text;
+    v_result jsonb;
+BEGIN
+    -- What Supabase Auth copies from the user's auth.users row into every token it issues:
+    -- email, phone, app_metadata (raw_app_meta_data), user_metadata (raw_user_meta_data) and
+    -- is_anonymous, those of them the table has; SQL NULL columns are left out. A policy that
+    -- reads auth.jwt() -> 'app_metadata' is measured with what the user's token really holds.
+    -- '{}' without an auth.users table with an id column (a plain PostgREST application).
+    SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) INTO v_id_type
+      FROM pg_catalog.pg_attribute AS a
+     WHERE a.attrelid = pg_catalog.to_regclass('auth.users') AND a.attname = 'id' AND NOT a.attisdropped;
+    IF v_id_type IS NULL THEN
+        RETURN '{}'::jsonb;
+    END IF;
+    SELECT pg_catalog.string_agg(pg_catalog.format('(%L, pg_catalog.to_jsonb(u.%I))', f.claim, f.col), ', ' ORDER BY f.claim)
+      INTO v_fields
+      FROM (VALUES ('email', 'email'), ('phone', 'phone'), ('app_metadata', 'raw_app_meta_data'),
+                   ('user_metadata', 'raw_user_meta_data'), ('is_anonymous', 'is_anonymous')) AS f(claim, col)
+      JOIN pg_catalog.pg_attribute AS a
+        ON a.attrelid = pg_catalog.to_regclass('auth.users') AND a.attname = f.col AND NOT a.attisdropped;
+    IF v_fields IS NULL THEN
+        RETURN '{}'::jsonb;
+    END IF;
+    EXECUTE pg_catalog.format(
+        'SELECT coalesce(pg_catalog.jsonb_object_agg(f.claim, f.value) FILTER (WHERE f.value IS NOT NULL), ''{}'')
+           FROM auth.users AS u, LATERAL (VALUES %s) AS f(claim, value)
+          WHERE u.id = $1::%s', v_fields, v_id_type)
+      INTO v_result USING p_user;
+    RETURN coalesce(v_result, '{}'::jsonb);
+EXCEPTION WHEN invalid_text_representation OR cannot_coerce OR datatype_mismatch THEN
+    RETURN '{}'::jsonb;  -- a user key that is no auth.users id: no such user, no token fields
+END;
+$$;
+COMMENT ON FUNCTION migration_control.token_fields(text) IS
+    'The claims Supabase Auth copies from auth.users into a user''s token (app_metadata, user_metadata, ...)';
+
 CREATE OR REPLACE FUNCTION migration_control.request_claims(p_user text, p_role text)
 RETURNS jsonb
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    -- The JWT claims of a request by user p_user holding app role p_role: the stored template
-    -- with a value that is exactly "{user}" / "{role}" replaced by the id / role (as JSON),
-    -- and {user} / {role} inside a longer string by their text. Replacing in the canonical
-    -- jsonb text is safe: JSON itself never spells {user} outside a string.
+    -- The JWT claims of a request by user p_user holding app role p_role, as the platform
+    -- builds them. No template (Supabase): sub, role (the API role), the role claim, and what
+    -- Supabase Auth copies from auth.users (token_fields: app_metadata, user_metadata, email).
+    -- A template: a value that is exactly "{user}" / "{role}" / "{app_metadata}" /
+    -- "{user_metadata}" / "{email}" is replaced by the id / role / field (as JSON), and
+    -- {user} / {role} inside a longer string by their text. Replacing in the canonical jsonb
+    -- text is safe: JSON itself never spells {user} outside a string.
     SELECT CASE
         WHEN t.jwt_claims IS NULL
-        THEN pg_catalog.jsonb_build_object('sub', p_user, 'role', t.auth_role, t.role_claim, p_role)
-        ELSE pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(t.jwt_claims::text,
+        THEN tf.j || pg_catalog.jsonb_build_object('sub', p_user, 'role', t.auth_role, t.role_claim, p_role)
+        ELSE pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(
+                 pg_catalog.replace(pg_catalog.replace(t.jwt_claims::text,
                  '"{user}"', pg_catalog.to_jsonb(p_user)::text),
                  '"{role}"', coalesce(pg_catalog.to_jsonb(p_role)::text, 'null')),
+                 '"{app_metadata}"', coalesce((tf.j -> 'app_metadata')::text, 'null')),
+                 '"{user_metadata}"', coalesce((tf.j -> 'user_metadata')::text, 'null')),
+                 '"{email}"', coalesce((tf.j -> 'email')::text, 'null')),
                  '{user}', coalesce(pg_catalog.substr(u.j, 2, pg_catalog.length(u.j) - 2), '')),
                  '{role}', coalesce(pg_catalog.substr(r.j, 2, pg_catalog.length(r.j) - 2), ''))::jsonb
     END
     FROM migration_control.target_config AS t,
          LATERAL (SELECT pg_catalog.to_jsonb(p_user)::text) AS u(j),
-         LATERAL (SELECT pg_catalog.to_jsonb(p_role)::text) AS r(j)
+         LATERAL (SELECT pg_catalog.to_jsonb(p_role)::text) AS r(j),
+         LATERAL (SELECT CASE WHEN p_user IS NULL THEN '{}'::jsonb
+                              ELSE migration_control.token_fields(p_user) END) AS tf(j)
 $$;
 
 CREATE OR REPLACE FUNCTION migration_control.ensure_target_configured()

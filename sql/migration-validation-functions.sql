@@ -13,6 +13,7 @@
 --   validate_rls_policies(text)              RLS enabled, policy role names fit the phase
 --   run_comprehensive_validation(text)       the checks of a phase, stored
 --   role_rank_comparisons()                  policies and functions that order an enum role by rank
+--   role_dependent_objects()                 policies, views, functions whose answer depends on a role
 --
 -- Depends on: migration-logging-system.sql (schemas, migration_control.target_config,
 -- new_roles, role_mapping, migration_tracking.migration_batch), comprehensive-backup-system.sql
@@ -292,6 +293,94 @@ BEGIN
         USING v_legacy;
     END LOOP;
 END;
+$$;
+
+CREATE OR REPLACE FUNCTION migration_validation.role_dependent_objects()
+RETURNS TABLE(object_kind text, object_name text, relation text, command text, api_roles text[],
+              expression text, roles text[])
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- What the API answers differently by role: permissive policies with a USING expression
+    -- on tables of the policy schemas, views and argument-free functions of those schemas,
+    -- whose definition names a role (legacy or new) in a quoted literal or that call a
+    -- function whose body does. The access matrix checks that each lets some role in: one
+    -- false for every user proves nothing about the migration (the probe's claims may not be
+    -- the ones the application's tokens carry). relation is schema.name as the matrix names it.
+    WITH cfg AS (SELECT t.policy_schemas FROM migration_control.target_config AS t),
+    names AS (
+        SELECT m.legacy_role AS role FROM migration_control.role_mapping AS m
+        UNION SELECT r.role_name FROM migration_control.new_roles AS r
+    ),
+    app_functions AS (
+        SELECT f.oid, f.pronamespace, f.proname, f.pronargs, f.prosrc
+          FROM pg_catalog.pg_proc AS f
+          JOIN pg_catalog.pg_namespace AS n ON n.oid = f.pronamespace
+          JOIN pg_catalog.pg_language AS l ON l.oid = f.prolang
+         WHERE l.lanname NOT IN ('c', 'internal')
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'migration_tracking', 'migration_backup',
+                                 'migration_validation', 'migration_control')
+           AND n.nspname NOT LIKE 'pg\_%'
+    ),
+    naming_functions AS (  -- functions whose body names a role (comments left out)
+        SELECT f.oid, pg_catalog.array_agg(DISTINCT q.literal) AS roles
+          FROM app_functions AS f
+          CROSS JOIN LATERAL migration_validation.quoted_literals(
+                  pg_catalog.regexp_replace(f.prosrc, '--[^\n]*', '', 'g')) AS q
+          JOIN names ON names.role = q.literal
+         GROUP BY f.oid
+    ),
+    called AS (  -- role names reached through the functions an object's expression calls
+        SELECT d.classid, d.objid, pg_catalog.array_agg(DISTINCT r.role) AS roles
+          FROM pg_catalog.pg_depend AS d
+          JOIN naming_functions AS nf ON nf.oid = d.refobjid
+          CROSS JOIN LATERAL pg_catalog.unnest(nf.roles) AS r(role)
+         WHERE d.refclassid = 'pg_catalog.pg_proc'::regclass
+         GROUP BY d.classid, d.objid
+    ),
+    candidates AS (
+        SELECT 'policy'::text AS kind, pg_catalog.format('%I.%I.%I', n.nspname, c.relname, p.polname) AS name,
+               n.nspname || '.' || c.relname AS relation, p.polcmd::text AS command,
+               CASE WHEN p.polroles = '{0}'::oid[] THEN ARRAY['public']
+                    ELSE ARRAY(SELECT a.rolname::text FROM pg_catalog.pg_roles AS a
+                                WHERE a.oid = ANY (p.polroles) ORDER BY 1) END AS api_roles,
+               pg_catalog.pg_get_expr(p.polqual, p.polrelid) AS expression,
+               ARRAY(SELECT q.literal FROM migration_validation.quoted_literals(
+                         pg_catalog.pg_get_expr(p.polqual, p.polrelid)) AS q
+                      JOIN names ON names.role = q.literal) || coalesce(k.roles, '{}') AS roles
+          FROM pg_catalog.pg_policy AS p
+          JOIN pg_catalog.pg_class AS c ON c.oid = p.polrelid
+          JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+          LEFT JOIN called AS k ON k.classid = 'pg_catalog.pg_policy'::regclass AND k.objid = p.oid
+         WHERE p.polpermissive AND p.polqual IS NOT NULL AND c.relrowsecurity
+           AND n.nspname = ANY ((SELECT cfg.policy_schemas FROM cfg)::name[])
+        UNION ALL
+        SELECT CASE c.relkind WHEN 'm' THEN 'materialized view' ELSE 'view' END,
+               pg_catalog.format('%I.%I', n.nspname, c.relname), n.nspname || '.' || c.relname, 'r', NULL,
+               pg_catalog.pg_get_viewdef(c.oid),
+               ARRAY(SELECT q.literal FROM migration_validation.quoted_literals(pg_catalog.pg_get_viewdef(c.oid)) AS q
+                      JOIN names ON names.role = q.literal)
+               || coalesce((SELECT pg_catalog.array_agg(DISTINCT r.role) FROM pg_catalog.pg_rewrite AS w
+                              JOIN called AS k ON k.classid = 'pg_catalog.pg_rewrite'::regclass AND k.objid = w.oid
+                              CROSS JOIN LATERAL pg_catalog.unnest(k.roles) AS r(role)
+                             WHERE w.ev_class = c.oid), '{}')
+          FROM pg_catalog.pg_class AS c
+          JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+         WHERE c.relkind IN ('v', 'm') AND n.nspname = ANY ((SELECT cfg.policy_schemas FROM cfg)::name[])
+        UNION ALL
+        SELECT 'function', pg_catalog.format('%I.%I', n.nspname, f.proname), NULL, 'x', NULL, f.prosrc,
+               coalesce(nf.roles, '{}') || coalesce(k.roles, '{}')
+          FROM app_functions AS f
+          JOIN pg_catalog.pg_namespace AS n ON n.oid = f.pronamespace
+          LEFT JOIN naming_functions AS nf ON nf.oid = f.oid
+          LEFT JOIN called AS k ON k.classid = 'pg_catalog.pg_proc'::regclass AND k.objid = f.oid
+         WHERE f.pronargs = 0 AND n.nspname = ANY ((SELECT cfg.policy_schemas FROM cfg)::name[])
+    )
+    SELECT c.kind, c.name, c.relation, c.command, c.api_roles, c.expression,
+           ARRAY(SELECT DISTINCT r FROM pg_catalog.unnest(c.roles) AS r ORDER BY 1)
+      FROM candidates AS c
+     WHERE pg_catalog.cardinality(c.roles) > 0
+     ORDER BY 1, 2
 $$;
 
 CREATE OR REPLACE FUNCTION migration_validation.trigger_written_columns()

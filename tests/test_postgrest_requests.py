@@ -20,7 +20,14 @@ from pytest_rolemig.cli import main
 from pytest_rolemig.databases import load_schema_file
 from pytest_rolemig.installer import install
 from pytest_rolemig.mapping import load_mapping
-from pytest_rolemig.postgrest import AuthSettings, act_as, auth_settings, fill_template, parse_claims
+from pytest_rolemig.postgrest import (
+    AuthSettings,
+    act_as,
+    auth_settings,
+    fill_template,
+    parse_claims,
+    token_fields,
+)
 from pytest_rolemig.target import Target
 
 
@@ -61,6 +68,31 @@ def test_sql_claims_equal_the_python_ones(rolemig_db, template):
         got = val(rolemig_db, "SELECT migration_control.request_claims(%s, %s)", (user, role))
         assert got == auth.claims(user, role)
     assert auth_settings(rolemig_db) == auth
+
+
+def test_supabase_claims_carry_what_the_users_auth_row_holds(rolemig_db):
+    """Supabase copies app_metadata, user_metadata and email from auth.users into every token:
+    the probe's claims carry them too, so a policy reading ``auth.jwt() -> 'app_metadata'`` is
+    measured as the application's users meet it (in SQL and in Python alike)."""
+    uid = val(rolemig_db, """UPDATE auth.users SET raw_app_meta_data = raw_app_meta_data || '{"role": "editor"}'
+                             WHERE id = (SELECT id FROM auth.users ORDER BY id LIMIT 1) RETURNING id::text""")
+    claims = val(rolemig_db, "SELECT migration_control.request_claims(%s, 'editor')", (uid,))
+    assert claims["sub"] == uid and claims["role"] == "authenticated" and claims["user_role"] == "editor"
+    assert claims["app_metadata"]["role"] == "editor" and "user_metadata" in claims and claims["email"]
+    assert claims == AuthSettings().claims(uid, "editor", token_fields(rolemig_db, uid))
+    with rolemig_db.transaction(force_rollback=True):
+        act_as(rolemig_db, auth_settings(rolemig_db), uid, "editor")
+        assert val(rolemig_db, "SELECT auth.jwt() -> 'app_metadata' ->> 'role'") == "editor"
+    # a template places the same fields where it says
+    auth = AuthSettings(jwt_claims=parse_claims('{"sub": "{user}", "meta": "{app_metadata}", "mail": "{email}", '
+                                                '"who": "{user_metadata}"}'))
+    rolemig_db.execute(*auth.configure_sql())
+    got = val(rolemig_db, "SELECT migration_control.request_claims(%s, 'editor')", (uid,))
+    assert got == auth.claims(uid, "editor", token_fields(rolemig_db, uid))
+    assert got["meta"]["role"] == "editor" and got["mail"] == claims["email"] and got["who"] == claims["user_metadata"]
+    # a key that is no auth.users id has no token fields, and no error
+    assert token_fields(rolemig_db, "not-a-uuid") == {}
+    assert val(rolemig_db, "SELECT migration_control.request_claims('not-a-uuid', 'x') -> 'meta'") is None
 
 
 def test_configure_requests_refuses_a_missing_pre_request_and_a_non_object(rolemig_db):

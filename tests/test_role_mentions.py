@@ -84,6 +84,23 @@ def test_extension_and_infrastructure_objects_are_not_scanned(rolemig_db):
     assert not any(n.startswith(("migration_", "pg_catalog.", "information_schema.")) for n in names)
 
 
+def test_role_dependent_objects_are_the_ones_that_decide_on_a_role(rolemig_db):
+    """Policies, views and functions whose answer depends on a role, directly or through a helper."""
+    for case in ("rpc-function.sql", "staff-view.sql"):
+        rolemig_db.execute((HIDING / case).read_text())
+    rolemig_db.execute((HIDING.parent / "access-helper-legacy.sql").read_text())
+    objects = {(o.kind, o.name): o for o in api.role_dependent_objects(rolemig_db)}
+    moderators = objects[("policy", 'public.documents."documents: moderators update"')]
+    assert moderators.relation == "public.documents" and moderators.api_roles == ("authenticated",)
+    assert "moderator" in moderators.roles and "user_role" in moderators.expression
+    # a policy naming no role, calling a helper that does
+    helper = objects[("policy", 'public.billing_accounts."billing: staff via helper"')]
+    assert helper.roles == ("billing_admin", "org_owner", "super_admin")
+    assert objects[("function", "public.can_see_billing")].roles == ("billing_admin", "org_owner")
+    assert ("view", "public.staff_directory") in objects
+    assert ("policy", 'public.user_profiles."profiles: read own"') not in objects  # owner-only
+
+
 # --------------------------------------------------------------------- gate ----
 
 
@@ -118,3 +135,20 @@ def test_gate_passes_on_an_audit_trail_the_mapping_declares(pytester):
     undeclared = _gate(pytester, ["audit-trail.sql"])
     undeclared.assert_outcomes(passed=1, failed=1)
     undeclared.stdout.fnmatch_lines(["*data public.role_audit.old_role: *"])
+
+
+@pytest.mark.slow
+def test_gate_names_a_role_policy_that_lets_no_role_in(pytester):
+    """A policy reading a token claim nothing writes is false for everyone: reported, not trusted."""
+    result = _gate(pytester, ["dead-token-policy.sql"], tests="lets_some_role_in")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        '*policy public.billing_accounts."billing: staff by token" (billing_admin, org_owner): USING is false*',
+        "*Claims the probe sent*", '*"app_metadata": {*'], consecutive=False)
+
+
+@pytest.mark.slow
+def test_gate_passes_when_the_token_copy_of_the_role_follows_it(pytester):
+    """The probe's token carries the auth row's app_metadata: a policy reading it is measured, and kept."""
+    result = _gate(pytester, ["app-metadata-synced.sql"], tests="lets_some_role_in or access or hides_anywhere")
+    result.assert_outcomes(passed=7)

@@ -9,12 +9,14 @@ compare the rows each user reaches per table and command. Reports:
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from psycopg import sql
 
 from pytest_rolemig import api
 from pytest_rolemig.access_data import SeededTables, seed_access_rows
@@ -30,10 +32,12 @@ from pytest_rolemig.access_report import UPDATED_ACCESS, Comparison, compare, me
 from pytest_rolemig.access_store import ReachStore
 from pytest_rolemig.assertions import RolemigAssertionError
 from pytest_rolemig.mapping import render_access_changes, write_access_changes
+from pytest_rolemig.postgrest import auth_settings, token_fields
 from pytest_rolemig.rehearsal import StepBlocked
 from pytest_rolemig.target import split_qualified
 
 STEPS = ("before", "mid_migration", "mid_online_migration", "after_migration", "after_rollback")
+ROLE_STEPS = ("before", "after_migration")  # where role-dependent objects are checked for letting a role in
 
 
 @dataclass
@@ -56,6 +60,8 @@ class AccessRehearsal:
     written: str | None = None  # the [access_changes] block written, once
     # per step: role rows the migration merged away (gone for everybody), read right after it
     vanished: dict[str, frozenset[tuple[str, str]]] = field(default_factory=dict)
+    # per step of ROLE_STEPS: the policies, views and functions that decide on a role
+    dependents: dict[str, list[api.RoleDependent]] = field(default_factory=dict)
 
     def matrix(self, step: str) -> Matrix:
         """The matrix at ``step``, running every earlier step first."""
@@ -65,8 +71,11 @@ class AccessRehearsal:
                 try:
                     action()
                     self.vanished[name] = self._merged_away()
+                    if name in ROLE_STEPS:
+                        self.dependents[name] = api.role_dependent_objects(self.conn)
+                    policies = [d for d in self.dependents.get(name, ()) if d.kind == "policy"]
                     self.matrices[name] = compute_matrix(self.conn, self.config.target, self.actors, name,
-                                                         self.store)
+                                                         self.store, policies=policies)
                 except Exception as exc:  # remembered: every later step is blocked by it
                     self.errors[name] = exc
             if name in self.errors:
@@ -119,6 +128,59 @@ class AccessRehearsal:
     def _after_rollback(self) -> None:
         assert self.backup_id is not None
         api.rollback(self.conn, self.backup_id, "access matrix gate")
+
+    def unreachable(self) -> list[tuple[api.RoleDependent, str]]:
+        """Role-dependent objects that let no role in, before the migration nor after it, with why.
+
+        A policy whose USING is false on every row for every user it applies to, a view no user
+        sees a row of although it has rows, a function that returns nothing, false or null to
+        every user. Objects of a step that did not run are judged on the steps that did.
+        """
+        states = {}
+        for step in ROLE_STEPS:
+            try:
+                states[step] = self.matrix(step)
+            except Exception:
+                if step == "before":
+                    raise
+        reach: dict[str, set[str]] = {}
+        answers: dict[str, set[str]] = {}
+        for matrix in states.values():
+            for name, roles in matrix.policy_reach.items():
+                reach.setdefault(name, set()).update(roles)
+            for cell, set_id in matrix.cells.items():
+                if cell[3] in ("SELECT", "EXECUTE"):
+                    answers.setdefault(cell[2], set()).update(matrix.store.keys(set_id))
+        found: dict[str, tuple[api.RoleDependent, str]] = {}
+        for obj in (d for step in states for d in self.dependents.get(step, ())):
+            if obj.name in found:
+                continue
+            if obj.kind == "policy" and obj.name in reach and not reach[obj.name] and self._rows(obj.relation):
+                found[obj.name] = (obj, f"USING is false on every row for every user it applies to "
+                                        f"({', '.join(obj.api_roles)})")
+            elif obj.kind.endswith("view") and obj.relation in answers and not answers[obj.relation] \
+                    and self._rows(obj.relation):
+                found[obj.name] = (obj, "no user sees any of its rows")
+            elif obj.kind == "function" and f"{obj.name}()" in answers \
+                    and answers[f"{obj.name}()"] <= {"false", "null"}:
+                found[obj.name] = (obj, "returns nothing, false or null to every user")
+        return sorted(found.values(), key=lambda f: f[0].name)
+
+    def _rows(self, relation: str | None) -> bool:
+        """Whether the table or view holds any row (read as the connecting owner, past RLS)."""
+        schema, _, name = (relation or "").rpartition(".")
+        query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(schema, name))
+        return bool(self.conn.execute(query).fetchone()[0])
+
+    def example_claims(self) -> str:
+        """The claims the probe sent for one acting user, as JSON."""
+        actor = next((a for a in self.actors if a.key is not None), None)
+        if actor is None:
+            return "(no acting user)"
+        auth = auth_settings(self.conn)
+        claims = auth.claims(actor.key, self.matrix("before").claims.get(actor.key or ""),
+                             token_fields(self.conn, actor.key or ""))
+        return f"user {actor.key} ({actor.role}), as {auth.auth_role}: {json.dumps(claims, sort_keys=True)}"
 
     def measured(self) -> dict[str, dict[str, tuple[str, ...]]]:
         """The access changes the finished migration makes, as ``[access_changes]`` entries."""
@@ -225,3 +287,27 @@ def test_access_after_migration_is_as_declared(access_rehearsal: AccessRehearsal
 def test_access_restored_exactly_after_rollback(access_rehearsal: AccessRehearsal) -> None:
     """After rollback every user reaches exactly the rows they reached before the migration."""
     _fail(access_rehearsal.compare("after_rollback", "after rollback", declared=False), access_rehearsal)
+
+
+def test_every_role_dependent_object_lets_some_role_in(access_rehearsal: AccessRehearsal) -> None:
+    """Each policy, view and function that decides on a role lets some role in.
+
+    One that is false for every user, before and after the migration, proves nothing about the
+    migration: most often the probe's claims are not the ones the application's tokens carry.
+    """
+    dead = access_rehearsal.unreachable()
+    if not dead:
+        return
+    raise RolemigAssertionError(
+        f"{len(dead)} role-dependent object(s) let no role in, before the migration nor after it: "
+        + ", ".join(f"{obj.kind} {obj.name}" for obj, _ in dead),
+        sections={
+            "Objects (kind, name, roles it decides on: why)": "\n".join(
+                f"{obj.kind} {obj.name} ({', '.join(obj.roles)}): {why}" for obj, why in dead),
+            "Claims the probe sent": access_rehearsal.example_claims(),
+            "Fix": "if the application's tokens carry other claims, describe them (rolemig_jwt_claims, "
+                   "with \"{app_metadata}\" / \"{user_metadata}\" for what the auth row holds; "
+                   "rolemig_pre_request); if the data the object reads (e.g. a role copied into "
+                   "auth.users.raw_app_meta_data) is never written, write it; if the object is dead, drop it",
+        },
+    )
