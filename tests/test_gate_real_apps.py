@@ -13,7 +13,7 @@ import pytest
 from pytest_rolemig import resources
 
 EXAMPLES = Path(__file__).parent / "examples"
-GATE_TESTS = 21
+GATE_TESTS = 22
 
 pytestmark = pytest.mark.slow
 
