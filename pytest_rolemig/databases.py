@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from pytest_postgresql.janitor import DatabaseJanitor
 
 from pytest_rolemig import installer
 from pytest_rolemig.db import scalar
@@ -46,7 +47,8 @@ class Server(Protocol):
 class ExistingServer:
     """A server the user runs (``--rolemig-dsn`` / ``ROLEMIG_DSN``): we only create and drop databases."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, label: str = "existing") -> None:
+        self.label = label
         try:
             self._params = conninfo_to_dict(dsn)
         except psycopg.ProgrammingError as exc:
@@ -75,10 +77,24 @@ class ExistingServer:
 
     def describe(self) -> str:
         """Version and address, without the password."""
-        return f"existing PostgreSQL {self.version} at {self._safe()} (not tuned, not stopped)"
+        return f"{self.label} PostgreSQL {self.version} at {self._safe()} (not tuned, not stopped)"
 
     def stop(self) -> None:
         """Nothing to stop: the server is not ours."""
+
+
+def server_from_fixture(proc: Any) -> ExistingServer:
+    """pytest-postgresql's ``postgresql_proc`` / ``postgresql_noproc`` (its executor) as the session's server.
+
+    A team already running a server with pytest-postgresql overrides ``rolemig_server`` with
+    this in its conftest.py, and the gate uses that one server instead of starting another.
+    Databases are made on it as on any existing server (rolemig's own server only adds what
+    upstream has not: data in memory, a server run by an unprivileged user under root, and
+    embedded binaries).
+    """
+    dsn = make_conninfo("", host=str(proc.host), port=str(proc.port), user=str(proc.user),
+                        password=proc.password or None, dbname="postgres")
+    return ExistingServer(dsn, label=f"pytest-postgresql {type(proc).__name__} of")
 
 
 def _major(conn: psycopg.Connection[Any]) -> int:
@@ -93,24 +109,63 @@ def unique_name(prefix: str) -> str:
     return f"{prefix}_{os.getpid()}_{next(_counter)}"
 
 
+class CopyJanitor(DatabaseJanitor):
+    """pytest-postgresql's janitor, copying templates with ``STRATEGY FILE_COPY`` from PostgreSQL 15.
+
+    Upstream creates and drops databases as we need (it ends the sessions on the template
+    first, and a drop refuses new connections before it ends the old ones). What it lacks:
+    from PostgreSQL 15 ``CREATE DATABASE ... TEMPLATE`` copies a database block by block
+    through the WAL by default, a cost that grows with the template; a copy per test wants
+    the old file copy (a checkpoint and a directory copy), which the clone benchmark measures.
+    """
+
+    file_copy: bool = False
+
+    def _build_create_database_sql(self) -> sql.Composed:
+        query = super()._build_create_database_sql()
+        if self.template_dbname and self.file_copy:
+            query += sql.SQL(" STRATEGY FILE_COPY")
+        return query
+
+
+def janitor(server: Server, name: str, template: str | None = None, as_template: bool = False) -> CopyJanitor:
+    """The janitor of database ``name`` on ``server`` (a copy of ``template`` when given)."""
+    params = conninfo_to_dict(server.dsn())
+    keeper = CopyJanitor(user=str(params.get("user") or ""), host=str(params.get("host") or ""),
+                         port=str(params.get("port") or 5432), password=_text(params.get("password")),
+                         dbname=name, template_dbname=template, as_template=as_template,
+                         maintenance_dbname=str(params.get("dbname") or "postgres"))
+    keeper.file_copy = template is not None and server_major(server) >= 15
+    return keeper
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+_majors: dict[str, int] = {}
+
+
+def server_major(server: Server) -> int:
+    """The server's major version, asked once per server."""
+    dsn = server.dsn()
+    if dsn not in _majors:
+        with psycopg.connect(dsn) as conn:
+            _majors[dsn] = _major(conn)
+    return _majors[dsn]
+
+
 def create_database(server: Server, name: str, template: str | None = None) -> None:
     """Create ``name``, as a copy of ``template`` when given."""
-    with psycopg.connect(server.dsn(), autocommit=True) as conn:
-        query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
-        if template:
-            query += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
-            if _major(conn) >= 15:
-                query += sql.SQL(" STRATEGY FILE_COPY")
-        conn.execute(query)
+    janitor(server, name, template).init()
 
 
 def drop_database(server: Server, name: str) -> None:
-    """Drop ``name``, ending any session still connected to it."""
+    """Drop ``name``, ending any session still connected to it (a template is unmarked first)."""
     with psycopg.connect(server.dsn(), autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s AND datistemplate", (name,)).fetchone():
-            conn.execute(sql.SQL("ALTER DATABASE {} WITH is_template false").format(sql.Identifier(name)))
-        force = sql.SQL(" WITH (FORCE)") if _major(conn) >= 13 else sql.SQL("")
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)) + force)
+        row = conn.execute("SELECT datistemplate FROM pg_catalog.pg_database WHERE datname = %s",
+                           (name,)).fetchone()
+    janitor(server, name, as_template=bool(row and row[0])).drop()
 
 
 @contextmanager

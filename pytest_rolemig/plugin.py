@@ -153,7 +153,11 @@ def rolemig_mapping(rolemig_config: settings.RolemigConfig) -> Any:
 
 @pytest.fixture(scope="session")
 def rolemig_server(rolemig_config: settings.RolemigConfig, pytestconfig: pytest.Config) -> Iterator[Any]:
-    """A PostgreSQL server for the session: ephemeral (pytest-postgresql) unless ``rolemig_dsn`` is set."""
+    """A PostgreSQL server for the session: ephemeral (pytest-postgresql) unless ``rolemig_dsn`` is set.
+
+    A team already on pytest-postgresql overrides this fixture in its conftest.py with
+    ``server_from_fixture(postgresql_proc)`` (:func:`pytest_rolemig.databases.server_from_fixture`).
+    """
     from pytest_rolemig.databases import ExistingServer
     from pytest_rolemig.server import EphemeralServer, find_binaries
 
@@ -168,7 +172,6 @@ def rolemig_server(rolemig_config: settings.RolemigConfig, pytestconfig: pytest.
         problem = str(exc)
     if problem is not None:
         _fail_setup(problem)
-    pytestconfig.stash[_SERVER_LINE] = server.describe()
     logger.info("rolemig: %s", server.describe())
     try:
         yield server
@@ -178,13 +181,14 @@ def rolemig_server(rolemig_config: settings.RolemigConfig, pytestconfig: pytest.
 
 @pytest.fixture(scope="session")
 def rolemig_template(rolemig_server: Any, rolemig_config: settings.RolemigConfig,
-                     rolemig_mapping: Any) -> Iterator[Any]:
+                     rolemig_mapping: Any, pytestconfig: pytest.Config) -> Iterator[Any]:
     """Template database: schema + infrastructure + mapping + seeded users, built once."""
     import psycopg
 
     from pytest_rolemig.databases import build_template, drop_database
     from pytest_rolemig.errors import describe_pg_error
 
+    pytestconfig.stash[_SERVER_LINE] = rolemig_server.describe()  # ours, or a conftest.py's override
     problem = None
     try:
         template = build_template(rolemig_server, rolemig_config.schema_files, rolemig_config.target,
