@@ -1,15 +1,18 @@
 """Settings of the plugin: declared once, resolved once into a frozen dataclass.
 
-Each setting exists as a command-line option ``--rolemig-x`` and an ini key
-``rolemig_x`` sharing one help text. Precedence: command line, then environment
-(only ``ROLEMIG_DSN`` for the server), then ini / ``[tool.pytest.ini_options]``,
-then the default. "Set" means ``is not None``, so a command-line ``0`` wins.
+Each setting of the registry (:mod:`pytest_rolemig.settings`) exists as a command-line option
+``--rolemig-x`` and an ini key ``rolemig_x`` sharing one help text, and as the key ``x`` of
+``[tool.rolemig]`` in ``pyproject.toml``, which the ``rolemig`` CLI reads too. Precedence: command
+line, then environment (only ``ROLEMIG_DSN`` for the server), then ini / ``[tool.pytest.ini_options]``
+and ``[tool.rolemig]`` (equals: set in both to different values is an error), then the default.
+"Set" means ``is not None``, so a command-line ``0`` wins.
 
 ``DATABASE_URL`` is the CLI's variable and is never read here: the gate creates and
 drops databases, so it must not land on a server just because a shell exported one.
 Relative paths resolve as pytest's own path ini keys do: command-line and environment
 values against the folder pytest was invoked from, ini values (and defaults) against
-the ini file's folder; never against the rootdir, which moves with other arguments.
+the ini file's folder, ``[tool.rolemig]`` values against its file's folder; never against
+the rootdir, which moves with other arguments.
 """
 
 from __future__ import annotations
@@ -24,81 +27,17 @@ from typing import Any
 import pytest
 
 from pytest_rolemig import resources
+from pytest_rolemig import settings as registry
 from pytest_rolemig.errors import ConfigError
 from pytest_rolemig.mapping import RoleMapping, load_mapping
-from pytest_rolemig.postgrest import AuthSettings, parse_claims
-from pytest_rolemig.target import Target, parse_ident, qualified_name, quote_name
+from pytest_rolemig.postgrest import AuthSettings
+from pytest_rolemig.settings import NO_SESSIONS, SETTINGS, Setting
+from pytest_rolemig.target import Target
 
+__all__ = ["NO_SESSIONS", "SETTINGS", "RolemigConfig", "Setting", "add_options", "header_lines", "resolve"]
 
-@dataclass(frozen=True)
-class Setting:
-    """One setting: its name (``rolemig_<name>`` / ``--rolemig-<name>``), help, kind, default."""
-
-    name: str
-    help: str
-    kind: str = "string"  # string | int | linelist | bool
-    default: Any = None
-    env: str | None = None
-    path: bool = False  # a path: relative values resolve against the invocation or the ini file's folder
-
-    @property
-    def ini(self) -> str:
-        """The ini key, ``rolemig_<name>`` (also the option's ``dest``)."""
-        return f"rolemig_{self.name}"
-
-    @property
-    def flag(self) -> str:
-        """The command-line option, ``--rolemig-<name>`` with dashes."""
-        return "--rolemig-" + self.name.replace("_", "-")
-
-
-SETTINGS: tuple[Setting, ...] = (
-    Setting("schema", "Schema SQL files to load, in order (globs allowed), or a migrations folder: its *.sql "
-            "files in name order, each in its own transaction. Default: the bundled demo.",
-            "linelist", path=True),
-    Setting("mapping", "Role mapping TOML file (new_roles + [mapping]). Default: the bundled demo mapping.",
-            path=True),
-    Setting("profiles_table", "Table holding one row per user with the role column.",
-            default="public.user_profiles"),
-    Setting("key_column", "User key column of the profiles table.", default="id"),
-    Setting("role_column", "Role column of the profiles table.", default="role"),
-    Setting("user_column", "Column of the profiles table holding the user's id, the value the JWT claims "
-            "carry (a roles table with one row per user and role: user_id). Default: the key column."),
-    Setting("sessions_table", "Table holding user sessions; 'none' (or empty) for an application without "
-            "one. Left at its default, a schema without auth.sessions has none.", default="auth.sessions"),
-    Setting("sessions_user_column", "Column of the sessions table naming the user.", default="user_id"),
-    Setting("policy_schemas", "Schemas whose RLS policies are backed up and rewritten.", "linelist",
-            default=("public", "auth")),
-    Setting("users", "Number of users to seed, spread over every legacy role (at least 1).", "int",
-            default=130),
-    Setting("batch_size", "Users migrated per batch.", "int", default=1000),
-    Setting("login_sample", "Users the gate logs in as after the migration: all of them up to this many, "
-            "beyond it a random sample that covers every role.", "int", default=2000),
-    Setting("dsn", "Use this existing server (libpq DSN) instead of an ephemeral one; databases are "
-            "created and dropped on it. Environment: ROLEMIG_DSN (DATABASE_URL is ignored).",
-            env="ROLEMIG_DSN"),
-    Setting("pg_bin", "Folder of the PostgreSQL server binaries (or pg_ctl itself). Default: searched.",
-            path=True),
-    Setting("server_dir", "Folder for the ephemeral server's data. Default: /dev/shm (memory) when it has "
-            "2 GiB free, else the system temp folder.", path=True),
-    Setting("report_dir", "Folder for the gate's reports (JSON and Markdown).", default="reports", path=True),
-    Setting("update_access", "Write the access changes the migration measurably makes into the mapping "
-            "file's [access_changes] (the rest of the file is kept), so that the next run passes: review "
-            "the diff as you review a snapshot update.", "bool", default=False),
-    Setting("api_role", "Database role a logged-in request switches to (SET LOCAL ROLE), as PostgREST's "
-            "JWT role.", default="authenticated"),
-    Setting("anon_role", "Database role of a request without a JWT (PostgREST's db-anon-role).",
-            default="anon"),
-    Setting("jwt_claims", "JWT claims of a logged-in request, a JSON object; the values \"{user}\" and "
-            "\"{role}\" become the user's id and app role. Default: Supabase's "
-            "{\"sub\": \"{user}\", \"role\": <api role>, \"user_role\": \"{role}\"}."),
-    Setting("pre_request", "Function called after the claims are set and the role switched, as PostgREST's "
-            "db-pre-request (schema.function, no arguments). Default: none."),
-    Setting("roundtrip_examples", "Hypothesis examples of the gate's round-trip property, per rollback mode.",
-            "int", default=25),
-)
-
-_BY_NAME = {s.name: s for s in SETTINGS}
+CONFIG_OPTION = "--rolemig-config"
+"""The pytest option naming the ``[tool.rolemig]`` file (default: found from the current folder up)."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +88,10 @@ def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("rolemig", "role migration gate (pytest-rolemig)")
     group.addoption("--rolemig", action="store_true", dest="rolemig", default=False,
                     help="Run the built-in migration gate tests.")
+    group.addoption(CONFIG_OPTION, action="store", dest="rolemig_config", default=None, metavar="FILE",
+                    help="pyproject.toml whose [tool.rolemig] table holds the settings, as the rolemig "
+                         "command reads them (default: the first pyproject.toml with the table, from the "
+                         "current folder up). Its values rank with the ini keys.")
     for s in SETTINGS:
         help_text = f"{s.help}{_RELATIVE if s.path else ''} [ini: {s.ini}]"
         if s.kind == "linelist":
@@ -167,34 +110,29 @@ IGNORED_ENV = "DATABASE_URL"
 """The CLI's server variable: the plugin never reads it, and says so when it is set."""
 
 
-def _raw(config: pytest.Config, s: Setting) -> tuple[Any, str, Path]:
-    """The value, where it came from, and the folder a relative path in it is relative to."""
+def _ini(config: pytest.Config) -> Callable[[Setting], Any]:
+    def get(s: Setting) -> Any:
+        value = config.getini(s.ini)
+        return None if value in (None, "", [], False) else value  # False: a bool ini key left unset
+    return get
+
+
+def _resolved(config: pytest.Config) -> registry.Resolved:
+    """Every setting's raw value, its source and folder: command line, environment, ini and file, default."""
     invoked = Path(config.invocation_params.dir)
     ini_dir = config.inipath.parent if config.inipath is not None else invoked
-    cli = config.getoption(s.ini)
-    if cli is not None:
-        return cli, f"command line {s.flag}", invoked
-    if s.env and os.environ.get(s.env):
-        return os.environ[s.env], f"environment {s.env}", invoked
-    ini = config.getini(s.ini)
-    if ini not in (None, "", [], False):  # False: a bool ini key left unset
-        return ini, f"ini {s.ini}", ini_dir
-    return s.default, "default", ini_dir
+    found = registry.settings_file(config.getoption("rolemig_config", None), invoked, CONFIG_OPTION)
+    command_line = registry.Channel(lambda s: config.getoption(s.ini), lambda s: f"command line {s.flag}", invoked)
+    ini = registry.Channel(_ini(config), lambda s: f"ini {s.ini}", ini_dir)
+    return registry.resolve(
+        [[command_line], [registry.env_channel(invoked)], [ini, *registry.file_channel(found)]],
+        ini_dir, lambda s: f"{s.flag} / {s.ini}",
+    )
 
 
 def _path(value: str, root: Path) -> Path:
     path = Path(value)
     return path if path.is_absolute() else root / path
-
-
-def _as_int(s: Setting, value: Any, source: str, minimum: int) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{s.flag} / {s.ini} must be a whole number, got {value!r} ({source})") from None
-    if number < minimum:
-        raise ConfigError(f"{s.flag} / {s.ini} must be at least {minimum}, got {number} ({source})")
-    return number
 
 
 def _schema_files(value: list[str], root: Path, source: str) -> tuple[Path, ...]:
@@ -237,22 +175,18 @@ def _migrations(folder: Path, source: str) -> list[Path]:
 
 def resolve(config: pytest.Config) -> RolemigConfig:
     """Resolve every setting once; raise :class:`ConfigError` naming the first bad one."""
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    roots: dict[str, Path] = {}
-    for s in SETTINGS:
-        values[s.name], sources[s.name], roots[s.name] = _raw(config, s)
+    r = _resolved(config)
+    values, sources = r.values, r.sources
 
     schema = values["schema"]
     if schema in (None, []):
         schema_files: tuple[Path, ...] = (resources.demo_schema(),)
         sources["schema"] = "default (bundled demo)"
     else:
-        schema_files = _schema_files(list(schema), roots["schema"], sources["schema"])
+        entries = [schema] if isinstance(schema, str) else list(schema)
+        schema_files = _schema_files(entries, r.roots["schema"], sources["schema"])
 
-    mapping_file = (
-        _path(values["mapping"], roots["mapping"]) if values["mapping"] else resources.demo_mapping()
-    )
+    mapping_file = r.path("mapping") or resources.demo_mapping()
     if not values["mapping"]:
         sources["mapping"] = "default (bundled demo)"
     if not mapping_file.is_file():
@@ -260,43 +194,23 @@ def resolve(config: pytest.Config) -> RolemigConfig:
             f"--rolemig-mapping / rolemig_mapping: role mapping file {mapping_file} does not exist "
             f"({sources['mapping']})"
         )
-
-    policy_schemas = tuple(
-        p.strip() for entry in values["policy_schemas"] for p in str(entry).split(",") if p.strip()
-    )
-    target = Target(
-        profiles_table=_qualified("profiles_table", values["profiles_table"], sources),
-        key_column=_identifier("key_column", values["key_column"], sources),
-        role_column=_identifier("role_column", values["role_column"], sources),
-        user_column=(_identifier("user_column", values["user_column"], sources)
-                     if values["user_column"] is not None else None),
-        sessions_table=_sessions(values["sessions_table"], sources),
-        sessions_user_column=_identifier("sessions_user_column", values["sessions_user_column"], sources),
-        policy_schemas=policy_schemas or ("public",),
-        batch_size=_as_int(_BY_NAME["batch_size"], values["batch_size"], sources["batch_size"], 1),
-    )
+    pg_bin = r.path("pg_bin")
     return RolemigConfig(
         gate=bool(config.getoption("rolemig")),
         schema_files=schema_files,
         mapping_file=mapping_file,
         mapping=load_mapping(mapping_file),
-        target=target,
-        users=_as_int(_BY_NAME["users"], values["users"], sources["users"], 1),
-        login_sample=_as_int(_BY_NAME["login_sample"], values["login_sample"], sources["login_sample"], 1),
+        target=r.target(),
+        users=r.integer("users", 1),
+        login_sample=r.integer("login_sample", 1),
         dsn=values["dsn"] or None,
-        pg_bin=str(_path(values["pg_bin"], roots["pg_bin"])) if values["pg_bin"] else None,
-        server_dir=_folder("server_dir", values["server_dir"], roots["server_dir"], sources),
-        report_dir=_path(values["report_dir"], roots["report_dir"]),
+        pg_bin=str(pg_bin) if pg_bin else None,
+        server_dir=_folder(r, "server_dir"),
+        report_dir=_path(values["report_dir"], r.roots["report_dir"]),
         ignored_env=IGNORED_ENV if values["dsn"] is None and os.environ.get(IGNORED_ENV) else None,
-        roundtrip_examples=_as_int(_BY_NAME["roundtrip_examples"], values["roundtrip_examples"],
-                                   sources["roundtrip_examples"], 1),
+        roundtrip_examples=r.integer("roundtrip_examples", 1),
         update_access=_update_access(values["update_access"], mapping_file),
-        auth=AuthSettings(
-            auth_role=_identifier("api_role", values["api_role"], sources, "a role"),
-            anon_role=_identifier("anon_role", values["anon_role"], sources, "a role"),
-            jwt_claims=_claims(values["jwt_claims"], sources),
-            pre_request=_function("pre_request", values["pre_request"], sources),
-        ),
+        auth=r.auth(),
         sources=sources,
     )
 
@@ -311,65 +225,13 @@ def _update_access(value: Any, mapping_file: Path) -> bool:
     return True
 
 
-def _folder(name: str, value: Any, root: Path, sources: dict[str, str]) -> str | None:
-    if not value:
+def _folder(r: registry.Resolved, name: str) -> str | None:
+    path = r.path(name)
+    if path is None:
         return None
-    path = _path(str(value), root)
     if not path.is_dir():
-        s = _BY_NAME[name]
-        raise ConfigError(f"{s.flag} / {s.ini}: folder {path} does not exist ({sources[name]})")
+        raise r.error(name, f": folder {path} does not exist")
     return str(path)
-
-
-def _identifier(name: str, value: Any, sources: dict[str, str], what: str = "a column") -> str:
-    """A column name, as it is: the CLI and ``configure_target`` take plain names, never quoted ones."""
-    s = _BY_NAME[name]
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{s.flag} / {s.ini} must name {what} ({sources[name]})")
-    return value.strip()
-
-
-NO_SESSIONS = ("", "none")
-"""Values of the sessions table setting meaning: the application has no sessions table."""
-
-
-def _sessions(value: Any, sources: dict[str, str]) -> str | None:
-    """The sessions table, or None for 'none' / an empty value (no sessions table)."""
-    if value is None or str(value).strip().lower() in NO_SESSIONS:
-        return None
-    return _qualified("sessions_table", value, sources)
-
-
-def _claims(value: Any, sources: dict[str, str]) -> str | None:
-    """The claims template as canonical JSON text, or None for the Supabase default."""
-    if value is None or not str(value).strip():
-        return None
-    s = _BY_NAME["jwt_claims"]
-    try:
-        return parse_claims(str(value))
-    except ValueError as exc:
-        raise ConfigError(f"{s.flag} / {s.ini}: {exc} ({sources['jwt_claims']})") from None
-
-
-def _function(name: str, value: Any, sources: dict[str, str]) -> str | None:
-    """A function name (``schema.fn``) in its canonical spelling, or None when unset."""
-    if value is None or not str(value).strip():
-        return None
-    s = _BY_NAME[name]
-    try:
-        return ".".join(quote_name(part) for part in parse_ident(str(value)))
-    except ValueError as exc:
-        raise ConfigError(f"{s.flag} / {s.ini}: {exc} ({sources[name]})") from None
-
-
-def _qualified(name: str, value: Any, sources: dict[str, str]) -> str:
-    """A table name read as the CLI and ``configure_target`` read it, in its canonical spelling."""
-    s = _BY_NAME[name]
-    text = _identifier(name, value, sources)
-    try:
-        return qualified_name(text)
-    except ValueError as exc:
-        raise ConfigError(f"{s.flag} / {s.ini}: {exc} ({sources[name]})") from None
 
 
 def header_lines(cfg: RolemigConfig) -> list[str]:

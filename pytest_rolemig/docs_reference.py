@@ -1,7 +1,7 @@
 """Write the reference pages whose truth is the code: settings, the ``rolemig`` CLI, the gate's checks.
 
 ``python -m pytest_rolemig.docs_reference`` writes ``docs/reference/settings.md`` (from
-:data:`pytest_rolemig.config.SETTINGS` and the options :func:`pytest_rolemig.config.add_options`
+:data:`pytest_rolemig.settings.SETTINGS` and the options :func:`pytest_rolemig.config.add_options`
 declares), ``cli.md`` (from :func:`pytest_rolemig.cli.build_parser`) and ``gate-checks.md`` (from the
 names and docstrings of the gate's test modules, read with :mod:`ast`, not imported). ``--check``
 writes nothing and exits 1 when a page differs from what the code gives. Nothing here connects to a
@@ -95,23 +95,30 @@ def settings_page() -> str:
     lines = [
         "# Settings",
         "",
-        "Each setting is a command-line option of `pytest` and an ini key (`pytest.ini`, `tox.ini`,",
-        "`setup.cfg`, or `[tool.pytest.ini_options]` in `pyproject.toml`). Precedence: the command line,",
-        "then the environment variable where one is listed, then the ini file, then the default. A value",
+        "Each setting is a command-line option of `pytest`, an ini key (`pytest.ini`, `tox.ini`,",
+        "`setup.cfg`, or `[tool.pytest.ini_options]` in `pyproject.toml`) and a key of `[tool.rolemig]` in",
+        "`pyproject.toml`, the table the `rolemig` command reads too (where the table lists its option):",
+        "set the target there once, and the gate rehearses what `rolemig install` stores. The table is",
+        "read from the first `pyproject.toml` that holds it, from the current folder upwards, or from",
+        "the file `--rolemig-config` (`rolemig --config`) names; relative paths in it are from its",
+        "folder. Precedence: the command line, then the environment variable where one is listed, then",
+        "the ini file and `[tool.rolemig]` (set in both, they must agree), then the default. A value",
         "counts as set when it is given at all, so `--rolemig-users 1` on the command line wins over the",
         "ini file. The chosen values and where each came from are printed in the report header of",
-        "`pytest --rolemig`; an unknown `rolemig_*` ini key or a bad value ends the run with one line",
-        "naming it.",
+        "`pytest --rolemig` and by `rolemig config`; an unknown `rolemig_*` ini key, an unknown",
+        "`[tool.rolemig]` key or a bad value ends the run with one line naming it (and the file).",
         "",
-        "| option | ini key | kind | default | environment |",
-        "|---|---|---|---|---|",
+        "| option | ini key | `[tool.rolemig]` key | `rolemig` option | kind | default | environment |",
+        "|---|---|---|---|---|---|---|",
     ]
     gate_flags = [o for o in recorder.options if o.kwargs.get("dest") not in {s.ini for s in config.SETTINGS}]
     for option in gate_flags:
-        lines.append(f"| `{', '.join(option.flags)}` | — | switch | off | — |")
+        switch = option.kwargs.get("action") == "store_true"
+        lines.append(f"| `{', '.join(option.flags)}` | — | — | — | {'switch' if switch else 'text (path)'} | "
+                     f"{'off' if switch else 'see the description'} | — |")
     for s in config.SETTINGS:
-        lines.append(f"| `{s.flag}` | `{s.ini}` | {_setting_kind(s)} | {_cell(_setting_default(s))} | "
-                     f"{_code(s.env) or '—'} |")
+        lines.append(f"| `{s.flag}` | `{s.ini}` | `{s.name}` | {_code(s.cli) or '—'} | {_setting_kind(s)} | "
+                     f"{_cell(_setting_default(s))} | {_code(s.env) or '—'} |")
     lines += ["", "## What each setting does", ""]
     for option in gate_flags:
         lines += [f"### `{', '.join(option.flags)}`", "", _text(option.kwargs.get("help", "")), ""]
@@ -120,7 +127,7 @@ def settings_page() -> str:
         help_text = declared.kwargs.get("help", s.help) if declared is not None else s.help
         help_text = re.sub(r"\s*\[ini: [^\]]*\]\s*$", "", help_text)  # the heading names the key
         lines += [f"### `{s.flag}` / `{s.ini}`", "", _text(help_text), ""]
-    return _page("`pytest_rolemig/config.py` (`SETTINGS`, `add_options`)", lines)
+    return _page("`pytest_rolemig/settings.py` (`SETTINGS`) and `pytest_rolemig/config.py` (`add_options`)", lines)
 
 
 # ------------------------------------------------------------------------ CLI ---

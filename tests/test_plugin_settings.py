@@ -196,3 +196,76 @@ def test_without_rolemig_flag_nothing_starts_and_no_gate_runs(pytester):
     result.assert_outcomes(passed=1)
     assert "rolemig: PostgreSQL" not in result.stdout.str()
     assert "gate.py" not in result.stdout.str()
+
+
+# ------------------------------------------------------------ [tool.rolemig] ---
+
+TOOL = '[tool.rolemig]\nusers = 26\nprofiles_table = "App.Members"\nbatch_size = 7\n'
+
+
+def test_tool_rolemig_table_is_read_and_named_as_the_source(probe):
+    probe.makepyprojecttoml(TOOL)
+    result = probe.runpytest("-s", "-p", "no:cacheprovider")
+    assert "USERS 26 tool.rolemig.users in pyproject.toml" in _out(result)
+    assert "TABLE app.members\n" in _out(result)
+    result = probe.runpytest("-p", "no:cacheprovider", "--rolemig", "--collect-only")
+    result.stdout.fnmatch_lines(["rolemig batch_size: 7 [tool.rolemig.batch_size in pyproject.toml]"])
+
+
+def test_tool_rolemig_is_found_from_the_current_folder_upwards(probe, monkeypatch):
+    from pytest_rolemig import resources
+
+    probe.makepyprojecttoml(TOOL + 'mapping = "roles.toml"\n')
+    (probe.path / "roles.toml").write_text(resources.demo_mapping().read_text())
+    sub = probe.mkdir("sub")
+    monkeypatch.chdir(sub)
+    result = probe.runpytest("-s", "-p", "no:cacheprovider", str(probe.path / "test_probe.py"))
+    assert f"USERS 26 tool.rolemig.users in {probe.path / 'pyproject.toml'}" in _out(result)
+    assert f"MAPPING {probe.path / 'roles.toml'}" in _out(result)  # from the file's folder
+
+
+def test_rolemig_config_option_names_the_file(probe):
+    other = probe.mkdir("other")
+    (other / "pyproject.toml").write_text(TOOL)
+    result = probe.runpytest("-s", "-p", "no:cacheprovider", "--rolemig-config", "other/pyproject.toml")
+    assert "USERS 26 tool.rolemig.users in other/pyproject.toml" in _out(result)
+
+
+def test_command_line_wins_over_tool_rolemig(probe):
+    probe.makepyprojecttoml(TOOL)
+    result = probe.runpytest("-s", "-p", "no:cacheprovider", "--rolemig-users=3")
+    assert "USERS 3 command line --rolemig-users" in _out(result)
+    assert "BATCH 7 tool.rolemig.batch_size in pyproject.toml" in _out(result)
+
+
+def test_ini_key_and_tool_rolemig_must_agree(probe):
+    probe.makepyprojecttoml(TOOL + '[tool.pytest.ini_options]\nrolemig_users = "26"\n')
+    result = probe.runpytest("-s", "-p", "no:cacheprovider")
+    assert "USERS 26 ini rolemig_users" in _out(result)  # the same value twice is fine
+    probe.makepyprojecttoml(TOOL + '[tool.pytest.ini_options]\nrolemig_profiles_table = "public.accounts"\n')
+    result = probe.runpytest("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*rolemig: --rolemig-profiles-table / rolemig_profiles_table is set twice, "
+                                 "to 'public.accounts' (ini rolemig_profiles_table) and to 'App.Members' "
+                                 "(tool.rolemig.profiles_table in pyproject.toml): set it in one place"])
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('users = "many"', "rolemig: tool.rolemig.users in pyproject.toml must be a whole number, got 'many'"),
+        ("users = 0", "rolemig: --rolemig-users / rolemig_users must be at least 1, got 0 "
+                      "(tool.rolemig.users in pyproject.toml)"),
+        ('profiles_table = "a b"', "rolemig: --rolemig-profiles-table / rolemig_profiles_table: 'a b': "
+                                   "unexpected 'b' at position 3 *(tool.rolemig.profiles_table in pyproject.toml)"),
+        ("userz = 5", "rolemig: unknown key(s) userz in [[]tool.rolemig] of pyproject.toml; known keys: schema, *"),
+        ('mapping = "missing.toml"', "rolemig: --rolemig-mapping / rolemig_mapping: role mapping file "
+                                     "*missing.toml does not exist (tool.rolemig.mapping in pyproject.toml)"),
+    ],
+)
+def test_bad_value_in_tool_rolemig_names_the_key_and_the_file(probe, table, message):
+    probe.makepyprojecttoml(f"[tool.rolemig]\n{table}\n")
+    result = probe.runpytest("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: " + message])
+    assert len([line for line in result.stderr.lines if line.strip()]) == 1
