@@ -1,18 +1,28 @@
 """A small Python API over the SQL functions: backup, migrate, validate, rollback, status.
 
-Every function takes a psycopg 3 connection and calls exactly one SQL function
-of the infrastructure, so what the gate, the fixtures and a team's own tests do
-is what an operator would do in ``psql``.
+Every function takes a psycopg 3 connection and calls one SQL function of the
+infrastructure (or reads one of its tables), so what the gate, the fixtures, the
+``rolemig`` CLI and a team's own tests do is what an operator would do in ``psql``.
+It is the one Python caller of the infrastructure: a rule such as "which tables the
+migration touches" or "which users are still pending" is asked of the SQL here, never
+computed again in Python.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql as psql
 
 from pytest_rolemig.checks import CheckReport
+from pytest_rolemig.db import scalar
+from pytest_rolemig.mapping import RoleMapping
+from pytest_rolemig.postgrest import AuthSettings
+from pytest_rolemig.target import Target
 
 Conn = psycopg.Connection[Any]
 
@@ -54,7 +64,17 @@ class RollbackResult:
 
 
 class OperationFailed(RuntimeError):
-    """A migration step reported status ``failed``; the database kept its previous state."""
+    """A migration step reported status ``failed``; the database kept its previous state.
+
+    ``result`` is the step's row (a :class:`BackupResult`, :class:`MigrationResult` or
+    :class:`RollbackResult`) and ``error`` the error the infrastructure recorded, so a caller
+    that reports the failure (the CLI) needs to read nothing again.
+    """
+
+    def __init__(self, message: str, result: Any = None, error: str | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+        self.error = error
 
 
 def _one(conn: Conn, query: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...]:
@@ -75,7 +95,8 @@ def backup(conn: Conn, name: str = "pre_migration_backup") -> BackupResult:
         error = conn.execute(
             "SELECT error FROM migration_backup.backup_log WHERE backup_id = %s", (result.backup_id,)
         ).fetchone()
-        raise OperationFailed(f"backup {result.backup_id} failed: {error[0] if error else 'no error recorded'}")
+        text = error[0] if error else None
+        raise OperationFailed(f"backup {result.backup_id} failed: {text or 'no error recorded'}", result, text)
     return result
 
 
@@ -89,17 +110,20 @@ def validate_backup(conn: Conn, backup_id: str) -> CheckReport:
 
 def migrate(conn: Conn, *, batch_size: int | None = None, backup_id: str | None = None,
             max_batches: int | None = None, name: str = "role_system_migration",
-            rewrite_policies: bool = True) -> MigrationResult:
-    """Run (or resume) the role migration; raise :class:`OperationFailed` if it reports failure."""
+            rewrite_policies: bool = True, run_id: str | None = None) -> MigrationResult:
+    """Run (or resume) the role migration; raise :class:`OperationFailed` if it reports failure.
+
+    ``run_id`` continues that run (its batches are counted as one run), as the CLI does batch by batch.
+    """
     result = MigrationResult(*_one(
         conn,
         "SELECT run_id, batches, users_migrated, users_unchanged, policies_rewritten, status, error "
         "FROM migration_control.execute_role_migration(p_migration_name => %s, p_batch_size => %s, "
-        "p_backup_id => %s, p_max_batches => %s, p_rewrite_policies => %s)",
-        (name, batch_size, backup_id, max_batches, rewrite_policies),
+        "p_backup_id => %s, p_max_batches => %s, p_rewrite_policies => %s, p_run_id => %s)",
+        (name, batch_size, backup_id, max_batches, rewrite_policies, run_id),
     ))
     if result.status == "failed":
-        raise OperationFailed(f"migration {result.run_id} failed: {result.error}")
+        raise OperationFailed(f"migration {result.run_id} failed: {result.error}", result, result.error)
     return result
 
 
@@ -158,7 +182,8 @@ def rollback(conn: Conn, backup_id: str | None, reason: str = "manual rollback",
         error = conn.execute(
             "SELECT error FROM migration_backup.rollback_log WHERE rollback_id = %s", (result.rollback_id,)
         ).fetchone()
-        raise OperationFailed(f"rollback {result.rollback_id} failed: {error[0] if error else 'unknown'}")
+        text = error[0] if error else None
+        raise OperationFailed(f"rollback {result.rollback_id} failed: {text or 'unknown'}", result, text)
     return result
 
 
@@ -185,6 +210,290 @@ def initialize(conn: Conn) -> CheckReport:
         "initialize_migration_infrastructure",
         conn.execute("SELECT * FROM migration_control.initialize_migration_infrastructure()"),
     )
+
+
+# ------------------------------------------ what an operator reads and runs (the CLI) ---
+
+SCHEMAS = ("migration_tracking", "migration_backup", "migration_validation", "migration_control")
+"""The infrastructure's schemas, in install order."""
+
+LOCK_KEY_SQL = "pg_catalog.hashtext('pytest_rolemig.migration')"
+"""The advisory lock every migration and rollback takes (the SQL functions take it per transaction)."""
+
+
+def install(conn: Conn, target: Target | None = None, mapping: RoleMapping | None = None,
+            auth: AuthSettings | None = None) -> None:
+    """Install (or re-install) the infrastructure, store the target and requests, load the mapping."""
+    from pytest_rolemig import installer
+
+    installer.install(conn, target, mapping, auth)
+
+
+def missing_infrastructure(conn: Conn, functions: Sequence[str] = ()) -> list[str]:
+    """The infrastructure's schemas that are missing, else the named functions (``schema.fn``) missing."""
+    missing = [r[0] for r in conn.execute(
+        "SELECT s FROM unnest(%s::text[]) AS s WHERE pg_catalog.to_regnamespace(s) IS NULL", (list(SCHEMAS),))]
+    if missing or not functions:
+        return missing
+    return [r[0] for r in conn.execute(
+        """SELECT f FROM unnest(%s::text[]) AS f
+           WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
+                             JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+                             WHERE n.nspname = split_part(f, '.', 1) AND p.proname = split_part(f, '.', 2))""",
+        (list(functions),))]
+
+
+def try_lock(conn: Conn) -> bool:
+    """Take the migration advisory lock for the session, if no one holds it."""
+    return bool(scalar(conn, f"SELECT pg_catalog.pg_try_advisory_lock({LOCK_KEY_SQL})"))
+
+
+def unlock(conn: Conn) -> None:
+    """Give the session's migration lock back (closing the connection would too)."""
+    conn.execute(f"SELECT pg_catalog.pg_advisory_unlock({LOCK_KEY_SQL})")
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """The server process holding the migration lock."""
+
+    pid: int
+    application_name: str | None
+    state: str | None
+    query_start: datetime | None
+
+
+def lock_holder(conn: Conn) -> LockHolder | None:
+    """Who holds the migration lock for their session, or None."""
+    row = conn.execute(
+        f"""SELECT a.pid, a.application_name, a.state, a.query_start
+            FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+            WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
+              AND ((l.classid::bigint << 32) | l.objid::bigint) = {LOCK_KEY_SQL}::bigint LIMIT 1""").fetchone()
+    return LockHolder(*row) if row else None
+
+
+def backup_known(conn: Conn, backup_id: str) -> bool:
+    """Whether ``backup_log`` has a backup of that id (restorable or not)."""
+    return conn.execute("SELECT 1 FROM migration_backup.backup_log WHERE backup_id = %s",
+                        (backup_id,)).fetchone() is not None
+
+
+def migration_base(conn: Conn) -> str | None:
+    """``migration_base()``: the backup the current migration started from (None before any user moved)."""
+    base: str | None = scalar(conn, "SELECT backup_id FROM migration_backup.migration_base()")
+    return base
+
+
+def newest_restorable(conn: Conn) -> str | None:
+    """The newest backup whose counts and checksums still match (``list_available_backups()``)."""
+    row = conn.execute("SELECT backup_id FROM migration_backup.list_available_backups() "
+                       "WHERE restorable LIMIT 1").fetchone()
+    return row[0] if row else None
+
+
+def refuse_backup_after_migration(conn: Conn, backup_id: str) -> None:
+    """Raise (a database error with DETAIL and HINT) when the backup was taken after users moved."""
+    conn.execute("SELECT migration_backup.refuse_backup_after_migration(%s)", (backup_id,))
+
+
+@dataclass(frozen=True)
+class BackupInfo:
+    """One row of ``list_available_backups()``, with its size from ``get_backup_summary()``."""
+
+    backup_id: str
+    backup_name: str
+    created_at: datetime
+    status: str
+    profiles_count: int | None
+    sessions_count: int | None
+    policies_count: int | None
+    restorable: bool
+    size_bytes: int | None = None
+
+
+def backups(conn: Conn, limit: int | None = None, sizes: bool = False) -> list[BackupInfo]:
+    """Backups, newest first, whether each is restorable (and with ``sizes``, its size in bytes)."""
+    found = [BackupInfo(*r) for r in conn.execute(
+        "SELECT backup_id, backup_name, created_at, status, profiles_count, sessions_count, policies_count, "
+        "restorable FROM migration_backup.list_available_backups() LIMIT %s", (limit,))]
+    if not sizes:
+        return found
+    size = dict(conn.execute("SELECT backup_id, size_bytes FROM migration_backup.get_backup_summary()").fetchall())
+    return [replace(b, size_bytes=size.get(b.backup_id)) for b in found]
+
+
+@dataclass(frozen=True)
+class MigrationRun:
+    """One row of ``migration_runs()``: a migration run or a rollback."""
+
+    kind: str
+    id: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    status: str
+    batches: int | None
+    users: int | None
+    backup_id: str | None
+    error: str | None
+
+
+def runs(conn: Conn, limit: int = 20) -> list[MigrationRun]:
+    """``migration_runs(limit)``: migration runs and rollbacks, newest first."""
+    return [MigrationRun(*r) for r in conn.execute(
+        "SELECT kind, id, started_at, finished_at, status, batches, users, backup_id, error "
+        "FROM migration_control.migration_runs(%s)", (limit,))]
+
+
+@dataclass(frozen=True)
+class MigrationState:
+    """``migration_state()``: what the database is in now, in one word an operator acts on."""
+
+    state: str  # not migrated | migrating | migrated | rolled back
+    users_on_legacy_roles: int
+    users_moved: int
+    policies_naming_legacy_roles: int
+    last_rollback: str | None
+    detail: str
+
+
+def state(conn: Conn) -> MigrationState:
+    """``migration_state()``; its ``users_on_legacy_roles`` are the users the migration has yet to move."""
+    return MigrationState(*_one(
+        conn, "SELECT state, users_on_legacy_roles, users_moved, policies_naming_legacy_roles, last_rollback, "
+        "detail FROM migration_control.migration_state()"))
+
+
+def pending_users(conn: Conn, migration_name: str = "role_system_migration") -> int:
+    """``pending_count()``: users a batch of ``migration_name`` would still pick up, since the newest
+    completed rollback (what ``execute_role_migration`` and the online procedure count)."""
+    return int(scalar(
+        conn, "SELECT migration_control.pending_count(%s, (SELECT coalesce(max(r.started_at), '-infinity') "
+        "FROM migration_backup.rollback_log r WHERE r.status = 'completed'))", (migration_name,)))
+
+
+def has_completed_batch(conn: Conn) -> bool:
+    """Whether any migration batch completed (a migration ran at all)."""
+    return bool(scalar(conn, "SELECT EXISTS (SELECT 1 FROM migration_tracking.migration_batch "
+                             "WHERE status = 'completed')"))
+
+
+@dataclass(frozen=True)
+class ValidationSummary:
+    """The newest stored validation run: its counts and failing checks."""
+
+    validation_run: str
+    checked_at: datetime
+    passed: int
+    warnings: int
+    failed: int
+    failing: list[str]
+
+
+def last_validation(conn: Conn) -> ValidationSummary | None:
+    """The newest run of the stored validation results, or None before any validation."""
+    row = conn.execute("""
+        SELECT validation_run, max(checked_at),
+               count(*) FILTER (WHERE status = 'pass'), count(*) FILTER (WHERE status = 'warn'),
+               count(*) FILTER (WHERE status = 'fail'),
+               coalesce(array_agg(check_name ORDER BY check_name) FILTER (WHERE status = 'fail'), '{}')
+        FROM migration_validation.validation_results
+        GROUP BY validation_run ORDER BY max(checked_at) DESC LIMIT 1""").fetchone()
+    return ValidationSummary(*row) if row else None
+
+
+def target_row(conn: Conn) -> dict[str, Any]:
+    """The stored target (``migration_control.target_config``) as a dict of its columns."""
+    row = conn.execute("SELECT to_jsonb(t) FROM migration_control.target_config AS t").fetchone()
+    if row is None:
+        raise LookupError("migration_control.target_config has no row (run the install)")
+    return dict(row[0])
+
+
+def stored_target(conn: Conn) -> tuple[Target, AuthSettings]:
+    """The stored target and request settings, as the settings that configured them spell them."""
+    from pytest_rolemig.postgrest import from_config
+    from pytest_rolemig.target import quote_name
+
+    cfg = target_row(conn)
+
+    def table(schema: str | None, name: str | None) -> str | None:
+        return None if name is None else f"{quote_name(schema or 'public')}.{quote_name(name)}"
+
+    target = Target(
+        profiles_table=table(cfg["profiles_schema"], cfg["profiles_table"]) or "",
+        key_column=cfg["key_column"], role_column=cfg["role_column"], user_column=cfg.get("user_column"),
+        sessions_table=table(cfg.get("sessions_schema"), cfg.get("sessions_table")),
+        sessions_user_column=cfg["sessions_user_column"], policy_schemas=tuple(cfg["policy_schemas"]),
+        batch_size=cfg["batch_size"],
+    )
+    return target, from_config(cfg)
+
+
+@dataclass(frozen=True)
+class MigratedTable:
+    """One row of ``migrated_tables()``: a table the migration may touch."""
+
+    schema_name: str
+    table_name: str
+    table_oid: int
+    rls_enabled: bool
+    rls_forced: bool
+    policy_count: int
+
+
+def migrated_tables(conn: Conn) -> list[MigratedTable]:
+    """``migration_validation.migrated_tables()``: every table of the policy schemas with RLS or a
+    policy, and the profiles table (of the stored target)."""
+    return [MigratedTable(*r) for r in conn.execute(
+        "SELECT schema_name, table_name, table_oid::int8, rls_enabled, rls_forced, policy_count "
+        "FROM migration_validation.migrated_tables()")]
+
+
+@dataclass(frozen=True)
+class RoleCount:
+    """Users on one role now, the role it maps to, and what the migration does to them."""
+
+    legacy_role: str
+    new_role: str | None
+    users: int
+    action: str  # moves | unchanged | already new | UNMAPPED
+
+
+def role_counts(conn: Conn) -> list[RoleCount]:
+    """Users per current role of the stored target's profiles table, with their mapping."""
+    cfg = target_row(conn)
+    query = psql.SQL(
+        """SELECT p.{role}::text AS role, m.new_role, count(*) AS users,
+                  EXISTS (SELECT 1 FROM migration_control.new_roles n WHERE n.role_name = p.{role}::text)
+           FROM {profiles} AS p
+           LEFT JOIN migration_control.role_mapping AS m ON m.legacy_role = p.{role}::text
+           GROUP BY 1, 2 ORDER BY 1"""
+    ).format(role=psql.Identifier(cfg["role_column"]),
+             profiles=psql.Identifier(cfg["profiles_schema"], cfg["profiles_table"]))
+    out = []
+    for role, new_role, users, is_new in conn.execute(query):
+        if new_role is None:
+            action = "already new" if is_new else "UNMAPPED"
+        else:
+            action = "unchanged" if new_role == role else "moves"
+        out.append(RoleCount(role, new_role, users, action))
+    return out
+
+
+def sample_users(conn: Conn) -> list[tuple[str, str, str]]:
+    """(role, row key, user id) of one row per mapped legacy role of the stored target: the user id
+    is what the JWT claims carry (a roles table's user column, else the key)."""
+    cfg = target_row(conn)
+    query = psql.SQL(
+        """SELECT DISTINCT ON (p.{role}::text) p.{role}::text, p.{key}::text, p.{user}::text
+           FROM {profiles} AS p
+           JOIN migration_control.role_mapping AS m ON m.legacy_role = p.{role}::text
+           ORDER BY p.{role}::text, p.{key}::text"""
+    ).format(role=psql.Identifier(cfg["role_column"]), key=psql.Identifier(cfg["key_column"]),
+             user=psql.Identifier(cfg.get("user_column") or cfg["key_column"]),
+             profiles=psql.Identifier(cfg["profiles_schema"], cfg["profiles_table"]))
+    return [(r[0], r[1], r[2]) for r in conn.execute(query)]
 
 
 def legacy_roles(conn: Conn) -> list[tuple[str, list[str], str | None]]:
