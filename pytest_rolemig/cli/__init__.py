@@ -1,9 +1,11 @@
 """``rolemig``: run the role migration on a real database, and see what it will change.
 
-Subcommands: install, status, plan, backup, migrate, validate, rollback,
+Subcommands: install, config, status, plan, backup, migrate, validate, rollback,
 emergency-rollback, backups. The connection comes from ``--dsn`` or
-``DATABASE_URL``; ``--json`` prints machine-readable output; the exit code says
-what happened (see :mod:`pytest_rolemig.cli.errors`).
+``DATABASE_URL``; the target and request settings from the options, else from
+``[tool.rolemig]`` in ``pyproject.toml`` (the file the gate reads), else the
+defaults (:mod:`pytest_rolemig.cli.settings`); ``--json`` prints machine-readable
+output; the exit code says what happened (see :mod:`pytest_rolemig.cli.errors`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any, NoReturn, TextIO
 
 from pytest_rolemig.cli import errors
 from pytest_rolemig.cli.errors import CliError
+from pytest_rolemig.cli.settings import CONFIG_OPTION, default_help
+from pytest_rolemig.settings import BY_NAME, INT_MAX, SECTION
 
 _EPILOG = "exit codes:\n" + "\n".join(f"  {code:<4} {text}" for code, text in errors.EXIT_CODES.items())
 
@@ -34,6 +38,9 @@ def build_parser(err: TextIO | None = None) -> argparse.ArgumentParser:
                         help="print JSON for machines instead of tables")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="no progress bar")
+    common.add_argument(CONFIG_OPTION, metavar="FILE", default=argparse.SUPPRESS,
+                        help=f"pyproject.toml whose {SECTION} table holds the settings, as the gate reads them "
+                             f"(default: the first pyproject.toml with {SECTION}, from the current folder up)")
 
     parser = _Parser(
         prog="rolemig", parents=[common], err=err, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -48,44 +55,54 @@ def build_parser(err: TextIO | None = None) -> argparse.ArgumentParser:
 
     p = add("install",
             "install the migration infrastructure, configure the target tables, load the role mapping")
-    p.add_argument("--mapping", metavar="FILE", help="role mapping TOML (default: the bundled demo mapping)")
-    p.add_argument("--profiles-table", default="public.user_profiles", metavar="TABLE",
+    # every target option falls back to [tool.rolemig] in pyproject.toml (the gate's settings too),
+    # then to the registry's default (pytest_rolemig.settings)
+    p.add_argument("--mapping", metavar="FILE",
+                   help=f"role mapping TOML (default: {SECTION} mapping in pyproject.toml, "
+                        "else the bundled demo mapping)")
+    p.add_argument("--profiles-table", metavar="TABLE",
                    help="table holding each user's role, as SQL spells it (\"My Schema\".\"Users\"); "
-                        "default public.user_profiles (same as the gate's --rolemig-profiles-table)")
-    p.add_argument("--key-column", default="id", metavar="COLUMN",
-                   help="primary key column of the profiles table (default id)")
-    p.add_argument("--role-column", default="role", metavar="COLUMN",
-                   help="column of the profiles table holding the legacy role (default role)")
-    p.add_argument("--user-column", default=None, metavar="COLUMN",
+                        + default_help("profiles_table"))
+    p.add_argument("--key-column", metavar="COLUMN",
+                   help="primary key column of the profiles table; " + default_help("key_column"))
+    p.add_argument("--role-column", metavar="COLUMN",
+                   help="column of the profiles table holding the legacy role; " + default_help("role_column"))
+    p.add_argument("--user-column", metavar="COLUMN",
                    help="column of the profiles table holding the user's id, as the JWT claims carry it "
-                        "(a roles table: user_id; default: the key column)")
-    p.add_argument("--sessions-table", default="auth.sessions",
-                   help="table of user sessions; 'none' for an application without one (default auth.sessions)")
-    p.add_argument("--sessions-user-column", default="user_id", metavar="COLUMN",
-                   help="column of the sessions table naming the user (default user_id)")
-    p.add_argument("--policy-schema", action="append", metavar="SCHEMA",
-                   help="schema whose RLS policies are migrated (repeatable; default: public and auth)")
-    p.add_argument("--batch-size", type=_positive, default=1000, metavar="N",
-                   help="default batch size stored in the target (default 1000)")
+                        f"(a roles table: user_id; default: {SECTION} user_column in pyproject.toml, "
+                        "else the key column)")
+    p.add_argument("--sessions-table", metavar="TABLE",
+                   help="table of user sessions; 'none' for an application without one; "
+                        + default_help("sessions_table"))
+    p.add_argument("--sessions-user-column", metavar="COLUMN",
+                   help="column of the sessions table naming the user; " + default_help("sessions_user_column"))
+    p.add_argument("--policy-schema", action="append", dest="policy_schemas", metavar="SCHEMA",
+                   help="schema whose RLS policies are migrated (repeatable); " + default_help("policy_schemas"))
+    p.add_argument("--batch-size", type=_positive, metavar="N",
+                   help="default batch size stored in the target; " + default_help("batch_size"))
     # requests as PostgREST makes them: stored with the target, used by plan, validate and the gate
-    p.add_argument("--api-role", default="authenticated", metavar="ROLE",
+    p.add_argument("--api-role", metavar="ROLE",
                    help="role a logged-in request switches to, PostgREST's JWT role (stored with the target; "
-                        "plan and validate act through it; default authenticated)")
-    p.add_argument("--anon-role", default="anon", metavar="ROLE",
-                   help="role of a request without a JWT, PostgREST's db-anon-role (default anon)")
-    p.add_argument("--jwt-claims", default=None, metavar="JSON",
+                        "plan and validate act through it); " + default_help("api_role"))
+    p.add_argument("--anon-role", metavar="ROLE",
+                   help="role of a request without a JWT, PostgREST's db-anon-role; " + default_help("anon_role"))
+    p.add_argument("--jwt-claims", metavar="JSON",
                    help='claims of a logged-in request, a JSON object whose "{user}" and "{role}" become the '
-                        "user's id and app role (stored with the target; default: Supabase's sub, role, "
-                        "user_role)")
-    p.add_argument("--pre-request", default=None, metavar="FUNCTION",
+                        f"user's id and app role (stored with the target; default: {SECTION} jwt_claims in "
+                        "pyproject.toml, else Supabase's sub, role, user_role)")
+    p.add_argument("--pre-request", metavar="FUNCTION",
                    help="function called after the claims are set and the role switched, PostgREST's "
-                        "db-pre-request (schema.function; stored with the target; default: none)")
+                        f"db-pre-request (schema.function; stored with the target; default: {SECTION} "
+                        "pre_request in pyproject.toml, else none)")
     p.add_argument("--demo", action="store_true",
                    help="load the bundled demo application first (when its tables are missing) "
                         "and seed users")
-    p.add_argument("--demo-users", type=_count, default=130, metavar="N",
-                   help="users to seed with --demo into an empty profiles table (default 130; "
-                        "0 seeds nobody)")
+    p.add_argument("--demo-users", type=_count, metavar="N",
+                   help="users to seed with --demo into an empty profiles table (0 seeds nobody; "
+                        f"default: {SECTION} users in pyproject.toml, else {BY_NAME['users'].default})")
+
+    add("config", "print the settings rolemig reads and where each value came from (an option, "
+                  f"{SECTION} in pyproject.toml, the default); connects to no database")
 
     add("status", "infrastructure, backups, batches and the last validation at a glance")
 
@@ -126,7 +143,6 @@ def build_parser(err: TextIO | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-INT_MAX = 2_147_483_647  # the SQL columns and parameters these options reach are integer
 
 
 def _integer(text: str, minimum: int, what: str) -> int:
@@ -198,7 +214,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     """Run one subcommand; return its exit code (the console script exits with it)."""
     import psycopg
 
-    from pytest_rolemig.cli.commands import COMMANDS, Context
+    from pytest_rolemig.cli.commands import CHECK_FIRST, COMMANDS, OFFLINE, Context
 
     out = out or sys.stdout
     err = err or sys.stderr
@@ -208,13 +224,18 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2, already reported on err)
         return int(exc.code or 0)
-    for name, default in (("dsn", None), ("json", False), ("quiet", False)):
+    for name, default in (("dsn", None), ("json", False), ("quiet", False), ("config", None)):
         if not hasattr(args, name):
             setattr(args, name, default)
     conn = None
     try:
-        conn = connect(args.dsn or os.environ.get("DATABASE_URL"))
-        return COMMANDS[args.command](Context(args=args, conn=conn, out=out, err=err))
+        ctx = Context(args=args, out=out, err=err)
+        if args.command in OFFLINE:
+            return COMMANDS[args.command](ctx)
+        if args.command in CHECK_FIRST:  # a bad setting is said before connecting
+            CHECK_FIRST[args.command](ctx)
+        conn = ctx.connection = connect(args.dsn or os.environ.get("DATABASE_URL"))
+        return COMMANDS[args.command](ctx)
     except CliError as exc:
         _report(exc, err)
         return exc.code

@@ -5,28 +5,50 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any, TextIO
 
 import psycopg
 
+from pytest_rolemig import api
+from pytest_rolemig.checks import CheckReport
 from pytest_rolemig.cli import errors, plan, render
+from pytest_rolemig.cli import settings as cli_settings
 from pytest_rolemig.cli.errors import CliError
 from pytest_rolemig.cli.progress import ProgressBar
-from pytest_rolemig.db import scalar
-
-SCHEMAS = ("migration_tracking", "migration_backup", "migration_validation", "migration_control")
-LOCK_SQL = "hashtext('pytest_rolemig.migration')"
+from pytest_rolemig.errors import ConfigError
+from pytest_rolemig.mapping import RoleMapping
+from pytest_rolemig.postgrest import AuthSettings
+from pytest_rolemig.target import Target
 
 
 @dataclass
 class Context:
-    """What every command gets: its arguments, an autocommit connection, the output streams."""
+    """What every command gets: its arguments, an autocommit connection, the output streams.
+
+    ``rolemig config`` connects to nothing: its context has no connection.
+    """
 
     args: argparse.Namespace
-    conn: psycopg.Connection[Any]
+    connection: psycopg.Connection[Any] | None = None
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        """The connection (every command but ``config`` has one)."""
+        if self.connection is None:
+            raise RuntimeError(f"rolemig {self.args.command} needs a database connection")
+        return self.connection
+
+    @cached_property
+    def settings(self) -> cli_settings.CliSettings:
+        """The options, ``[tool.rolemig]`` and the defaults, resolved once; a bad value exits 2 naming it."""
+        try:
+            return cli_settings.resolve(self.args)
+        except ConfigError as exc:
+            raise CliError(str(exc), errors.USAGE) from None
 
     @property
     def json(self) -> bool:
@@ -43,27 +65,15 @@ class Context:
         return self.conn.info.dbname
 
 
-def _rows(cur: psycopg.Cursor[Any]) -> list[dict[str, Any]]:
-    names = [d.name for d in cur.description or ()]
-    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-
-
-def query(conn: psycopg.Connection[Any], text: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-    """Rows of a query as dicts."""
-    return _rows(conn.execute(text, params))
+def check_rows(report: CheckReport, key: str = "check_name") -> list[dict[str, Any]]:
+    """A check report as the rows the SQL function returned (``key`` names its first column)."""
+    return [{**({"validation_type": c.group} if c.group else {}), key: c.name, "status": c.status,
+             "details": c.details} for c in report.checks]
 
 
 def require_infrastructure(ctx: Context, functions: tuple[str, ...] = ()) -> None:
     """Fail with exit code 3 and a hint to run ``rolemig install`` when schemas or functions are missing."""
-    missing = [r[0] for r in ctx.conn.execute(
-        "SELECT s FROM unnest(%s::text[]) AS s WHERE to_regnamespace(s) IS NULL", (list(SCHEMAS),))]
-    if not missing and functions:
-        missing = [r[0] for r in ctx.conn.execute(
-            """SELECT f FROM unnest(%s::text[]) AS f
-               WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
-                                 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-                                 WHERE n.nspname = split_part(f, '.', 1) AND p.proname = split_part(f, '.', 2))""",
-            (list(functions),))]
+    missing = api.missing_infrastructure(ctx.conn, functions)
     if missing:
         raise CliError(
             f"the migration infrastructure is not installed in database {ctx.dbname()!r} "
@@ -74,15 +84,10 @@ def require_infrastructure(ctx: Context, functions: tuple[str, ...] = ()) -> Non
 
 def take_lock(ctx: Context) -> None:
     """Hold the migration advisory lock for the session, or fail with exit code 4."""
-    if not scalar(ctx.conn, f"SELECT pg_try_advisory_lock({LOCK_SQL})"):
-        holder = ctx.conn.execute(
-            f"""SELECT a.pid, a.application_name, a.state, a.query_start
-                FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
-                WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
-                  AND ((l.classid::bigint << 32) | l.objid::bigint) = {LOCK_SQL}::bigint LIMIT 1"""
-        ).fetchone()
-        who = (f" (server process {holder[0]}, {holder[1] or 'no application name'}, since {holder[3]})"
-               if holder else "")
+    if not api.try_lock(ctx.conn):
+        holder = api.lock_holder(ctx.conn)
+        who = (f" (server process {holder.pid}, {holder.application_name or 'no application name'}, "
+               f"since {holder.query_start})" if holder else "")
         raise CliError(f"a migration is already running on database {ctx.dbname()!r}{who}", errors.LOCKED,
                        hint="wait for it to finish (`rolemig status`), then run the command again")
 
@@ -90,7 +95,7 @@ def take_lock(ctx: Context) -> None:
 def release_lock(ctx: Context) -> None:
     """Give the session lock back (the connection closing would too)."""
     if not ctx.conn.closed:
-        ctx.conn.execute(f"SELECT pg_advisory_unlock({LOCK_SQL})")
+        api.unlock(ctx.conn)
 
 
 def confirm(ctx: Context, question: str, stdin: TextIO | None = None) -> None:
@@ -109,23 +114,14 @@ def confirm(ctx: Context, question: str, stdin: TextIO | None = None) -> None:
 
 def backup_exists(ctx: Context, backup_id: str) -> None:
     """Fail with exit code 2 (naming where to look) when the backup id is unknown."""
-    if not ctx.conn.execute("SELECT 1 FROM migration_backup.backup_log WHERE backup_id = %s",
-                            (backup_id,)).fetchone():
+    if not api.backup_known(ctx.conn, backup_id):
         raise CliError(f"unknown backup id {backup_id!r} in database {ctx.dbname()!r}", errors.USAGE,
                        hint="`rolemig backups` lists the backups and whether each is restorable")
 
 
-def migration_base(ctx: Context) -> str | None:
-    """The backup the current migration started from (None before any user moved)."""
-    base: str | None = scalar(ctx.conn, "SELECT backup_id FROM migration_backup.migration_base()")
-    return base
-
-
-def newest_restorable(ctx: Context) -> str | None:
-    """The newest backup whose counts and checksums still match."""
-    row = ctx.conn.execute(
-        "SELECT backup_id FROM migration_backup.list_available_backups() WHERE restorable LIMIT 1").fetchone()
-    return row[0] if row else None
+def _base_backup(ctx: Context) -> str | None:
+    """The backup the current migration started from, else the newest restorable one."""
+    return api.migration_base(ctx.conn) or api.newest_restorable(ctx.conn)
 
 
 def _status_of(rows: list[dict[str, Any]]) -> int:
@@ -134,29 +130,41 @@ def _status_of(rows: list[dict[str, Any]]) -> int:
 
 # ----------------------------------------------------------------- install ---
 
-def cmd_install(ctx: Context) -> int:
-    """Install (or re-install) the infrastructure, configure the target, load the mapping."""
-    from pytest_rolemig import installer, resources
-    from pytest_rolemig.errors import ConfigError, InstallError, MappingRefused
-    from pytest_rolemig.mapping import load_mapping
-    from pytest_rolemig.postgrest import AuthSettings, parse_claims
-    from pytest_rolemig.target import Target
+@dataclass(frozen=True)
+class InstallInputs:
+    """What ``rolemig install`` stores, from its options, ``[tool.rolemig]`` and the defaults."""
 
-    a = ctx.args
+    target: Target
+    auth: AuthSettings
+    mapping: RoleMapping
+    demo_users: int
+
+
+def install_inputs(ctx: Context) -> InstallInputs:
+    """The checked inputs of ``install``, before it connects: a bad value exits 2 naming it and its source."""
+    from pytest_rolemig import resources
+    from pytest_rolemig.mapping import load_mapping
+
+    r = ctx.settings.resolved
     try:
-        mapping = load_mapping(a.mapping or resources.demo_mapping())
+        return InstallInputs(
+            target=r.target(), auth=r.auth(),
+            mapping=load_mapping(r.path("mapping") or resources.demo_mapping()),
+            demo_users=ctx.args.demo_users if ctx.args.demo_users is not None else r.integer("users", 1))
     except ConfigError as exc:
         raise CliError(str(exc), errors.USAGE) from None
-    try:
-        auth = AuthSettings(auth_role=a.api_role, anon_role=a.anon_role, pre_request=a.pre_request or None,
-                            jwt_claims=parse_claims(a.jwt_claims) if a.jwt_claims else None)
-    except ValueError as exc:
-        raise CliError(f"--jwt-claims: {exc}", errors.USAGE) from None
-    sessions = None if a.sessions_table.strip().lower() in ("", "none") else a.sessions_table
-    target = Target(profiles_table=a.profiles_table, key_column=a.key_column, role_column=a.role_column,
-                    user_column=a.user_column,
-                    sessions_table=sessions, sessions_user_column=a.sessions_user_column,
-                    policy_schemas=tuple(a.policy_schema or ("public", "auth")), batch_size=a.batch_size)
+
+
+def cmd_install(ctx: Context) -> int:
+    """Install (or re-install) the infrastructure, configure the target, load the mapping."""
+    from pytest_rolemig import resources
+    from pytest_rolemig.db import scalar
+    from pytest_rolemig.errors import InstallError, MappingRefused
+
+    a = ctx.args
+    r = ctx.settings.resolved
+    inputs = install_inputs(ctx)
+    target, auth, mapping, demo_users = inputs.target, inputs.auth, inputs.mapping, inputs.demo_users
     seeded = None
     try:
         if a.demo:
@@ -166,35 +174,74 @@ def cmd_install(ctx: Context) -> int:
             if not exists:
                 with ctx.conn.transaction():
                     load_schema_file(ctx.conn, resources.demo_schema())
-        installer.install(ctx.conn, target, mapping, auth)
-        if a.demo and a.demo_users:
+        api.install(ctx.conn, target, mapping, auth)
+        if a.demo and demo_users:
             from pytest_rolemig.seeding import seed_users
 
-            users = plan.remaining_users(ctx.conn, plan.target_config(ctx.conn))
-            if users == 0:
+            if api.state(ctx.conn).users_on_legacy_roles == 0:
                 with ctx.conn.transaction():
-                    seeded = seed_users(ctx.conn, target, list(mapping.legacy_roles), a.demo_users)
+                    seeded = seed_users(ctx.conn, target, list(mapping.legacy_roles), demo_users)
     except MappingRefused as exc:  # the database said no; nothing was installed or changed
         raise CliError(str(exc), errors.CHECKS_FAILED) from None
     except InstallError as exc:
         raise CliError(str(exc), errors.CONNECTION,
-                       hint="load the application schema first, or name its tables with --profiles-table etc."
+                       hint="load the application schema first, or name its tables with --profiles-table etc. "
+                            "(or in [tool.rolemig] of pyproject.toml)"
                        + ("" if a.demo else " (or use --demo for the bundled demo application)")) from None
     except ConfigError as exc:
         raise CliError(str(exc), errors.USAGE) from None
-    status = query(ctx.conn, "SELECT * FROM migration_control.get_infrastructure_status()")
+    status = check_rows(api.infrastructure_status(ctx.conn), "component")
     data = {"installed": True, "database": ctx.dbname(), "mapping": mapping.source,
-            "target": plan.target_config(ctx.conn),
+            "target": api.target_row(ctx.conn), "settings_file": ctx.settings.file and str(ctx.settings.file.path),
+            "sources": {k: v for k, v in r.sources.items() if k in cli_settings.TARGET_KEYS},
             "seeded_users": seeded.users if seeded else 0, "status": status}
     lines = [f"Installed the migration infrastructure in {ctx.dbname()!r}",
              f"  mapping: {mapping.source} ({len(mapping.mapping)} legacy roles -> {len(mapping.new_roles)} new roles)",
              f"  target:  {target.profiles_table}.{target.role_column} (key {target.key_column}), "
-             f"sessions {target.sessions_table or 'none'}"]
+             f"sessions {target.sessions_table or 'none'}",
+             f"  settings: {ctx.settings.file_shown}"]
     if seeded:
         lines.append(f"  demo:    {seeded.users} users, {seeded.sessions} sessions seeded")
     lines += ["", render.checks(status)]
     ctx.emit(data, "\n".join(lines))
     return _status_of([r for r in status if r["component"] in ("schemas", "tables", "functions", "target", "mapping")])
+
+
+# ------------------------------------------------------------------ config ---
+
+def cmd_config(ctx: Context) -> int:
+    """Print every setting the CLI reads, its value and where it came from; connect to nothing."""
+    cfg = ctx.settings
+    try:
+        values, lines = cfg.values(), cfg.lines()
+    except ConfigError as exc:
+        raise CliError(str(exc), errors.USAGE) from None
+    data = {"settings_file": str(cfg.file.path) if cfg.file else None,
+            "settings": {name: {"value": value, "source": cfg.resolved.sources[name]}
+                         for name, value in values.items()}}
+    ctx.emit(data, "\n".join([f"Settings file: {cfg.file_shown}", *lines]))
+    return errors.OK
+
+
+def _stored_differences(ctx: Context) -> list[str]:
+    """Target settings of ``[tool.rolemig]`` that the stored target does not hold (the file is not applied)."""
+    cfg = ctx.settings
+    if cfg.file is None:
+        return []
+    wanted_target, wanted_auth = cfg.resolved.target(), cfg.resolved.auth()
+    stored_target, stored_auth = api.stored_target(ctx.conn)
+    out = []
+    for name in cli_settings.TARGET_KEYS:
+        if name not in cfg.file.values:
+            continue
+        attr = "auth_role" if name == "api_role" else name
+        if name in ("api_role", "anon_role", "jwt_claims", "pre_request"):
+            have, want = getattr(stored_auth, attr), getattr(wanted_auth, attr)
+        else:
+            have, want = getattr(stored_target, attr), getattr(wanted_target, attr)
+        if have != want:
+            out.append(f"{name}: stored {have!r}, {cfg.resolved.sources[name]} says {want!r}")
+    return out
 
 
 # ------------------------------------------------------------------ status ---
@@ -206,28 +253,40 @@ _NEXT_STEP = {
     "rolled back": "Next: `rolemig validate --phase post_rollback`; `rolemig migrate` starts again.",
 }
 
+def _backup_row(b: api.BackupInfo) -> dict[str, Any]:
+    row = asdict(b)
+    row.pop("size_bytes")
+    return row
+
+
 def cmd_status(ctx: Context) -> int:
-    """Infrastructure, backups, batches, users left, last validation: one screen."""
+    """Infrastructure, backups, batches, users left, last validation, settings: one screen."""
     require_infrastructure(ctx)
-    infra = query(ctx.conn, "SELECT * FROM migration_control.get_infrastructure_status()")
-    backups = query(ctx.conn, "SELECT * FROM migration_backup.list_available_backups() LIMIT 5")
-    runs = query(ctx.conn, "SELECT * FROM migration_control.migration_runs(10)")
-    last_validation = query(ctx.conn, """
-        SELECT validation_run, max(checked_at) AS checked_at,
-               count(*) FILTER (WHERE status = 'pass') AS passed,
-               count(*) FILTER (WHERE status = 'warn') AS warnings,
-               count(*) FILTER (WHERE status = 'fail') AS failed,
-               coalesce(array_agg(check_name ORDER BY check_name) FILTER (WHERE status = 'fail'), '{}') AS failing
-        FROM migration_validation.validation_results
-        GROUP BY validation_run ORDER BY max(checked_at) DESC LIMIT 1""")
+    infra = check_rows(api.infrastructure_status(ctx.conn), "component")
+    backups = [_backup_row(b) for b in api.backups(ctx.conn, limit=5)]
+    runs = [asdict(r) for r in api.runs(ctx.conn, 10)]
+    summary = api.last_validation(ctx.conn)
+    last_validation = asdict(summary) if summary else None
     try:
-        state = query(ctx.conn, "SELECT * FROM migration_control.migration_state()")[0]
-        roles = plan.role_counts(ctx.conn, plan.target_config(ctx.conn))
+        state: dict[str, Any] | None = asdict(api.state(ctx.conn))
+        roles = [asdict(r) for r in api.role_counts(ctx.conn)]
     except (LookupError, psycopg.Error):
         state, roles = None, []
+    settings_file, shown, differences = None, "", []
+    try:
+        settings_file = str(ctx.settings.file.path) if ctx.settings.file else None
+        shown = ctx.settings.file_shown
+        differences = _stored_differences(ctx)
+    except (CliError, ConfigError) as exc:  # a bad [tool.rolemig] does not hide the database's state
+        shown = shown or "unreadable"
+        differences = [f"cannot compare: {exc}"]
+    except (LookupError, psycopg.Error):
+        pass
     data = {"database": ctx.dbname(), "infrastructure": infra, "backups": backups, "state": state,
             "runs": runs, "users_to_migrate": state["users_on_legacy_roles"] if state else None,
-            "users_per_role": roles, "last_validation": last_validation[0] if last_validation else None}
+            "users_per_role": roles, "last_validation": last_validation,
+            "settings_file": settings_file,
+            "settings_differences": differences}
     lines = [f"Database {ctx.dbname()!r}", "", "Infrastructure", render.checks(infra), "",
              "Backups (newest first)",
              render.table(["backup_id", "name", "created", "status", "profiles", "sessions", "policies",
@@ -245,13 +304,16 @@ def cmd_status(ctx: Context) -> int:
                            [[r["kind"], r["id"], r["started_at"], r["finished_at"], r["status"], r["batches"],
                              r["users"], r["backup_id"]] for r in runs])]
     lines.append("")
-    if last_validation:
-        v = last_validation[0]
-        lines.append(f"Last validation {v['validation_run']} at {render._cell(v['checked_at'])}: "
-                     f"{v['passed']} passed, {v['warnings']} warnings, {v['failed']} failed"
-                     + (f" ({', '.join(v['failing'])})" if v["failing"] else ""))
+    if summary:
+        lines.append(f"Last validation {summary.validation_run} at {render._cell(summary.checked_at)}: "
+                     f"{summary.passed} passed, {summary.warnings} warnings, {summary.failed} failed"
+                     + (f" ({', '.join(summary.failing)})" if summary.failing else ""))
     else:
         lines.append("Last validation: none yet (`rolemig validate`)")
+    lines += ["", f"Settings file: {shown}"]
+    if differences:
+        lines.append("The stored target differs from the settings file (run `rolemig install` to store it):")
+        lines += [f"  {d}" for d in differences]
     ctx.emit(data, "\n".join(lines))
     return _status_of([r for r in infra if r["component"] in ("schemas", "tables", "functions", "target")])
 
@@ -306,15 +368,14 @@ def cmd_plan(ctx: Context) -> int:
 def cmd_backup(ctx: Context) -> int:
     """Take a backup and validate it."""
     require_infrastructure(ctx)
-    row = query(ctx.conn, "SELECT * FROM migration_backup.create_comprehensive_backup(%s)", (ctx.args.name,))[0]
-    error = None
-    if row["status"] != "completed":
-        error = scalar(ctx.conn, "SELECT error FROM migration_backup.backup_log WHERE backup_id = %s",
-                       (row["backup_id"],))
-    checks = query(ctx.conn, "SELECT * FROM migration_backup.validate_backup_completeness(%s)", (row["backup_id"],))
-    data = {**row, "error": error, "validation": checks}
-    text = (f"Backup {row['backup_id']}: {row['status']} — {row['profiles_count']} profiles, "
-            f"{row['sessions_count']} sessions, {row['policies_count']} policies"
+    try:
+        result, error = api.backup(ctx.conn, ctx.args.name), None
+    except api.OperationFailed as exc:
+        result, error = exc.result, exc.error or "no error recorded"
+    checks = check_rows(api.validate_backup(ctx.conn, result.backup_id))
+    data = {**asdict(result), "error": error, "validation": checks}
+    text = (f"Backup {result.backup_id}: {result.status} — {result.profiles_count} profiles, "
+            f"{result.sessions_count} sessions, {result.policies_count} policies"
             + (f"\n  error: {error}" if error else "") + "\n" + render.checks(checks))
     ctx.emit(data, text)
     return errors.CHECKS_FAILED if error or _status_of(checks) else errors.OK
@@ -323,11 +384,7 @@ def cmd_backup(ctx: Context) -> int:
 def cmd_backups(ctx: Context) -> int:
     """List backups, newest first, with sizes and whether each is restorable."""
     require_infrastructure(ctx)
-    rows = query(ctx.conn, "SELECT * FROM migration_backup.list_available_backups()")
-    sizes = {r["backup_id"]: r["size_bytes"] for r in
-             query(ctx.conn, "SELECT backup_id, size_bytes FROM migration_backup.get_backup_summary()")}
-    for r in rows:
-        r["size_bytes"] = sizes.get(r["backup_id"])
+    rows = [asdict(b) for b in api.backups(ctx.conn, sizes=True)]
     ctx.emit(rows, render.table(
         ["backup_id", "name", "created", "status", "profiles", "sessions", "policies", "size", "restorable"],
         [[r["backup_id"], r["backup_name"], r["created_at"], r["status"], r["profiles_count"], r["sessions_count"],
@@ -365,7 +422,7 @@ class _StopAfterBatch:
 
 
 def _validation(ctx: Context, phase: str) -> list[dict[str, Any]]:
-    return query(ctx.conn, "SELECT * FROM migration_validation.run_comprehensive_validation(%s)", (phase,))
+    return check_rows(api.validate(ctx.conn, phase))
 
 
 def cmd_migrate(ctx: Context) -> int:
@@ -378,24 +435,24 @@ def cmd_migrate(ctx: Context) -> int:
             backup_exists(ctx, a.backup_id)
             backup_id = a.backup_id
         else:  # resuming: the backup the migration started from, so one run has one base
-            backup_id = migration_base(ctx) or newest_restorable(ctx)
+            backup_id = _base_backup(ctx)
             if backup_id is None:
                 raise CliError(f"no restorable backup in database {ctx.dbname()!r}; the migration needs one",
                                errors.CHECKS_FAILED, hint="run `rolemig backup` first")
-        cfg = plan.target_config(ctx.conn)
-        size = a.batch_size or cfg["batch_size"]
-        total = plan.pending_users(ctx.conn, cfg, a.name)
+        size = a.batch_size or api.target_row(ctx.conn)["batch_size"]
+        total = api.pending_users(ctx.conn, a.name)
         bar = ProgressBar(total, "migrate", stream=ctx.err, enabled=not a.quiet)
         calls: list[dict[str, Any]] = []
         interrupted = False
         with _StopAfterBatch(ctx) as stop:
             try:
                 while True:
-                    cur = ctx.conn.execute(
-                        "SELECT * FROM migration_control.execute_role_migration(p_migration_name => %s, "
-                        "p_batch_size => %s, p_backup_id => %s, p_max_batches => 1, p_run_id => %s)",
-                        (a.name, size, backup_id, calls[0]["run_id"] if calls else None))
-                    result = _rows(cur)[0]
+                    try:
+                        step = api.migrate(ctx.conn, name=a.name, batch_size=size, backup_id=backup_id,
+                                           max_batches=1, run_id=calls[0]["run_id"] if calls else None)
+                    except api.OperationFailed as exc:
+                        step = exc.result
+                    result = asdict(step)
                     calls.append(result)
                     if result["batches"]:
                         bar.advance((result["users_migrated"] or 0) + (result["users_unchanged"] or 0),
@@ -410,7 +467,7 @@ def cmd_migrate(ctx: Context) -> int:
             except KeyboardInterrupt:
                 interrupted = True
         bar.close()
-        left = plan.remaining_users(ctx.conn, cfg)
+        left = api.state(ctx.conn).users_on_legacy_roles
     finally:
         release_lock(ctx)
 
@@ -455,10 +512,9 @@ def cmd_validate(ctx: Context) -> int:
     require_infrastructure(ctx)
     phase = ctx.args.phase
     if phase == "auto":
-        cfg = plan.target_config(ctx.conn)
-        migrated = scalar(ctx.conn, "SELECT EXISTS (SELECT 1 FROM migration_tracking.migration_batch "
-                                    "WHERE status = 'completed')")
-        phase = "post_migration" if migrated and plan.remaining_users(ctx.conn, cfg) == 0 else "pre_migration"
+        migrated = api.has_completed_batch(ctx.conn)
+        phase = ("post_migration" if migrated and api.state(ctx.conn).users_on_legacy_roles == 0
+                 else "pre_migration")
     checks = _validation(ctx, phase)
     code = _status_of(checks)
     counts = {s: sum(1 for c in checks if c["status"] == s) for s in ("pass", "warn", "fail")}
@@ -476,41 +532,39 @@ def _rollback(ctx: Context, emergency: bool) -> int:
     if backup_id:
         backup_exists(ctx, backup_id)
     else:  # the backup the migration started from; a later one would not undo it
-        backup_id = migration_base(ctx) or newest_restorable(ctx)
+        backup_id = _base_backup(ctx)
         if backup_id is None:
             raise CliError(f"no restorable backup in database {ctx.dbname()!r}", errors.CHECKS_FAILED,
                            hint="`rolemig backups` lists the backups")
     # refused before the question: a backup taken after users moved cannot undo the migration
-    ctx.conn.execute("SELECT migration_backup.refuse_backup_after_migration(%s)", (backup_id,))
+    api.refuse_backup_after_migration(ctx.conn, backup_id)
     what = "EMERGENCY-restore every backed-up row" if emergency else "roll back the role migration"
     confirm(ctx, f"{what} of database {ctx.dbname()!r} from backup {backup_id}")
     take_lock(ctx)
     # the rollback is one SQL statement (one transaction): the bar has one step, honestly
     bar = ProgressBar(1, "emergency-rollback" if emergency else "rollback", stream=ctx.err,
                       enabled=not ctx.args.quiet, unit="steps", step="step")
+    error = None
     try:
-        if emergency:
-            cur = ctx.conn.execute("SELECT * FROM migration_backup.emergency_rollback(%s)", (backup_id,))
-        else:
-            cur = ctx.conn.execute("SELECT * FROM migration_backup.execute_rollback(%s, %s)",
-                                   (backup_id, ctx.args.reason))
-        result = _rows(cur)[0]
+        try:
+            result = api.rollback(ctx.conn, backup_id, ctx.args.reason if not emergency else "",
+                                  emergency=emergency)
+        except api.OperationFailed as exc:
+            result, error = exc.result, exc.error
         bar.advance(1)
     finally:
         bar.close()
         release_lock(ctx)
-    data: dict[str, Any] = {**result, "backup_id": backup_id, "mode": "emergency" if emergency else "revert"}
-    if result["status"] != "completed":
-        data["error"] = scalar(ctx.conn, "SELECT error FROM migration_backup.rollback_log WHERE rollback_id = %s",
-                               (result["rollback_id"],))
-        ctx.emit(data, f"Rollback {result['rollback_id']} FAILED, nothing was changed: {data['error']}")
+    data: dict[str, Any] = {**asdict(result), "backup_id": backup_id, "mode": "emergency" if emergency else "revert"}
+    if result.status != "completed":
+        data["error"] = error
+        ctx.emit(data, f"Rollback {result.rollback_id} FAILED, nothing was changed: {error}")
         return errors.CHECKS_FAILED
-    checks = query(ctx.conn, "SELECT * FROM migration_backup.validate_rollback_success(%s, %s)",
-                   (backup_id, result["rollback_id"]))
+    checks = check_rows(api.validate_rollback(ctx.conn, backup_id, result.rollback_id))
     data["validation"] = checks
-    ctx.emit(data, f"Rollback {result['rollback_id']} from {backup_id}: {result['profiles_restored']} profiles, "
-                   f"{result['sessions_restored']} sessions, {result['policies_restored']} policies restored; "
-                   f"{result['conflicts']} conflicts\n" + render.checks(checks))
+    ctx.emit(data, f"Rollback {result.rollback_id} from {backup_id}: {result.profiles_restored} profiles, "
+                   f"{result.sessions_restored} sessions, {result.policies_restored} policies restored; "
+                   f"{result.conflicts} conflicts\n" + render.checks(checks))
     return _status_of(checks)
 
 
@@ -525,8 +579,13 @@ def cmd_emergency_rollback(ctx: Context) -> int:
 
 
 COMMANDS = {
-    "install": cmd_install, "status": cmd_status, "plan": cmd_plan, "backup": cmd_backup,
+    "install": cmd_install, "config": cmd_config, "status": cmd_status, "plan": cmd_plan, "backup": cmd_backup,
     "migrate": cmd_migrate, "validate": cmd_validate, "rollback": cmd_rollback,
     "emergency-rollback": cmd_emergency_rollback, "backups": cmd_backups,
 }
 
+OFFLINE = frozenset({"config"})
+"""The commands that connect to no database."""
+
+CHECK_FIRST = {"install": install_inputs}
+"""Per command, the check of its settings that runs before it connects."""

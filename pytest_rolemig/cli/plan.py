@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import asdict
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from pytest_rolemig import postgrest
-from pytest_rolemig.db import one, scalar
+from pytest_rolemig import api, postgrest
+from pytest_rolemig.db import one
 
 OPS = ("SELECT", "INSERT", "UPDATE", "DELETE")
 _CMD = {"SELECT": ("r", "*"), "INSERT": ("a", "*"), "UPDATE": ("w", "*"), "DELETE": ("d", "*")}
@@ -32,64 +33,17 @@ ACCESS_METHOD = (
 )
 
 
-def target_config(conn: psycopg.Connection[Any]) -> dict[str, Any]:
-    """The stored target row as a dict."""
-    cur = conn.execute("SELECT * FROM migration_control.target_config")
-    row = cur.fetchone()
-    if row is None:
-        raise LookupError("migration_control.target_config has no row")
-    return {d.name: v for d, v in zip(cur.description or (), row, strict=True)}
-
-
 def profiles_ident(cfg: dict[str, Any]) -> sql.Identifier:
     """The profiles table as a qualified identifier."""
     return sql.Identifier(cfg["profiles_schema"], cfg["profiles_table"])
 
 
-def role_counts(conn: psycopg.Connection[Any], cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """Users per current role, with the role it maps to and what the migration does to them."""
-    query = sql.SQL(
-        """SELECT p.{role}::text AS role, m.new_role, count(*) AS users,
-                  EXISTS (SELECT 1 FROM migration_control.new_roles n WHERE n.role_name = p.{role}::text) AS is_new
-           FROM {profiles} AS p
-           LEFT JOIN migration_control.role_mapping AS m ON m.legacy_role = p.{role}::text
-           GROUP BY 1, 2 ORDER BY 1"""
-    ).format(role=sql.Identifier(cfg["role_column"]), profiles=profiles_ident(cfg))
-    out = []
-    for role, new_role, users, is_new in conn.execute(query):
-        if new_role is None:
-            action = "already new" if is_new else "UNMAPPED"
-        else:
-            action = "unchanged" if new_role == role else "moves"
-        out.append({"legacy_role": role, "new_role": new_role, "users": users, "action": action})
-    return out
+def migrated_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str, int, bool]]:
+    """(schema, table, oid, rls enabled) of the tables the migration may touch, as the SQL defines them."""
+    return [(t.schema_name, t.table_name, t.table_oid, t.rls_enabled) for t in api.migrated_tables(conn)]
 
 
-def remaining_users(conn: psycopg.Connection[Any], cfg: dict[str, Any]) -> int:
-    """Users whose role the migration still has to change (mapped to a different name)."""
-    query = sql.SQL(
-        """SELECT count(*) FROM {profiles} AS p
-           JOIN migration_control.role_mapping AS m ON m.legacy_role = p.{role}::text
-           WHERE m.new_role <> m.legacy_role"""
-    ).format(role=sql.Identifier(cfg["role_column"]), profiles=profiles_ident(cfg))
-    return int(scalar(conn, query))
-
-
-def migrated_tables(conn: psycopg.Connection[Any], cfg: dict[str, Any]) -> list[tuple[str, str, int, bool]]:
-    """(schema, table, oid, rls enabled) of the tables the migration may touch."""
-    return [tuple(r) for r in conn.execute(
-        """SELECT n.nspname::text, c.relname::text, c.oid::int8, c.relrowsecurity
-           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-           WHERE c.relkind IN ('r', 'p')
-             AND ((n.nspname = ANY (%s) AND (c.relrowsecurity
-                   OR EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid)))
-                  OR (n.nspname = %s AND c.relname = %s))
-           ORDER BY 1, 2""",
-        (list(cfg["policy_schemas"]), cfg["profiles_schema"], cfg["profiles_table"]),
-    )]
-
-
-def policies(conn: psycopg.Connection[Any], cfg: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
+def policies(conn: psycopg.Connection[Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
     """Every policy of the migrated tables: command, permissive, roles, USING and WITH CHECK text."""
     out = {}
     for row in conn.execute(
@@ -102,7 +56,7 @@ def policies(conn: psycopg.Connection[Any], cfg: dict[str, Any]) -> dict[tuple[s
            JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
            WHERE c.oid = ANY (%s)""",
-        ([t[2] for t in migrated_tables(conn, cfg)],),
+        ([t[2] for t in migrated_tables(conn)],),
     ):
         schema, table, name, cmd, permissive, roles, using, check = row
         out[(schema, table, name)] = {"cmd": cmd, "permissive": permissive, "roles": list(roles),
@@ -131,12 +85,12 @@ def access(conn: psycopg.Connection[Any], cfg: dict[str, Any], user_key: str, ro
     """What one user may do on rows of other users, per table and operation (True / False / error text)."""
     auth_role = cfg["auth_role"]
     pols_by_table: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for (schema, table, _name), p in policies(conn, cfg).items():
+    for (schema, table, _name), p in policies(conn).items():
         if "public" in p["roles"] or auth_role in p["roles"]:
             pols_by_table.setdefault((schema, table), []).append(p)
     auth = postgrest.from_config(cfg)  # the API role, claims template and pre-request stored with the target
     result: dict[str, Any] = {}
-    for schema, table, oid, rls in migrated_tables(conn, cfg):
+    for schema, table, oid, rls in migrated_tables(conn):
         privileges = one(
             conn, "SELECT " + ", ".join(f"pg_catalog.has_table_privilege(%s, %s::oid, '{op}')" for op in OPS),
             tuple(x for _ in OPS for x in (auth_role, oid)),
@@ -181,41 +135,6 @@ def _by_table(keys: Any) -> dict[str, list[str]]:
     return {t: sorted(ops, key=OPS.index) for t, ops in sorted(out.items())}
 
 
-def pending_users(conn: psycopg.Connection[Any], cfg: dict[str, Any], migration_name: str) -> int:
-    """Users a batch would still pick up, as ``execute_role_migration`` defines them.
-
-    On a mapped legacy role and not logged as done (with the role they hold now) by a
-    completed batch of this migration since the newest completed rollback.
-    """
-    query = sql.SQL(
-        """SELECT count(*) FROM {profiles} AS t
-           WHERE t.{role}::text IN (SELECT m.legacy_role FROM migration_control.role_mapping m)
-             AND NOT EXISTS (
-                 SELECT 1 FROM migration_tracking.migration_log l
-                 JOIN migration_tracking.migration_batch b ON b.batch_id = l.batch_id
-                 WHERE l.user_key = t.{key}::text AND l.new_role = t.{role}::text
-                   AND l.status IN ('migrated', 'unchanged') AND b.migration_name = %s
-                   AND b.status = 'completed'
-                   AND l.logged_at > (SELECT coalesce(max(r.started_at), '-infinity')
-                                      FROM migration_backup.rollback_log r WHERE r.status = 'completed'))"""
-    ).format(role=sql.Identifier(cfg["role_column"]), key=sql.Identifier(cfg["key_column"]),
-             profiles=profiles_ident(cfg))
-    return int(scalar(conn, query, (migration_name,)))
-
-
-def _sample_users(conn: psycopg.Connection[Any], cfg: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(role, row key, user id) of one row per legacy role: the user id is what the claims carry
-    (a roles table's user column; else the key)."""
-    query = sql.SQL(
-        """SELECT DISTINCT ON (p.{role}::text) p.{role}::text, p.{key}::text, p.{user}::text
-           FROM {profiles} AS p
-           JOIN migration_control.role_mapping AS m ON m.legacy_role = p.{role}::text
-           ORDER BY p.{role}::text, p.{key}::text"""
-    ).format(role=sql.Identifier(cfg["role_column"]), key=sql.Identifier(cfg["key_column"]),
-             user=sql.Identifier(cfg.get("user_column") or cfg["key_column"]), profiles=profiles_ident(cfg))
-    return [(r[0], r[1], r[2]) for r in conn.execute(query)]
-
-
 def _current_role(conn: psycopg.Connection[Any], cfg: dict[str, Any], key: str) -> str | None:
     """The row's role now; None when the migration deleted it (a merged duplicate role row)."""
     query = sql.SQL("SELECT p.{role}::text FROM {profiles} AS p WHERE p.{key}::text = %s").format(
@@ -227,15 +146,11 @@ def _current_role(conn: psycopg.Connection[Any], cfg: dict[str, Any], key: str) 
 
 def _migrate(conn: psycopg.Connection[Any], batch_size: int, backup_id: str | None,
              max_batches: int | None) -> dict[str, Any]:
-    cur = conn.execute(
-        "SELECT * FROM migration_control.execute_role_migration("
-        "p_batch_size => %s, p_backup_id => %s, p_max_batches => %s)",
-        (batch_size, backup_id, max_batches),
-    )
-    row = cur.fetchone()
-    if row is None:
-        raise LookupError("migration_control.execute_role_migration returned no row")
-    return {d.name: v for d, v in zip(cur.description or (), row, strict=True)}
+    """One call of the migration, its row whether it completed or failed (a dry run reports failures)."""
+    try:
+        return asdict(api.migrate(conn, batch_size=batch_size, backup_id=backup_id, max_batches=max_batches))
+    except api.OperationFailed as exc:
+        return asdict(exc.result)
 
 
 def build_plan(conn: psycopg.Connection[Any], batch_size: int | None, with_access: bool = True,
@@ -243,25 +158,23 @@ def build_plan(conn: psycopg.Connection[Any], batch_size: int | None, with_acces
     """Run the migration in a transaction, read what changed, roll back; return the plan."""
     with conn.transaction(force_rollback=True):
         conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout,))
-        cfg = target_config(conn)
+        cfg = api.target_row(conn)
         size = batch_size or cfg["batch_size"]
-        counts = role_counts(conn, cfg)
+        counts = [asdict(r) for r in api.role_counts(conn)]
         to_move = sum(r["users"] for r in counts if r["action"] == "moves")
-        samples = _sample_users(conn, cfg)
+        samples = api.sample_users(conn)
         before_access = {role: access(conn, cfg, uid, role) for role, _, uid in samples} if with_access else {}
-        before_pols = policies(conn, cfg)
+        before_pols = policies(conn)
 
         notes = []
-        restorable = conn.execute(
-            "SELECT backup_id FROM migration_backup.list_available_backups() WHERE restorable LIMIT 1"
-        ).fetchone()
-        if restorable is None:
-            backup = scalar(
-                conn, "SELECT backup_id FROM migration_backup.create_comprehensive_backup('rolemig_plan_dry_run')")
+        backup = api.newest_restorable(conn)
+        if backup is None:
+            try:
+                backup = api.backup(conn, "rolemig_plan_dry_run").backup_id
+            except api.OperationFailed as exc:  # the migration refuses it, and the plan says so
+                backup = exc.result.backup_id
             notes.append("no restorable backup exists: the dry run took one inside its transaction "
                          "(rolled back); run `rolemig backup` before `rolemig migrate`")
-        else:
-            backup = restorable[0]
 
         started = time.perf_counter()
         first = _migrate(conn, size, backup, 1)
@@ -273,7 +186,7 @@ def build_plan(conn: psycopg.Connection[Any], batch_size: int | None, with_acces
         failed = [r for r in (first, rest) if r.get("status") == "failed"]
         batches = int(first["batches"] or 0) + int(rest["batches"] or 0)
 
-        after_pols = policies(conn, cfg)
+        after_pols = policies(conn)
         rewritten = []
         for key in sorted(set(before_pols) | set(after_pols)):
             old, new = before_pols.get(key), after_pols.get(key)
