@@ -10,6 +10,7 @@ computed again in Python.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -227,6 +228,59 @@ def install(conn: Conn, target: Target | None = None, mapping: RoleMapping | Non
     from pytest_rolemig import installer
 
     installer.install(conn, target, mapping, auth)
+
+
+def configure_target(conn: Conn, target: Target) -> None:
+    """``configure_target(...)``: store where the application keeps roles and sessions (checked there)."""
+    conn.execute(
+        "SELECT * FROM migration_control.configure_target("
+        "p_profiles_table => %s, p_key_column => %s, p_role_column => %s, "
+        "p_sessions_table => %s, p_sessions_user_column => %s, "
+        "p_policy_schemas => %s, p_batch_size => %s, p_user_column => %s)",
+        (target.profiles_table, target.key_column, target.role_column, target.sessions_table,
+         target.sessions_user_column, list(target.policy_schemas), target.batch_size, target.user_column),
+    )
+
+
+def configure_requests(conn: Conn, auth: AuthSettings) -> None:
+    """``configure_requests(...)``: store how requests authenticate, with the target."""
+    conn.execute(*auth.configure_sql())
+
+
+def load_role_mapping(conn: Conn, mapping: RoleMapping) -> None:
+    """``load_role_mapping(mapping, new_roles)``: replace the stored mapping (in the caller's transaction)."""
+    from psycopg.types.json import Jsonb
+
+    conn.execute("SELECT * FROM migration_control.load_role_mapping(%s, %s)",
+                 (Jsonb(mapping.mapping), list(mapping.new_roles)))
+
+
+def role_mapping(conn: Conn) -> dict[str, str]:
+    """The stored mapping (legacy -> new role); empty before the infrastructure is installed."""
+    if scalar(conn, "SELECT pg_catalog.to_regclass('migration_control.role_mapping') IS NULL"):
+        return {}
+    return dict(conn.execute("SELECT legacy_role, new_role FROM migration_control.role_mapping").fetchall())
+
+
+def run_online_migration(conn: Conn, **params: Any) -> dict[str, Any]:
+    """``CALL run_online_migration(...)`` with named parameters (``p_batch_size=...``); its result document.
+
+    The procedure commits per batch, so the connection must be in autocommit mode.
+    """
+    if not conn.autocommit:
+        raise ValueError("run_online_migration commits per batch: call it on an autocommit connection")
+    args = ", ".join(f"{name} => %({name})s" for name in params)
+    result = scalar(conn, f"CALL migration_control.run_online_migration({args})", params)
+    return result if isinstance(result, dict) else json.loads(result)
+
+
+def batch_seconds(conn: Conn, run_id: str) -> tuple[float | None, float | None, float | None]:
+    """Mean, median and longest duration of the migrate batches of one run, in seconds."""
+    row = _one(conn, """SELECT avg(d), percentile_cont(0.5) WITHIN GROUP (ORDER BY d), max(d)
+                          FROM (SELECT extract(epoch FROM b.completed_at - b.started_at)::float8 AS d
+                                  FROM migration_tracking.migration_batch b
+                                 WHERE b.run_id = %s AND b.details ->> 'phase' = 'migrate') s""", (run_id,))
+    return row[0], row[1], row[2]
 
 
 def missing_infrastructure(conn: Conn, functions: Sequence[str] = ()) -> list[str]:

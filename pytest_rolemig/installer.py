@@ -13,9 +13,9 @@ from typing import Any
 
 import psycopg
 
-from pytest_rolemig import resources
+from pytest_rolemig import api, resources
 from pytest_rolemig.errors import InstallError, MappingRefused, describe_pg_error
-from pytest_rolemig.mapping import RoleMapping, load_into
+from pytest_rolemig.mapping import RoleMapping
 from pytest_rolemig.postgrest import AuthSettings
 from pytest_rolemig.target import Target
 
@@ -51,19 +51,17 @@ def install(conn: psycopg.Connection[Any], target: Target | None = None,
                     conn.execute(text.encode("utf-8"))  # several statements: simple query protocol
                 except psycopg.Error as exc:
                     raise InstallError(f"installing {name} failed: {describe_pg_error(exc)}") from exc
-            query, params = target.configure_sql()
             try:
-                conn.execute(query, params)
+                api.configure_target(conn, target)
             except psycopg.Error as exc:
                 raise InstallError(f"target check failed: {describe_pg_error(exc)}") from exc
-            query, params = auth.configure_sql()
             try:
-                conn.execute(query, params)
+                api.configure_requests(conn, auth)
             except psycopg.Error as exc:
                 raise InstallError(f"request settings check failed: {describe_pg_error(exc)}") from exc
             if mapping is not None:
                 try:
-                    load_into(conn, mapping)
+                    api.load_role_mapping(conn, mapping)
                 except psycopg.Error as exc:
                     raise MappingRefused(
                         f"loading role mapping {mapping.source} failed: {describe_pg_error(exc)}") from exc

@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-from pytest_rolemig.db import one, scalar
+from pytest_rolemig import api
 
 ROLES = ["super_admin", "admin", "org_owner", "org_admin", "billing_admin", "manager", "team_lead",
          "editor", "author", "contributor", "moderator", "support_agent", "viewer"]
@@ -111,7 +111,7 @@ def run(dsn: str, users: int, clients: int, baseline: float = 3.0, batch_size: i
     """On a database with the demo schema and infrastructure: seed, load, migrate, report."""
     with psycopg.connect(dsn, autocommit=True) as admin:
         seed(admin, users)
-        admin.execute("SELECT * FROM migration_backup.create_comprehensive_backup('load')").fetchall()
+        api.backup(admin, "load")
         keys = [str(k) for (k,) in admin.execute("SELECT id FROM public.user_profiles")]
     phase = ["before"]
     stop = threading.Event()
@@ -127,17 +127,9 @@ def run(dsn: str, users: int, clients: int, baseline: float = 3.0, batch_size: i
         started = time.perf_counter()
         with psycopg.connect(dsn, autocommit=True) as migrator:
             migrator.execute(f"SET statement_timeout = {int(timeout * 1000)}")
-            result = scalar(
-                migrator, "CALL migration_control.run_online_migration(p_batch_size => %s, p_pause_ms => %s)",
-                (batch_size, pause_ms))
+            result = api.run_online_migration(migrator, p_batch_size=batch_size, p_pause_ms=pause_ms)
             migration_seconds = time.perf_counter() - started
-            batch_seconds = one(
-                migrator,
-                """SELECT avg(d), percentile_cont(0.5) WITHIN GROUP (ORDER BY d), max(d)
-                   FROM (SELECT extract(epoch FROM b.completed_at - b.started_at)::float8 AS d
-                         FROM migration_tracking.migration_batch b
-                         WHERE b.run_id = %s AND b.details ->> 'phase' = 'migrate') s""",
-                (result["run_id"],))
+            batch_seconds = api.batch_seconds(migrator, result["run_id"])
         phase[0] = "after"
         time.sleep(min(baseline, 1.0))
     finally:
@@ -146,7 +138,7 @@ def run(dsn: str, users: int, clients: int, baseline: float = 3.0, batch_size: i
             t.join(30)
     lat = {p: [x for c in states for x in c.latencies[p]] for p in ("before", "during")}
     errors = [e for c in states for e in c.errors]
-    report = {
+    report: dict[str, Any] = {
         "users": users, "clients": clients, "batch_size": batch_size,
         "migration": result, "migration_seconds": round(migration_seconds, 2),
         "batch_ms": {name: round((value or 0.0) * 1000, 1)

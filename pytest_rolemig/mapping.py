@@ -186,10 +186,10 @@ def load_mapping(path: str | Path) -> RoleMapping:
 
 
 def load_into(conn: Any, mapping: RoleMapping) -> None:
-    """Replace the mapping stored in the database by this one (same transaction as the caller)."""
-    from psycopg.types.json import Jsonb
+    """Replace the mapping stored in the database by this one (same transaction as the caller).
 
-    conn.execute(
-        "SELECT * FROM migration_control.load_role_mapping(%s, %s)",
-        (Jsonb(mapping.mapping), list(mapping.new_roles)),
-    )
+    Kept for callers of earlier versions: :func:`pytest_rolemig.api.load_role_mapping` does it.
+    """
+    from pytest_rolemig import api
+
+    api.load_role_mapping(conn, mapping)

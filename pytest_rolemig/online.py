@@ -9,7 +9,6 @@ lock the test holds), and act as an authenticated user through RLS the way Postg
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from typing import Any
@@ -23,14 +22,11 @@ LOCK_KEY_SQL = "pg_catalog.hashtext('pytest_rolemig.migration')::bigint"
 
 
 def call(conn: psycopg.Connection[Any], **params: Any) -> dict[str, Any]:
-    """CALL migration_control.run_online_migration(...) with named parameters; its p_result."""
-    if not conn.autocommit:
-        raise ValueError("run_online_migration commits per batch: call it on an autocommit connection")
-    args = ", ".join(f"{name} => %({name})s" for name in params)
-    row = conn.execute(f"CALL migration_control.run_online_migration({args})", params).fetchone()
-    assert row is not None
-    result = row[0]
-    return result if isinstance(result, dict) else json.loads(result)
+    """CALL migration_control.run_online_migration(...) with named parameters; its p_result
+    (:func:`pytest_rolemig.api.run_online_migration`)."""
+    from pytest_rolemig import api
+
+    return api.run_online_migration(conn, **params)
 
 
 class Background:

@@ -88,8 +88,10 @@ def qualified_name(text: str, default_schema: str = "public") -> str:
 class Target:
     """Where the application keeps user roles and sessions.
 
-    Defaults describe a Supabase-style application (and the bundled demo). Tables are
-    SQL-spelled names (see :func:`split_qualified`); columns are plain names.
+    Defaults describe a Supabase-style application (and the bundled demo); they are the
+    settings' defaults too (:mod:`pytest_rolemig.settings`), written nowhere else in Python.
+    Tables are SQL-spelled names (see :func:`split_qualified`); columns are plain names.
+    :func:`pytest_rolemig.api.configure_target` stores a target.
     """
 
     profiles_table: str = "public.user_profiles"
@@ -119,17 +121,3 @@ class Target:
         if self.sessions_table is None:
             raise ValueError("the target has no sessions table")
         return split_qualified(self.sessions_table)
-
-    def configure_sql(self) -> tuple[str, tuple[object, ...]]:
-        """The call that stores this target in ``migration_control.target_config``."""
-        return (
-            "SELECT * FROM migration_control.configure_target("
-            "p_profiles_table => %s, p_key_column => %s, p_role_column => %s, "
-            "p_sessions_table => %s, p_sessions_user_column => %s, "
-            "p_policy_schemas => %s, p_batch_size => %s, p_user_column => %s)",
-            (
-                self.profiles_table, self.key_column, self.role_column,
-                self.sessions_table, self.sessions_user_column,
-                list(self.policy_schemas), self.batch_size, self.user_column,
-            ),
-        )
