@@ -214,7 +214,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     """Run one subcommand; return its exit code (the console script exits with it)."""
     import psycopg
 
-    from pytest_rolemig.cli.commands import CHECK_FIRST, COMMANDS, OFFLINE, Context
+    from pytest_rolemig.cli.commands import CHECK_FIRST, COMMANDS, OFFLINE
+    from pytest_rolemig.cli.context import Context
 
     out = out or sys.stdout
     err = err or sys.stderr

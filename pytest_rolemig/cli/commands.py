@@ -1,132 +1,21 @@
-"""One function per subcommand: read or change the database, print for people or as JSON."""
+"""The commands that set up and look: install, config, status, plan."""
 
 from __future__ import annotations
 
-import argparse
-import signal
-import sys
-from dataclasses import asdict, dataclass, field
-from functools import cached_property
-from typing import Any, TextIO
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import psycopg
 
 from pytest_rolemig import api
-from pytest_rolemig.checks import CheckReport
-from pytest_rolemig.cli import errors, plan, render
+from pytest_rolemig.cli import errors, operations, plan, render
 from pytest_rolemig.cli import settings as cli_settings
+from pytest_rolemig.cli.context import Context, check_rows, require_infrastructure, status_of
 from pytest_rolemig.cli.errors import CliError
-from pytest_rolemig.cli.progress import ProgressBar
 from pytest_rolemig.errors import ConfigError
 from pytest_rolemig.mapping import RoleMapping
 from pytest_rolemig.postgrest import AuthSettings
 from pytest_rolemig.target import Target
-
-
-@dataclass
-class Context:
-    """What every command gets: its arguments, an autocommit connection, the output streams.
-
-    ``rolemig config`` connects to nothing: its context has no connection.
-    """
-
-    args: argparse.Namespace
-    connection: psycopg.Connection[Any] | None = None
-    out: TextIO = field(default_factory=lambda: sys.stdout)
-    err: TextIO = field(default_factory=lambda: sys.stderr)
-
-    @property
-    def conn(self) -> psycopg.Connection[Any]:
-        """The connection (every command but ``config`` has one)."""
-        if self.connection is None:
-            raise RuntimeError(f"rolemig {self.args.command} needs a database connection")
-        return self.connection
-
-    @cached_property
-    def settings(self) -> cli_settings.CliSettings:
-        """The options, ``[tool.rolemig]`` and the defaults, resolved once; a bad value exits 2 naming it."""
-        try:
-            return cli_settings.resolve(self.args)
-        except ConfigError as exc:
-            raise CliError(str(exc), errors.USAGE) from None
-
-    @property
-    def json(self) -> bool:
-        """True with ``--json``: print machine-readable output."""
-        return bool(self.args.json)
-
-    def emit(self, data: Any, text: str) -> None:
-        """Print ``data`` as JSON with ``--json``, else ``text``."""
-        self.out.write((render.to_json(data) if self.json else text) + "\n")
-        self.out.flush()
-
-    def dbname(self) -> str:
-        """The connected database's name, for messages."""
-        return self.conn.info.dbname
-
-
-def check_rows(report: CheckReport, key: str = "check_name") -> list[dict[str, Any]]:
-    """A check report as the rows the SQL function returned (``key`` names its first column)."""
-    return [{**({"validation_type": c.group} if c.group else {}), key: c.name, "status": c.status,
-             "details": c.details} for c in report.checks]
-
-
-def require_infrastructure(ctx: Context, functions: tuple[str, ...] = ()) -> None:
-    """Fail with exit code 3 and a hint to run ``rolemig install`` when schemas or functions are missing."""
-    missing = api.missing_infrastructure(ctx.conn, functions)
-    if missing:
-        raise CliError(
-            f"the migration infrastructure is not installed in database {ctx.dbname()!r} "
-            f"(missing: {', '.join(missing)})",
-            errors.CONNECTION, hint="run `rolemig install` (see `rolemig install --help`)",
-        )
-
-
-def take_lock(ctx: Context) -> None:
-    """Hold the migration advisory lock for the session, or fail with exit code 4."""
-    if not api.try_lock(ctx.conn):
-        holder = api.lock_holder(ctx.conn)
-        who = (f" (server process {holder.pid}, {holder.application_name or 'no application name'}, "
-               f"since {holder.query_start})" if holder else "")
-        raise CliError(f"a migration is already running on database {ctx.dbname()!r}{who}", errors.LOCKED,
-                       hint="wait for it to finish (`rolemig status`), then run the command again")
-
-
-def release_lock(ctx: Context) -> None:
-    """Give the session lock back (the connection closing would too)."""
-    if not ctx.conn.closed:
-        api.unlock(ctx.conn)
-
-
-def confirm(ctx: Context, question: str, stdin: TextIO | None = None) -> None:
-    """Ask before a destructive step unless ``--yes``; without a terminal, refuse."""
-    if ctx.args.yes:
-        return
-    stdin = stdin or sys.stdin
-    if stdin is None or not stdin.isatty():
-        raise CliError(f"refusing to {question} without confirmation: standard input is not a terminal",
-                       errors.USAGE, hint="pass --yes to confirm non-interactively")
-    ctx.err.write(f"About to {question}.\nType 'yes' to continue: ")
-    ctx.err.flush()
-    if stdin.readline().strip().lower() not in ("y", "yes"):
-        raise CliError("cancelled; nothing was changed", errors.DECLINED)
-
-
-def backup_exists(ctx: Context, backup_id: str) -> None:
-    """Fail with exit code 2 (naming where to look) when the backup id is unknown."""
-    if not api.backup_known(ctx.conn, backup_id):
-        raise CliError(f"unknown backup id {backup_id!r} in database {ctx.dbname()!r}", errors.USAGE,
-                       hint="`rolemig backups` lists the backups and whether each is restorable")
-
-
-def _base_backup(ctx: Context) -> str | None:
-    """The backup the current migration started from, else the newest restorable one."""
-    return api.migration_base(ctx.conn) or api.newest_restorable(ctx.conn)
-
-
-def _status_of(rows: list[dict[str, Any]]) -> int:
-    return errors.CHECKS_FAILED if any(r["status"] == "fail" for r in rows) else errors.OK
-
 
 # ----------------------------------------------------------------- install ---
 
@@ -204,7 +93,7 @@ def cmd_install(ctx: Context) -> int:
         lines.append(f"  demo:    {seeded.users} users, {seeded.sessions} sessions seeded")
     lines += ["", render.checks(status)]
     ctx.emit(data, "\n".join(lines))
-    return _status_of([r for r in status if r["component"] in ("schemas", "tables", "functions", "target", "mapping")])
+    return status_of([r for r in status if r["component"] in ("schemas", "tables", "functions", "target", "mapping")])
 
 
 # ------------------------------------------------------------------ config ---
@@ -315,7 +204,7 @@ def cmd_status(ctx: Context) -> int:
         lines.append("The stored target differs from the settings file (run `rolemig install` to store it):")
         lines += [f"  {d}" for d in differences]
     ctx.emit(data, "\n".join(lines))
-    return _status_of([r for r in infra if r["component"] in ("schemas", "tables", "functions", "target")])
+    return status_of([r for r in infra if r["component"] in ("schemas", "tables", "functions", "target")])
 
 
 # -------------------------------------------------------------------- plan ---
@@ -363,225 +252,11 @@ def cmd_plan(ctx: Context) -> int:
     return errors.CHECKS_FAILED if data["errors"] or data["unmapped_roles"] else errors.OK
 
 
-# ------------------------------------------------------------------ backup ---
-
-def cmd_backup(ctx: Context) -> int:
-    """Take a backup and validate it."""
-    require_infrastructure(ctx)
-    try:
-        result, error = api.backup(ctx.conn, ctx.args.name), None
-    except api.OperationFailed as exc:
-        result, error = exc.result, exc.error or "no error recorded"
-    checks = check_rows(api.validate_backup(ctx.conn, result.backup_id))
-    data = {**asdict(result), "error": error, "validation": checks}
-    text = (f"Backup {result.backup_id}: {result.status} — {result.profiles_count} profiles, "
-            f"{result.sessions_count} sessions, {result.policies_count} policies"
-            + (f"\n  error: {error}" if error else "") + "\n" + render.checks(checks))
-    ctx.emit(data, text)
-    return errors.CHECKS_FAILED if error or _status_of(checks) else errors.OK
-
-
-def cmd_backups(ctx: Context) -> int:
-    """List backups, newest first, with sizes and whether each is restorable."""
-    require_infrastructure(ctx)
-    rows = [asdict(b) for b in api.backups(ctx.conn, sizes=True)]
-    ctx.emit(rows, render.table(
-        ["backup_id", "name", "created", "status", "profiles", "sessions", "policies", "size", "restorable"],
-        [[r["backup_id"], r["backup_name"], r["created_at"], r["status"], r["profiles_count"], r["sessions_count"],
-          r["policies_count"], r["size_bytes"], r["restorable"]] for r in rows]))
-    return errors.OK
-
-
-# ----------------------------------------------------------------- migrate ---
-
-class _StopAfterBatch:
-    """First Ctrl-C: finish the current batch, then stop. Second Ctrl-C: interrupt now (the batch rolls back)."""
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-        self.requested = False
-        self._previous: Any = None
-
-    def __enter__(self) -> _StopAfterBatch:
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: Ctrl-C raises KeyboardInterrupt as usual
-            self._previous = None
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.ctx.err.write("\ninterrupt: stopping after the current batch (Ctrl-C again to abort it)\n")
-        self.ctx.err.flush()
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
-def _validation(ctx: Context, phase: str) -> list[dict[str, Any]]:
-    return check_rows(api.validate(ctx.conn, phase))
-
-
-def cmd_migrate(ctx: Context) -> int:
-    """Run or resume the migration one committed batch at a time, with a progress bar."""
-    a = ctx.args
-    require_infrastructure(ctx, ("migration_control.execute_role_migration",))
-    take_lock(ctx)
-    try:
-        if a.backup_id:
-            backup_exists(ctx, a.backup_id)
-            backup_id = a.backup_id
-        else:  # resuming: the backup the migration started from, so one run has one base
-            backup_id = _base_backup(ctx)
-            if backup_id is None:
-                raise CliError(f"no restorable backup in database {ctx.dbname()!r}; the migration needs one",
-                               errors.CHECKS_FAILED, hint="run `rolemig backup` first")
-        size = a.batch_size or api.target_row(ctx.conn)["batch_size"]
-        total = api.pending_users(ctx.conn, a.name)
-        bar = ProgressBar(total, "migrate", stream=ctx.err, enabled=not a.quiet)
-        calls: list[dict[str, Any]] = []
-        interrupted = False
-        with _StopAfterBatch(ctx) as stop:
-            try:
-                while True:
-                    try:
-                        step = api.migrate(ctx.conn, name=a.name, batch_size=size, backup_id=backup_id,
-                                           max_batches=1, run_id=calls[0]["run_id"] if calls else None)
-                    except api.OperationFailed as exc:
-                        step = exc.result
-                    result = asdict(step)
-                    calls.append(result)
-                    if result["batches"]:
-                        bar.advance((result["users_migrated"] or 0) + (result["users_unchanged"] or 0),
-                                    note=f"[{result['run_id']}]")
-                    if result["status"] != "partial":  # 'completed' (policies rewritten) or 'failed'
-                        break
-                    if a.max_batches and sum(c["batches"] or 0 for c in calls) >= a.max_batches:
-                        break
-                    if stop.requested:
-                        interrupted = True
-                        break
-            except KeyboardInterrupt:
-                interrupted = True
-        bar.close()
-        left = api.state(ctx.conn).users_on_legacy_roles
-    finally:
-        release_lock(ctx)
-
-    failed = [c for c in calls if c["status"] == "failed"]
-    summary = {
-        "backup_id": backup_id, "batch_size": size,
-        "batches": sum(c["batches"] or 0 for c in calls),
-        "users_migrated": sum(c["users_migrated"] or 0 for c in calls),
-        "users_unchanged": sum(c["users_unchanged"] or 0 for c in calls),
-        "policies_rewritten": sum(c["policies_rewritten"] or 0 for c in calls),
-        "users_left": left, "interrupted": interrupted,
-        "complete": bool(calls) and calls[-1]["status"] == "completed",
-        "error": failed[0]["error"] if failed else None, "runs": sorted({c["run_id"] for c in calls if c["run_id"]}),
-    }
-    lines = [f"Migrated {summary['users_migrated']} users ({summary['users_unchanged']} unchanged) in "
-             f"{summary['batches']} batches of up to {size}; policies rewritten: {summary['policies_rewritten']}; "
-             f"users still on a legacy role: {left}"]
-    code = errors.OK
-    if failed:
-        lines.append(f"FAILED: {summary['error']} (the failing batch was rolled back; earlier batches stay)")
-        code = errors.CHECKS_FAILED
-    elif interrupted:
-        lines.append("Interrupted: every completed batch is committed, none is half-applied; "
-                     "run `rolemig migrate` again to resume.")
-        code = errors.INTERRUPTED
-    elif left and a.max_batches:
-        lines.append(f"Stopped after {a.max_batches} batch(es) as asked; run `rolemig migrate` to continue.")
-    if summary["complete"] and not a.no_validate:
-        checks = _validation(ctx, "post_migration")
-        summary["validation"] = checks
-        lines += ["", "Post-migration validation", render.checks(checks)]
-        if code == errors.OK:
-            code = _status_of(checks)
-    ctx.emit(summary, "\n".join(lines))
-    return code
-
-
-# ---------------------------------------------------------------- validate ---
-
-def cmd_validate(ctx: Context) -> int:
-    """Run the comprehensive validation of a phase; exit 1 when a check fails."""
-    require_infrastructure(ctx)
-    phase = ctx.args.phase
-    if phase == "auto":
-        migrated = api.has_completed_batch(ctx.conn)
-        phase = ("post_migration" if migrated and api.state(ctx.conn).users_on_legacy_roles == 0
-                 else "pre_migration")
-    checks = _validation(ctx, phase)
-    code = _status_of(checks)
-    counts = {s: sum(1 for c in checks if c["status"] == s) for s in ("pass", "warn", "fail")}
-    ctx.emit({"phase": phase, "ok": code == errors.OK, "counts": counts, "checks": checks},
-             f"Validation {phase}: {counts['pass']} passed, {counts['warn']} warnings, {counts['fail']} failed\n"
-             + render.checks(checks))
-    return code
-
-
-# ---------------------------------------------------------------- rollback ---
-
-def _rollback(ctx: Context, emergency: bool) -> int:
-    require_infrastructure(ctx)
-    backup_id = ctx.args.backup_id
-    if backup_id:
-        backup_exists(ctx, backup_id)
-    else:  # the backup the migration started from; a later one would not undo it
-        backup_id = _base_backup(ctx)
-        if backup_id is None:
-            raise CliError(f"no restorable backup in database {ctx.dbname()!r}", errors.CHECKS_FAILED,
-                           hint="`rolemig backups` lists the backups")
-    # refused before the question: a backup taken after users moved cannot undo the migration
-    api.refuse_backup_after_migration(ctx.conn, backup_id)
-    what = "EMERGENCY-restore every backed-up row" if emergency else "roll back the role migration"
-    confirm(ctx, f"{what} of database {ctx.dbname()!r} from backup {backup_id}")
-    take_lock(ctx)
-    # the rollback is one SQL statement (one transaction): the bar has one step, honestly
-    bar = ProgressBar(1, "emergency-rollback" if emergency else "rollback", stream=ctx.err,
-                      enabled=not ctx.args.quiet, unit="steps", step="step")
-    error = None
-    try:
-        try:
-            result = api.rollback(ctx.conn, backup_id, ctx.args.reason if not emergency else "",
-                                  emergency=emergency)
-        except api.OperationFailed as exc:
-            result, error = exc.result, exc.error
-        bar.advance(1)
-    finally:
-        bar.close()
-        release_lock(ctx)
-    data: dict[str, Any] = {**asdict(result), "backup_id": backup_id, "mode": "emergency" if emergency else "revert"}
-    if result.status != "completed":
-        data["error"] = error
-        ctx.emit(data, f"Rollback {result.rollback_id} FAILED, nothing was changed: {error}")
-        return errors.CHECKS_FAILED
-    checks = check_rows(api.validate_rollback(ctx.conn, backup_id, result.rollback_id))
-    data["validation"] = checks
-    ctx.emit(data, f"Rollback {result.rollback_id} from {backup_id}: {result.profiles_restored} profiles, "
-                   f"{result.sessions_restored} sessions, {result.policies_restored} policies restored; "
-                   f"{result.conflicts} conflicts\n" + render.checks(checks))
-    return _status_of(checks)
-
-
-def cmd_rollback(ctx: Context) -> int:
-    """Revert what the migration changed (compare-and-swap), after confirmation."""
-    return _rollback(ctx, emergency=False)
-
-
-def cmd_emergency_rollback(ctx: Context) -> int:
-    """Restore every backed-up row, constraint and policy, after confirmation."""
-    return _rollback(ctx, emergency=True)
-
-
 COMMANDS = {
-    "install": cmd_install, "config": cmd_config, "status": cmd_status, "plan": cmd_plan, "backup": cmd_backup,
-    "migrate": cmd_migrate, "validate": cmd_validate, "rollback": cmd_rollback,
-    "emergency-rollback": cmd_emergency_rollback, "backups": cmd_backups,
+    "install": cmd_install, "config": cmd_config, "status": cmd_status, "plan": cmd_plan,
+    "backup": operations.cmd_backup, "migrate": operations.cmd_migrate, "validate": operations.cmd_validate,
+    "rollback": operations.cmd_rollback, "emergency-rollback": operations.cmd_emergency_rollback,
+    "backups": operations.cmd_backups,
 }
 
 OFFLINE = frozenset({"config"})
