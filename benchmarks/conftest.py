@@ -26,8 +26,8 @@ import pytest
 from bench_report import Results, label
 
 from pytest_rolemig import api
-from pytest_rolemig.bulk_seed import bulk_seed_users
 from pytest_rolemig.databases import create_database, drop_database, unique_name
+from pytest_rolemig.seeding.bulk import bulk_seed_users
 
 _RESULTS = pytest.StashKey[Results]()
 DEFAULT_SIZES = (10_000, 100_000)

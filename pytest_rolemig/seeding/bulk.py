@@ -1,6 +1,6 @@
 """Seed large user sets with ``INSERT ... SELECT generate_series``: one statement per table.
 
-The factories (:mod:`pytest_rolemig.seeding`) stay the API for small, realistic
+The factories (:mod:`pytest_rolemig.seeding.users`) stay the API for small, realistic
 sets; building a million factory rows in Python costs minutes and memory that
 grows with the count. Here PostgreSQL generates the rows itself: user ``i`` gets
 ``md5(tag || i)`` as its uuid key (so the parent row and the profile agree
@@ -21,7 +21,7 @@ from psycopg import sql
 
 from pytest_rolemig.db import scalar
 from pytest_rolemig.errors import ConfigError
-from pytest_rolemig.seeding import Column, Table, parent_of, read_table
+from pytest_rolemig.seeding.catalog import Column, Table, parent_of, read_table
 from pytest_rolemig.target import Target
 
 
