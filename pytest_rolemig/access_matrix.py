@@ -101,7 +101,7 @@ class Matrix:
     errors: dict[Cell, str] = field(default_factory=dict)
     tables: tuple[str, ...] = ()
     seconds: float = 0.0
-    # role-dependent policy name -> legacy roles of the acting users for whom its USING is true on some row
+    # role-dependent policy name -> the first legacy role whose acting user its USING lets in (empty: none)
     policy_reach: dict[str, set[str]] = field(default_factory=dict)
 
     def reached(self, cell: Cell) -> int:
@@ -421,7 +421,8 @@ def compute_matrix(conn: psycopg.Connection[Any], target: Target, actors: list[A
     The matrices of one rehearsal share one ``store`` (a set reached in several states is
     stored once, and comparing them needs both). For each of ``policies`` (role-dependent
     policies, :func:`pytest_rolemig.api.role_dependent_objects`) the matrix also records which
-    roles it lets in, evaluated as each acting user that it applies to (``policy_reach``).
+    first role it lets in, evaluated as each acting user it applies to until one is let in
+    (``policy_reach``; a policy false on every row costs a scan per acting user).
     """
     started = time.perf_counter()
     auth = auth or auth_settings(conn)
@@ -464,7 +465,7 @@ def compute_matrix(conn: psycopg.Connection[Any], target: Target, actors: list[A
                 if table is None or not ({db_role, "public"} & set(policy.api_roles)):
                     continue
                 reach = matrix.policy_reach.setdefault(policy.name, set())
-                if _policy_lets_in(conn, table, policy.expression):
+                if not reach and _policy_lets_in(conn, table, policy.expression):  # one role in is enough
                     reach.add(actor.role)
             for function in functions:
                 call: Cell = (actor.role, user, f"{function}()", "EXECUTE")

@@ -73,7 +73,10 @@ class AccessRehearsal:
                     self.vanished[name] = self._merged_away()
                     if name in ROLE_STEPS:
                         self.dependents[name] = api.role_dependent_objects(self.conn)
-                    policies = [d for d in self.dependents.get(name, ()) if d.kind == "policy"]
+                    # a policy some role reached before need not be evaluated again after the migration
+                    reached = {p for m in self.matrices.values() for p, roles in m.policy_reach.items() if roles}
+                    policies = [d for d in self.dependents.get(name, ())
+                                if d.kind == "policy" and d.name not in reached]
                     self.matrices[name] = compute_matrix(self.conn, self.config.target, self.actors, name,
                                                          self.store, policies=policies)
                 except Exception as exc:  # remembered: every later step is blocked by it
