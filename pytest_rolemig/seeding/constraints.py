@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from pytest_rolemig import api
 from pytest_rolemig.db import scalar
 from pytest_rolemig.errors import ConfigError
 from pytest_rolemig.seeding.catalog import Table, read_table
@@ -60,11 +61,7 @@ def creates_rows(conn: psycopg.Connection[Any], parent: Table, child: Table) -> 
 
 def _mapping(conn: psycopg.Connection[Any]) -> dict[str, str]:
     """The loaded role mapping (legacy -> new), or empty before the infrastructure is installed."""
-    missing = conn.execute("SELECT pg_catalog.to_regclass('migration_control.role_mapping') IS NULL").fetchone()
-    if missing is None or missing[0]:
-        return {}
-    query = "SELECT legacy_role, new_role FROM migration_control.role_mapping"
-    return {r[0]: r[1] for r in conn.execute(query)}
+    return api.role_mapping(conn)
 
 
 def _roles_of(i: int, role: str, roles: list[str], mapping: dict[str, str]) -> list[str]:
