@@ -60,6 +60,7 @@ class RolemigConfig:
     ignored_env: str | None = None  # DATABASE_URL when set and ignored (an ephemeral server runs instead)
     auth: AuthSettings = field(default_factory=AuthSettings)
     sources: dict[str, str] = field(default_factory=dict, hash=False)
+    settings_file: str | None = None  # the [tool.rolemig] file read (as messages name it), if any
 
     @property
     def ignored_env_note(self) -> str | None:
@@ -117,8 +118,9 @@ def _ini(config: pytest.Config) -> Callable[[Setting], Any]:
     return get
 
 
-def _resolved(config: pytest.Config) -> registry.Resolved:
-    """Every setting's raw value, its source and folder: command line, environment, ini and file, default."""
+def _resolved(config: pytest.Config) -> tuple[registry.Resolved, registry.SettingsFile | None]:
+    """Every setting's raw value, its source and folder (command line, environment, ini and file,
+    default), and the ``[tool.rolemig]`` file read."""
     invoked = Path(config.invocation_params.dir)
     ini_dir = config.inipath.parent if config.inipath is not None else invoked
     found = registry.settings_file(config.getoption("rolemig_config", None), invoked, CONFIG_OPTION)
@@ -127,7 +129,7 @@ def _resolved(config: pytest.Config) -> registry.Resolved:
     return registry.resolve(
         [[command_line], [registry.env_channel(invoked)], [ini, *registry.file_channel(found)]],
         ini_dir, lambda s: f"{s.flag} / {s.ini}",
-    )
+    ), found
 
 
 def _path(value: str, root: Path) -> Path:
@@ -175,7 +177,7 @@ def _migrations(folder: Path, source: str) -> list[Path]:
 
 def resolve(config: pytest.Config) -> RolemigConfig:
     """Resolve every setting once; raise :class:`ConfigError` naming the first bad one."""
-    r = _resolved(config)
+    r, found = _resolved(config)
     values, sources = r.values, r.sources
 
     schema = values["schema"]
@@ -212,6 +214,7 @@ def resolve(config: pytest.Config) -> RolemigConfig:
         update_access=_update_access(values["update_access"], mapping_file),
         auth=r.auth(),
         sources=sources,
+        settings_file=found.shown if found else None,
     )
 
 
@@ -255,6 +258,9 @@ def header_lines(cfg: RolemigConfig) -> list[str]:
         "dsn": lambda c: "ephemeral server" if c.dsn is None else "existing server (DSN set)",
     }
     lines = [f"rolemig {key}: {fn(cfg)} [{cfg.sources.get(key, 'default')}]" for key, fn in show.items()]
+    if cfg.settings_file:
+        lines.insert(0, f"rolemig settings: [tool.rolemig] in {cfg.settings_file} (the rolemig command reads "
+                        "it too)")
     if cfg.ignored_env_note:
         lines.append(f"rolemig: {cfg.ignored_env_note}")
     return lines

@@ -80,6 +80,7 @@ def test_cli_and_gate_read_the_same_tool_rolemig_target(project, app_dsn, rolemi
     # the gate: its report header shows the file's values and names the file as their source
     gate = project.runpytest_subprocess("--rolemig", "--collect-only", "-p", "no:cacheprovider")
     gate.stdout.fnmatch_lines([
+        "rolemig settings: [[]tool.rolemig] in pyproject.toml (the rolemig command reads it too)",
         f"rolemig profiles_table: app.members (key member_id, role access_level) [{SOURCE.format('profiles_table')}]",
         f"rolemig sessions_table: app.logins (user member_id) [{SOURCE.format('sessions_table')}]",
         f"rolemig batch_size: 7 [{SOURCE.format('batch_size')}]",
@@ -88,6 +89,7 @@ def test_cli_and_gate_read_the_same_tool_rolemig_target(project, app_dsn, rolemi
     # the CLI: the same values, from the same file, with the same sources
     config = Run("config")
     assert config.code == errors.OK, config
+    assert config.out.startswith("Settings file: pyproject.toml\n"), config
     for line in (f"profiles_table: app.members [{SOURCE.format('profiles_table')}]",
                  f"role_column: access_level [{SOURCE.format('role_column')}]",
                  f"batch_size: 7 [{SOURCE.format('batch_size')}]",
