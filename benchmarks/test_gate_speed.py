@@ -28,10 +28,10 @@ import pytest
 from bench_report import label
 
 from pytest_rolemig import api
-from pytest_rolemig.access_data import seed_access_rows
-from pytest_rolemig.access_matrix import choose_actors, compute_matrix
-from pytest_rolemig.access_report import compare
-from pytest_rolemig.access_store import ReachStore
+from pytest_rolemig.access.data import seed_access_rows
+from pytest_rolemig.access.matrix import choose_actors, compute_matrix
+from pytest_rolemig.access.report import compare
+from pytest_rolemig.access.store import ReachStore
 from pytest_rolemig.databases import create_database, drop_database, unique_name
 from pytest_rolemig.oracle import take_snapshot
 from pytest_rolemig.rehearsal import Rehearsal

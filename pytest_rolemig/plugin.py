@@ -117,7 +117,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         "failed", []) for name, value in getattr(report, "user_properties", ()) if name == "rolemig_note"})
     for note in notes:
         terminalreporter.write_line(f"rolemig: {note}")
-    from pytest_rolemig.access_report import UPDATED_ACCESS
+    from pytest_rolemig.access.report import UPDATED_ACCESS
 
     updated = config.stash.get(UPDATED_ACCESS, None)
     if updated:

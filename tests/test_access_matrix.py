@@ -5,16 +5,18 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pytest_rolemig import access_matrix, access_store, api, resources
-from pytest_rolemig.access_data import seed_access_rows
-from pytest_rolemig.access_matrix import (
+from pytest_rolemig import api, resources
+from pytest_rolemig.access import catalog
+from pytest_rolemig.access import store as access_store
+from pytest_rolemig.access.data import seed_access_rows
+from pytest_rolemig.access.matrix import (
     AuthSettings,
     choose_actors,
     compute_matrix,
     row_lookup,
 )
-from pytest_rolemig.access_report import compare, write_reports
-from pytest_rolemig.access_store import EMPTY, ReachStore
+from pytest_rolemig.access.report import compare, write_reports
+from pytest_rolemig.access.store import EMPTY, ReachStore
 from pytest_rolemig.databases import clone, load_schema_file
 from pytest_rolemig.errors import MappingError
 from pytest_rolemig.installer import install
@@ -250,13 +252,13 @@ def test_update_probe_by_row_lock_reaches_what_a_no_op_update_reaches(rolemig_db
         "CREATE POLICY \"docs: publish only\" ON public.documents AS RESTRICTIVE FOR UPDATE TO authenticated "
         "USING (true) WITH CHECK (status = 'published')")
     actors = _prepared(rolemig_db)
-    owners = access_matrix.owner_references(rolemig_db, DEMO)
-    infos = {i.qualified: i for i in (access_matrix.table_info(rolemig_db, s, t, owners, AuthSettings())
-                                      for s, t in access_matrix.rls_tables(rolemig_db, DEMO.policy_schemas))}
+    owners = catalog.owner_references(rolemig_db, DEMO)
+    infos = {i.qualified: i for i in (catalog.table_info(rolemig_db, s, t, owners, AuthSettings())
+                                      for s, t in catalog.rls_tables(rolemig_db, DEMO.policy_schemas))}
     assert not infos["public.user_profiles"].update_with_check  # its WITH CHECKs repeat the USING
     assert infos["public.documents"].update_with_check
     probed = compute_matrix(rolemig_db, DEMO, actors, "row locks", store)
-    monkeypatch.setattr(access_matrix, "LOCK_PROBE", False)
+    monkeypatch.setattr(catalog, "LOCK_PROBE", False)
     updated = compute_matrix(rolemig_db, DEMO, actors, "no-op updates", store)
     assert probed.cells == updated.cells
     assert any(probed.reached(cell) for cell in probed.cells
@@ -302,6 +304,6 @@ def test_functions_with_arguments_or_side_effects_are_not_called(rolemig_db):
         CREATE FUNCTION public.bump() RETURNS integer LANGUAGE sql VOLATILE AS 'SELECT 1';
         CREATE FUNCTION public.stable_with_arg(p integer) RETURNS integer LANGUAGE sql STABLE AS 'SELECT p';
         GRANT EXECUTE ON FUNCTION public.bump(), public.stable_with_arg(integer) TO authenticated""")
-    exposed = access_matrix.exposed_functions(rolemig_db, ["public"], "authenticated")
+    exposed = catalog.exposed_functions(rolemig_db, ["public"], "authenticated")
     assert "public.bump" not in exposed and "public.stable_with_arg" not in exposed
     assert "public.current_user_role" in exposed

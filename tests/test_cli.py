@@ -522,9 +522,9 @@ def test_console_script_second_ctrl_c_rolls_the_batch_back(dsn, rolemig_db, tmp_
 
 def test_access_is_unchanged_for_every_user_at_every_committed_batch(dsn, rolemig_db, rolemig_mapping):
     """Between two `rolemig migrate` batches the application reads as before: measured as PostgREST would."""
-    from pytest_rolemig.access_matrix import choose_actors, compute_matrix, row_lookup
-    from pytest_rolemig.access_report import compare
-    from pytest_rolemig.access_store import ReachStore
+    from pytest_rolemig.access.matrix import choose_actors, compute_matrix, row_lookup
+    from pytest_rolemig.access.report import compare
+    from pytest_rolemig.access.store import ReachStore
 
     target = Target()
     assert cli(dsn, "backup").code == 0

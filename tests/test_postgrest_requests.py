@@ -14,8 +14,8 @@ import psycopg
 import pytest
 
 from pytest_rolemig import api
-from pytest_rolemig.access_matrix import choose_actors, compute_matrix
-from pytest_rolemig.access_store import ReachStore
+from pytest_rolemig.access.matrix import choose_actors, compute_matrix
+from pytest_rolemig.access.store import ReachStore
 from pytest_rolemig.cli import main
 from pytest_rolemig.databases import load_schema_file
 from pytest_rolemig.installer import install

@@ -2,7 +2,7 @@
 
 Policy text can be clean while a helper function or a JWT claim still decides on
 a legacy role. These tests act as real application users through RLS (see
-:mod:`pytest_rolemig.access_matrix`) on their own copy of the template, and
+:mod:`pytest_rolemig.access.matrix`) on their own copy of the template, and
 compare the rows each user reaches per table and command. Reports:
 ``<report_dir>/access-matrix.md`` and ``.json``.
 """
@@ -19,8 +19,8 @@ import pytest
 from psycopg import sql
 
 from pytest_rolemig import api
-from pytest_rolemig.access_data import SeededTables, seed_access_rows
-from pytest_rolemig.access_matrix import (
+from pytest_rolemig.access.data import SeededTables, seed_access_rows
+from pytest_rolemig.access.matrix import (
     ANON,
     Actor,
     Matrix,
@@ -28,8 +28,8 @@ from pytest_rolemig.access_matrix import (
     compute_matrix,
     row_lookup,
 )
-from pytest_rolemig.access_report import UPDATED_ACCESS, Comparison, compare, measured_changes, write_reports
-from pytest_rolemig.access_store import ReachStore
+from pytest_rolemig.access.report import UPDATED_ACCESS, Comparison, compare, measured_changes, write_reports
+from pytest_rolemig.access.store import ReachStore
 from pytest_rolemig.assertions import RolemigAssertionError
 from pytest_rolemig.mapping import render_access_changes, write_access_changes
 from pytest_rolemig.postgrest import auth_settings, token_fields

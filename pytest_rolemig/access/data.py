@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pytest_rolemig.access_matrix import owner_references, rls_tables
+from pytest_rolemig.access.catalog import owner_references, rls_tables
 from pytest_rolemig.db import scalar
 from pytest_rolemig.target import Target
 

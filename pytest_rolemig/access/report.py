@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from pytest_rolemig.access_matrix import ANON, COMMANDS, Matrix
-from pytest_rolemig.access_store import EMPTY
+from pytest_rolemig.access.matrix import ANON, COMMANDS, Matrix
+from pytest_rolemig.access.store import EMPTY
 
 Changes = dict[str, dict[str, tuple[str, ...]]]
 
