@@ -33,8 +33,8 @@ from pytest_rolemig.access.matrix import choose_actors, compute_matrix
 from pytest_rolemig.access.report import compare
 from pytest_rolemig.access.store import ReachStore
 from pytest_rolemig.databases import create_database, drop_database, unique_name
-from pytest_rolemig.oracle import take_snapshot
 from pytest_rolemig.rehearsal import Rehearsal
+from pytest_rolemig.roundtrip.oracle import take_snapshot
 
 GATE_USERS = 10_000
 

@@ -14,7 +14,7 @@ from typing import Any
 from pytest_rolemig import api
 from pytest_rolemig.checks import CheckReport
 from pytest_rolemig.mapping import RoleMapping
-from pytest_rolemig.oracle import StoredSnapshot
+from pytest_rolemig.roundtrip.oracle import StoredSnapshot
 from pytest_rolemig.target import Target
 
 STEPS = ("install", "backup", "migrate", "rollback")

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from pytest_rolemig.cli import errors, main
-from pytest_rolemig.oracle import take_snapshot
+from pytest_rolemig.roundtrip.oracle import take_snapshot
 from pytest_rolemig.target import Target
 
 LOCK = "SELECT pg_advisory_lock(hashtext('pytest_rolemig.migration'))"

@@ -14,7 +14,7 @@ import pytest
 from pytest_rolemig import resources
 from pytest_rolemig.mapping import load_mapping
 from pytest_rolemig.online import Background, act_as, call, wait_blocked, wait_until
-from pytest_rolemig.oracle import take_snapshot
+from pytest_rolemig.roundtrip.oracle import take_snapshot
 from pytest_rolemig.target import Target
 
 MAPPING = load_mapping(resources.demo_mapping()).mapping

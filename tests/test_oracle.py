@@ -11,7 +11,7 @@ import pytest
 
 from pytest_rolemig import api, resources
 from pytest_rolemig.mapping import load_mapping
-from pytest_rolemig.oracle import StoredSnapshot, composite_fields, take_snapshot
+from pytest_rolemig.roundtrip.oracle import StoredSnapshot, composite_fields, take_snapshot
 from pytest_rolemig.target import Target
 
 MAPPING = load_mapping(resources.demo_mapping()).mapping

@@ -29,7 +29,7 @@ from pytest_rolemig.roundtrip import (
     run_property,
     scratch_roundtrip,
 )
-from pytest_rolemig.strategies import GeneratedUser, UserSet
+from pytest_rolemig.roundtrip.strategies import GeneratedUser, UserSet
 
 # ~300 examples run in well under a minute on an idle CI machine (the rate is in the README).
 EXAMPLES = int(os.environ.get("ROLEMIG_PROPERTY_EXAMPLES", "300"))

@@ -38,7 +38,7 @@ from test_roundtrip_property import broken_rollback
 
 from pytest_rolemig import api
 from pytest_rolemig.roundtrip import DEFAULT_EDGES, Dump, RoundTrip, property_settings, scratch_roundtrip, update_row
-from pytest_rolemig.strategies import GeneratedUser, UserSet, changes
+from pytest_rolemig.roundtrip.strategies import GeneratedUser, UserSet, changes
 
 # Few, short runs on few users: each run is one transaction, rolled back; a step costs 5-45 ms,
 # and a failing run is replayed a few hundred times while it shrinks.

@@ -7,7 +7,7 @@ jsonb, NULL in every nullable column, timestamps at the ends of the range and
 ``infinity``, duplicate display names, users without sessions and with many.
 
 Rows are built from a :class:`TableShape` (the table's columns as the catalog
-describes them; :func:`pytest_rolemig.roundtrip.read_shape` reads it), so the
+describes them; :func:`pytest_rolemig.roundtrip.shapes.read_shape` reads it), so the
 same strategies fill the bundled demo or a team's own tables. Values are the
 text PostgreSQL reads in ``COPY``, so a failing example prints as it is stored.
 Every strategy shrinks towards small sets, NULLs and short plain values.
@@ -20,150 +20,25 @@ import json
 import re
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from hypothesis import reject
 from hypothesis import strategies as st
 
 from pytest_rolemig.errors import ConfigError
+from pytest_rolemig.roundtrip.shapes import (
+    ColumnShape,
+    Edges,
+    GeneratedUser,
+    Row,
+    TableShape,
+    UserSet,
+    UsersShape,
+)
 
-Row = dict[str, "str | None"]
-
-# ------------------------------------------------------------------ shapes ---
-
-
-@dataclass(frozen=True)
-class ColumnShape:
-    """One column as the generator needs it (read from ``pg_attribute``)."""
-
-    name: str
-    type_name: str  # format_type(), e.g. "character varying(255)"
-    base: str  # type name without modifiers; "enum" for enum types
-    nullable: bool
-    has_default: bool
-    skip: bool = False  # generated or identity column: PostgreSQL fills it
-    references: bool = False  # a foreign key points elsewhere: only NULL can be invented
-    unique: bool = False  # a single-column unique index
-    max_length: int | None = None
-    labels: tuple[str, ...] = ()  # enum labels
-
-
-@dataclass(frozen=True)
-class TableShape:
-    """A table's writable columns and its key column."""
-
-    schema: str
-    name: str
-    key: str
-    columns: tuple[ColumnShape, ...]
-
-    def column(self, name: str) -> ColumnShape:
-        """The column called ``name``."""
-        for col in self.columns:
-            if col.name == name:
-                return col
-        raise KeyError(f"{self.schema}.{self.name} has no column {name}")
-
-    def __str__(self) -> str:
-        return f"{self.schema}.{self.name}"
-
-
-@dataclass(frozen=True)
-class UsersShape:
-    """Where users live: profiles (key + role column), sessions (user column), parent of the key."""
-
-    profiles: TableShape
-    role_column: str
-    sessions: TableShape | None  # None: the application has no sessions table (users have none)
-    session_user_column: str
-    parent: TableShape | None = None  # e.g. auth.users, referenced by the profiles key (or user column)
-    # a roles table (one row per user and role): the column naming the user; None: the key
-    user_column: str | None = None
-
-
-@dataclass(frozen=True)
-class Edges:
-    """Which edge values to generate; all on by default. Turn one off only for a known, reported bug."""
-
-    json_null: bool = True  # a jsonb/json column holding the JSON scalar null (not SQL NULL)
-    json_text: bool = True  # json (not jsonb) text with spacing and duplicate keys, which json keeps
-
-
-# ------------------------------------------------------------- generated ---
-
-
-@dataclass(frozen=True)
-class GeneratedUser:
-    """One user: the profile row, session rows, and what the application changes after the backup.
-
-    ``profile_edit`` / ``session_edits`` are later values of non-key, non-role
-    columns (None: untouched), written after the backup to tell a rollback that
-    restores the backup from one that merely leaves things alone.
-    """
-
-    profile: Row
-    sessions: tuple[Row, ...] = ()
-    profile_edit: Row | None = None
-    session_edits: tuple[Row | None, ...] = ()
-    parent: Row = field(default_factory=dict)  # required columns of the key's parent table, if any
-
-    def __repr__(self) -> str:
-        parts = [f"profile={self.profile!r}"]
-        if self.sessions:
-            parts.append(f"sessions={list(self.sessions)!r}")
-        if self.profile_edit is not None:
-            parts.append(f"profile_edit={self.profile_edit!r}")
-        if any(e is not None for e in self.session_edits):
-            parts.append(f"session_edits={list(self.session_edits)!r}")
-        return f"GeneratedUser({', '.join(parts)})"
-
-    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
-        """Hypothesis prints falsifying examples with this."""
-        printer.text(repr(self))
-
-
-@dataclass(frozen=True)
-class UserSet:
-    """A generated set of users (keys unique), as one example of a property."""
-
-    users: tuple[GeneratedUser, ...]
-    shape: UsersShape = field(repr=False, compare=False)
-
-    def __len__(self) -> int:
-        return len(self.users)
-
-    def __repr__(self) -> str:
-        inner = "".join(f"\n    {u!r}," for u in self.users)
-        return f"UserSet(users=[{inner}\n])" if self.users else "UserSet(users=[])"
-
-    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
-        """Hypothesis prints falsifying examples with this: the users, not the table shapes."""
-        printer.text(repr(self))
-
-    def key(self, user: GeneratedUser) -> str:
-        """The user's key, as text."""
-        value = user.profile[self.shape.profiles.key]
-        assert value is not None
-        return value
-
-    def user_id(self, user: GeneratedUser) -> str:
-        """The user's id (the user column; the key unless the profiles table is a roles table), as text."""
-        value = user.profile[self.shape.user_column or self.shape.profiles.key]
-        assert value is not None
-        return value
-
-    def role(self, user: GeneratedUser) -> str:
-        """The user's legacy role."""
-        value = user.profile[self.shape.role_column]
-        assert value is not None
-        return value
-
-    @property
-    def session_count(self) -> int:
-        """Sessions of every user together."""
-        return sum(len(u.sessions) for u in self.users)
-
+ALL_EDGES = Edges()
+"""The default: every edge value is generated."""
 
 # ------------------------------------------------------------ primitives ---
 
@@ -281,7 +156,7 @@ class SharedName:
 
 
 def column_values(col: ColumnShape, *, shared_names: bool = False,
-                  edges: Edges = Edges()) -> st.SearchStrategy[Any] | None:
+                  edges: Edges = ALL_EDGES) -> st.SearchStrategy[Any] | None:
     """Text values (COPY input) for ``col``, by type and name; None when no value can be invented."""
     base = col.base
     values: st.SearchStrategy[str | SharedName]
@@ -367,13 +242,13 @@ def _fields(table: TableShape, exclude: Sequence[str], shared_names: bool,
 
 
 def rows(table: TableShape, *, exclude: Sequence[str] = (), shared_names: bool = False,
-         required_only: bool = False, edges: Edges = Edges()) -> st.SearchStrategy[Row]:
+         required_only: bool = False, edges: Edges = ALL_EDGES) -> st.SearchStrategy[Row]:
     """Rows of ``table`` (without ``exclude``): NULL in nullable columns first, so examples shrink to NULLs."""
     return st.fixed_dictionaries(_fields(table, exclude, shared_names, required_only, edges))
 
 
 def changes(table: TableShape, *, exclude: Sequence[str] = (),
-            edges: Edges = Edges()) -> st.SearchStrategy[Row | None]:
+            edges: Edges = ALL_EDGES) -> st.SearchStrategy[Row | None]:
     """A later value for one column of a row (what the application changes), or None: no change."""
     fields = _fields(table, exclude, False, False, edges)
     if not fields:
@@ -453,7 +328,7 @@ def _user(shape: UsersShape, roles: Sequence[str],
 
 def user_sets(shape: UsersShape, roles: Sequence[str], *, min_users: int = 0, max_users: int = 12,
               max_sessions: int = 8, edits: bool = True,
-              edges: Edges = Edges(), plain: bool = False) -> st.SearchStrategy[UserSet]:
+              edges: Edges = ALL_EDGES, plain: bool = False) -> st.SearchStrategy[UserSet]:
     """Sets of users over ``roles`` for the tables in ``shape``.
 
     Keys are unique (and so are the values of single-column unique indexes);
