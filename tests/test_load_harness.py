@@ -9,7 +9,7 @@ import json
 
 import psycopg
 
-from pytest_rolemig import load
+from pytest_rolemig.tools import load
 
 
 def test_clients_never_fail_during_online_migration(rolemig_server, rolemig_bare_db):

@@ -1,6 +1,6 @@
 """Load harness: migrate N users online while C clients keep acting as authenticated users.
 
-    python -m pytest_rolemig.load --users 100000 --clients 8
+    rolemig-load --users 100000 --clients 8
 
 Starts its own ephemeral PostgreSQL, loads the demo schema, installs the infrastructure, seeds
 users set-based (generate_series into auth.users, public.user_profiles, auth.sessions), then runs
