@@ -3,6 +3,7 @@
 -- Provides:
 --   * the four schemas migration_tracking, migration_backup, migration_validation,
 --     migration_control (every later file relies on them);
+--   * migration_control.infrastructure_version (the version installed, see the backup system);
 --   * the configuration tables migration_control.target_config (one row: which table,
 --     columns and schemas the migration works on), migration_control.new_roles and
 --     migration_control.role_mapping (filled by migration_control.load_role_mapping);
@@ -24,6 +25,21 @@ COMMENT ON SCHEMA migration_tracking IS 'Role migration: batches, per-user log, 
 COMMENT ON SCHEMA migration_backup IS 'Role migration: backups and rollbacks';
 COMMENT ON SCHEMA migration_validation IS 'Role migration: validation checks and their results';
 COMMENT ON SCHEMA migration_control IS 'Role migration: configuration and orchestration';
+
+-- ------------------------------------------------------------ version ----
+
+-- The version of the infrastructure installed: 1 (no row; backups as jsonb rows) or 2 (typed
+-- backup copies). Written by comprehensive-backup-system.sql once the backups of an older
+-- version are converted, so a re-install or an upgrade always ends with the current one.
+CREATE TABLE IF NOT EXISTS migration_control.infrastructure_version (
+    singleton     boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    version       integer NOT NULL,
+    backup_format text NOT NULL,
+    installed_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    upgraded_at   timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+COMMENT ON TABLE migration_control.infrastructure_version IS
+    'One row: the version of the migration infrastructure installed and the format of its backups';
 
 -- ------------------------------------------------------ configuration ----
 

@@ -4,16 +4,23 @@
 --   * table rollback_log (one row per rollback attempt, kept even when it fails);
 --   * execute_rollback   -- revert mode: undoes what the migration changed and nothing else
 --                           (role compare-and-swap, role CHECK constraints, policies, RLS flags);
---   * emergency_rollback -- full restore from the backup tables alone (every column of every
+--   * emergency_rollback -- full restore from the backup alone (every column of every
 --                           backed-up profile, constraints, policies; never sessions), for a
 --                           half-done migration or broken tracking tables;
 --   * validate_rollback_success, list_available_backups;
---   * helpers: backup_intact, role_conflicts, lock_restore_tables, restore_role_checks,
---     restore_policies, perform_rollback, missing_from_live.
+--   * helpers: backup_intact, column_pairs, schema_changes, role_conflicts,
+--     lock_restore_tables, restore_role_checks, restore_policies, perform_rollback,
+--     missing_from_live.
+-- Profile and session rows are read from the backup's typed copies (backup_log.profiles_copy,
+-- sessions_copy), joined to the live tables by key; values are compared by their binary image
+-- (record_image_eq: exact, and possible for json, which has no equality operator). A column
+-- added, dropped or retyped since the backup is reported (rollback_log.schema_changes, the
+-- profiles_content check), not a crash.
 -- Depends on: migration-logging-system.sql (schemas, target_config, role_mapping, tracking
---   tables) and comprehensive-backup-system.sql (backup tables, describe_policies,
---   role_check_constraints, backup_checksums, validate_backup_completeness); at run time on
---   migration_control.online_backoff (online-migration.sql) for the lock retries.
+--   tables) and comprehensive-backup-system.sql (backup_log and the copies, describe_policies,
+--   role_check_constraints, copy_table, key_match_sql, backup_integrity,
+--   validate_backup_completeness); at run time on migration_control.online_backoff
+--   (online-migration.sql) for the lock retries.
 -- The target table and columns are read from the backup's own copy of
 -- migration_control.target_config (backup_log.target), so a restore goes back into the table
 -- the backup was taken from.
@@ -34,6 +41,8 @@ CREATE TABLE IF NOT EXISTS migration_backup.rollback_log (
     error             text
 );
 CREATE INDEX IF NOT EXISTS rollback_log_backup_idx ON migration_backup.rollback_log (backup_id);
+-- columns added, dropped or retyped in the live table since the backup (schema_changes); {} when none
+ALTER TABLE migration_backup.rollback_log ADD COLUMN IF NOT EXISTS schema_changes jsonb NOT NULL DEFAULT '{}';
 
 -- ------------------------------------------------------------ helpers ----
 
@@ -43,12 +52,49 @@ LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    -- True when the backup is completed and its rows still match the counts and checksums
-    -- recorded when it was taken (and each row's key/role agree with its row_data): the
-    -- minimum a restore needs. Live data is not looked at.
+    -- True when the backup is completed and its copies still match the counts and checksums
+    -- recorded when it was taken (backup_integrity): the minimum a restore needs. Live data is
+    -- not looked at.
     SELECT coalesce(bool_and(v.status <> 'fail'), false)
-      FROM migration_backup.validate_backup_completeness(p_backup_id) AS v
-     WHERE v.check_name <> 'covers_live_users'
+      FROM migration_backup.backup_integrity(p_backup_id) AS v
+$$;
+
+CREATE OR REPLACE FUNCTION migration_backup.column_pairs(p_copy regclass, p_live regclass)
+RETURNS TABLE (column_name text, in_copy boolean, in_live boolean, same_type boolean, generated boolean,
+               identity_always boolean)
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- The columns of a backup copy and of the live table it was taken from, matched by name,
+    -- in the live table's order (columns only the copy has last): whether each side has it,
+    -- whether the types (with modifiers) agree, and what the live column is (generated,
+    -- identity GENERATED ALWAYS). A restore writes the columns both have with the same type.
+    SELECT coalesce(t.attname, c.attname)::text, c.attname IS NOT NULL, t.attname IS NOT NULL,
+           coalesce(c.atttypid = t.atttypid AND c.atttypmod = t.atttypmod, false),
+           coalesce(t.attgenerated <> '', false), coalesce(t.attidentity = 'a', false)
+      FROM (SELECT a.* FROM pg_catalog.pg_attribute AS a
+             WHERE a.attrelid = p_copy AND a.attnum > 0 AND NOT a.attisdropped) AS c
+      FULL JOIN (SELECT a.* FROM pg_catalog.pg_attribute AS a
+                  WHERE a.attrelid = p_live AND a.attnum > 0 AND NOT a.attisdropped) AS t
+        ON t.attname = c.attname
+     ORDER BY t.attnum NULLS LAST, c.attnum
+$$;
+
+CREATE OR REPLACE FUNCTION migration_backup.schema_changes(p_copy regclass, p_live regclass)
+RETURNS jsonb
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- How the live table's columns changed since the backup: added (kept as they are by a
+    -- restore), dropped (their backed-up values cannot go back), type changed (not restored).
+    -- {} when the columns agree.
+    SELECT jsonb_strip_nulls(jsonb_build_object(
+               'added_after_backup', jsonb_agg(p.column_name) FILTER (WHERE p.in_live AND NOT p.in_copy),
+               'dropped_after_backup', jsonb_agg(p.column_name) FILTER (WHERE p.in_copy AND NOT p.in_live),
+               'type_changed', jsonb_agg(p.column_name) FILTER (WHERE p.in_copy AND p.in_live AND NOT p.same_type)))
+      FROM migration_backup.column_pairs(p_copy, p_live) AS p
 $$;
 
 CREATE OR REPLACE FUNCTION migration_backup.migration_base(
@@ -104,39 +150,39 @@ STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_t        jsonb;
-    v_key_type text;
-    v_result   jsonb;
+    v_t      jsonb;
+    v_copy   regclass;
+    v_rel    regclass;
+    v_result jsonb;
 BEGIN
     -- Backed-up users whose current role is neither their backed-up role nor what the migration
     -- writes for it (the mapping now, or the mapping stored with the backup): somebody else
-    -- changed them after the backup. Optionally also the backed-up users that no longer exist.
-    SELECT l.target INTO v_t FROM migration_backup.backup_log AS l WHERE l.backup_id = p_backup_id;
-    SELECT format_type(a.atttypid, a.atttypmod) INTO v_key_type
-      FROM pg_catalog.pg_attribute AS a
-     WHERE a.attrelid = format('%I.%I', v_t ->> 'profiles_schema', v_t ->> 'profiles_table')::regclass
-       AND a.attname = v_t ->> 'key_column' AND NOT a.attisdropped;
+    -- changed them after the backup. Optionally also the backed-up users that no longer exist
+    -- (but for the rows the migration merged away: their latest log entry is 'merged').
+    SELECT l.target, migration_backup.copy_table(l.profiles_copy)
+      INTO v_t, v_copy
+      FROM migration_backup.backup_log AS l WHERE l.backup_id = p_backup_id;
+    v_rel := format('%I.%I', v_t ->> 'profiles_schema', v_t ->> 'profiles_table')::regclass;
 
     EXECUTE format(
         'SELECT coalesce(jsonb_agg(jsonb_build_object(
-                    ''user_key'', b.user_key, ''backup_role'', b.role, ''current_role'', t.%3$I::text,
+                    ''user_key'', c.%1$I::text, ''backup_role'', c.%2$I::text, ''current_role'', t.%2$I::text,
                     ''reason'', CASE WHEN t.%1$I IS NULL THEN ''deleted after backup''
-                                     ELSE ''role changed after backup'' END) ORDER BY b.user_key), ''[]'')
-           FROM migration_backup.user_profiles_complete_backup AS b
-           LEFT JOIN %4$I.%5$I AS t ON t.%1$I = b.user_key::%2$s
-          WHERE b.backup_id = $1
-            AND CASE WHEN t.%1$I IS NULL THEN $3 AND (SELECT m.status FROM migration_tracking.migration_log AS m
-                                                        WHERE m.user_key = b.user_key
+                                     ELSE ''role changed after backup'' END) ORDER BY c.%1$I::text), ''[]'')
+           FROM %3$s AS c
+           LEFT JOIN %4$s AS t ON %5$s
+          WHERE CASE WHEN t.%1$I IS NULL THEN $2 AND (SELECT m.status FROM migration_tracking.migration_log AS m
+                                                        WHERE m.user_key = c.%1$I::text
                                                         ORDER BY m.log_id DESC LIMIT 1) IS DISTINCT FROM ''merged''
-                     ELSE t.%3$I::text IS DISTINCT FROM b.role
-                          AND t.%3$I::text IS DISTINCT FROM ($2 -> ''mapping'' ->> b.role)
-                          AND t.%3$I::text IS DISTINCT FROM
+                     ELSE t.%2$I::text IS DISTINCT FROM c.%2$I::text
+                          AND t.%2$I::text IS DISTINCT FROM ($1 -> ''mapping''::text ->> c.%2$I::text)
+                          AND t.%2$I::text IS DISTINCT FROM
                               (SELECT m.new_role FROM migration_control.role_mapping AS m
-                                WHERE m.legacy_role = b.role) END',
-        v_t ->> 'key_column', v_key_type, v_t ->> 'role_column',
-        v_t ->> 'profiles_schema', v_t ->> 'profiles_table')
+                                WHERE m.legacy_role = c.%2$I::text) END',
+        v_t ->> 'key_column', v_t ->> 'role_column', v_copy, v_rel,
+        migration_backup.key_match_sql(v_copy, v_rel, v_t ->> 'key_column', 'c', 't'))
     INTO v_result
-    USING p_backup_id, v_t, p_include_deleted;
+    USING v_t, p_include_deleted;
     RETURN v_result;
 END
 $$;
@@ -419,9 +465,9 @@ RETURNS TABLE (rollback_id text, status text, profiles_restored bigint, sessions
                policies_restored integer, conflicts bigint)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
--- Rows are read back and compared as text: pinned as in create_comprehensive_backup, except
--- TimeZone (to_jsonb wrote every timestamptz with its offset, so reading it back does not
--- depend on it, and the application's triggers fired by the restore keep the caller's zone).
+-- The restore copies typed values (no text in between); only the live roles are compared as
+-- text, which does not depend on these settings, pinned as in create_comprehensive_backup but
+-- TimeZone (the application's triggers fired by the restore keep the caller's zone).
 SET DateStyle = 'ISO, YMD'
 SET IntervalStyle = 'postgres'
 SET extra_float_digits = 1
@@ -435,13 +481,14 @@ DECLARE
     v_log         migration_backup.backup_log;
     v_t           jsonb;
     v_rel         regclass;
-    v_key_type    text;
+    v_copy        regclass;
+    v_key         text;
+    v_role        text;
     v_role_type   text;
+    v_match       text;
     v_cols        text[];
     v_set_cols    text[];
-    v_vals        text[];
-    v_set_vals    text[];
-    v_src         text;
+    v_changes     jsonb := '{}';
     v_conflicts   jsonb;
     v_profiles    bigint := 0;
     v_inserted    bigint := 0;
@@ -452,26 +499,31 @@ DECLARE
     v_app_path    text := migration_tracking.application_search_path();
     -- the last CTE of each restore statement: a 'rolled_back' migration_log row for every
     -- user in CTE "changed" (user_key, old_role, new_role) whose role the statement changed
-    -- and who has a migration_log entry (its batch is the latest entry's); $2 = the message.
-    -- In user_key order: the lookups and the new index entries then walk the log's
-    -- (user_key, log_id) index from left to right instead of jumping around it.
+    -- and who has a migration_log entry, in the batch of the latest one; $2 = the message.
+    -- Set-based: the log rows of the changed users are found in one pass (a hash semi-join),
+    -- so the log needs no index for "the latest entry of a user".
     v_log_changed text := 'logged AS (
          INSERT INTO migration_tracking.migration_log (batch_id, user_key, old_role, new_role, status, message)
          SELECT l.batch_id, c.user_key, c.old_role, c.new_role, ''rolled_back'', $2
            FROM changed AS c
-           CROSS JOIN LATERAL (SELECT m.batch_id FROM migration_tracking.migration_log AS m
-                                WHERE m.user_key = c.user_key ORDER BY m.log_id DESC LIMIT 1) AS l
+           JOIN (SELECT DISTINCT ON (m.user_key) m.user_key, m.batch_id
+                   FROM migration_tracking.migration_log AS m
+                  WHERE m.user_key IN (SELECT x.user_key FROM changed AS x)
+                  ORDER BY m.user_key, m.log_id DESC) AS l ON l.user_key = c.user_key
           WHERE c.old_role IS DISTINCT FROM c.new_role
-          ORDER BY c.user_key
          RETURNING 1)';
 BEGIN
     -- The restore shared by execute_rollback ('revert') and emergency_rollback ('emergency');
     -- the callers have already refused what must be refused. A rollback_log row is written
     -- first; all data and schema changes happen in an inner block, so an error undoes every
     -- change of the attempt while the log row survives with status 'failed' and the error.
-    -- revert:    role column compare-and-swap only (current = mapped(backup role) -> backup role).
+    -- The profile rows come from the backup's typed copy, joined to the live table by key:
+    -- revert:    role column compare-and-swap only (current = mapped(backup role) -> backup role),
+    --            plus the rows the migration deleted as merged duplicates;
     -- emergency: every backed-up column of every backed-up profile (UPDATE where different,
     --            INSERT where missing); sessions are left as they are.
+    -- A column added, dropped or retyped since the backup is not written; the difference is
+    -- recorded in rollback_log.schema_changes and raised as a WARNING (schema_changes).
     -- Both: first the table locks of all the DDL in one go (lock_restore_tables: short
     -- lock_timeout, retried with backoff, so the application is never deadlocked), then
     -- role CHECK constraints, policies, RLS flags; running batches -> 'rolled_back';
@@ -490,6 +542,8 @@ BEGIN
     -- first (a path naming it after the application's schemas is the application's choice).
     SELECT * INTO v_log FROM migration_backup.backup_log AS l WHERE l.backup_id = p_backup_id;
     v_t := v_log.target;
+    v_key := v_t ->> 'key_column';
+    v_role := v_t ->> 'role_column';
     v_rollback_id := 'rb_' || to_char(clock_timestamp(), 'YYYYMMDD_HH24MISS') || '_'
                      || left(replace(gen_random_uuid()::text, '-', ''), 6);
     INSERT INTO migration_backup.rollback_log (rollback_id, backup_id, reason, mode, status)
@@ -497,16 +551,30 @@ BEGIN
 
     BEGIN
         v_rel := format('%I.%I', v_t ->> 'profiles_schema', v_t ->> 'profiles_table')::regclass;
-        SELECT max(format_type(a.atttypid, a.atttypmod)) FILTER (WHERE a.attname = v_t ->> 'key_column'),
-               max(format_type(a.atttypid, a.atttypmod)) FILTER (WHERE a.attname = v_t ->> 'role_column')
-          INTO v_key_type, v_role_type
+        v_copy := migration_backup.copy_table(v_log.profiles_copy);
+        IF v_copy IS NULL THEN
+            RAISE EXCEPTION 'backup % has no profiles copy', p_backup_id
+                USING DETAIL = format('migration_backup.%I is missing.', coalesce(v_log.profiles_copy, '(none)')),
+                      HINT = 'Restore from another backup (list_available_backups() shows which are restorable).';
+        END IF;
+        SELECT format_type(a.atttypid, a.atttypmod) INTO v_role_type
           FROM pg_catalog.pg_attribute AS a
-         WHERE a.attrelid = v_rel AND a.attnum > 0 AND NOT a.attisdropped;
-        IF v_key_type IS NULL OR v_role_type IS NULL THEN
-            RAISE EXCEPTION 'table % has no column % or %', v_rel, v_t ->> 'key_column', v_t ->> 'role_column'
+         WHERE a.attrelid = v_rel AND a.attname = v_role AND a.attnum > 0 AND NOT a.attisdropped;
+        v_match := migration_backup.key_match_sql(v_copy, v_rel, v_key, 'c', 't');
+        IF v_match IS NULL OR v_role_type IS NULL
+           OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute AS a
+                           WHERE a.attrelid = v_copy AND a.attname = v_role AND NOT a.attisdropped) THEN
+            RAISE EXCEPTION 'table % has no column % or %', v_rel, v_key, v_role
                 USING DETAIL = format('Backup %s was taken with key column %s and role column %s.',
-                                      p_backup_id, v_t ->> 'key_column', v_t ->> 'role_column'),
+                                      p_backup_id, v_key, v_role),
                       HINT = 'Restore the table definition first; a rollback restores data, not columns.';
+        END IF;
+        v_changes := migration_backup.schema_changes(v_copy, v_rel);
+        IF v_changes <> '{}' THEN
+            RAISE WARNING 'rollback %: the columns of % changed since backup %: %', v_rollback_id, v_rel,
+                          p_backup_id, v_changes
+                USING DETAIL = 'Added columns keep their values; dropped or retyped ones are not restored.',
+                      HINT = 'See migration_backup.rollback_log.schema_changes.';
         END IF;
 
         v_conflicts := migration_backup.role_conflicts(p_backup_id, p_mode = 'revert');
@@ -515,128 +583,98 @@ BEGIN
         PERFORM migration_backup.lock_restore_tables(p_backup_id);
         PERFORM migration_backup.restore_role_checks(p_backup_id, 'drop');
 
-        -- Columns restorable from the backup: present both in the table (not generated) and
-        -- in the backed-up rows; identity GENERATED ALWAYS columns and the key are not SET.
-        -- Each column's value is (src.r).col, the backed-up row read back by
-        -- jsonb_populate_record; a json or jsonb column takes the exact text kept in
-        -- json_text when the backup has one for it (json text, a JSON null).
-        SELECT array_agg(a.attname::text ORDER BY a.attnum),
-               array_agg(a.attname::text ORDER BY a.attnum)
-                   FILTER (WHERE a.attidentity <> 'a' AND a.attname <> v_t ->> 'key_column'),
-               array_agg(v.expr ORDER BY a.attnum),
-               array_agg(v.expr ORDER BY a.attnum)
-                   FILTER (WHERE a.attidentity <> 'a' AND a.attname <> v_t ->> 'key_column')
-          INTO v_cols, v_set_cols, v_vals, v_set_vals
-          FROM pg_catalog.pg_attribute AS a
-          JOIN pg_catalog.pg_type AS ty ON ty.oid = a.atttypid
-          CROSS JOIN LATERAL (
-              SELECT CASE WHEN (CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END)
-                               IN ('json'::regtype, 'jsonb'::regtype)
-                          THEN format('CASE WHEN src.j ? %1$L::text THEN (src.j ->> %1$L::text)::%2$s '
-                                      'ELSE (src.r).%1$I END',
-                                      a.attname, format_type(a.atttypid, a.atttypmod))
-                          ELSE format('(src.r).%I', a.attname) END AS expr) AS v
-         WHERE a.attrelid = v_rel AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-           AND EXISTS (SELECT 1 FROM migration_backup.user_profiles_complete_backup AS b
-                        WHERE b.backup_id = p_backup_id AND b.row_data ? a.attname
-                        LIMIT 1);
-        v_src := format('(SELECT pg_catalog.jsonb_populate_record(NULL::%s, b.row_data) AS r, b.json_text AS j
-                            FROM migration_backup.user_profiles_complete_backup AS b
-                           WHERE b.backup_id = $1) AS src', v_rel);
+        -- Columns restorable from the copy: in both with the same type, not generated in the
+        -- live table; identity GENERATED ALWAYS columns and the key are not SET.
+        SELECT array_agg(p.column_name),
+               array_agg(p.column_name) FILTER (WHERE NOT p.identity_always AND p.column_name <> v_key)
+          INTO v_cols, v_set_cols
+          FROM migration_backup.column_pairs(v_copy, v_rel) AS p
+         WHERE p.in_copy AND p.in_live AND p.same_type AND NOT p.generated;
+
         IF p_mode = 'revert' THEN
             v_sql := format(
                 'WITH cand AS (
-                     SELECT t.%1$I AS k, b.user_key, b.role AS backup_role, t.%3$I::text AS current_role
-                       FROM migration_backup.user_profiles_complete_backup AS b
-                       JOIN %5$s AS t ON t.%1$I = b.user_key::%2$s
-                      WHERE b.backup_id = $1
-                        AND t.%3$I::text IS DISTINCT FROM b.role
-                        AND (t.%3$I::text = ($3 -> ''mapping''::text ->> b.role)
-                             OR t.%3$I::text = (SELECT m.new_role FROM migration_control.role_mapping AS m
-                                                 WHERE m.legacy_role = b.role))),
+                     SELECT t.%1$I AS k, c.%1$I::text AS user_key, c.%2$I::text AS backup_role,
+                            t.%2$I::text AS current_role
+                       FROM %4$s AS c
+                       JOIN %5$s AS t ON %6$s
+                      WHERE t.%2$I::text IS DISTINCT FROM c.%2$I::text
+                        AND (t.%2$I::text = ($3 -> ''mapping''::text ->> c.%2$I::text)
+                             OR t.%2$I::text = (SELECT m.new_role FROM migration_control.role_mapping AS m
+                                                 WHERE m.legacy_role = c.%2$I::text))),
                  changed AS (
-                     UPDATE %5$s AS t SET %3$I = c.backup_role::%4$s
+                     UPDATE %5$s AS t SET %2$I = c.backup_role::%3$s
                        FROM cand AS c
-                      WHERE t.%1$I = c.k AND t.%3$I::text = c.current_role
+                      WHERE t.%1$I = c.k AND t.%2$I::text = c.current_role
                      RETURNING c.user_key, c.current_role AS old_role, c.backup_role AS new_role),
-                 %6$s
+                 %7$s
                  SELECT pg_catalog.count(*) FROM changed',
-                v_t ->> 'key_column', v_key_type, v_t ->> 'role_column', v_role_type, v_rel, v_log_changed);
+                v_key, v_role, v_role_type, v_copy, v_rel, v_match, v_log_changed);
             PERFORM pg_catalog.set_config('search_path', v_app_path, true);
             EXECUTE v_sql INTO v_profiles USING p_backup_id, 'rollback ' || v_rollback_id, v_t;
             PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-            -- rows the migration deleted as merged duplicates (their latest log entry is
-            -- 'merged', see migrate_batch) come back as the backup has them, after the role
-            -- UPDATE gave their kept twin its backed-up role back (else the index would collide)
-            IF v_cols IS NOT NULL AND EXISTS (SELECT 1 FROM migration_tracking.migration_log AS m
-                                               WHERE m.status = 'merged') THEN
-                v_sql := format(
-                    'WITH changed AS (
-                         INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE
-                         SELECT %3$s
-                           FROM %6$s
-                          WHERE NOT EXISTS (SELECT 1 FROM %1$s AS t WHERE t.%4$I = (src.r).%4$I)
-                            AND (SELECT m.status FROM migration_tracking.migration_log AS m
-                                  WHERE m.user_key = (src.r).%4$I::text
-                                  ORDER BY m.log_id DESC LIMIT 1) = ''merged''
-                         RETURNING %4$I::text AS user_key, NULL::text AS old_role, %5$I::text AS new_role),
-                     %7$s
-                     SELECT pg_catalog.count(*) FROM changed',
-                    v_rel,
-                    (SELECT string_agg(format('%I', c), ', ') FROM unnest(v_cols) AS c),
-                    array_to_string(v_vals, ', '),
-                    v_t ->> 'key_column', v_t ->> 'role_column', v_src, v_log_changed);
-                PERFORM pg_catalog.set_config('search_path', v_app_path, true);
-                EXECUTE v_sql INTO v_inserted USING p_backup_id, 'rollback ' || v_rollback_id;
-                PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-                v_profiles := v_profiles + v_inserted;
-            END IF;
-        ELSE
-            IF v_set_cols IS NOT NULL THEN
-                v_sql := format(
-                    'WITH changed AS (
-                         UPDATE %1$s AS t SET (%2$s) = ROW(%3$s)
-                           FROM %8$s
-                           JOIN %1$s AS cur ON cur.%4$I = (src.r).%4$I
-                          WHERE t.%4$I = (src.r).%4$I AND ROW(%5$s)::text IS DISTINCT FROM ROW(%6$s)::text
-                         RETURNING t.%4$I::text AS user_key, cur.%7$I::text AS old_role, t.%7$I::text AS new_role),
-                     %9$s
-                     SELECT pg_catalog.count(*) FROM changed',
-                    v_rel,
-                    (SELECT string_agg(format('%I', c), ', ') FROM unnest(v_set_cols) AS c),
-                    array_to_string(v_set_vals, ', '),
-                    v_t ->> 'key_column',
-                    (SELECT string_agg(format('t.%I', c), ', ') FROM unnest(v_cols) AS c),
-                    array_to_string(v_vals, ', '),
-                    v_t ->> 'role_column', v_src, v_log_changed);
-                PERFORM pg_catalog.set_config('search_path', v_app_path, true);
-                EXECUTE v_sql INTO v_profiles USING p_backup_id, 'emergency rollback ' || v_rollback_id;
-                PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-            END IF;
-
-            IF v_cols IS NOT NULL THEN  -- a backup without profile rows has nothing to insert
-                v_sql := format(
-                    'WITH changed AS (
-                         INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE
-                         SELECT %3$s
-                           FROM %6$s
-                          WHERE NOT EXISTS (SELECT 1 FROM %1$s AS t WHERE t.%4$I = (src.r).%4$I)
-                         RETURNING %4$I::text AS user_key, NULL::text AS old_role, %5$I::text AS new_role),
-                     %7$s
-                     SELECT pg_catalog.count(*) FROM changed',
-                    v_rel,
-                    (SELECT string_agg(format('%I', c), ', ') FROM unnest(v_cols) AS c),
-                    array_to_string(v_vals, ', '),
-                    v_t ->> 'key_column', v_t ->> 'role_column', v_src, v_log_changed);
-                PERFORM pg_catalog.set_config('search_path', v_app_path, true);
-                EXECUTE v_sql INTO v_inserted USING p_backup_id, 'emergency rollback ' || v_rollback_id;
-                PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-            END IF;
-            v_profiles := v_profiles + v_inserted;
-
-            -- Sessions are not written: the migration never touches them, and rewriting them
-            -- would revive sessions revoked or expired after the backup and undo refreshes.
+        ELSIF v_set_cols IS NOT NULL THEN
+            v_sql := format(
+                'WITH changed AS (
+                     UPDATE %1$s AS t SET (%2$s) = ROW(%3$s)
+                       FROM %4$s AS c
+                       JOIN %1$s AS cur ON %5$s
+                      WHERE %6$s AND NOT pg_catalog.record_image_eq(ROW(%7$s), ROW(%8$s))
+                     RETURNING t.%9$I::text AS user_key, cur.%10$I::text AS old_role, t.%10$I::text AS new_role),
+                 %11$s
+                 SELECT pg_catalog.count(*) FROM changed',
+                v_rel,
+                (SELECT string_agg(format('%I', x), ', ') FROM unnest(v_set_cols) AS x),
+                (SELECT string_agg(format('c.%I', x), ', ') FROM unnest(v_set_cols) AS x),
+                v_copy,
+                migration_backup.key_match_sql(v_copy, v_rel, v_key, 'c', 'cur'),
+                v_match,
+                (SELECT string_agg(format('t.%I', x), ', ') FROM unnest(v_cols) AS x),
+                (SELECT string_agg(format('c.%I', x), ', ') FROM unnest(v_cols) AS x),
+                v_key, v_role, v_log_changed);
+            PERFORM pg_catalog.set_config('search_path', v_app_path, true);
+            EXECUTE v_sql INTO v_profiles USING p_backup_id, 'emergency rollback ' || v_rollback_id;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
         END IF;
+
+        -- Backed-up rows missing from the live table go back in, as the copy has them: in an
+        -- emergency every one; in a revert only those the migration deleted as merged duplicates
+        -- (their latest log entry is 'merged', see migrate_batch), after the role UPDATE gave
+        -- their kept twin its backed-up role back (else the unique index would collide). One
+        -- statement, the mode choosing the predicate.
+        IF v_cols IS NOT NULL
+           AND (p_mode = 'emergency'
+                OR EXISTS (SELECT 1 FROM migration_tracking.migration_log AS m WHERE m.status = 'merged')) THEN
+            v_sql := format(
+                'WITH missing AS (
+                     SELECT c.* FROM %1$s AS c WHERE NOT EXISTS (SELECT 1 FROM %2$s AS t WHERE %3$s)),
+                 changed AS (
+                     INSERT INTO %2$s (%4$s) OVERRIDING SYSTEM VALUE
+                     SELECT %5$s FROM missing AS c
+                      WHERE %6$s
+                     RETURNING %7$I::text AS user_key, NULL::text AS old_role, %8$I::text AS new_role),
+                 %9$s
+                 SELECT pg_catalog.count(*) FROM changed',
+                v_copy, v_rel, v_match,
+                (SELECT string_agg(format('%I', x), ', ') FROM unnest(v_cols) AS x),
+                (SELECT string_agg(format('c.%I', x), ', ') FROM unnest(v_cols) AS x),
+                CASE p_mode
+                    WHEN 'emergency' THEN 'true'
+                    ELSE format('c.%I::text IN (SELECT g.user_key
+                                     FROM (SELECT DISTINCT ON (m.user_key) m.user_key, m.status
+                                             FROM migration_tracking.migration_log AS m
+                                            WHERE m.user_key IN (SELECT x.%1$I::text FROM missing AS x)
+                                            ORDER BY m.user_key, m.log_id DESC) AS g
+                                    WHERE g.status = ''merged'')', v_key) END,
+                v_key, v_role, v_log_changed);
+            PERFORM pg_catalog.set_config('search_path', v_app_path, true);
+            EXECUTE v_sql INTO v_inserted
+                USING p_backup_id, CASE p_mode WHEN 'emergency' THEN 'emergency rollback ' ELSE 'rollback ' END || v_rollback_id;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+            v_profiles := v_profiles + v_inserted;
+        END IF;
+        -- Sessions are not written: the migration never touches them, and rewriting them
+        -- would revive sessions revoked or expired after the backup and undo refreshes.
 
         PERFORM migration_backup.restore_role_checks(p_backup_id, 'add');
         v_policies := migration_backup.restore_policies(p_backup_id, v_rollback_id);
@@ -648,7 +686,8 @@ BEGIN
 
         UPDATE migration_backup.rollback_log AS r
            SET status = 'completed', completed_at = clock_timestamp(), profiles_restored = v_profiles,
-               sessions_restored = v_sessions, policies_restored = v_policies, conflicts = v_conflicts
+               sessions_restored = v_sessions, policies_restored = v_policies, conflicts = v_conflicts,
+               schema_changes = v_changes
          WHERE r.rollback_id = v_rollback_id;
     EXCEPTION WHEN OTHERS THEN
         v_error := SQLERRM;
@@ -761,7 +800,7 @@ BEGIN
         RAISE EXCEPTION 'backup % is not intact; refusing to restore from it', v_backup_id
             USING DETAIL = format('Failed checks: %s. Nothing was changed.',
                                   (SELECT jsonb_agg(v.check_name)
-                                     FROM migration_backup.validate_backup_completeness(v_backup_id) AS v
+                                     FROM migration_backup.backup_integrity(v_backup_id) AS v
                                     WHERE v.status = 'fail')),
                   HINT = 'Restore from another backup (list_available_backups() shows which are restorable).';
     END IF;
@@ -782,9 +821,9 @@ $$;
 
 -- --------------------------------------------------------- validation ----
 
-CREATE OR REPLACE FUNCTION migration_backup.missing_from_live(
-    p_copies regclass, p_copy_key text, p_backup_id text, p_live regclass, p_live_key text, p_key_type text
-) RETURNS jsonb
+DROP FUNCTION IF EXISTS migration_backup.missing_from_live(regclass, text, text, regclass, text, text);
+CREATE OR REPLACE FUNCTION migration_backup.missing_from_live(p_copy regclass, p_live regclass, p_key text)
+RETURNS jsonb
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
@@ -792,17 +831,16 @@ AS $$
 DECLARE
     v_sample jsonb;
 BEGIN
-    -- The first 20 keys, in key order, of the rows backup p_backup_id copied into p_copies
-    -- (key column p_copy_key) that the live table p_live (key p_live_key of type p_key_type)
-    -- no longer has: the sample validate_rollback_success reports for profiles and sessions.
+    -- The first 20 keys (as text, in that order) of the rows of backup copy p_copy that the
+    -- live table p_live no longer has, matched on key column p_key: the sample
+    -- validate_rollback_success reports for profiles and sessions.
     EXECUTE format(
         'SELECT jsonb_agg(x.k) FROM (
-             SELECT b.%1$I AS k FROM %2$s AS b
-              WHERE b.backup_id = $1
-                AND NOT EXISTS (SELECT 1 FROM %3$s AS t WHERE t.%4$I = b.%1$I::%5$s)
-              ORDER BY b.%1$I LIMIT 20) AS x',
-        p_copy_key, p_copies, p_live, p_live_key, p_key_type)
-    INTO v_sample USING p_backup_id;
+             SELECT c.%1$I::text AS k FROM %2$s AS c
+              WHERE NOT EXISTS (SELECT 1 FROM %3$s AS t WHERE %4$s)
+              ORDER BY 1 LIMIT 20) AS x',
+        p_key, p_copy, p_live, migration_backup.key_match_sql(p_copy, p_live, p_key, 'c', 't'))
+    INTO v_sample;
     RETURN v_sample;
 END
 $$;
@@ -832,8 +870,13 @@ DECLARE
     v_t         jsonb;
     v_rel       regclass;
     v_srel      regclass;
-    v_key_type  text;
-    v_skey_type text;
+    v_copy      regclass;
+    v_scopy     regclass;
+    v_match     text;
+    v_smatch    text;
+    v_cols      text[];
+    v_changes   jsonb;
+    v_differs   text;
     v_conflict_keys text[];
     v_n         bigint;
     v_n2        bigint;
@@ -870,27 +913,26 @@ BEGIN
       FROM jsonb_array_elements(CASE WHEN v_mode = 'revert' THEN coalesce(v_rb.conflicts, '[]') ELSE '[]' END) AS c(j);
 
     v_rel := to_regclass(format('%I.%I', v_t ->> 'profiles_schema', v_t ->> 'profiles_table'));
-    SELECT format_type(a.atttypid, a.atttypmod) INTO v_key_type
-      FROM pg_catalog.pg_attribute AS a
-     WHERE a.attrelid = v_rel AND a.attname = v_t ->> 'key_column' AND NOT a.attisdropped;
-    IF v_key_type IS NULL THEN
+    v_copy := migration_backup.copy_table(v_log.profiles_copy);
+    v_match := migration_backup.key_match_sql(v_copy, v_rel, v_t ->> 'key_column', 'c', 't');
+    IF v_match IS NULL THEN
         RETURN QUERY SELECT 'profiles_count'::text, 'fail'::text,
-                            jsonb_build_object('error', 'profiles table or key column missing',
+                            jsonb_build_object('error', 'profiles table, its backup copy or their key column missing',
                                                'table', format('%I.%I', v_t ->> 'profiles_schema', v_t ->> 'profiles_table'),
-                                               'key_column', v_t ->> 'key_column');
+                                               'copy', v_log.profiles_copy, 'key_column', v_t ->> 'key_column');
     ELSE
         -- roles
         EXECUTE format(
             'SELECT count(*), jsonb_agg(x.j) FILTER (WHERE x.rn <= 20)
-               FROM (SELECT jsonb_build_object(''user_key'', b.user_key, ''backup_role'', b.role,
+               FROM (SELECT jsonb_build_object(''user_key'', c.%1$I::text, ''backup_role'', c.%2$I::text,
                                                ''current_role'', t.%2$I::text) AS j,
-                            row_number() OVER (ORDER BY b.user_key) AS rn
-                       FROM migration_backup.user_profiles_complete_backup AS b
-                       JOIN %3$s AS t ON t.%1$I = b.user_key::%4$s
-                      WHERE b.backup_id = $1 AND t.%2$I::text IS DISTINCT FROM b.role
-                        AND NOT (b.user_key = ANY ($2))) AS x',
-            v_t ->> 'key_column', v_t ->> 'role_column', v_rel, v_key_type)
-        INTO v_n, v_sample USING p_backup_id, v_conflict_keys;
+                            row_number() OVER (ORDER BY c.%1$I::text) AS rn
+                       FROM %4$s AS c
+                       JOIN %3$s AS t ON %5$s
+                      WHERE t.%2$I::text IS DISTINCT FROM c.%2$I::text
+                        AND NOT (c.%1$I::text = ANY ($1))) AS x',
+            v_t ->> 'key_column', v_t ->> 'role_column', v_rel, v_copy, v_match)
+        INTO v_n, v_sample USING v_conflict_keys;
         RETURN QUERY SELECT 'profiles_roles_restored'::text, CASE WHEN v_n = 0 THEN 'pass' ELSE 'fail' END,
                             jsonb_build_object('users_not_restored', v_n, 'conflicts_excluded',
                                                cardinality(v_conflict_keys), 'sample', coalesce(v_sample, '[]'));
@@ -909,10 +951,10 @@ BEGIN
                                    FROM migration_tracking.migration_log AS m
                                   WHERE m.logged_at < $1 AND m.logged_at > $2
                                   ORDER BY m.user_key, m.log_id DESC) AS l
-                           JOIN %3$s AS t ON t.%1$I = l.user_key::%4$s
+                           JOIN %3$s AS t ON t.%1$I::text = l.user_key
                           WHERE l.status = ''migrated'' AND l.old_role IS DISTINCT FROM l.new_role
                             AND t.%2$I::text = l.new_role AND NOT (l.user_key = ANY ($3))) AS x',
-                v_t ->> 'key_column', v_t ->> 'role_column', v_rel, v_key_type)
+                v_t ->> 'key_column', v_t ->> 'role_column', v_rel)
             INTO v_n, v_sample
             USING coalesce(v_rb.started_at, clock_timestamp()),
                   (SELECT coalesce(max(r.started_at), '-infinity') FROM migration_backup.rollback_log AS r
@@ -924,23 +966,29 @@ BEGIN
                                                    'sample', coalesce(v_sample, '[]'));
         END;
 
-        -- full content, compared column by column on the backed-up columns, except those a
-        -- BEFORE UPDATE trigger of the application sets on every write (an updated_at): the
-        -- rollback's own write changes them
+        -- full content, compared column by column (binary images: exact, and possible for
+        -- json, which has no equality) on the columns copy and table share with the same type,
+        -- except those a BEFORE UPDATE trigger of the application sets on every write (an
+        -- updated_at): the rollback's own write changes them
         v_skip := ARRAY(SELECT w.column_name FROM migration_validation.trigger_written_columns() AS w);
+        v_changes := migration_backup.schema_changes(v_copy, v_rel);
+        SELECT array_agg(p.column_name) INTO v_cols
+          FROM migration_backup.column_pairs(v_copy, v_rel) AS p
+         WHERE p.in_copy AND p.in_live AND p.same_type AND NOT (p.column_name = ANY (v_skip));
         EXECUTE format(
             'SELECT count(*), jsonb_agg(x.j) FILTER (WHERE x.rn <= 20)
-               FROM (SELECT jsonb_build_object(''user_key'', b.user_key, ''columns'',
-                                (SELECT jsonb_agg(e.key ORDER BY e.key) FROM jsonb_each(b.row_data - $2) AS e
-                                  WHERE to_jsonb(t) -> e.key IS DISTINCT FROM e.value)) AS j,
-                            row_number() OVER (ORDER BY b.user_key) AS rn
-                       FROM migration_backup.user_profiles_complete_backup AS b
-                       JOIN %2$s AS t ON t.%1$I = b.user_key::%3$s
-                      WHERE b.backup_id = $1 AND to_jsonb(t) <> b.row_data
-                        AND EXISTS (SELECT 1 FROM jsonb_each(b.row_data - $2) AS e
-                                     WHERE to_jsonb(t) -> e.key IS DISTINCT FROM e.value)) AS x',
-            v_t ->> 'key_column', v_rel, v_key_type)
-        INTO v_n, v_sample USING p_backup_id, v_skip;
+               FROM (SELECT jsonb_build_object(''user_key'', c.%1$I::text, ''columns'',
+                                to_jsonb(array_remove(ARRAY[%5$s], NULL))) AS j,
+                            row_number() OVER (ORDER BY c.%1$I::text) AS rn
+                       FROM %3$s AS c
+                       JOIN %2$s AS t ON %4$s
+                      WHERE NOT pg_catalog.record_image_eq(ROW(%6$s), ROW(%7$s))) AS x',
+            v_t ->> 'key_column', v_rel, v_copy, v_match,
+            (SELECT string_agg(format('CASE WHEN NOT pg_catalog.record_image_eq(ROW(t.%1$I), ROW(c.%1$I)) '
+                                      'THEN %1$L END', x), ', ' ORDER BY x) FROM unnest(v_cols) AS x),
+            (SELECT string_agg(format('t.%I', x), ', ') FROM unnest(v_cols) AS x),
+            (SELECT string_agg(format('c.%I', x), ', ') FROM unnest(v_cols) AS x))
+        INTO v_n, v_sample;
         RETURN QUERY SELECT 'profiles_content'::text,
                             CASE WHEN v_n = 0 THEN 'pass' WHEN v_mode = 'emergency' THEN 'fail' ELSE 'warn' END,
                             jsonb_build_object('rows_differing', v_n, 'mode', v_mode,
@@ -948,24 +996,21 @@ BEGIN
                             || CASE WHEN cardinality(v_skip) > 0
                                     THEN jsonb_build_object('not_compared', to_jsonb(v_skip),
                                                             'why', 'set by a BEFORE UPDATE trigger on every write')
+                                    ELSE '{}' END
+                            || CASE WHEN v_changes <> '{}' THEN jsonb_build_object('schema_changes', v_changes)
                                     ELSE '{}' END;
 
         -- counts: backed-up users missing, live users not in the backup; the sample of the
         -- missing ones is a second pass, taken only when there are some (as for sessions)
         EXECUTE format(
-            'SELECT (SELECT count(*) FROM migration_backup.user_profiles_complete_backup AS b
-                      WHERE b.backup_id = $1
-                        AND NOT EXISTS (SELECT 1 FROM %2$s AS t WHERE t.%1$I = b.user_key::%3$s)),
-                    (SELECT count(*) FROM %2$s AS t
-                      WHERE NOT EXISTS (SELECT 1 FROM migration_backup.user_profiles_complete_backup AS b
-                                         WHERE b.backup_id = $1 AND b.user_key = t.%1$I::text)),
-                    (SELECT count(*) FROM %2$s)',
-            v_t ->> 'key_column', v_rel, v_key_type)
-        INTO v_n, v_n2, v_n3 USING p_backup_id;
+            'SELECT (SELECT count(*) FROM %2$s AS c WHERE NOT EXISTS (SELECT 1 FROM %1$s AS t WHERE %3$s)),
+                    (SELECT count(*) FROM %1$s AS t WHERE NOT EXISTS (SELECT 1 FROM %2$s AS c WHERE %3$s)),
+                    (SELECT count(*) FROM %1$s)',
+            v_rel, v_copy, v_match)
+        INTO v_n, v_n2, v_n3;
         v_sample := NULL;
         IF v_n > 0 THEN
-            v_sample := migration_backup.missing_from_live('migration_backup.user_profiles_complete_backup',
-                            'user_key', p_backup_id, v_rel, v_t ->> 'key_column', v_key_type);
+            v_sample := migration_backup.missing_from_live(v_copy, v_rel, v_t ->> 'key_column');
         END IF;
         RETURN QUERY SELECT 'profiles_count'::text,
                             CASE WHEN v_n > 0 AND EXISTS (
@@ -980,48 +1025,46 @@ BEGIN
     -- sessions (none when the backed-up target has no sessions table)
     IF v_t ->> 'sessions_table' IS NOT NULL THEN
         v_srel := to_regclass(format('%I.%I', v_t ->> 'sessions_schema', v_t ->> 'sessions_table'));
-        SELECT format_type(a.atttypid, a.atttypmod) INTO v_skey_type
-          FROM pg_catalog.pg_attribute AS a
-         WHERE a.attrelid = v_srel AND a.attname = v_t ->> 'sessions_key_column' AND NOT a.attisdropped;
+        v_scopy := migration_backup.copy_table(v_log.sessions_copy);
+        v_smatch := migration_backup.key_match_sql(v_scopy, v_srel, v_t ->> 'sessions_key_column', 'c', 't');
     END IF;
     IF v_t ->> 'sessions_table' IS NULL THEN
         RETURN QUERY SELECT 'sessions_intact'::text, 'pass'::text,
                             jsonb_build_object('note', 'no sessions table');
-    ELSIF v_skey_type IS NULL THEN
+    ELSIF v_smatch IS NULL THEN
         RETURN QUERY SELECT 'sessions_intact'::text, 'fail'::text,
-                            jsonb_build_object('error', 'sessions table or key column missing',
-                                               'table', format('%I.%I', v_t ->> 'sessions_schema', v_t ->> 'sessions_table'));
+                            jsonb_build_object('error', 'sessions table, its backup copy or their key column missing',
+                                               'table', format('%I.%I', v_t ->> 'sessions_schema', v_t ->> 'sessions_table'),
+                                               'copy', v_log.sessions_copy);
     ELSE
-        -- One pass counts the revoked and the changed sessions; each sample is another pass,
-        -- taken only when its count is not 0 (three passes every time cost 2.1 s of the 3.7 s
-        -- this function took at 100,000 users).
+        -- One pass counts the revoked and the changed sessions (binary images of the columns
+        -- both sides have with the same type); each sample is another pass, taken only when
+        -- its count is not 0.
+        SELECT array_agg(p.column_name) INTO v_cols
+          FROM migration_backup.column_pairs(v_scopy, v_srel) AS p
+         WHERE p.in_copy AND p.in_live AND p.same_type;
+        v_differs := format('NOT pg_catalog.record_image_eq(ROW(%s), ROW(%s))',
+                            (SELECT string_agg(format('t.%I', x), ', ') FROM unnest(v_cols) AS x),
+                            (SELECT string_agg(format('c.%I', x), ', ') FROM unnest(v_cols) AS x));
         EXECUTE format(
             'SELECT count(*) FILTER (WHERE t.%1$I IS NULL),
-                    count(*) FILTER (WHERE t.%1$I IS NOT NULL AND to_jsonb(t) <> b.row_data
-                                       AND EXISTS (SELECT 1 FROM jsonb_each(b.row_data) AS e
-                                                    WHERE to_jsonb(t) -> e.key IS DISTINCT FROM e.value))
-               FROM migration_backup.user_sessions_backup AS b
-               LEFT JOIN %2$s AS t ON t.%1$I = b.session_key::%3$s
-              WHERE b.backup_id = $1',
-            v_t ->> 'sessions_key_column', v_srel, v_skey_type)
-        INTO v_n, v_n2 USING p_backup_id;
+                    count(*) FILTER (WHERE t.%1$I IS NOT NULL AND %5$s)
+               FROM %3$s AS c
+               LEFT JOIN %2$s AS t ON %4$s',
+            v_t ->> 'sessions_key_column', v_srel, v_scopy, v_smatch, v_differs)
+        INTO v_n, v_n2;
         v_sample := NULL;
         v_sample2 := NULL;
         IF v_n > 0 THEN
-            v_sample := migration_backup.missing_from_live('migration_backup.user_sessions_backup',
-                            'session_key', p_backup_id, v_srel, v_t ->> 'sessions_key_column', v_skey_type);
+            v_sample := migration_backup.missing_from_live(v_scopy, v_srel, v_t ->> 'sessions_key_column');
         END IF;
         IF v_n2 > 0 THEN
             EXECUTE format(
-                'SELECT jsonb_agg(x.session_key) FROM (
-                     SELECT s.session_key FROM migration_backup.user_sessions_backup AS s
-                       JOIN %2$s AS t2 ON t2.%1$I = s.session_key::%3$s
-                      WHERE s.backup_id = $1 AND to_jsonb(t2) <> s.row_data
-                        AND EXISTS (SELECT 1 FROM jsonb_each(s.row_data) AS e
-                                     WHERE to_jsonb(t2) -> e.key IS DISTINCT FROM e.value)
-                      ORDER BY s.session_key LIMIT 20) AS x',
-                v_t ->> 'sessions_key_column', v_srel, v_skey_type)
-            INTO v_sample2 USING p_backup_id;
+                'SELECT jsonb_agg(x.k) FROM (
+                     SELECT c.%1$I::text AS k FROM %3$s AS c JOIN %2$s AS t ON %4$s
+                      WHERE %5$s ORDER BY 1 LIMIT 20) AS x',
+                v_t ->> 'sessions_key_column', v_srel, v_scopy, v_smatch, v_differs)
+            INTO v_sample2;
         END IF;
         RETURN QUERY SELECT 'sessions_intact'::text,
                             CASE WHEN v_n2 > 0 OR v_n > 0 THEN 'warn' ELSE 'pass' END,

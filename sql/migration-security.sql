@@ -365,12 +365,15 @@ BEGIN
                                                  'application role or PUBLIC',
                                      'hint', 'run SELECT * FROM migration_control.secure_migration_objects()');
 
-    -- 4. backup tables: RLS on, and no application role (service_role included) has a privilege
+    -- 4. backup tables: RLS on, and no application role (service_role included) has a privilege;
+    --    the views over the backup copies (user_profiles_complete_backup, user_sessions_backup)
+    --    show the same rows: no privilege either (RLS does not apply to a view)
     WITH roles AS (SELECT a.role_name, a.role_oid FROM migration_validation.application_roles() AS a),
     tabs AS (
-        SELECT c.oid, format('%I.%I', n.nspname, c.relname) AS name, c.relrowsecurity, c.relacl, c.relowner
+        SELECT c.oid, format('%I.%I', n.nspname, c.relname) AS name, c.relrowsecurity OR c.relkind = 'v' AS relrowsecurity,
+               c.relacl, c.relowner
           FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
-         WHERE n.nspname = 'migration_backup' AND c.relkind IN ('r', 'p')
+         WHERE n.nspname = 'migration_backup' AND c.relkind IN ('r', 'p', 'v')
     ), bad AS (
         SELECT t.name, 'row level security disabled' AS problem FROM tabs AS t WHERE NOT t.relrowsecurity
         UNION

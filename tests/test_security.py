@@ -176,7 +176,7 @@ def test_refused_even_when_the_schemas_are_exposed_to_the_api(rolemig_db):
         with acting_as(rolemig_db, role):
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for function"):
                 rolemig_db.execute("SELECT * FROM migration_backup.execute_rollback(NULL, NULL)")
-            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for table"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for view"):
                 rolemig_db.execute("SELECT row_data FROM migration_backup.user_sessions_backup")
     assert_everything_refused(rolemig_db)
     assert security(rolemig_db).get("migration_objects_not_exposed").status == "fail"  # USAGE is reported

@@ -102,8 +102,12 @@ def state(conn):
 
 
 def tables(conn):
-    return conn.execute("SELECT oid::regclass::text FROM pg_class WHERE relkind = 'r' "
-                        "AND relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace) "
+    """Every table but the catalogs and the backups' typed copies (which backup_log names)."""
+    return conn.execute("SELECT c.oid::regclass::text FROM pg_class c WHERE c.relkind = 'r' "
+                        "AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace) "
+                        "AND NOT (c.relnamespace = 'migration_backup'::regnamespace AND EXISTS ("
+                        "    SELECT 1 FROM migration_backup.backup_log b "
+                        "     WHERE c.relname IN (b.profiles_copy, b.sessions_copy))) "
                         "ORDER BY 1").fetchall()
 
 

@@ -2,7 +2,8 @@
 
 Every expectation is computed by an independent query on the live tables (``to_jsonb`` dumps,
 ``pg_policies``, ``pg_constraint``), not by the project's own functions; each validation check
-is driven to its failing result by corrupting a backup.
+is driven to its failing result by corrupting a backup (its typed copy, the table that holds
+its rows).
 """
 
 from __future__ import annotations
@@ -28,6 +29,19 @@ def backup(conn, name="pre_migration_backup"):
 def validate(conn, backup_id):
     return {r["check_name"]: r for r in
             rows(conn, "SELECT * FROM migration_backup.validate_backup_completeness(%s)", (backup_id,))}
+
+
+def copy_of(conn, backup_id, kind="profiles"):
+    """The qualified name of a backup's typed copy, as backup_log records it."""
+    name = one(conn, f"SELECT {kind}_copy AS c FROM migration_backup.backup_log WHERE backup_id = %s",
+               (backup_id,))["c"]
+    return f'migration_backup."{name}"'
+
+
+def copies(conn):
+    """The typed copies present in migration_backup."""
+    return [r["t"] for r in rows(conn, """SELECT tablename::text AS t FROM pg_tables
+        WHERE schemaname = 'migration_backup' AND tablename ~ '^bk_.*_(profiles|sessions)$' ORDER BY 1""")]
 
 
 def statuses(checks):
@@ -103,9 +117,23 @@ def test_backup_records_target_constraints_and_rls_flags(rolemig_db):
         assert re.match(r"^-?\d+$", log[column])
 
 
+def test_backup_copies_are_typed_tables_equal_to_the_live_ones(rolemig_db):
+    bid = backup(rolemig_db)["backup_id"]
+    for kind, live in (("profiles", "public.user_profiles"), ("sessions", "auth.sessions")):
+        copy = copy_of(rolemig_db, bid, kind)
+        columns = """SELECT attname::text AS name, format_type(atttypid, atttypmod) AS type FROM pg_attribute
+                       WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum"""
+        assert rows(rolemig_db, columns, (copy,)) == rows(rolemig_db, columns, (live,))
+        differ = one(rolemig_db, f"""SELECT (SELECT count(*) FROM (SELECT * FROM {copy} EXCEPT ALL
+                                                                   SELECT * FROM {live}) AS a)
+                                          + (SELECT count(*) FROM (SELECT * FROM {live} EXCEPT ALL
+                                                                   SELECT * FROM {copy}) AS b) AS n""")
+        assert differ["n"] == 0
+
+
 def test_checksum_matches_the_same_expression_over_live_rows(rolemig_db):
     bid = backup(rolemig_db)["backup_id"]
-    live = one(rolemig_db, """SELECT sum(hashtextextended(to_jsonb(p)::text, 0)::numeric)::text AS s
+    live = one(rolemig_db, """SELECT sum(hash_record_extended(p, 0))::text AS s
                                 FROM public.user_profiles p""")["s"]
     assert one(rolemig_db, "SELECT profiles_checksum AS s FROM migration_backup.backup_log WHERE backup_id = %s",
                (bid,))["s"] == live
@@ -119,6 +147,7 @@ def test_failed_backup_is_kept_with_its_error_and_no_rows(rolemig_db):
     assert "no_such_table" in log["error"] and log["backup_name"] == "broken"
     # the profile copy made before the error is undone with it
     assert one(rolemig_db, "SELECT count(*) AS n FROM migration_backup.user_profiles_complete_backup")["n"] == 0
+    assert copies(rolemig_db) == []
     checks = validate(rolemig_db, result["backup_id"])
     assert checks["backup_status"]["status"] == "fail"
     assert checks["backup_status"]["details"]["status"] == "failed"
@@ -156,10 +185,8 @@ def test_unknown_backup_is_one_failing_row(rolemig_db):
 
 def test_changed_profile_row_fails_the_checksum_only(rolemig_db):
     bid = backup(rolemig_db)["backup_id"]
-    rolemig_db.execute("""UPDATE migration_backup.user_profiles_complete_backup
-                             SET row_data = jsonb_set(row_data, '{full_name}', '"tampered"')
-                           WHERE backup_id = %s AND user_key = (SELECT min(user_key)
-                                 FROM migration_backup.user_profiles_complete_backup)""", (bid,))
+    copy = copy_of(rolemig_db, bid)
+    rolemig_db.execute(f"UPDATE {copy} SET full_name = 'tampered' WHERE id = (SELECT min(id::text)::uuid FROM {copy})")
     got = statuses(validate(rolemig_db, bid))
     assert got["profiles_checksum"] == "fail"
     assert {k: v for k, v in got.items() if k != "profiles_checksum"} == {k: "pass" for k in CHECKS
@@ -168,9 +195,8 @@ def test_changed_profile_row_fails_the_checksum_only(rolemig_db):
 
 def test_deleted_session_row_fails_count_and_checksum(rolemig_db):
     bid = backup(rolemig_db)["backup_id"]
-    rolemig_db.execute("""DELETE FROM migration_backup.user_sessions_backup
-                           WHERE backup_id = %s AND session_key = (SELECT min(session_key)
-                                 FROM migration_backup.user_sessions_backup)""", (bid,))
+    copy = copy_of(rolemig_db, bid, "sessions")
+    rolemig_db.execute(f"DELETE FROM {copy} WHERE id = (SELECT min(id::text)::uuid FROM {copy})")
     checks = validate(rolemig_db, bid)
     assert checks["sessions_count"]["status"] == "fail"
     counted = checks["sessions_count"]["details"]
@@ -187,15 +213,47 @@ def test_changed_policy_fails_policies_checksum(rolemig_db):
     assert (checks["policies_checksum"], checks["policies_count"]) == ("fail", "pass")
 
 
-def test_role_column_disagreeing_with_row_data_fails(rolemig_db):
+def test_copy_without_its_role_column_fails_keys_consistent(rolemig_db):
     bid = backup(rolemig_db)["backup_id"]
-    key = one(rolemig_db, "SELECT min(user_key) AS k FROM migration_backup.user_profiles_complete_backup")["k"]
-    rolemig_db.execute("""UPDATE migration_backup.user_profiles_complete_backup SET role = 'owner'
-                           WHERE backup_id = %s AND user_key = %s""", (bid, key))
+    rolemig_db.execute("DROP VIEW migration_backup.user_profiles_complete_backup")  # it reads the column
+    rolemig_db.execute(f"ALTER TABLE {copy_of(rolemig_db, bid)} DROP COLUMN role")
     checks = validate(rolemig_db, bid)
     assert checks["profiles_keys_consistent"]["status"] == "fail"
-    assert checks["profiles_keys_consistent"]["details"]["sample"] == [key]
-    assert checks["profiles_checksum"]["status"] == "pass"  # the checksum covers row_data only
+    assert checks["profiles_keys_consistent"]["details"]["columns_missing"] == ["role"]
+    assert checks["profiles_checksum"]["status"] == "fail"
+
+
+def test_missing_copy_fails_and_is_not_restorable(rolemig_db):
+    bid = backup(rolemig_db)["backup_id"]
+    rolemig_db.execute("DROP VIEW migration_backup.user_profiles_complete_backup")  # it reads the copy
+    rolemig_db.execute(f"DROP TABLE {copy_of(rolemig_db, bid)}")
+    checks = validate(rolemig_db, bid)
+    assert checks["profiles_keys_consistent"]["details"]["copy_exists"] is False
+    assert (checks["profiles_count"]["status"], checks["profiles_keys_consistent"]["status"]) == ("fail", "fail")
+    assert one(rolemig_db, "SELECT restorable FROM migration_backup.list_available_backups()")["restorable"] is False
+
+
+def test_json_columns_are_checksummed_by_their_exact_text(rolemig_db):
+    """json has no hash function: its text is hashed, so a change of whitespace alone is seen."""
+    rolemig_db.execute("""ALTER TABLE public.user_profiles ADD COLUMN prefs json, ADD COLUMN flags bit(3);
+                          UPDATE public.user_profiles SET prefs = '{"a": 1,  "a": [null]}', flags = B'101'""")
+    bid = backup(rolemig_db)["backup_id"]
+    assert set(statuses(validate(rolemig_db, bid)).values()) == {"pass"}
+    copy = copy_of(rolemig_db, bid)
+    rolemig_db.execute(f"""UPDATE {copy} SET prefs = '{{"a": 1, "a": [null]}}'
+                            WHERE id = (SELECT min(id::text)::uuid FROM {copy})""")
+    assert statuses(validate(rolemig_db, bid))["profiles_checksum"] == "fail"
+
+
+def test_the_views_list_every_backup_and_refuse_writes(rolemig_db):
+    first, second = backup(rolemig_db)["backup_id"], backup(rolemig_db)["backup_id"]
+    counted = rows(rolemig_db, """SELECT backup_id, count(*) AS n FROM migration_backup.user_profiles_complete_backup
+                                   GROUP BY 1 ORDER BY 1""")
+    assert counted == sorted([{"backup_id": first, "n": 130}, {"backup_id": second, "n": 130}],
+                             key=lambda r: r["backup_id"])
+    with pytest.raises(psycopg.errors.RaiseException, match="view over the typed backup copies") as exc:
+        rolemig_db.execute("DELETE FROM migration_backup.user_sessions_backup")
+    assert "backup_log" in exc.value.diag.message_hint
 
 
 def test_tampered_log_counts_fail(rolemig_db):
@@ -233,9 +291,9 @@ def test_summary_lists_newest_first_with_sizes(rolemig_db):
     assert [s["backup_id"] for s in summary] == [failed, first]
     assert (summary[0]["status"], summary[0]["size_bytes"]) == ("failed", 0)
     assert summary[1]["status"] == "completed" and summary[1]["profiles_count"] == 130
-    data_bytes = one(rolemig_db, """SELECT sum(pg_column_size(row_data)) AS n
-        FROM migration_backup.user_profiles_complete_backup""")["n"]
-    assert summary[1]["size_bytes"] > data_bytes
+    data_bytes = one(rolemig_db, "SELECT pg_relation_size(%s) AS n",
+                     (copy_of(rolemig_db, first),))["n"]
+    assert summary[1]["size_bytes"] > data_bytes > 0
 
 
 def test_backups_are_independent_and_deleted_with_their_log(rolemig_db):
@@ -248,21 +306,20 @@ def test_backups_are_independent_and_deleted_with_their_log(rolemig_db):
     rolemig_db.execute("DELETE FROM migration_backup.backup_log WHERE backup_id = %s", (first,))
     left = one(rolemig_db, "SELECT count(DISTINCT backup_id) AS n FROM migration_backup.user_profiles_complete_backup")
     assert left["n"] == 1
+    assert copies(rolemig_db) == [f"{second}_profiles", f"{second}_sessions"]
     assert set(statuses(validate(rolemig_db, second)).values()) == {"pass"}
 
 
-def test_copies_have_no_per_row_foreign_key_and_go_with_a_truncated_log(rolemig_db):
-    """The copies' foreign key cost a lookup per copied row; statement triggers keep the cascade."""
+def test_copies_go_with_a_truncated_log(rolemig_db):
+    """Statement triggers on backup_log drop the copies, as a cascade would delete rows."""
     fks = rows(rolemig_db, """SELECT conrelid::regclass::text AS t FROM pg_constraint
         WHERE contype = 'f' AND confrelid = 'migration_backup.backup_log'::regclass""")
     assert {f["t"] for f in fks} == {"migration_backup.rls_policies_backup"}
-    # an install made with the foreign key loses it when the file runs again
-    rolemig_db.execute("""ALTER TABLE migration_backup.user_sessions_backup ADD CONSTRAINT old_fk
-        FOREIGN KEY (backup_id) REFERENCES migration_backup.backup_log ON DELETE CASCADE""")
-    rolemig_db.execute(resources.sql_file("comprehensive-backup-system.sql").read_text().encode())
-    assert len(rows(rolemig_db, "SELECT 1 FROM pg_constraint WHERE conname = 'old_fk'")) == 0
     backup(rolemig_db)
+    backup(rolemig_db)
+    assert len(copies(rolemig_db)) == 4
     rolemig_db.execute("TRUNCATE migration_backup.backup_log CASCADE")
+    assert copies(rolemig_db) == []
     left = one(rolemig_db, """SELECT (SELECT count(*) FROM migration_backup.user_profiles_complete_backup)
         + (SELECT count(*) FROM migration_backup.user_sessions_backup) AS n""")
     assert left["n"] == 0

@@ -20,6 +20,13 @@ LEGACY_ONLY = {"super_admin", "org_owner", "org_admin", "billing_admin", "team_l
                "support_agent"}
 
 
+def empty_sessions_copy(conn, backup_id):
+    """Corrupt a backup: delete every row of its sessions copy."""
+    name = one(conn, "SELECT sessions_copy AS c FROM migration_backup.backup_log WHERE backup_id = %s",
+               (backup_id,))["c"]
+    conn.execute(f'DELETE FROM migration_backup."{name}"')
+
+
 def backup(conn):
     return one(conn, "SELECT backup_id FROM migration_backup.create_comprehensive_backup()")["backup_id"]
 
@@ -102,7 +109,7 @@ def test_refuses_without_a_valid_backup(rolemig_db):
     assert "prepare_for_migration" in diag.message_hint
     assert_refused(rolemig_db, "backup bk_nope does not exist or is not completed", p_backup_id="bk_nope")
     bid = backup(rolemig_db)
-    rolemig_db.execute("DELETE FROM migration_backup.user_sessions_backup WHERE backup_id = %s", (bid,))
+    empty_sessions_copy(rolemig_db, bid)
     assert_refused(rolemig_db, f"backup {bid} does not validate: .*sessions_count", p_backup_id=bid)
     assert_refused(rolemig_db, "no valid backup")
     assert roles(rolemig_db) == before
@@ -262,7 +269,7 @@ def test_pending_count_follows_batches_application_writes_and_rollbacks(rolemig_
 def test_resume_trusts_the_verified_backup_and_rollback_checks_it_again(rolemig_db):
     bid = backup(rolemig_db)
     assert migrate(rolemig_db, p_batch_size=10, p_max_batches=1, p_backup_id=bid)["status"] == "partial"
-    rolemig_db.execute("DELETE FROM migration_backup.user_sessions_backup WHERE backup_id = %s", (bid,))
+    empty_sessions_copy(rolemig_db, bid)
     # the migration verified the backup when it started with it; a resume does not re-read it all
     assert migrate(rolemig_db, p_batch_size=10, p_max_batches=1, p_backup_id=bid)["status"] == "partial"
     assert migrate(rolemig_db, p_batch_size=10, p_max_batches=1)["status"] == "partial"

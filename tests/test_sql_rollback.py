@@ -48,6 +48,13 @@ def snapshot(conn):
     }
 
 
+def profiles_copy(conn, backup_id):
+    """The qualified name of the typed copy holding a backup's profile rows."""
+    name = one(conn, "SELECT profiles_copy AS c FROM migration_backup.backup_log WHERE backup_id = %s",
+               (backup_id,))["c"]
+    return f'migration_backup."{name}"'
+
+
 def set_role_check(conn, roles):
     conn.execute("ALTER TABLE public.user_profiles DROP CONSTRAINT IF EXISTS user_profiles_role_check")
     listed = ", ".join(f"'{r}'" for r in roles)
@@ -203,10 +210,8 @@ def test_revert_refuses_backup_failing_validation_and_changes_nothing(rolemig_db
     bid = backup(rolemig_db)
     simulate_migration(rolemig_db)
     during = snapshot(rolemig_db)
-    rolemig_db.execute("""UPDATE migration_backup.user_profiles_complete_backup
-                             SET row_data = jsonb_set(row_data, '{phone}', '"555"')
-                           WHERE user_key = (SELECT min(user_key)
-                                               FROM migration_backup.user_profiles_complete_backup)""")
+    copy = profiles_copy(rolemig_db, bid)
+    rolemig_db.execute(f"UPDATE {copy} SET phone = '555' WHERE id = (SELECT min(id::text)::uuid FROM {copy})")
     with pytest.raises(psycopg.errors.RaiseException, match=f"backup {bid} failed validation") as exc:
         rollback(rolemig_db, bid)
     assert "profiles_checksum" in exc.value.diag.message_detail
@@ -386,8 +391,8 @@ def test_emergency_refuses_unknown_corrupt_or_missing_backups(rolemig_db):
     bid = backup(rolemig_db)
     simulate_migration(rolemig_db)
     during = snapshot(rolemig_db)
-    rolemig_db.execute("DELETE FROM migration_backup.user_profiles_complete_backup WHERE user_key = "
-                       "(SELECT min(user_key) FROM migration_backup.user_profiles_complete_backup)")
+    copy = profiles_copy(rolemig_db, bid)
+    rolemig_db.execute(f"DELETE FROM {copy} WHERE id = (SELECT min(id::text)::uuid FROM {copy})")
     with pytest.raises(psycopg.errors.RaiseException, match=f"backup {bid} is not intact") as exc:
         emergency(rolemig_db, bid)
     assert "profiles_count" in exc.value.diag.message_detail

@@ -132,10 +132,10 @@ def test_target_and_mapping_problems_fail(rolemig_db):
 
 def test_corrupt_backup_fails_valid_backup_exists(rolemig_db):
     bid = backup(rolemig_db)
-    rolemig_db.execute("""DELETE FROM migration_backup.user_profiles_complete_backup
-                           WHERE backup_id = %s AND user_key = (
-                                 SELECT min(user_key) FROM migration_backup.user_profiles_complete_backup
-                                  WHERE backup_id = %s)""", (bid, bid))
+    copy = one(rolemig_db, "SELECT profiles_copy AS c FROM migration_backup.backup_log WHERE backup_id = %s",
+               (bid,))["c"]
+    rolemig_db.execute(f'DELETE FROM migration_backup."{copy}" WHERE id = (SELECT min(id::text)::uuid '
+                       f'FROM migration_backup."{copy}")')
     result = pre(rolemig_db)["valid_backup_exists"]
     assert result["status"] == "fail" and result["details"]["backup_id"] == bid
     assert {c["check_name"] for c in result["details"]["failing_checks"]} >= {"profiles_count"}
