@@ -153,19 +153,21 @@ AS $$
     -- newest completed rollback): on a legacy role of the mapping and not logged as done,
     -- with the role they hold now, by a completed batch of this migration since the cutoff.
     -- Identity-mapped users ('admin' -> 'admin') keep a legacy name; the log tells they were
-    -- handled. Shared by execute_role_migration and the online procedure, so each resumes the
+    -- handled. A user on a role that is no new role cannot have such a log entry (a 'migrated'
+    -- or 'unchanged' row names a new role): the log is only probed for the others. Shared by execute_role_migration and the online procedure, so each resumes the
     -- other's work. OFFSET 0 keeps the NOT EXISTS a per-row probe of migration_log by user_key
     -- (index), and the batch row is read by a scalar subquery so the probe cannot start from
     -- the batch table: planned with the stale statistics of the log (it grows by a batch each
     -- step), the join forms became a scan of the whole log per user (quadratic).
     SELECT format(
         't.%2$I::text IN (SELECT m.legacy_role FROM migration_control.role_mapping m)
-         AND NOT EXISTS (SELECT 1 FROM migration_tracking.migration_log l
+         AND (t.%2$I::text NOT IN (SELECT r.role_name FROM migration_control.new_roles r)
+              OR NOT EXISTS (SELECT 1 FROM migration_tracking.migration_log l
                          WHERE l.user_key = t.%1$I::text AND l.new_role = t.%2$I::text
                            AND l.status IN (''migrated'', ''unchanged'') AND l.logged_at > $2
                            AND (SELECT b.migration_name = $1 AND b.status = ''completed''
                                 FROM migration_tracking.migration_batch b WHERE b.batch_id = l.batch_id)
-                         OFFSET 0)',
+                         OFFSET 0))',
         c.key_column, c.role_column)
     FROM migration_control.target_config c
 $$;
@@ -276,6 +278,59 @@ BEGIN
     INTO v_key_type, v_role_type
     FROM pg_catalog.pg_attribute a WHERE a.attrelid = v_rel AND a.attnum > 0 AND NOT a.attisdropped;
 
+    -- The common case, no unique index spanning the role column and other columns (so no
+    -- merged duplicates, see below): one statement reads the batch, moves its users by
+    -- compare-and-swap (only while they still hold the role just read; the others keep the
+    -- application's value and stay pending) and logs what the UPDATE returned, 'migrated'
+    -- with old and new role, plus the identity-mapped users as 'unchanged'. The log holds
+    -- exactly the users that changed, and is written once. The UPDATE finds its rows by
+    -- primary key (= ANY of the batch's keys: an index probe each, whatever the statistics).
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_index i
+          JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey::int2[])
+         WHERE i.indrelid = v_rel AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
+         GROUP BY i.indexrelid
+        HAVING bool_or(a.attname = v_cfg.role_column) AND count(*) > 1) THEN
+        v_sql := format(
+            'WITH batch AS (
+                 SELECT t.%1$I AS k, t.%2$I::text AS role
+                 FROM %3$I.%4$I t
+                 WHERE %6$s AND ($3::text IS NULL OR t.%1$I > $3::text::%5$s)
+                 ORDER BY t.%1$I
+                 LIMIT $4),
+             moving AS (
+                 SELECT b.k, b.role, m.new_role FROM batch b
+                 JOIN migration_control.role_mapping m ON m.legacy_role = b.role
+                 WHERE m.new_role <> m.legacy_role),
+             moved AS (
+                 UPDATE %3$I.%4$I AS t SET %2$I = c.new_role::%7$s
+                 FROM moving AS c
+                 WHERE t.%1$I = ANY (ARRAY(SELECT x.k FROM moving x)) AND t.%1$I = c.k AND t.%2$I::text = c.role
+                 RETURNING t.%1$I::text AS user_key, c.role AS old_role, c.new_role),
+             logged AS (
+                 INSERT INTO migration_tracking.migration_log (batch_id, user_key, old_role, new_role, status)
+                 SELECT $5, mv.user_key, mv.old_role, mv.new_role, ''migrated'' FROM moved mv
+                 UNION ALL
+                 SELECT $5, b.k::text, b.role, m.new_role, ''unchanged'' FROM batch b
+                 JOIN migration_control.role_mapping m ON m.legacy_role = b.role AND m.new_role = m.legacy_role
+                 RETURNING migration_log.status)
+             SELECT pg_catalog.count(*) FILTER (WHERE l.status = ''migrated''),
+                    pg_catalog.count(*) FILTER (WHERE l.status = ''unchanged''),
+                    (SELECT b.k::text FROM batch b ORDER BY b.k LIMIT 1),
+                    (SELECT b.k::text FROM batch b ORDER BY b.k DESC LIMIT 1)
+             FROM logged l',
+            v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table,
+            v_key_type, migration_control.pending_users_sql(), v_role_type);
+        PERFORM pg_catalog.set_config('search_path', migration_tracking.application_search_path(), true);
+        EXECUTE v_sql INTO migrated, unchanged, first_key, last_key
+            USING p_migration_name, p_cutoff, p_after_key, p_batch_size, p_batch_id;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+        RETURN NEXT;
+        RETURN;
+    END IF;
+
+    -- With such an index: the batch is logged first, merged duplicates are resolved, then the
+    -- rest moves (steps 1-3 above).
     EXECUTE format(
         'WITH batch AS (
              SELECT t.%1$I AS k, t.%2$I::text AS role
