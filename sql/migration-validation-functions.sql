@@ -446,6 +446,7 @@ DECLARE
     v_unknown   jsonb;
     v_on_new    jsonb;
     v_list      jsonb;
+    v_roles     jsonb;
     v_backup    text;
     v_n         bigint;
 BEGIN
@@ -484,37 +485,57 @@ BEGIN
                                   'new_roles', (SELECT count(*) FROM migration_control.new_roles));
     RETURN NEXT;
 
-    EXECUTE format(
-        'SELECT count(*), count(*) FILTER (WHERE t.%2$I IS NULL),
-                (SELECT coalesce(jsonb_agg(s.k), ''[]'') FROM (SELECT u.%1$I::text AS k FROM %3$I.%4$I u
-                   WHERE u.%2$I IS NULL ORDER BY u.%1$I LIMIT 20) s)
-         FROM %3$I.%4$I t',
-        v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table)
-    INTO v_total, v_nulls, v_sample;
+    -- One pass over the profiles counts the users per role (NULL included); the two checks
+    -- below read it, and the samples of offending users are read by role (an index on the
+    -- role column serves them) only when there are offenders.
+    EXECUTE format('SELECT coalesce(jsonb_agg(jsonb_build_array(g.role, g.cnt)), ''[]'')
+                      FROM (SELECT t.%1$I::text AS role, count(*) AS cnt FROM %2$I.%3$I t GROUP BY 1) g',
+                   v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table)
+    INTO v_roles;
+    SELECT coalesce(sum((e ->> 1)::bigint), 0), coalesce(sum((e ->> 1)::bigint) FILTER (WHERE e ->> 0 IS NULL), 0)
+      INTO v_total, v_nulls
+      FROM jsonb_array_elements(v_roles) AS e;
+    v_sample := '[]';
+    IF v_nulls > 0 THEN
+        EXECUTE format(
+            'SELECT coalesce(jsonb_agg(s.k), ''[]'') FROM (SELECT u.%1$I::text AS k FROM %3$I.%4$I u
+               WHERE u.%2$I IS NULL ORDER BY u.%1$I LIMIT 20) s',
+            v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table)
+        INTO v_sample;
+    END IF;
     check_name := 'no_null_roles';
     status := CASE WHEN v_nulls = 0 THEN 'pass' ELSE 'fail' END;
     details := jsonb_build_object('users', v_total, 'null_roles', v_nulls, 'sample', v_sample);
     RETURN NEXT;
 
     -- users per role that is not a mapped legacy role: unknown (fail) or already a new role (warn)
-    EXECUTE format(
-        'WITH r AS (
-             SELECT t.%2$I::text AS role, t.%1$I::text AS k,
-                    row_number() OVER (PARTITION BY t.%2$I::text ORDER BY t.%1$I) AS n
-             FROM %3$I.%4$I t
-             WHERE t.%2$I IS NOT NULL
-               AND NOT EXISTS (SELECT 1 FROM migration_control.role_mapping m WHERE m.legacy_role = t.%2$I::text))
-         SELECT coalesce(jsonb_object_agg(g.role, jsonb_build_object(''count'', g.cnt, ''sample'', g.keys))
-                         FILTER (WHERE NOT g.is_new), ''{}''),
-                coalesce(jsonb_object_agg(g.role, jsonb_build_object(''count'', g.cnt, ''sample'', g.keys))
-                         FILTER (WHERE g.is_new), ''{}''),
-                (SELECT coalesce(jsonb_agg(jsonb_build_object(''key'', s.k, ''role'', s.role)), ''[]'')
-                 FROM (SELECT r.k, r.role FROM r ORDER BY r.role, r.k LIMIT 20) s)
-         FROM (SELECT r.role, count(*) AS cnt, jsonb_agg(r.k ORDER BY r.k) FILTER (WHERE r.n <= 5) AS keys,
-                      EXISTS (SELECT 1 FROM migration_control.new_roles nr WHERE nr.role_name = r.role) AS is_new
-               FROM r GROUP BY r.role) g',
-        v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table)
-    INTO v_unknown, v_on_new, v_sample;
+    v_unknown := '{}';
+    v_on_new := '{}';
+    v_sample := '[]';
+    IF EXISTS (SELECT 1 FROM jsonb_array_elements(v_roles) AS e
+                WHERE e ->> 0 IS NOT NULL
+                  AND NOT EXISTS (SELECT 1 FROM migration_control.role_mapping m WHERE m.legacy_role = e ->> 0)) THEN
+        EXECUTE format(
+            'WITH r AS (
+                 SELECT t.%2$I::text AS role, t.%1$I::text AS k,
+                        row_number() OVER (PARTITION BY t.%2$I::text ORDER BY t.%1$I) AS n
+                 FROM %3$I.%4$I t
+                 WHERE t.%2$I::text = ANY ($1))
+             SELECT coalesce(jsonb_object_agg(g.role, jsonb_build_object(''count'', g.cnt, ''sample'', g.keys))
+                             FILTER (WHERE NOT g.is_new), ''{}''),
+                    coalesce(jsonb_object_agg(g.role, jsonb_build_object(''count'', g.cnt, ''sample'', g.keys))
+                             FILTER (WHERE g.is_new), ''{}''),
+                    (SELECT coalesce(jsonb_agg(jsonb_build_object(''key'', s.k, ''role'', s.role)), ''[]'')
+                     FROM (SELECT r.k, r.role FROM r ORDER BY r.role, r.k LIMIT 20) s)
+             FROM (SELECT r.role, count(*) AS cnt, jsonb_agg(r.k ORDER BY r.k) FILTER (WHERE r.n <= 5) AS keys,
+                          EXISTS (SELECT 1 FROM migration_control.new_roles nr WHERE nr.role_name = r.role) AS is_new
+                   FROM r GROUP BY r.role) g',
+            v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table)
+        INTO v_unknown, v_on_new, v_sample
+        USING ARRAY(SELECT e ->> 0 FROM jsonb_array_elements(v_roles) AS e
+                     WHERE e ->> 0 IS NOT NULL
+                       AND NOT EXISTS (SELECT 1 FROM migration_control.role_mapping m WHERE m.legacy_role = e ->> 0));
+    END IF;
     check_name := 'all_roles_known';
     status := CASE WHEN v_unknown <> '{}' THEN 'fail' WHEN v_on_new <> '{}' THEN 'warn' ELSE 'pass' END;
     details := jsonb_build_object('users', v_total, 'unknown_roles', v_unknown,
@@ -609,9 +630,12 @@ DECLARE
     v_cfg      migration_control.target_config;
     v_backup   text := coalesce(p_backup_id, (SELECT b.backup_id FROM migration_backup.migration_base() b),
                                 migration_validation.newest_backup());
+    v_log      migration_backup.backup_log;
     v_found    boolean;
-    v_total    bigint;
-    v_bad      bigint;
+    v_rel      regclass;
+    v_copy     regclass;
+    v_match    text;
+    v_r        record;
     v_sample   jsonb;
     v_n        bigint;
     v_m        bigint;
@@ -621,23 +645,66 @@ BEGIN
     -- legacy-only role left in a policy, every backed-up session still there. Data checks
     -- compare against the given backup (NULL = the one the migration started from: a backup
     -- taken mid-migration already holds new roles; with no migration, the newest completed).
+    -- One pass joins the backup's typed copy with the live table (a full join: the live
+    -- users, those on no new role, the backed-up ones, the mismatches and the merged rows
+    -- are counted together), one the sessions copy with the live sessions; the samples are
+    -- further passes, taken only when there is something to show.
     v_cfg := migration_validation.target();
-    v_found := v_backup IS NOT NULL
-               AND EXISTS (SELECT 1 FROM migration_backup.backup_log b WHERE b.backup_id = v_backup);
+    SELECT * INTO v_log FROM migration_backup.backup_log b WHERE b.backup_id = v_backup;
+    v_found := v_backup IS NOT NULL AND FOUND;
+    v_rel := format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table)::regclass;
+    v_copy := migration_backup.copy_table(v_log.profiles_copy);
+    v_match := migration_backup.key_match_sql(v_copy, v_rel, v_cfg.key_column, 'c', 't');
+    v_found := v_found AND v_match IS NOT NULL;
 
-    EXECUTE format(
-        'SELECT count(*), count(*) FILTER (WHERE r.role_name IS NULL),
-                (SELECT coalesce(jsonb_agg(jsonb_build_object(''key'', s.k, ''role'', s.role)), ''[]'')
-                 FROM (SELECT u.%1$I::text AS k, u.%2$I::text AS role FROM %3$I.%4$I u
-                       WHERE u.%2$I IS NULL OR NOT EXISTS (SELECT 1 FROM migration_control.new_roles nr
-                                                          WHERE nr.role_name = u.%2$I::text)
-                       ORDER BY u.%1$I LIMIT 20) s)
-         FROM %3$I.%4$I t LEFT JOIN migration_control.new_roles r ON r.role_name = t.%2$I::text',
-        v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table)
-    INTO v_total, v_bad, v_sample;
+    IF v_found THEN
+        EXECUTE format(
+            'SELECT count(t.%1$I) AS live, count(t.%1$I) FILTER (WHERE NOT t.on_new) AS not_new,
+                    count(c.%1$I) AS backed_up,
+                    count(*) FILTER (WHERE c.%1$I IS NOT NULL AND CASE
+                        WHEN t.%1$I IS NULL THEN (SELECT l.status FROM migration_tracking.migration_log l
+                                                   WHERE l.user_key = c.%1$I::text
+                                                   ORDER BY l.log_id DESC LIMIT 1) IS DISTINCT FROM ''merged''
+                        ELSE t.role_now IS DISTINCT FROM c.expected END) AS mismatched,
+                    count(*) FILTER (WHERE c.%1$I IS NOT NULL AND CASE
+                        WHEN t.%1$I IS NULL THEN (SELECT l.status FROM migration_tracking.migration_log l
+                                                   WHERE l.user_key = c.%1$I::text
+                                                   ORDER BY l.log_id DESC LIMIT 1) = ''merged''
+                        ELSE false END) AS merged
+               FROM (SELECT b.%1$I, coalesce(m.new_role, nr.role_name) AS expected
+                       FROM %3$s AS b
+                       LEFT JOIN migration_control.role_mapping m ON m.legacy_role = b.%2$I::text
+                       LEFT JOIN migration_control.new_roles nr ON nr.role_name = b.%2$I::text) AS c
+               FULL JOIN (SELECT u.%1$I, u.%2$I::text AS role_now, nn.role_name IS NOT NULL AS on_new
+                            FROM %4$s AS u
+                            LEFT JOIN migration_control.new_roles nn ON nn.role_name = u.%2$I::text) AS t
+                 ON %5$s',
+            v_cfg.key_column, v_cfg.role_column, v_copy, v_rel, v_match)
+        INTO v_r;
+    ELSE
+        EXECUTE format(
+            'SELECT count(*) AS live,
+                    count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM migration_control.new_roles nr
+                                                        WHERE nr.role_name = t.%1$I::text)) AS not_new
+               FROM %2$s AS t',
+            v_cfg.role_column, v_rel)
+        INTO v_r;
+    END IF;
+
     check_name := 'every_user_has_new_role';
-    status := CASE WHEN v_bad = 0 THEN 'pass' ELSE 'fail' END;
-    details := jsonb_build_object('users', v_total, 'not_on_new_role', v_bad, 'sample', v_sample);
+    v_sample := '[]';
+    IF v_r.not_new > 0 THEN
+        EXECUTE format(
+            'SELECT coalesce(jsonb_agg(jsonb_build_object(''key'', s.k, ''role'', s.role)), ''[]'')
+               FROM (SELECT u.%1$I::text AS k, u.%2$I::text AS role FROM %3$s u
+                      WHERE u.%2$I IS NULL OR NOT EXISTS (SELECT 1 FROM migration_control.new_roles nr
+                                                         WHERE nr.role_name = u.%2$I::text)
+                      ORDER BY u.%1$I LIMIT 20) s',
+            v_cfg.key_column, v_cfg.role_column, v_rel)
+        INTO v_sample;
+    END IF;
+    status := CASE WHEN v_r.not_new = 0 THEN 'pass' ELSE 'fail' END;
+    details := jsonb_build_object('users', v_r.live, 'not_on_new_role', v_r.not_new, 'sample', v_sample);
     RETURN NEXT;
 
     check_name := 'roles_match_mapping';
@@ -646,49 +713,42 @@ BEGIN
         details := jsonb_build_object('backup_id', v_backup, 'error', 'backup not found',
                                       'hint', 'pass the backup_id taken before the migration');
     ELSE
-        EXECUTE format(
-            'WITH c AS (
-                 SELECT b.user_key, b.role AS backed_up_role,
-                        -- a row already on a new role (not a legacy one) keeps it
-                        coalesce(m.new_role, (SELECT nr.role_name FROM migration_control.new_roles nr
-                                               WHERE nr.role_name = b.role)) AS expected_role,
-                        t.%2$I::text AS current_role, (t.%1$I IS NULL) AS missing,
-                        -- a row the migration deleted as a merged duplicate (see migrate_batch)
-                        (t.%1$I IS NULL AND (SELECT l.status FROM migration_tracking.migration_log l
-                                              WHERE l.user_key = b.user_key
-                                              ORDER BY l.log_id DESC LIMIT 1) = ''merged'') AS merged
-                 FROM migration_backup.user_profiles_complete_backup b
-                 LEFT JOIN migration_control.role_mapping m ON m.legacy_role = b.role
-                 LEFT JOIN %3$I.%4$I t ON t.%1$I::text = b.user_key
-                 WHERE b.backup_id = $1)
-             SELECT count(*),
-                    count(*) FILTER (WHERE NOT c.merged
-                                       AND (c.missing OR c.current_role IS DISTINCT FROM c.expected_role)),
-                    (SELECT coalesce(jsonb_agg(to_jsonb(s)), ''[]'') FROM
-                       (SELECT c.user_key, c.backed_up_role, c.expected_role, c.current_role, c.missing FROM c
-                        WHERE NOT c.merged AND (c.missing OR c.current_role IS DISTINCT FROM c.expected_role)
-                        ORDER BY c.user_key LIMIT 20) s),
-                    count(*) FILTER (WHERE c.merged)
-             FROM c',
-            v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table)
-        INTO v_n, v_bad, v_sample, v_m USING v_backup;
-        status := CASE WHEN v_bad = 0 THEN 'pass' ELSE 'fail' END;
-        details := jsonb_build_object('backup_id', v_backup, 'backed_up_users', v_n, 'mismatched', v_bad,
-                                      'sample', v_sample)
-                   || CASE WHEN v_m > 0 THEN jsonb_build_object('merged_rows', v_m) ELSE '{}' END;
+        v_sample := '[]';
+        IF v_r.mismatched > 0 THEN
+            EXECUTE format(
+                'SELECT coalesce(jsonb_agg(to_jsonb(s)), ''[]'') FROM (
+                     SELECT x.user_key, x.backed_up_role, x.expected_role, x.current_role, x.missing FROM (
+                         SELECT c.%1$I::text AS user_key, c.%2$I::text AS backed_up_role,
+                                coalesce(m.new_role, (SELECT nr.role_name FROM migration_control.new_roles nr
+                                                       WHERE nr.role_name = c.%2$I::text)) AS expected_role,
+                                t.%2$I::text AS current_role, (t.%1$I IS NULL) AS missing,
+                                (t.%1$I IS NULL AND (SELECT l.status FROM migration_tracking.migration_log l
+                                                      WHERE l.user_key = c.%1$I::text
+                                                      ORDER BY l.log_id DESC LIMIT 1) = ''merged'') AS merged
+                           FROM %3$s AS c
+                           LEFT JOIN migration_control.role_mapping m ON m.legacy_role = c.%2$I::text
+                           LEFT JOIN %4$s AS t ON %5$s) AS x
+                      WHERE NOT x.merged AND (x.missing OR x.current_role IS DISTINCT FROM x.expected_role)
+                      ORDER BY x.user_key LIMIT 20) s',
+                v_cfg.key_column, v_cfg.role_column, v_copy, v_rel, v_match)
+            INTO v_sample;
+        END IF;
+        status := CASE WHEN v_r.mismatched = 0 THEN 'pass' ELSE 'fail' END;
+        details := jsonb_build_object('backup_id', v_backup, 'backed_up_users', v_r.backed_up,
+                                      'mismatched', v_r.mismatched, 'sample', v_sample)
+                   || CASE WHEN v_r.merged > 0 THEN jsonb_build_object('merged_rows', v_r.merged) ELSE '{}' END;
     END IF;
     RETURN NEXT;
 
     check_name := 'user_count_unchanged';
     IF NOT v_found THEN
         status := 'fail';
-        details := jsonb_build_object('backup_id', v_backup, 'error', 'backup not found', 'live_users', v_total);
+        details := jsonb_build_object('backup_id', v_backup, 'error', 'backup not found', 'live_users', v_r.live);
     ELSE
-        SELECT count(*) INTO v_n FROM migration_backup.user_profiles_complete_backup b WHERE b.backup_id = v_backup;
         -- rows deleted as merged duplicates (roles_match_mapping counted them) are not lost
-        status := CASE WHEN v_n - coalesce(v_m, 0) = v_total THEN 'pass' ELSE 'fail' END;
-        details := jsonb_build_object('backup_id', v_backup, 'backed_up_users', v_n, 'live_users', v_total)
-                   || CASE WHEN v_m > 0 THEN jsonb_build_object('merged_rows', v_m) ELSE '{}' END;
+        status := CASE WHEN v_r.backed_up - v_r.merged = v_r.live THEN 'pass' ELSE 'fail' END;
+        details := jsonb_build_object('backup_id', v_backup, 'backed_up_users', v_r.backed_up, 'live_users', v_r.live)
+                   || CASE WHEN v_r.merged > 0 THEN jsonb_build_object('merged_rows', v_r.merged) ELSE '{}' END;
     END IF;
     RETURN NEXT;
 
@@ -707,11 +767,11 @@ BEGIN
             FROM (SELECT * FROM found
                   ORDER BY found.schema_name, found.table_name, found.policy_name, found.clause,
                            found.role_name LIMIT 20) s)
-    INTO v_bad, v_sample;
+    INTO v_m, v_sample;
     SELECT count(*) INTO v_n
     FROM migration_validation.migrated_tables() t JOIN pg_catalog.pg_policy p ON p.polrelid = t.table_oid;
-    status := CASE WHEN v_bad = 0 THEN 'pass' ELSE 'fail' END;
-    details := jsonb_build_object('policies_checked', v_n, 'legacy_literals', v_bad,
+    status := CASE WHEN v_m = 0 THEN 'pass' ELSE 'fail' END;
+    details := jsonb_build_object('policies_checked', v_n, 'legacy_literals', v_m,
                                   'policies', (SELECT coalesce(jsonb_agg(DISTINCT e ->> 'policy'), '[]')
                                                FROM jsonb_array_elements(v_sample) e),
                                   'sample', v_sample);
@@ -725,20 +785,32 @@ BEGIN
         status := 'pass';
         details := jsonb_build_object('backup_id', v_backup, 'note', 'no sessions table');
     ELSE
-        EXECUTE format(
-            'WITH miss AS (
-                 SELECT b.session_key, b.user_key FROM migration_backup.user_sessions_backup b
-                 WHERE b.backup_id = $1
-                   AND NOT EXISTS (SELECT 1 FROM %1$I.%2$I s WHERE s.%3$I::text = b.session_key))
-             SELECT (SELECT count(*) FROM migration_backup.user_sessions_backup b WHERE b.backup_id = $1),
-                    (SELECT count(*) FROM miss),
-                    (SELECT coalesce(jsonb_agg(to_jsonb(x)), ''[]'')
-                     FROM (SELECT * FROM miss ORDER BY miss.session_key LIMIT 20) x)',
-            v_cfg.sessions_schema, v_cfg.sessions_table, v_cfg.sessions_key_column)
-        INTO v_n, v_m, v_sample USING v_backup;
-        status := CASE WHEN v_m = 0 THEN 'pass' ELSE 'fail' END;
-        details := jsonb_build_object('backup_id', v_backup, 'backed_up_sessions', v_n, 'missing', v_m,
-                                      'sample', v_sample);
+        v_rel := format('%I.%I', v_cfg.sessions_schema, v_cfg.sessions_table)::regclass;
+        v_copy := migration_backup.copy_table(v_log.sessions_copy);
+        v_match := migration_backup.key_match_sql(v_copy, v_rel, v_cfg.sessions_key_column, 'c', 's');
+        IF v_match IS NULL THEN
+            status := 'fail';
+            details := jsonb_build_object('backup_id', v_backup, 'error', 'the backup has no sessions copy to compare',
+                                          'copy', v_log.sessions_copy);
+        ELSE
+            EXECUTE format(
+                'SELECT count(*), count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM %2$s s WHERE %3$s)) FROM %1$s c',
+                v_copy, v_rel, v_match)
+            INTO v_n, v_m;
+            v_sample := '[]';
+            IF v_m > 0 THEN
+                EXECUTE format(
+                    'SELECT coalesce(jsonb_agg(to_jsonb(x)), ''[]'') FROM (
+                         SELECT c.%1$I::text AS session_key, c.%2$I::text AS user_key FROM %3$s c
+                          WHERE NOT EXISTS (SELECT 1 FROM %4$s s WHERE %5$s)
+                          ORDER BY 1 LIMIT 20) x',
+                    v_cfg.sessions_key_column, v_cfg.sessions_user_column, v_copy, v_rel, v_match)
+                INTO v_sample;
+            END IF;
+            status := CASE WHEN v_m = 0 THEN 'pass' ELSE 'fail' END;
+            details := jsonb_build_object('backup_id', v_backup, 'backed_up_sessions', v_n, 'missing', v_m,
+                                          'sample', v_sample);
+        END IF;
     END IF;
     RETURN NEXT;
 END;
