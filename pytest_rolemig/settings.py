@@ -188,7 +188,10 @@ def load_settings_file(path: Path, cwd: Path) -> SettingsFile:
         raise ConfigError(f"cannot read settings file {shown}: {exc.strerror or exc}") from None
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"settings file {shown} is not valid TOML: {exc}") from None
-    table = data.get("tool", {}).get("rolemig", {}) if isinstance(data.get("tool"), dict) else {}
+    tool = data.get("tool")
+    if not isinstance(tool, dict) or "rolemig" not in tool:
+        raise ConfigError(f"settings file {shown} has no {SECTION} table")
+    table = tool["rolemig"]
     if not isinstance(table, dict):
         raise ConfigError(f"{SECTION} in {shown} must be a table, got {type(table).__name__}")
     unknown = sorted(set(table) - set(BY_NAME))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pytest_rolemig.cli import errors, main
-from pytest_rolemig.databases import load_schema_file
+from pytest_rolemig.db.templates import load_schema_file
 
 EXAMPLES = Path(__file__).parent / "examples"
 LEGACY = ("super_admin", "org_owner", "admin", "org_admin", "billing_admin", "manager", "team_lead",
@@ -160,3 +160,7 @@ def test_config_option_names_the_file(project):
     assert data["settings"]["batch_size"] == {"value": 1000, "source": "default"}
     missing = Run("config", "--config", "nope.toml")
     assert missing.code == errors.USAGE and "--config: settings file" in missing.err
+    (other / "setup.toml").write_text('[tool.other]\nx = 1\n')
+    empty = Run("config", "--config", "elsewhere/setup.toml")
+    assert empty.code == errors.USAGE, empty
+    assert empty.err == "rolemig: error: settings file elsewhere/setup.toml has no [tool.rolemig] table\n"
