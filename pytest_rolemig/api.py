@@ -505,6 +505,32 @@ def migrated_tables(conn: Conn) -> list[MigratedTable]:
 
 
 @dataclass(frozen=True)
+class Policy:
+    """One row-level security policy, as ``describe_policies()`` describes it for backup and restore."""
+
+    schema_name: str
+    table_name: str
+    policy_name: str
+    permissive: bool
+    command: str  # SELECT | INSERT | UPDATE | DELETE | ALL
+    roles: tuple[str, ...]  # sorted; 'public' for every role
+    using_expr: str | None
+    check_expr: str | None
+
+
+def migrated_policies(conn: Conn) -> list[Policy]:
+    """The policies of the tables the migration may touch (``describe_policies()`` on
+    ``migrated_tables()``): the same description the backup stores and the rollback compares."""
+    return [Policy(s, t, p, permissive == "PERMISSIVE", command, tuple(roles), using, check)
+            for s, t, p, permissive, command, roles, using, check in conn.execute(
+                """SELECT d.schema_name, d.table_name, d.policy_name, d.permissive, d.command, d.roles,
+                          d.using_expr, d.check_expr
+                     FROM migration_backup.describe_policies() AS d
+                     JOIN migration_validation.migrated_tables() AS t USING (schema_name, table_name)
+                    ORDER BY 1, 2, 3""")]
+
+
+@dataclass(frozen=True)
 class RoleCount:
     """Users on one role now, the role it maps to, and what the migration does to them."""
 

@@ -22,7 +22,8 @@ from pytest_rolemig import api, postgrest
 from pytest_rolemig.db import one
 
 OPS = ("SELECT", "INSERT", "UPDATE", "DELETE")
-_CMD = {"SELECT": ("r", "*"), "INSERT": ("a", "*"), "UPDATE": ("w", "*"), "DELETE": ("d", "*")}
+_CMD = {op: (op, "ALL") for op in OPS}
+"""The policy commands (as describe_policies() names them) that apply to each operation."""
 
 ACCESS_METHOD = (
     "evaluated by PostgreSQL as a sample user of each legacy role: inside the rolled-back transaction, "
@@ -45,23 +46,9 @@ def migrated_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str, int, 
 
 def policies(conn: psycopg.Connection[Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
     """Every policy of the migrated tables: command, permissive, roles, USING and WITH CHECK text."""
-    out = {}
-    for row in conn.execute(
-        """SELECT n.nspname::text, c.relname::text, p.polname::text, p.polcmd::text, p.polpermissive,
-                  ARRAY(SELECT CASE WHEN r = 0 THEN 'public' ELSE pg_catalog.pg_get_userbyid(r)::text END
-                        FROM unnest(p.polroles) r ORDER BY 1),
-                  pg_catalog.pg_get_expr(p.polqual, p.polrelid),
-                  pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)
-           FROM pg_catalog.pg_policy p
-           JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
-           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-           WHERE c.oid = ANY (%s)""",
-        ([t[2] for t in migrated_tables(conn)],),
-    ):
-        schema, table, name, cmd, permissive, roles, using, check = row
-        out[(schema, table, name)] = {"cmd": cmd, "permissive": permissive, "roles": list(roles),
-                                      "using": using, "check": check}
-    return out
+    return {(p.schema_name, p.table_name, p.policy_name): {
+        "cmd": p.command, "permissive": p.permissive, "roles": list(p.roles), "using": p.using_expr,
+        "check": p.check_expr} for p in api.migrated_policies(conn)}
 
 
 def _combine(pols: list[dict[str, Any]], op: str, clause: str) -> str:
