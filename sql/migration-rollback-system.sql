@@ -707,6 +707,27 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION migration_backup.live_table_error(p_backup_id text)
+RETURNS text
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+SET row_security = off  -- as in create_comprehensive_backup: fail rather than see a subset
+AS $$
+DECLARE
+    v_t jsonb;
+BEGIN
+    -- Why the live table backup p_backup_id was taken from cannot be read whole by the caller
+    -- (it is gone, or row level security would show only part of it), NULL when it can. A
+    -- plan-time check, no row is read: what the restore needs of live data before it starts.
+    SELECT l.target INTO v_t FROM migration_backup.backup_log AS l WHERE l.backup_id = p_backup_id;
+    EXECUTE format('SELECT 1 FROM %I.%I LIMIT 0', v_t ->> 'profiles_schema', v_t ->> 'profiles_table');
+    RETURN NULL;
+EXCEPTION WHEN OTHERS THEN
+    RETURN SQLERRM;
+END
+$$;
+
 -- ---------------------------------------------------------- rollbacks ----
 
 CREATE OR REPLACE FUNCTION migration_backup.execute_rollback(
@@ -726,7 +747,8 @@ BEGIN
     -- NULL picks the backup the migration started from (migration_base), else the newest
     -- restorable one. Refuses, by raising before anything is written, an unknown backup, a
     -- backup taken after the migration started moving users (its roles are already migrated,
-    -- so a revert to it would leave them so), a backup whose validation has a 'fail', and a
+    -- so a revert to it would leave them so), a backup that fails backup_integrity (counts,
+    -- checksums), a live table the caller cannot read whole (live_table_error), and a
     -- rollback while a migration holds the migration lock.
     IF v_backup_id IS NULL THEN
         v_backup_id := coalesce((SELECT b.backup_id FROM migration_backup.migration_base() AS b),
@@ -742,8 +764,12 @@ BEGIN
 
     SELECT jsonb_agg(jsonb_build_object('check', v.check_name, 'details', v.details))
       INTO v_failed
-      FROM migration_backup.validate_backup_completeness(v_backup_id) AS v
-     WHERE v.status = 'fail';
+      FROM (SELECT i.check_name, i.details FROM migration_backup.backup_integrity(v_backup_id) AS i
+             WHERE i.status = 'fail'
+            UNION ALL
+            SELECT 'live_table_readable', jsonb_build_object('error', r.error)
+              FROM migration_backup.live_table_error(v_backup_id) AS r(error)
+             WHERE r.error IS NOT NULL) AS v;
     IF v_failed IS NOT NULL THEN
         RAISE EXCEPTION 'backup % failed validation; refusing to roll back from it', v_backup_id
             USING DETAIL = format('Failed checks: %s. Nothing was changed.', v_failed),
