@@ -1,8 +1,10 @@
 """Backup, migration, rollback and validation against the bare SQL a DBA would type, on the same data.
 
 Each test runs three times per size, ``baseline`` first, then ``floor``, then
-``project``; the floor and project runs store ``ratio`` = their median / the
-baseline's median in their extra_info, and the end-of-run summary prints them.
+``project`` (the migration also as ``backfill``, see below); the floor and project
+runs store ``ratio`` = their median / the baseline's median in their extra_info,
+and the end-of-run summary prints every ratio and the verdict on each target
+(``bench_report.TARGETS``).
 
 Baselines (the demo's tables; the role CHECK constraint has to make room for
 the new roles, as the project's migration does, so the baselines replace it too):
@@ -11,8 +13,13 @@ the new roles, as the project's migration does, so the baselines replace it too)
 - migration: drop the role CHECK, one ``UPDATE ... FROM role_mapping``, add the CHECK for the new roles
   (the same baseline for ``migration_cli``: ``rolemig migrate``, one committed call per batch
   so the progress bar moves and Ctrl-C stops between batches);
-- rollback: drop the CHECK, one ``UPDATE ... FROM`` the backup table, add the original CHECK back;
-- validation: one ``count(*)`` over profiles, sessions and the backup's two tables.
+- rollback: drop the CHECK, one ``UPDATE ... FROM`` the backup's typed copy of the profiles, add
+  the original CHECK back;
+- validation: one ``count(*)`` over profiles, sessions and the backup's two copies.
+
+The backfill, for the migration: what a hand-written pgroll-style backfill does, a procedure
+walking the profiles in keyset batches of 1,000 by primary key, each batch one ``UPDATE ... FROM
+role_mapping`` that logs its changed users (unindexed log, from RETURNING) and commits.
 
 Floors: the baseline plus the least of what the issue also asks for, written as bare SQL.
 A floor above a target means no design that does that work can meet the target here:
@@ -90,24 +97,61 @@ def _migration(conn: Any, log: bool) -> None:
                   (), f"CHECK (role IN ({new_roles}))", log)
 
 
+def _copies(conn: Any, backup_id: str) -> tuple[str, str]:
+    """The backup's typed copies of profiles and sessions, as qualified names."""
+    profiles, sessions = conn.execute(
+        "SELECT format('migration_backup.%%I', profiles_copy), format('migration_backup.%%I', sessions_copy) "
+        "FROM migration_backup.backup_log WHERE backup_id = %s", (backup_id,)).fetchone()
+    return profiles, sessions
+
+
+def _backfill(conn: Any) -> None:
+    """The pgroll-style backfill: keyset batches of 1,000 in a procedure, COMMIT after each, logged."""
+    new_roles = conn.execute(
+        "SELECT string_agg(quote_literal(role_name), ', ') FROM migration_control.new_roles").fetchone()[0]
+    conn.execute("""
+        CREATE TABLE public.bench_backfill_log (user_key text NOT NULL, old_role text, new_role text);
+        CREATE PROCEDURE public.bench_backfill(p_batch integer) LANGUAGE plpgsql AS $$
+        DECLARE
+            v_last uuid;
+        BEGIN
+            LOOP
+                WITH batch AS (SELECT p.id FROM public.user_profiles AS p
+                                WHERE v_last IS NULL OR p.id > v_last ORDER BY p.id LIMIT p_batch),
+                     changed AS (UPDATE public.user_profiles AS p SET role = m.new_role
+                                   FROM batch AS b, migration_control.role_mapping AS m
+                                  WHERE p.id = b.id AND p.role = m.legacy_role AND p.role IS DISTINCT FROM m.new_role
+                                 RETURNING p.id::text, m.legacy_role, m.new_role),
+                     logged AS (INSERT INTO public.bench_backfill_log SELECT * FROM changed)
+                SELECT (SELECT b.id FROM batch AS b ORDER BY b.id DESC LIMIT 1) INTO v_last;
+                EXIT WHEN v_last IS NULL;
+                COMMIT;
+            END LOOP;
+        END
+        $$""")
+    conn.execute("ALTER TABLE public.user_profiles DROP CONSTRAINT user_profiles_role_check")
+    conn.execute("CALL public.bench_backfill(1000)")
+    conn.execute(f"ALTER TABLE public.user_profiles ADD CONSTRAINT user_profiles_role_check "
+                 f"CHECK (role IN ({new_roles}))")
+    assert conn.execute("SELECT count(*) FROM public.bench_backfill_log").fetchone()[0] > 0
+
+
 def _rollback(conn: Any, backup_id: str, log: bool) -> None:
     # RETURNING sees the row as updated and nothing else holds the old role without another
     # scan of the table: the floor logs key and restored role (less than a real log would)
+    profiles, _sessions = _copies(conn, backup_id)
     _update_roles(conn,
-                  "UPDATE public.user_profiles AS p SET role = b.role "
-                  "FROM migration_backup.user_profiles_complete_backup AS b "
-                  "WHERE b.backup_id = %s AND b.user_key = p.id::text AND p.role IS DISTINCT FROM b.role",
+                  f"UPDATE public.user_profiles AS p SET role = b.role FROM {profiles} AS b "
+                  "WHERE b.id = p.id AND p.role IS DISTINCT FROM b.role",
                   "RETURNING p.id::text, NULL::text, b.role",
-                  (backup_id,), LEGACY_CHECK, log)
+                  (), LEGACY_CHECK, log)
 
 
 def _validation(conn: Any, backup_id: str, checksum: bool) -> None:
+    profiles, sessions = _copies(conn, backup_id)
     conn.execute(
         "SELECT (SELECT count(*) FROM public.user_profiles), (SELECT count(*) FROM auth.sessions), "
-        "(SELECT count(*) FROM migration_backup.user_profiles_complete_backup WHERE backup_id = %s), "
-        "(SELECT count(*) FROM migration_backup.user_sessions_backup WHERE backup_id = %s)",
-        (backup_id, backup_id),
-    ).fetchone()
+        f"(SELECT count(*) FROM {profiles}), (SELECT count(*) FROM {sessions})").fetchone()
     if checksum:  # the floor
         conn.execute("SELECT (SELECT sum(hash_record_extended(t, 0)) FROM public.user_profiles AS t), "
                      "(SELECT sum(hash_record_extended(t, 0)) FROM auth.sessions AS t)").fetchone()
@@ -127,7 +171,7 @@ def test_backup(benchmark: Any, results: Any, prepared: Any, fresh_copy: Any, ki
             project if kind == "project" else bare, setup, teardown)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [*KINDS[:2], "backfill", KINDS[2]])
 def test_migration(benchmark: Any, results: Any, prepared: Any, fresh_copy: Any, rolemig_config: Any,
                    kind: str) -> None:
     setup, teardown = fresh_copy(prepared.backed_up)
@@ -137,7 +181,10 @@ def test_migration(benchmark: Any, results: Any, prepared: Any, fresh_copy: Any,
         assert done.users_migrated + done.users_unchanged == prepared.size
 
     def bare(conn: Any, **_: Any) -> None:
-        _migration(conn, log=kind == "floor")
+        if kind == "backfill":
+            _backfill(conn)
+        else:
+            _migration(conn, log=kind == "floor")
 
     measure(benchmark, results, "migration", prepared.size, kind,
             project if kind == "project" else bare, setup, teardown)
