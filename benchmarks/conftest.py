@@ -26,7 +26,7 @@ import pytest
 from bench_report import Results, label
 
 from pytest_rolemig import api
-from pytest_rolemig.databases import create_database, drop_database, unique_name
+from pytest_rolemig.db.templates import create_database, drop_database, unique_name
 from pytest_rolemig.seeding.bulk import bulk_seed_users
 
 _RESULTS = pytest.StashKey[Results]()

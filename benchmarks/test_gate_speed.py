@@ -32,7 +32,7 @@ from pytest_rolemig.access.data import seed_access_rows
 from pytest_rolemig.access.matrix import choose_actors, compute_matrix
 from pytest_rolemig.access.report import compare
 from pytest_rolemig.access.store import ReachStore
-from pytest_rolemig.databases import create_database, drop_database, unique_name
+from pytest_rolemig.db.templates import create_database, drop_database, unique_name
 from pytest_rolemig.rehearsal import Rehearsal
 from pytest_rolemig.roundtrip.oracle import take_snapshot
 

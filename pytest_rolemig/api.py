@@ -20,7 +20,7 @@ import psycopg
 from psycopg import sql as psql
 
 from pytest_rolemig.checks import CheckReport
-from pytest_rolemig.db import scalar
+from pytest_rolemig.db.query import scalar
 from pytest_rolemig.mapping import RoleMapping
 from pytest_rolemig.postgrest import AuthSettings
 from pytest_rolemig.target import Target
@@ -225,7 +225,7 @@ LOCK_KEY_SQL = "pg_catalog.hashtext('pytest_rolemig.migration')"
 def install(conn: Conn, target: Target | None = None, mapping: RoleMapping | None = None,
             auth: AuthSettings | None = None) -> None:
     """Install (or re-install) the infrastructure, store the target and requests, load the mapping."""
-    from pytest_rolemig import installer
+    from pytest_rolemig.db import install as installer
 
     installer.install(conn, target, mapping, auth)
 

@@ -156,10 +156,10 @@ def rolemig_server(rolemig_config: settings.RolemigConfig, pytestconfig: pytest.
     """A PostgreSQL server for the session: ephemeral (pytest-postgresql) unless ``rolemig_dsn`` is set.
 
     A team already on pytest-postgresql overrides this fixture in its conftest.py with
-    ``server_from_fixture(postgresql_proc)`` (:func:`pytest_rolemig.databases.server_from_fixture`).
+    ``server_from_fixture(postgresql_proc)`` (:func:`pytest_rolemig.db.templates.server_from_fixture`).
     """
-    from pytest_rolemig.databases import ExistingServer
-    from pytest_rolemig.server import EphemeralServer, find_binaries
+    from pytest_rolemig.db.server import EphemeralServer, find_binaries
+    from pytest_rolemig.db.templates import ExistingServer
 
     problem = None
     try:
@@ -185,7 +185,7 @@ def rolemig_template(rolemig_server: Any, rolemig_config: settings.RolemigConfig
     """Template database: schema + infrastructure + mapping + seeded users, built once."""
     import psycopg
 
-    from pytest_rolemig.databases import build_template, drop_database
+    from pytest_rolemig.db.templates import build_template, drop_database
     from pytest_rolemig.errors import describe_pg_error
 
     pytestconfig.stash[_SERVER_LINE] = rolemig_server.describe()  # ours, or a conftest.py's override
@@ -209,7 +209,7 @@ def rolemig_bare_template(rolemig_server: Any, rolemig_template: Any) -> Iterato
     """Template with the application and seeded users but without the migration infrastructure."""
     import psycopg
 
-    from pytest_rolemig.databases import create_database, drop_database, strip_infrastructure, unique_name
+    from pytest_rolemig.db.templates import create_database, drop_database, strip_infrastructure, unique_name
 
     name = unique_name("rolemig_bare_tmpl")
     create_database(rolemig_server, name, template=rolemig_template.name)
@@ -222,7 +222,7 @@ def rolemig_bare_template(rolemig_server: Any, rolemig_template: Any) -> Iterato
 @pytest.fixture
 def rolemig_db(rolemig_server: Any, rolemig_template: Any) -> Iterator[Any]:
     """Connection (autocommit) to this test's own copy of the template database."""
-    from pytest_rolemig.databases import clone
+    from pytest_rolemig.db.templates import clone
 
     with clone(rolemig_server, rolemig_template.name, "rolemig_test") as conn:
         yield conn
@@ -231,7 +231,7 @@ def rolemig_db(rolemig_server: Any, rolemig_template: Any) -> Iterator[Any]:
 @pytest.fixture
 def rolemig_bare_db(rolemig_server: Any, rolemig_bare_template: str) -> Iterator[Any]:
     """Connection to a copy with the application and users, without the infrastructure."""
-    from pytest_rolemig.databases import clone
+    from pytest_rolemig.db.templates import clone
 
     with clone(rolemig_server, rolemig_bare_template, "rolemig_bare") as conn:
         yield conn
@@ -240,7 +240,7 @@ def rolemig_bare_db(rolemig_server: Any, rolemig_bare_template: str) -> Iterator
 @pytest.fixture
 def rolemig_empty_db(rolemig_server: Any) -> Iterator[Any]:
     """Connection to a new, empty database on the session's server."""
-    from pytest_rolemig.databases import clone
+    from pytest_rolemig.db.templates import clone
 
     with clone(rolemig_server, None, "rolemig_empty") as conn:
         yield conn
@@ -267,7 +267,7 @@ def rolemig_roundtrip(rolemig_server: Any, rolemig_template: Any, rolemig_config
 def rolemig_rehearsal(rolemig_server: Any, rolemig_template: Any, rolemig_config: settings.RolemigConfig,
                       rolemig_mapping: Any) -> Iterator[Any]:
     """One full rehearsal (install, backup, migrate, rollback) shared by the gate's tests."""
-    from pytest_rolemig.databases import clone
+    from pytest_rolemig.db.templates import clone
     from pytest_rolemig.rehearsal import Rehearsal
 
     with clone(rolemig_server, rolemig_template.name, "rolemig_gate") as conn:

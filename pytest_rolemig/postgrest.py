@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pytest_rolemig.db import scalar
+from pytest_rolemig.db.query import scalar
 from pytest_rolemig.target import parse_ident
 
 USER, ROLE = "{user}", "{role}"

@@ -17,9 +17,9 @@ from pytest_rolemig.access.matrix import (
 )
 from pytest_rolemig.access.report import compare, write_reports
 from pytest_rolemig.access.store import EMPTY, ReachStore
-from pytest_rolemig.databases import clone, load_schema_file
+from pytest_rolemig.db.install import install
+from pytest_rolemig.db.templates import clone, load_schema_file
 from pytest_rolemig.errors import MappingError
-from pytest_rolemig.installer import install
 from pytest_rolemig.mapping import parse_mapping
 from pytest_rolemig.seeding import seed_users
 from pytest_rolemig.target import Target

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sql_helpers import one, rows
 
-from pytest_rolemig import installer
+from pytest_rolemig.db import install as installer
 
 V1_BACKUP_FILE = Path(__file__).parent / "examples" / "upgrade" / "comprehensive-backup-system-v1.sql"
 

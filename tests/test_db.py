@@ -4,7 +4,7 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from pytest_rolemig.db import NoRowError, one, scalar
+from pytest_rolemig.db.query import NoRowError, one, scalar
 
 
 def test_one_and_scalar_read_the_first_row(rolemig_empty_db):

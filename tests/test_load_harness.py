@@ -13,7 +13,7 @@ from pytest_rolemig.tools import load
 
 
 def test_clients_never_fail_during_online_migration(rolemig_server, rolemig_bare_db):
-    from pytest_rolemig.installer import install
+    from pytest_rolemig.db.install import install
     from pytest_rolemig.mapping import load_mapping
     from pytest_rolemig.resources import demo_mapping
 

@@ -41,7 +41,7 @@ def test_installed_wheel_finds_its_data_outside_the_checkout(wheel, tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(target),
                     str(wheel)], check=True, capture_output=True, text=True, timeout=600)
     probe = (
-        "import pytest_rolemig.resources as r, pytest_rolemig.installer as i;"
+        "import pytest_rolemig.resources as r, pytest_rolemig.db.install as i;"
         "print(r.sql_dir()); print(r.demo_schema().is_file()); print(i.master_script_order())"
     )
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(target)},

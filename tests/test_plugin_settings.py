@@ -96,7 +96,7 @@ def test_fixtures_and_gate_start_their_own_server_when_database_url_is_set(pytes
 
 def test_relative_paths_on_the_command_line_are_from_the_current_folder(probe):
     from pytest_rolemig import resources
-    from pytest_rolemig.server import find_binaries
+    from pytest_rolemig.db.server import find_binaries
 
     (probe.path / "roles.toml").write_text(resources.demo_mapping().read_text())
     (probe.path / "db.sql").write_text("SELECT 1;\n")

@@ -17,8 +17,8 @@ from pytest_rolemig import api
 from pytest_rolemig.access.matrix import choose_actors, compute_matrix
 from pytest_rolemig.access.store import ReachStore
 from pytest_rolemig.cli import main
-from pytest_rolemig.databases import load_schema_file
-from pytest_rolemig.installer import install
+from pytest_rolemig.db.install import install
+from pytest_rolemig.db.templates import load_schema_file
 from pytest_rolemig.mapping import load_mapping
 from pytest_rolemig.postgrest import (
     AuthSettings,

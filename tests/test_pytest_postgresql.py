@@ -14,7 +14,7 @@ from psycopg.conninfo import conninfo_to_dict
 from pytest_postgresql.janitor import DatabaseJanitor
 
 from pytest_rolemig import resources
-from pytest_rolemig.databases import (
+from pytest_rolemig.db.templates import (
     CopyJanitor,
     create_database,
     drop_database,
@@ -60,7 +60,7 @@ def test_the_gate_runs_on_a_teams_postgresql_noproc_fixture(rolemig_server, pyte
         import pytest
         from pytest_postgresql import factories
 
-        from pytest_rolemig.databases import server_from_fixture
+        from pytest_rolemig.db.templates import server_from_fixture
 
         teams_server = factories.postgresql_noproc(host={params["host"]!r}, port={int(params["port"])},
                                                    user={params["user"]!r})

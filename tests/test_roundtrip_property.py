@@ -19,7 +19,7 @@ from dataclasses import replace
 import pytest
 
 from pytest_rolemig import api
-from pytest_rolemig.databases import clone
+from pytest_rolemig.db.templates import clone
 from pytest_rolemig.roundtrip import (
     RoundTrip,
     RoundTripError,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pytest_rolemig import resources
-from pytest_rolemig.statements import split_statements
+from pytest_rolemig.db.statements import split_statements
 
 PROJECT = Path(__file__).parent / "examples" / "supabase-project"
 MIGRATIONS = sorted((PROJECT / "supabase" / "migrations").glob("*.sql"))

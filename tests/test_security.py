@@ -16,9 +16,10 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from pytest_rolemig import api, installer
+from pytest_rolemig import api
 from pytest_rolemig.assertions import RolemigAssertionError, assert_checks_pass
 from pytest_rolemig.checks import CheckReport
+from pytest_rolemig.db import install as installer
 from pytest_rolemig.target import Target
 
 SCHEMAS = ("migration_tracking", "migration_backup", "migration_validation", "migration_control")

@@ -14,7 +14,7 @@ import pytest
 
 from pytest_rolemig import api
 from pytest_rolemig.checks import CheckReport
-from pytest_rolemig.databases import clone
+from pytest_rolemig.db.templates import clone
 
 # (signature, return type, body expression after the canary write)
 SHADOWS = [

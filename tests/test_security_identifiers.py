@@ -12,7 +12,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pytest_rolemig import api, installer
+from pytest_rolemig import api
+from pytest_rolemig.db import install as installer
 from pytest_rolemig.mapping import RoleMapping
 from pytest_rolemig.target import Target
 

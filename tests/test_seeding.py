@@ -4,7 +4,7 @@ from pathlib import Path
 
 from sql_helpers import one, rows
 
-from pytest_rolemig.databases import clone, load_schema_file
+from pytest_rolemig.db.templates import clone, load_schema_file
 from pytest_rolemig.seeding import seed_users
 from pytest_rolemig.target import Target
 

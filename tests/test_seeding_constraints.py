@@ -7,7 +7,7 @@ Each test loads a small application into its own database and seeds it as the ga
 import pytest
 from sql_helpers import one, rows
 
-from pytest_rolemig.databases import clone
+from pytest_rolemig.db.templates import clone
 from pytest_rolemig.errors import ConfigError
 from pytest_rolemig.seeding import seed_users
 from pytest_rolemig.seeding.bulk import bulk_seed_users

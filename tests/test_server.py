@@ -9,9 +9,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pytest_rolemig import server as server_module
+from pytest_rolemig.db import server as server_module
+from pytest_rolemig.db.server import EphemeralServer, data_parent, find_binaries
 from pytest_rolemig.errors import ServerError
-from pytest_rolemig.server import EphemeralServer, data_parent, find_binaries
 
 
 def test_finds_server_binaries_and_reports_version():
@@ -126,7 +126,7 @@ def test_explicit_data_folder_is_used():
 def test_demo_schema_needs_no_extension(rolemig_empty_db):
     """Server builds without contrib (the [embedded] extra has no pgcrypto) must load the demo."""
     from pytest_rolemig import resources
-    from pytest_rolemig.databases import load_schema_file
+    from pytest_rolemig.db.templates import load_schema_file
 
     load_schema_file(rolemig_empty_db, resources.demo_schema())
     extensions = {r[0] for r in rolemig_empty_db.execute("SELECT extname FROM pg_catalog.pg_extension")}

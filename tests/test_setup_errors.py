@@ -14,7 +14,7 @@ import stat
 import pytest
 
 from pytest_rolemig import resources
-from pytest_rolemig.server import SERVER_USER
+from pytest_rolemig.db.server import SERVER_USER
 
 NO_PK = """
 ALTER TABLE public.user_profiles DROP CONSTRAINT user_profiles_pkey CASCADE;

@@ -13,8 +13,8 @@ from psycopg.types.json import Jsonb
 from sql_helpers import one, rows
 
 from pytest_rolemig import resources
+from pytest_rolemig.db.install import install
 from pytest_rolemig.errors import InstallError
-from pytest_rolemig.installer import install
 from pytest_rolemig.mapping import load_mapping
 
 MY_SCHEMAS = ("migration_validation", "migration_control")

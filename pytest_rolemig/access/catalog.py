@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pytest_rolemig.db import scalar
+from pytest_rolemig.db.query import scalar
 from pytest_rolemig.postgrest import AuthSettings
 from pytest_rolemig.seeding import split_name
 from pytest_rolemig.target import Target

@@ -21,7 +21,7 @@ import psycopg
 from psycopg import sql
 
 from pytest_rolemig.access.catalog import owner_references, rls_tables
-from pytest_rolemig.db import scalar
+from pytest_rolemig.db.query import scalar
 from pytest_rolemig.target import Target
 
 # Expressions by column type, in terms of the row number g. They are SQL text with literal

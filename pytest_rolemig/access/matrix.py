@@ -48,7 +48,7 @@ from pytest_rolemig.access.catalog import (
     table_info,
 )
 from pytest_rolemig.access.store import EMPTY, ReachStore
-from pytest_rolemig.db import scalar
+from pytest_rolemig.db.query import scalar
 from pytest_rolemig.postgrest import AuthSettings, act_as, auth_settings
 from pytest_rolemig.seeding import split_name
 from pytest_rolemig.target import Target

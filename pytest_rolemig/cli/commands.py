@@ -47,7 +47,7 @@ def install_inputs(ctx: Context) -> InstallInputs:
 def cmd_install(ctx: Context) -> int:
     """Install (or re-install) the infrastructure, configure the target, load the mapping."""
     from pytest_rolemig import resources
-    from pytest_rolemig.db import scalar
+    from pytest_rolemig.db.query import scalar
     from pytest_rolemig.errors import InstallError, MappingRefused
 
     a = ctx.args
@@ -57,7 +57,7 @@ def cmd_install(ctx: Context) -> int:
     seeded = None
     try:
         if a.demo:
-            from pytest_rolemig.databases import load_schema_file
+            from pytest_rolemig.db.templates import load_schema_file
 
             exists = scalar(ctx.conn, "SELECT to_regclass(%s) IS NOT NULL", (target.profiles_table,))
             if not exists:

@@ -19,7 +19,7 @@ import psycopg
 from psycopg import sql
 
 from pytest_rolemig import api, postgrest
-from pytest_rolemig.db import one
+from pytest_rolemig.db.query import one
 
 OPS = ("SELECT", "INSERT", "UPDATE", "DELETE")
 _CMD = {op: (op, "ALL") for op in OPS}

@@ -211,7 +211,7 @@ class AccessRehearsal:
 def access_rehearsal(rolemig_server: Any, rolemig_template: Any, rolemig_config: Any,
                      rolemig_mapping: Any, request: pytest.FixtureRequest) -> Any:
     """Its own copy of the template: the matrix needs before, during, after and rollback states."""
-    from pytest_rolemig.databases import clone
+    from pytest_rolemig.db.templates import clone
 
     with clone(rolemig_server, rolemig_template.name, "rolemig_matrix") as conn, ReachStore.beside(conn) as store:
         rehearsal = AccessRehearsal(conn=conn, config=rolemig_config, mapping=rolemig_mapping, store=store,

@@ -214,7 +214,7 @@ class RoundTrip:
 def scratch_roundtrip(server: Any, template: str, target: Target, mapping: RoleMapping,
                       prefix: str = "rolemig_roundtrip", **options: Any) -> Iterator[RoundTrip]:
     """A :class:`RoundTrip` on a fresh copy of ``template`` with its users removed; dropped after."""
-    from pytest_rolemig.databases import clone
+    from pytest_rolemig.db.templates import clone
 
     with clone(server, template, prefix) as conn:
         shape = read_shape(conn, target)

@@ -12,7 +12,7 @@ import psycopg
 from psycopg import sql
 
 from pytest_rolemig import api
-from pytest_rolemig.db import scalar
+from pytest_rolemig.db.query import scalar
 from pytest_rolemig.errors import ConfigError
 from pytest_rolemig.seeding.catalog import Table, read_table
 from pytest_rolemig.seeding.copies import TEXT_TYPES, base_type

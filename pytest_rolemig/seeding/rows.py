@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pytest_rolemig.db import scalar
+from pytest_rolemig.db.query import scalar
 from pytest_rolemig.errors import ConfigError
 from pytest_rolemig.seeding.catalog import Column, Table
 

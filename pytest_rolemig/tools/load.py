@@ -170,11 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600, help="upper bound for the migration, seconds")
     args = parser.parse_args(argv)
 
-    from pytest_rolemig.databases import load_schema_file
-    from pytest_rolemig.installer import install
+    from pytest_rolemig.db.install import install
+    from pytest_rolemig.db.server import EphemeralServer, find_binaries
+    from pytest_rolemig.db.templates import load_schema_file
     from pytest_rolemig.mapping import load_mapping
     from pytest_rolemig.resources import demo_mapping, demo_schema
-    from pytest_rolemig.server import EphemeralServer, find_binaries
 
     server = EphemeralServer(find_binaries()).start()
     try:

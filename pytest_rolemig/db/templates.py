@@ -22,13 +22,13 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pytest_postgresql.janitor import DatabaseJanitor
 
-from pytest_rolemig import installer
-from pytest_rolemig.db import scalar
+from pytest_rolemig.db import install as installer
+from pytest_rolemig.db.query import scalar
+from pytest_rolemig.db.statements import split_statements
 from pytest_rolemig.errors import ConfigError, InstallError, ServerError, describe_pg_error
 from pytest_rolemig.mapping import RoleMapping
 from pytest_rolemig.postgrest import AuthSettings
 from pytest_rolemig.seeding import SeedSummary, seed_users
-from pytest_rolemig.statements import split_statements
 from pytest_rolemig.target import Target, quote_name, split_qualified
 
 
