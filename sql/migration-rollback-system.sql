@@ -965,6 +965,8 @@ BEGIN
 
         -- the migration undone: nobody still holds the role the migration wrote for them (their
         -- latest log entry before the rollback is 'migrated' and their role is its new_role).
+        -- Joined by the key's own type (an index probe or a hash on it): joined as text, the
+        -- planner took a nested loop over the whole table per log row (hours at 1,000,000).
         -- Comparing with the backup alone cannot see this when the backup was taken after users
         -- had moved. Without a rollback on record, the state now is judged.
         BEGIN
@@ -977,10 +979,12 @@ BEGIN
                                    FROM migration_tracking.migration_log AS m
                                   WHERE m.logged_at < $1 AND m.logged_at > $2
                                   ORDER BY m.user_key, m.log_id DESC) AS l
-                           JOIN %3$s AS t ON t.%1$I::text = l.user_key
+                           JOIN %3$s AS t ON t.%1$I = l.user_key::%4$s
                           WHERE l.status = ''migrated'' AND l.old_role IS DISTINCT FROM l.new_role
                             AND t.%2$I::text = l.new_role AND NOT (l.user_key = ANY ($3))) AS x',
-                v_t ->> 'key_column', v_t ->> 'role_column', v_rel)
+                v_t ->> 'key_column', v_t ->> 'role_column', v_rel,
+                (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute AS a
+                  WHERE a.attrelid = v_rel AND a.attname = v_t ->> 'key_column' AND NOT a.attisdropped))
             INTO v_n, v_sample
             USING coalesce(v_rb.started_at, clock_timestamp()),
                   (SELECT coalesce(max(r.started_at), '-infinity') FROM migration_backup.rollback_log AS r
