@@ -17,7 +17,6 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pytest_rolemig.db.query import scalar
 from pytest_rolemig.target import parse_ident
 
 USER, ROLE = "{user}", "{role}"
@@ -60,12 +59,6 @@ class AuthSettings:
         fields = {f'"{{{name}}}"': token.get(name) for name in TOKEN_FIELDS}
         return fill_template(json.loads(self.jwt_claims), user, role, fields)
 
-    def configure_sql(self) -> tuple[str, tuple[object, ...]]:
-        """The call that stores these settings with the target (after ``configure_target``)."""
-        return ("SELECT * FROM migration_control.configure_requests(p_auth_role => %s, p_anon_role => %s, "
-                "p_jwt_claims => %s::jsonb, p_pre_request => %s)",
-                (self.auth_role, self.anon_role, self.jwt_claims, self.pre_request))
-
 
 def fill_template(value: Any, user: str, role: str | None, fields: dict[str, Any] | None = None) -> Any:
     """``value`` with ``"{user}"`` / ``"{role}"`` replaced, in parsed JSON (keys and strings alike).
@@ -102,12 +95,10 @@ def parse_claims(text: str) -> str:
 
 
 def auth_settings(conn: psycopg.Connection[Any]) -> AuthSettings:
-    """The settings stored with the target in ``migration_control.target_config`` (defaults without one)."""
-    installed = conn.execute("SELECT to_regclass('migration_control.target_config') IS NOT NULL").fetchone()
-    if not installed or not installed[0]:
-        return AuthSettings()
-    row = conn.execute("SELECT to_jsonb(t) FROM migration_control.target_config AS t").fetchone()
-    return from_config(row[0]) if row else AuthSettings()
+    """The settings stored with the target (:func:`pytest_rolemig.api.stored_auth`; defaults without one)."""
+    from pytest_rolemig import api  # api's types import this module
+
+    return api.stored_auth(conn)
 
 
 def from_config(cfg: dict[str, Any]) -> AuthSettings:
@@ -123,10 +114,10 @@ def from_config(cfg: dict[str, Any]) -> AuthSettings:
 
 
 def token_fields(conn: psycopg.Connection[Any], user: str) -> dict[str, Any]:
-    """What the platform copies from ``user``'s auth row into their token; {} without the infrastructure."""
-    if not scalar(conn, "SELECT pg_catalog.to_regprocedure('migration_control.token_fields(text)') IS NOT NULL"):
-        return {}
-    return dict(scalar(conn, "SELECT migration_control.token_fields(%s)", (user,)) or {})
+    """What the platform copies from ``user``'s auth row into their token (:func:`pytest_rolemig.api.token_fields`)."""
+    from pytest_rolemig import api
+
+    return api.token_fields(conn, user)
 
 
 def act_as(conn: psycopg.Connection[Any], auth: AuthSettings, user: str | None, role: str | None) -> str:

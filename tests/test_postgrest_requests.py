@@ -63,7 +63,7 @@ def test_template_is_filled_in_parsed_json_not_as_text():
                                             '"role": "authenticated", "n": 1}'])
 def test_sql_claims_equal_the_python_ones(rolemig_db, template):
     auth = AuthSettings(jwt_claims=parse_claims(template) if template else None)
-    rolemig_db.execute(*auth.configure_sql())
+    api.configure_requests(rolemig_db, auth)
     for user, role in (("42", "editor"), ('we"ird\\', "viewer"), ("x", None)):
         got = val(rolemig_db, "SELECT migration_control.request_claims(%s, %s)", (user, role))
         assert got == auth.claims(user, role)
@@ -86,7 +86,7 @@ def test_supabase_claims_carry_what_the_users_auth_row_holds(rolemig_db):
     # a template places the same fields where it says
     auth = AuthSettings(jwt_claims=parse_claims('{"sub": "{user}", "meta": "{app_metadata}", "mail": "{email}", '
                                                 '"who": "{user_metadata}"}'))
-    rolemig_db.execute(*auth.configure_sql())
+    api.configure_requests(rolemig_db, auth)
     got = val(rolemig_db, "SELECT migration_control.request_claims(%s, 'editor')", (uid,))
     assert got == auth.claims(uid, "editor", token_fields(rolemig_db, uid))
     assert got["meta"]["role"] == "editor" and got["mail"] == claims["email"] and got["who"] == claims["user_metadata"]

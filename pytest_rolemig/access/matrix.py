@@ -33,11 +33,12 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from pytest_rolemig import api
 from pytest_rolemig.access.catalog import (
     TableInfo,
     exposed_functions,
@@ -52,9 +53,6 @@ from pytest_rolemig.db.query import scalar
 from pytest_rolemig.postgrest import AuthSettings, act_as, auth_settings
 from pytest_rolemig.seeding import split_name
 from pytest_rolemig.target import Target
-
-if TYPE_CHECKING:
-    from pytest_rolemig.api import RoleDependent
 
 COMMANDS = ("SELECT", "INSERT", "UPDATE", "DELETE")
 ANON = "(anon)"
@@ -252,7 +250,7 @@ def _policy_lets_in(conn: psycopg.Connection[Any], info: TableInfo, expression: 
 
 def compute_matrix(conn: psycopg.Connection[Any], target: Target, actors: list[Actor], label: str,
                    store: ReachStore, auth: AuthSettings | None = None,
-                   policies: Sequence[RoleDependent] = ()) -> Matrix:
+                   policies: Sequence[api.RoleDependent] = ()) -> Matrix:
     """The access matrix of ``actors`` on every RLS-protected table of the target's policy schemas.
 
     The matrices of one rehearsal share one ``store`` (a set reached in several states is
@@ -268,7 +266,7 @@ def compute_matrix(conn: psycopg.Connection[Any], target: Target, actors: list[A
     infos += [replace(table_info(conn, s, t, owners, auth), read_only=True)
               for s, t in exposed_views(conn, target.policy_schemas, auth.auth_role)]
     functions = exposed_functions(conn, target.policy_schemas, auth.auth_role)
-    mapping = dict(conn.execute("SELECT legacy_role, new_role FROM migration_control.role_mapping").fetchall())
+    mapping = api.role_mapping(conn)
     claims = current_roles(conn, target, [a.key for a in actors if a.key is not None])
     matrix = Matrix(label=label, store=store,
                     tables=tuple(i.qualified for i in infos) + tuple(f"{f}()" for f in functions))

@@ -22,6 +22,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pytest_postgresql.janitor import DatabaseJanitor
 
+from pytest_rolemig import api
 from pytest_rolemig.db import install as installer
 from pytest_rolemig.db.query import scalar
 from pytest_rolemig.db.statements import split_statements
@@ -292,11 +293,7 @@ def build_template(server: Server, schema_files: tuple[Path, ...], target: Targe
                 target = replace(target, sessions_table=None)
             check_target(conn, target)
             installer.install(conn, target, mapping, auth)
-            roles = [
-                r[0] for r in conn.execute(
-                    "SELECT role_name FROM migration_control.discover_legacy_roles() ORDER BY role_name"
-                ).fetchall()
-            ]
+            roles = [role for role, _sources, _mapped in api.legacy_roles(conn)]
             try:
                 with conn.transaction():
                     seeded = seed_users(conn, target, roles, users)

@@ -104,9 +104,8 @@ class AccessRehearsal:
         # Each path that commits between batches exposes a half-migrated state to the
         # application. First `rolemig migrate`'s: one committed execute_role_migration call
         # per batch; stopped after a third of the users.
-        self.backup_id = api.backup(self.conn, "access_matrix").backup_id
-        users = self.conn.execute("SELECT count(*) FROM migration_backup.user_profiles_complete_backup "
-                                  "WHERE backup_id = %s", (self.backup_id,)).fetchone()[0]
+        backup = api.backup(self.conn, "access_matrix")
+        self.backup_id, users = backup.backup_id, backup.profiles_count
         self.third = max(1, math.ceil(users / 3))
         result = api.migrate(self.conn, backup_id=self.backup_id, batch_size=self.third, max_batches=1)
         self.migrated_mid = result.users_migrated + result.users_unchanged
@@ -121,12 +120,8 @@ class AccessRehearsal:
         api.migrate(self.conn, backup_id=self.backup_id, batch_size=self.config.target.batch_size)
 
     def _online(self, phase: str, batch_size: int | None = None, max_batches: int | None = None) -> Any:
-        row = self.conn.execute(
-            "CALL migration_control.run_online_migration(p_backup_id => %s, p_batch_size => %s, "
-            "p_phase => %s, p_max_batches => %s)",
-            (self.backup_id, batch_size, phase, max_batches),
-        ).fetchone()
-        return row[0] if row else None
+        return api.run_online_migration(self.conn, p_backup_id=self.backup_id, p_batch_size=batch_size,
+                                        p_phase=phase, p_max_batches=max_batches)
 
     def _after_rollback(self) -> None:
         assert self.backup_id is not None

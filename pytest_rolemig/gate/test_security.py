@@ -8,14 +8,14 @@ roles can reach. One test per promise; read-only, so it does not disturb the reh
 
 from __future__ import annotations
 
+from pytest_rolemig import api
 from pytest_rolemig.assertions import assert_checks_pass
 from pytest_rolemig.checks import CheckReport
 from pytest_rolemig.rehearsal import Rehearsal
 
 
 def _security(rehearsal: Rehearsal, names: tuple[str, ...]) -> CheckReport:
-    rows = rehearsal.conn.execute("SELECT * FROM migration_validation.validate_security()").fetchall()
-    report = CheckReport.from_rows("validate_security", rows)
+    report = api.security_checks(rehearsal.conn)
     return CheckReport(report.source, tuple(c for c in report.checks if c.name in names))
 
 
