@@ -4,6 +4,7 @@
 --   online_precheck(text, integer, text)  the refusals of execute_role_migration; returns the backup id
 --   online_batch(...)                     ONE keyset batch (UPDATE + log + batch row), no commit
 --   online_alter_policy(...)              alter_role_policy under lock_timeout
+--   online_constraints_retried(...)       PROCEDURE: widen / narrow constraints, retried on lock timeouts
 --   run_online_migration(...)             PROCEDURE: expand (widen, policies, batches) or contract
 --
 -- Depends on: migration-logging-system.sql (tracking tables, start/complete_migration_batch),
@@ -196,6 +197,40 @@ AS $$
     SELECT pg_catalog.pg_sleep(least(2000, 20 * power(2, least(p_attempt, 7)) * (0.5 + random())) / 1000.0)
 $$;
 
+CREATE OR REPLACE PROCEDURE migration_control.online_constraints_retried(
+    p_mode text, p_lock_timeout_ms integer, p_max_retries integer,
+    INOUT p_changed jsonb DEFAULT '[]', INOUT p_retries integer DEFAULT 0, INOUT p_error text DEFAULT NULL)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_attempt   integer := 0;
+    v_timed_out boolean;
+BEGIN
+    -- online_constraints(p_mode) in a transaction of its own, retried with backoff while the
+    -- ACCESS EXCLUSIVE lock it needs times out, at most p_max_retries times; a retry adds to
+    -- p_retries, any other error (or giving up) lands in p_error. Called by
+    -- run_online_migration, whose transactions it commits (so no SET clause: a procedure
+    -- with one may not COMMIT; every name is schema-qualified instead).
+    LOOP
+        v_timed_out := false;
+        BEGIN
+            p_changed := migration_control.online_constraints(p_mode, p_lock_timeout_ms);
+        EXCEPTION WHEN lock_not_available THEN v_timed_out := true;
+                  WHEN OTHERS THEN p_error := SQLERRM;
+        END;
+        COMMIT;
+        EXIT WHEN NOT v_timed_out OR p_error IS NOT NULL;
+        v_attempt := v_attempt + 1;
+        p_retries := p_retries + 1;
+        IF v_attempt > p_max_retries THEN
+            p_error := pg_catalog.format('gave up after %s lock timeouts of %s ms', v_attempt, p_lock_timeout_ms);
+            EXIT;
+        END IF;
+        PERFORM migration_control.online_backoff(v_attempt);
+    END LOOP;
+END;
+$$;
+
 CREATE OR REPLACE PROCEDURE migration_control.run_online_migration(
     p_migration_name text DEFAULT 'role_system_migration',
     p_batch_size integer DEFAULT NULL,
@@ -289,24 +324,8 @@ BEGIN
     -- 1. constraints (expand: widen first; contract: narrow last, below)
     IF p_phase = 'expand' THEN
         v_step := 'widen constraints';
-        v_attempt := 0;
-        LOOP
-            v_timed_out := false;
-            BEGIN
-                v_widened := migration_control.online_constraints('widen', p_lock_timeout_ms);
-            EXCEPTION WHEN lock_not_available THEN v_timed_out := true;
-                      WHEN OTHERS THEN v_err := SQLERRM;
-            END;
-            COMMIT;
-            EXIT WHEN NOT v_timed_out OR v_err IS NOT NULL;
-            v_attempt := v_attempt + 1;
-            v_retries := v_retries + 1;
-            IF v_attempt > p_max_retries THEN
-                v_err := pg_catalog.format('gave up after %s lock timeouts of %s ms', v_attempt, p_lock_timeout_ms);
-                EXIT;
-            END IF;
-            PERFORM migration_control.online_backoff(v_attempt);
-        END LOOP;
+        CALL migration_control.online_constraints_retried('widen', p_lock_timeout_ms, p_max_retries,
+                                                          v_widened, v_retries, v_err);
     END IF;
 
     -- 2. policies, one transaction each
@@ -406,24 +425,8 @@ BEGIN
     -- 4. contract: narrow the constraints last
     IF v_err IS NULL AND p_phase = 'contract' THEN
         v_step := 'narrow constraints';
-        v_attempt := 0;
-        LOOP
-            v_timed_out := false;
-            BEGIN
-                v_narrowed := migration_control.online_constraints('narrow', p_lock_timeout_ms);
-            EXCEPTION WHEN lock_not_available THEN v_timed_out := true;
-                      WHEN OTHERS THEN v_err := SQLERRM;
-            END;
-            COMMIT;
-            EXIT WHEN NOT v_timed_out OR v_err IS NOT NULL;
-            v_attempt := v_attempt + 1;
-            v_retries := v_retries + 1;
-            IF v_attempt > p_max_retries THEN
-                v_err := pg_catalog.format('gave up after %s lock timeouts of %s ms', v_attempt, p_lock_timeout_ms);
-                EXIT;
-            END IF;
-            PERFORM migration_control.online_backoff(v_attempt);
-        END LOOP;
+        CALL migration_control.online_constraints_retried('narrow', p_lock_timeout_ms, p_max_retries,
+                                                          v_narrowed, v_retries, v_err);
     END IF;
 
     IF v_err IS NULL THEN
