@@ -59,12 +59,12 @@ SET row_security = off  -- as in create_comprehensive_backup: fail rather than s
 AS $$
 DECLARE
     v_cfg    migration_control.target_config;
-    v_bad    text;
     v_cand   record;
     v_backup text;
 BEGIN
     -- The refusals of execute_role_migration, raised before anything changes: bad arguments,
-    -- target, empty mapping, users on unknown roles, unmapped legacy roles, no valid backup.
+    -- target, the mapping (refuse_unready_mapping: empty, an enum without the new roles, users
+    -- on unknown roles, unmapped legacy roles), no valid backup.
     -- Returns the backup the run relies on (p_backup_id, or the newest valid one).
     IF p_migration_name IS NULL OR btrim(p_migration_name) = '' THEN
         RAISE EXCEPTION 'migration name must not be empty, got %', coalesce(quote_literal(p_migration_name), 'NULL')
@@ -80,24 +80,7 @@ BEGIN
     PERFORM migration_control.verify_target(v_cfg.profiles_schema, v_cfg.profiles_table, v_cfg.key_column,
                 v_cfg.role_column, v_cfg.sessions_schema, v_cfg.sessions_table,
                 v_cfg.sessions_user_column, v_cfg.policy_schemas);
-    IF NOT EXISTS (SELECT 1 FROM migration_control.role_mapping) THEN
-        RAISE EXCEPTION 'no role mapping loaded'
-            USING DETAIL = 'migration_control.role_mapping is empty.',
-                  HINT = 'call migration_control.load_role_mapping(mapping, new_roles)';
-    END IF;
-    v_bad := migration_control.unknown_roles();
-    IF v_bad IS NOT NULL THEN
-        RAISE EXCEPTION 'users have unknown roles: %', v_bad
-            USING DETAIL = 'These roles are neither legacy roles of the mapping nor new roles; nothing was changed.',
-                  HINT = 'add them to the role mapping (migration_control.load_role_mapping) or fix those users';
-    END IF;
-    SELECT string_agg(format('%s (found in %s)', d.role_name, array_to_string(d.sources, ', ')), '; ' ORDER BY d.role_name)
-    INTO v_bad FROM migration_control.discover_legacy_roles() d WHERE d.mapped_to IS NULL;
-    IF v_bad IS NOT NULL THEN
-        RAISE EXCEPTION 'unmapped legacy roles: %', v_bad
-            USING DETAIL = 'Every role the schema allows or the data holds must map onto a new role; nothing was changed.',
-                  HINT = 'add them to the role mapping (migration_control.load_role_mapping)';
-    END IF;
+    PERFORM migration_control.refuse_unready_mapping();
     FOR v_cand IN SELECT b.backup_id FROM migration_backup.backup_log b
                   WHERE b.status = 'completed' AND (p_backup_id IS NULL OR b.backup_id = p_backup_id)
                   ORDER BY b.created_at DESC, b.backup_id DESC

@@ -11,6 +11,7 @@
 --   expand_role_literals(text)            one expression's legacy role literals -> legacy OR new role
 --   alter_role_policy(...)                ONE policy to its expand or contract form, logged
 --   rewrite_role_policies(text, text)     alter_role_policy for every policy of the migrated tables
+--   refuse_unready_mapping()              the mapping refusals every path raises before changing anything
 --   execute_role_migration(...)           the migration run (batches, logging, policies, constraints)
 --
 -- Depends on: migration-logging-system.sql (target_config, new_roles, role_mapping,
@@ -660,6 +661,60 @@ $$;
 
 DROP FUNCTION IF EXISTS migration_control.execute_role_migration(text, integer, text, integer, boolean);
 
+CREATE OR REPLACE FUNCTION migration_control.refuse_unready_mapping()
+RETURNS void
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+SET row_security = off  -- every user's role counts, whatever the policies show the caller
+AS $$
+DECLARE
+    v_cfg      migration_control.target_config;
+    v_role_typ oid;
+    v_bad      text;
+BEGIN
+    -- The refusals every migration path raises before it changes anything (execute_role_migration
+    -- and the online procedure alike), about the mapping: none loaded, a role enum without the
+    -- new roles, users on roles the mapping does not know, legacy roles it does not map.
+    IF NOT EXISTS (SELECT 1 FROM migration_control.role_mapping) THEN
+        RAISE EXCEPTION 'no role mapping loaded'
+            USING DETAIL = 'migration_control.role_mapping is empty.',
+                  HINT = 'call migration_control.load_role_mapping(mapping, new_roles)';
+    END IF;
+    v_cfg := migration_validation.target();
+    SELECT a.atttypid INTO v_role_typ
+      FROM pg_catalog.pg_attribute AS a
+     WHERE a.attrelid = pg_catalog.to_regclass(format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table))
+       AND a.attname = v_cfg.role_column;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_type AS t WHERE t.oid = v_role_typ AND t.typtype = 'e') THEN
+        SELECT string_agg(r.role_name, ', ' ORDER BY r.position) INTO v_bad
+          FROM migration_control.new_roles AS r
+         WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_enum AS e
+                            WHERE e.enumtypid = v_role_typ AND e.enumlabel = r.role_name);
+        IF v_bad IS NOT NULL THEN
+            RAISE EXCEPTION 'enum % lacks new role(s) %', pg_catalog.format_type(v_role_typ, NULL), v_bad
+                USING DETAIL = format('The role column %I is an enum; users can only move to labels it has.',
+                                      v_cfg.role_column),
+                      HINT = format('ALTER TYPE %s ADD VALUE ... for each, and commit, before migrating',
+                                    pg_catalog.format_type(v_role_typ, NULL));
+        END IF;
+    END IF;
+    v_bad := migration_control.unknown_roles();
+    IF v_bad IS NOT NULL THEN
+        RAISE EXCEPTION 'users have unknown roles: %', v_bad
+            USING DETAIL = 'These roles are neither legacy roles of the mapping nor new roles; nothing was changed.',
+                  HINT = 'add them to the role mapping (migration_control.load_role_mapping) or fix those users';
+    END IF;
+    SELECT string_agg(format('%s (found in %s)', d.role_name, array_to_string(d.sources, ', ')), '; ' ORDER BY d.role_name)
+      INTO v_bad FROM migration_control.discover_legacy_roles() AS d WHERE d.mapped_to IS NULL;
+    IF v_bad IS NOT NULL THEN
+        RAISE EXCEPTION 'unmapped legacy roles: %', v_bad
+            USING DETAIL = 'Every role the schema allows or the data holds must map onto a new role; nothing was changed.',
+                  HINT = 'add them to the role mapping (migration_control.load_role_mapping)';
+    END IF;
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION migration_control.execute_role_migration(
     p_migration_name text DEFAULT 'role_system_migration',
     p_batch_size integer DEFAULT NULL,
@@ -745,39 +800,10 @@ BEGIN
                 v_cfg.role_column, v_cfg.sessions_schema, v_cfg.sessions_table,
                 v_cfg.sessions_user_column, v_cfg.policy_schemas);
     v_batch_size := coalesce(p_batch_size, v_cfg.batch_size);
-    IF NOT EXISTS (SELECT 1 FROM migration_control.role_mapping) THEN
-        RAISE EXCEPTION 'no role mapping loaded'
-            USING DETAIL = 'migration_control.role_mapping is empty.',
-                  HINT = 'call migration_control.load_role_mapping(mapping, new_roles)';
-    END IF;
-
+    PERFORM migration_control.refuse_unready_mapping();
     v_rel := to_regclass(format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table));
     SELECT pg_catalog.format_type(a.atttypid, a.atttypmod), a.atttypid INTO v_role_type, v_role_typid
     FROM pg_catalog.pg_attribute a WHERE a.attrelid = v_rel AND a.attname = v_cfg.role_column;
-    IF EXISTS (SELECT 1 FROM pg_catalog.pg_type t WHERE t.oid = v_role_typid AND t.typtype = 'e') THEN
-        SELECT string_agg(r.role_name, ', ' ORDER BY r.position) INTO v_bad
-        FROM migration_control.new_roles r
-        WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_enum e WHERE e.enumtypid = v_role_typid AND e.enumlabel = r.role_name);
-        IF v_bad IS NOT NULL THEN
-            RAISE EXCEPTION 'enum % lacks new role(s) %', v_role_type, v_bad
-                USING DETAIL = format('The role column %I is an enum; users can only move to labels it has.', v_cfg.role_column),
-                      HINT = format('ALTER TYPE %s ADD VALUE ... for each, and commit, before migrating', v_role_type);
-        END IF;
-    END IF;
-
-    v_bad := migration_control.unknown_roles();
-    IF v_bad IS NOT NULL THEN
-        RAISE EXCEPTION 'users have unknown roles: %', v_bad
-            USING DETAIL = 'These roles are neither legacy roles of the mapping nor new roles; nothing was changed.',
-                  HINT = 'add them to the role mapping (migration_control.load_role_mapping) or fix those users';
-    END IF;
-    SELECT string_agg(format('%s (found in %s)', d.role_name, array_to_string(d.sources, ', ')), '; ' ORDER BY d.role_name)
-    INTO v_bad FROM migration_control.discover_legacy_roles() d WHERE d.mapped_to IS NULL;
-    IF v_bad IS NOT NULL THEN
-        RAISE EXCEPTION 'unmapped legacy roles: %', v_bad
-            USING DETAIL = 'Every role the schema allows or the data holds must map onto a new role; nothing was changed.',
-                  HINT = 'add them to the role mapping (migration_control.load_role_mapping)';
-    END IF;
 
     -- users logged as done before the newest completed rollback are pending again
     SELECT coalesce(max(r.started_at), '-infinity') INTO v_cutoff
