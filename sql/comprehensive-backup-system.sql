@@ -692,7 +692,7 @@ SET row_security = off  -- as in create_comprehensive_backup: fail rather than s
 AS $$
 #variable_conflict use_column
 DECLARE
-    v_log     migration_backup.backup_log;
+    v_target  jsonb;     -- the target the backup was taken of
     v_copy    regclass;
     v_live    regclass;
     v_match   text;
@@ -703,25 +703,25 @@ BEGIN
     -- recomputed from the copies equal what backup_log recorded, the copy has its key and role
     -- columns), and reports live users missing from the backup (warn: they joined after it).
     RETURN QUERY SELECT i.check_name, i.status, i.details FROM migration_backup.backup_integrity(p_backup_id) AS i;
-    SELECT * INTO v_log FROM migration_backup.backup_log AS l WHERE l.backup_id = p_backup_id;
-    IF NOT FOUND OR v_log.status <> 'completed' THEN
-        RETURN;
+    SELECT l.target, migration_backup.copy_table(l.profiles_copy) INTO v_target, v_copy
+      FROM migration_backup.backup_log AS l WHERE l.backup_id = p_backup_id AND l.status = 'completed';
+    IF NOT FOUND THEN
+        RETURN;  -- backup_integrity said why
     END IF;
 
     BEGIN
-        v_copy := migration_backup.copy_table(v_log.profiles_copy);
-        v_live := format('%I.%I', v_log.target ->> 'profiles_schema', v_log.target ->> 'profiles_table')::regclass;
-        v_match := migration_backup.key_match_sql(v_copy, v_live, v_log.target ->> 'key_column', 'c', 't');
+        v_live := format('%I.%I', v_target ->> 'profiles_schema', v_target ->> 'profiles_table')::regclass;
+        v_match := migration_backup.key_match_sql(v_copy, v_live, v_target ->> 'key_column', 'c', 't');
         IF v_match IS NULL THEN
             RAISE EXCEPTION 'no key column % in both the copy % and the live table %',
-                            v_log.target ->> 'key_column', v_log.profiles_copy, v_live;
+                            v_target ->> 'key_column', v_copy, v_live;
         END IF;
         EXECUTE format(
             'SELECT count(*), jsonb_agg(x.k) FILTER (WHERE x.rn <= 20)
                FROM (SELECT t.%1$I::text AS k, row_number() OVER (ORDER BY t.%1$I::text) AS rn
                        FROM %2$s AS t
                       WHERE NOT EXISTS (SELECT 1 FROM %3$s AS c WHERE %4$s)) AS x',
-            v_log.target ->> 'key_column', v_live, v_copy, v_match)
+            v_target ->> 'key_column', v_live, v_copy, v_match)
         INTO v_missing, v_sample;
         RETURN QUERY SELECT 'covers_live_users'::text,
                             CASE WHEN v_missing = 0 THEN 'pass' ELSE 'warn' END,
@@ -730,8 +730,8 @@ BEGIN
     EXCEPTION WHEN OTHERS THEN
         RETURN QUERY SELECT 'covers_live_users'::text, 'fail'::text,
                             jsonb_build_object('error', SQLERRM,
-                                               'table', format('%I.%I', v_log.target ->> 'profiles_schema',
-                                                               v_log.target ->> 'profiles_table'));
+                                               'table', format('%I.%I', v_target ->> 'profiles_schema',
+                                                               v_target ->> 'profiles_table'));
     END;
 END
 $$;
