@@ -46,6 +46,7 @@ EXTRA_SETTINGS = {
     "migration_control.pending_count": NO_RLS,
     "migration_control.migration_state": NO_RLS,
     "migration_control.online_precheck": NO_RLS,
+    "migration_control.refuse_unready_mapping": NO_RLS,
     "migration_validation.pre_migration_checks": NO_RLS,
     "migration_validation.validate_post_migration_state": NO_RLS,
     "migration_validation.find_role_mentions": NO_RLS,
