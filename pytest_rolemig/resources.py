@@ -1,55 +1,63 @@
-"""Locate the SQL and fixture files, from a checkout or from an installed wheel.
+"""Locate the SQL and the demo application that ship inside the package.
 
-The wheel carries ``sql/`` and ``fixtures/`` as ``pytest_rolemig/_data/``; an
-editable install or a plain checkout reads them from the repository root.
+``pytest_rolemig/sql/`` holds the infrastructure: the component files, numbered in install order
+(``10-migration-logging-system.sql`` first), and ``setup-migration-infrastructure.sql``, the
+master script for ``psql`` that includes them; ``pytest_rolemig/demo/`` holds the bundled demo
+application. The numbers are the one definition of the order: the master script's ``\\ir`` lines
+must follow them, and the installer refuses to run when they do not. Read through
+:mod:`importlib.resources`, so a checkout, an editable install and a wheel find the same files.
 """
 
 from __future__ import annotations
 
 from functools import cache
+from importlib.resources import files
 from pathlib import Path
-
-_PACKAGE_DIR = Path(__file__).resolve().parent
-
-INSTALL_ORDER = (
-    "migration-logging-system.sql",
-    "comprehensive-backup-system.sql",
-    "migration-rollback-system.sql",
-    "migration-validation-functions.sql",
-    "migration-control-system.sql",
-    "role-migration.sql",
-    "online-migration.sql",
-    "migration-security.sql",
-)
-"""Component files in dependency order; the master setup script includes them in this order."""
 
 MASTER_SCRIPT = "setup-migration-infrastructure.sql"
 
 
 @cache
-def _data_dir(name: str) -> Path:
-    for candidate in (_PACKAGE_DIR / "_data" / name, _PACKAGE_DIR.parent / name):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(
-        f"pytest-rolemig cannot find its {name}/ folder (looked in {_PACKAGE_DIR / '_data'} "
-        f"and {_PACKAGE_DIR.parent}); the installation is incomplete, reinstall the package."
-    )
+def _folder(name: str) -> Path:
+    path = Path(str(files("pytest_rolemig") / name))
+    if not path.is_dir():
+        raise FileNotFoundError(f"pytest-rolemig cannot find its {name}/ folder at {path}: the installation "
+                                "is incomplete, reinstall the package")
+    return path
 
 
 def sql_dir() -> Path:
     """Folder of the infrastructure SQL files."""
-    return _data_dir("sql")
+    return _folder("sql")
 
 
 def fixtures_dir() -> Path:
-    """Folder of the bundled demo application (schema and role mapping)."""
-    return _data_dir("fixtures")
+    """Folder of the bundled demo application (schema, role mapping, Supabase stand-in)."""
+    return _folder("demo")
+
+
+def install_order() -> tuple[str, ...]:
+    """The component files in install order: their numbers sorted."""
+    return tuple(sorted(p.name for p in sql_dir().glob("[0-9][0-9]-*.sql")))
+
+
+INSTALL_ORDER = install_order()
+"""Component files in dependency order; the master setup script includes them in this order."""
 
 
 def sql_file(name: str) -> Path:
-    """One infrastructure SQL file by name."""
-    return sql_dir() / name
+    """One infrastructure SQL file, by its file name or by its component name without the number.
+
+    ``sql_file("role-migration.sql")`` is ``60-role-migration.sql``: callers name the component,
+    the number only says where it goes.
+    """
+    path = sql_dir() / name
+    if path.is_file():
+        return path
+    numbered = [p for p in sql_dir().glob(f"[0-9][0-9]-{name}")]
+    if len(numbered) != 1:
+        raise FileNotFoundError(f"no infrastructure SQL file {name} in {sql_dir()}")
+    return numbered[0]
 
 
 def demo_schema() -> Path:
@@ -65,3 +73,7 @@ def supabase_platform() -> Path:
 def demo_mapping() -> Path:
     """The bundled demo role mapping (13 legacy roles -> 6 new roles)."""
     return fixtures_dir() / "role-mapping.toml"
+
+
+if __name__ == "__main__":  # where the master script is, for psql -f
+    print(sql_file(MASTER_SCRIPT))

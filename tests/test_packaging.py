@@ -26,14 +26,16 @@ def wheel(tmp_path_factory):
 def test_wheel_ships_every_sql_file_and_the_demo(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for sql in [resources.MASTER_SCRIPT, *resources.INSTALL_ORDER]:
-        assert f"pytest_rolemig/_data/sql/{sql}" in names
-    assert "pytest_rolemig/_data/fixtures/demo-schema.sql" in names
-    assert "pytest_rolemig/_data/fixtures/role-mapping.toml" in names
+        assert f"pytest_rolemig/sql/{sql}" in names
+    assert "pytest_rolemig/demo/demo-schema.sql" in names
+    assert "pytest_rolemig/demo/role-mapping.toml" in names
+    assert "pytest_rolemig/demo/supabase-platform.sql" in names
     assert "pytest_rolemig/py.typed" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "rolemig = pytest_rolemig.plugin" in text
     assert "rolemig = pytest_rolemig.cli:main" in text
+    assert "rolemig-load = pytest_rolemig.tools.load:main" in text
 
 
 def test_installed_wheel_finds_its_data_outside_the_checkout(wheel, tmp_path):
@@ -47,6 +49,6 @@ def test_installed_wheel_finds_its_data_outside_the_checkout(wheel, tmp_path):
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(target)},
                             check=True, capture_output=True, text=True, timeout=120)
     sql_dir, demo_found, order = result.stdout.splitlines()
-    assert Path(sql_dir) == target / "pytest_rolemig" / "_data" / "sql"
+    assert Path(sql_dir) == target / "pytest_rolemig" / "sql"
     assert demo_found == "True"
     assert order == str(list(resources.INSTALL_ORDER))

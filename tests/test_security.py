@@ -16,7 +16,7 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from pytest_rolemig import api
+from pytest_rolemig import api, resources
 from pytest_rolemig.assertions import RolemigAssertionError, assert_checks_pass
 from pytest_rolemig.checks import CheckReport
 from pytest_rolemig.db import install as installer
@@ -154,7 +154,7 @@ def test_no_security_definer_function_in_the_infrastructure(rolemig_db):
 
 
 def test_security_component_is_installed_last_and_reruns_cleanly(rolemig_db):
-    assert installer.master_script_order()[-1] == "migration-security.sql"
+    assert installer.master_script_order()[-1] == resources.sql_file("migration-security.sql").name
     before = security(rolemig_db)
     steps = dict(rolemig_db.execute("SELECT * FROM migration_control.secure_migration_objects()").fetchall())
     assert steps["ownership_changed"] == 0 and steps["backup_rls_enabled"] == 0  # nothing left to fix

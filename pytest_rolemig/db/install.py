@@ -1,7 +1,7 @@
 """Install the SQL infrastructure exactly as the master setup script does.
 
-``sql/setup-migration-infrastructure.sql`` includes the component files in
-:data:`~pytest_rolemig.resources.INSTALL_ORDER` inside one transaction; this
+``pytest_rolemig/sql/setup-migration-infrastructure.sql`` includes the component files in
+:data:`~pytest_rolemig.resources.INSTALL_ORDER` (their numbers) inside one transaction; this
 module applies the same files in the same order, in one transaction, then
 stores the target and the role mapping. A failure leaves nothing behind.
 """

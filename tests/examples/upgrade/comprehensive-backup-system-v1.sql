@@ -1,4 +1,4 @@
--- Version 1 of sql/comprehensive-backup-system.sql (jsonb rows), kept as the test of the upgrade
+-- Version 1 of pytest_rolemig/sql/20-comprehensive-backup-system.sql (jsonb rows), kept as the test of the upgrade
 -- to version 2 (typed copies) installs it: tests/test_backup_upgrade.py.
 
 -- Comprehensive backup system: a complete, verifiable copy of everything the role
