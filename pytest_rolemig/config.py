@@ -78,7 +78,7 @@ class RolemigConfig:
     @property
     def is_demo(self) -> bool:
         """Whether the schema is the bundled demo alone."""
-        return self.schema_files == (resources.demo_schema(),)
+        return self.schema_files == resources.demo_schema_files()
 
 
 _RELATIVE = " A relative path is from the current folder (in the ini file: from the ini file's folder)."
@@ -157,7 +157,7 @@ def _schema_files(value: list[str], root: Path, source: str) -> tuple[Path, ...]
                         f"--rolemig-schema / rolemig_schema: schema file {match} does not exist ({source})"
                     )
                 files.append(Path(match))
-    return tuple(files)
+    return resources.with_platform(tuple(files))
 
 
 def _migrations(folder: Path, source: str) -> list[Path]:
@@ -182,7 +182,7 @@ def resolve(config: pytest.Config) -> RolemigConfig:
 
     schema = values["schema"]
     if schema in (None, []):
-        schema_files: tuple[Path, ...] = (resources.demo_schema(),)
+        schema_files: tuple[Path, ...] = resources.demo_schema_files()
         sources["schema"] = "default (bundled demo)"
     else:
         entries = [schema] if isinstance(schema, str) else list(schema)

@@ -61,8 +61,21 @@ def sql_file(name: str) -> Path:
 
 
 def demo_schema() -> Path:
-    """The bundled Supabase-style demo schema."""
+    """The bundled Supabase-style demo application; it builds on :func:`supabase_platform`."""
     return fixtures_dir() / "demo-schema.sql"
+
+
+def with_platform(files: tuple[Path, ...]) -> tuple[Path, ...]:
+    """``files`` with the Supabase platform stand-in first when one of them builds on it (the demo)."""
+    platform = supabase_platform()
+    if demo_schema() in files and platform not in files[: files.index(demo_schema())]:
+        return (platform, *files)
+    return files
+
+
+def demo_schema_files() -> tuple[Path, ...]:
+    """The demo as it is loaded: the platform stand-in, then the application."""
+    return with_platform((demo_schema(),))
 
 
 def supabase_platform() -> Path:

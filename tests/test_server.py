@@ -128,6 +128,7 @@ def test_demo_schema_needs_no_extension(rolemig_empty_db):
     from pytest_rolemig import resources
     from pytest_rolemig.db.templates import load_schema_file
 
-    load_schema_file(rolemig_empty_db, resources.demo_schema())
+    for path in resources.demo_schema_files():
+        load_schema_file(rolemig_empty_db, path)
     extensions = {r[0] for r in rolemig_empty_db.execute("SELECT extname FROM pg_catalog.pg_extension")}
     assert extensions == {"plpgsql"}

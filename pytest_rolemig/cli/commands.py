@@ -62,7 +62,8 @@ def cmd_install(ctx: Context) -> int:
             exists = scalar(ctx.conn, "SELECT to_regclass(%s) IS NOT NULL", (target.profiles_table,))
             if not exists:
                 with ctx.conn.transaction():
-                    load_schema_file(ctx.conn, resources.demo_schema())
+                    for path in resources.demo_schema_files():
+                        load_schema_file(ctx.conn, path)
         api.install(ctx.conn, target, mapping, auth)
         if a.demo and demo_users:
             from pytest_rolemig.seeding import seed_users

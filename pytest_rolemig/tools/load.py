@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     from pytest_rolemig.db.server import EphemeralServer, find_binaries
     from pytest_rolemig.db.templates import load_schema_file
     from pytest_rolemig.mapping import load_mapping
-    from pytest_rolemig.resources import demo_mapping, demo_schema
+    from pytest_rolemig.resources import demo_mapping, demo_schema_files
 
     server = EphemeralServer(find_binaries()).start()
     try:
@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             conn.execute("CREATE DATABASE rolemig_load")
         dsn = server.dsn("rolemig_load")
         with psycopg.connect(dsn, autocommit=True) as conn:
-            load_schema_file(conn, demo_schema())
+            for path in demo_schema_files():
+                load_schema_file(conn, path)
             install(conn, mapping=load_mapping(demo_mapping()))
         report = run(dsn, args.users, args.clients, args.baseline, args.batch_size, args.pause_ms, args.timeout)
     finally:
