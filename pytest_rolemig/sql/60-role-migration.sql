@@ -11,6 +11,7 @@
 --   expand_role_literals(text)            one expression's legacy role literals -> legacy OR new role
 --   alter_role_policy(...)                ONE policy to its expand or contract form, logged
 --   rewrite_role_policies(text, text)     alter_role_policy for every policy of the migrated tables
+--   refuse_bad_run(text, integer)         the argument and target refusals every path raises first
 --   refuse_unready_mapping()              the mapping refusals every path raises before changing anything
 --   execute_role_migration(...)           the migration run (batches, logging, policies, constraints)
 --
@@ -661,6 +662,36 @@ $$;
 
 DROP FUNCTION IF EXISTS migration_control.execute_role_migration(text, integer, text, integer, boolean);
 
+CREATE OR REPLACE FUNCTION migration_control.refuse_bad_run(p_migration_name text, p_batch_size integer)
+RETURNS migration_control.target_config
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_cfg migration_control.target_config;
+BEGIN
+    -- The refusals every migration path raises about its arguments and its target before it
+    -- changes anything: an empty name, a batch size below 1, a target whose tables or columns
+    -- are gone. Returns the target.
+    IF p_migration_name IS NULL OR btrim(p_migration_name) = '' THEN
+        RAISE EXCEPTION 'migration name must not be empty, got %', coalesce(quote_literal(p_migration_name), 'NULL')
+            USING DETAIL = 'The name groups the batches so that a later call can resume.',
+                  HINT = 'use e.g. ''role_system_migration''';
+    END IF;
+    IF p_batch_size IS NOT NULL AND p_batch_size < 1 THEN
+        RAISE EXCEPTION 'batch size must be a positive integer, got %', p_batch_size
+            USING DETAIL = 'p_batch_size is the number of users per batch; NULL takes target_config.batch_size.',
+                  HINT = 'use e.g. 1000';
+    END IF;
+    v_cfg := migration_validation.target();
+    PERFORM migration_control.verify_target(v_cfg.profiles_schema, v_cfg.profiles_table, v_cfg.key_column,
+                v_cfg.role_column, v_cfg.sessions_schema, v_cfg.sessions_table,
+                v_cfg.sessions_user_column, v_cfg.policy_schemas);
+    RETURN v_cfg;
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION migration_control.refuse_unready_mapping()
 RETURNS void
 LANGUAGE plpgsql
@@ -779,26 +810,13 @@ BEGIN
             USING DETAIL = format('Migration %L could not take the migration advisory lock.', p_migration_name),
                   HINT = 'wait for the other execute_role_migration call to finish (see migration_tracking.get_migration_status())';
     END IF;
-    IF p_migration_name IS NULL OR btrim(p_migration_name) = '' THEN
-        RAISE EXCEPTION 'migration name must not be empty, got %', coalesce(quote_literal(p_migration_name), 'NULL')
-            USING DETAIL = 'The name groups the batches so that a later call can resume.',
-                  HINT = 'use e.g. ''role_system_migration''';
-    END IF;
-    IF p_batch_size IS NOT NULL AND p_batch_size < 1 THEN
-        RAISE EXCEPTION 'batch size must be a positive integer, got %', p_batch_size
-            USING DETAIL = 'p_batch_size is the number of users per batch; NULL takes target_config.batch_size.',
-                  HINT = 'use e.g. 1000';
-    END IF;
     IF p_max_batches IS NOT NULL AND p_max_batches < 1 THEN
         RAISE EXCEPTION 'max batches must be a positive integer or NULL, got %', p_max_batches
             USING DETAIL = 'p_max_batches stops the run early (a partial migration); NULL runs to the end.',
                   HINT = 'pass NULL to migrate everybody';
     END IF;
 
-    v_cfg := migration_validation.target();
-    PERFORM migration_control.verify_target(v_cfg.profiles_schema, v_cfg.profiles_table, v_cfg.key_column,
-                v_cfg.role_column, v_cfg.sessions_schema, v_cfg.sessions_table,
-                v_cfg.sessions_user_column, v_cfg.policy_schemas);
+    v_cfg := migration_control.refuse_bad_run(p_migration_name, p_batch_size);
     v_batch_size := coalesce(p_batch_size, v_cfg.batch_size);
     PERFORM migration_control.refuse_unready_mapping();
     v_rel := to_regclass(format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table));

@@ -58,28 +58,13 @@ SET search_path = pg_catalog, pg_temp
 SET row_security = off  -- as in create_comprehensive_backup: fail rather than see a subset
 AS $$
 DECLARE
-    v_cfg    migration_control.target_config;
     v_cand   record;
     v_backup text;
 BEGIN
-    -- The refusals of execute_role_migration, raised before anything changes: bad arguments,
-    -- target, the mapping (refuse_unready_mapping: empty, an enum without the new roles, users
-    -- on unknown roles, unmapped legacy roles), no valid backup.
+    -- The refusals of execute_role_migration, raised before anything changes: bad arguments
+    -- and target (refuse_bad_run), the mapping (refuse_unready_mapping), no valid backup.
     -- Returns the backup the run relies on (p_backup_id, or the newest valid one).
-    IF p_migration_name IS NULL OR btrim(p_migration_name) = '' THEN
-        RAISE EXCEPTION 'migration name must not be empty, got %', coalesce(quote_literal(p_migration_name), 'NULL')
-            USING DETAIL = 'The name groups the batches so that a later call can resume.',
-                  HINT = 'use e.g. ''role_system_migration''';
-    END IF;
-    IF p_batch_size IS NOT NULL AND p_batch_size < 1 THEN
-        RAISE EXCEPTION 'batch size must be a positive integer, got %', p_batch_size
-            USING DETAIL = 'p_batch_size is the number of users per batch; NULL takes target_config.batch_size.',
-                  HINT = 'use e.g. 1000';
-    END IF;
-    v_cfg := migration_validation.target();
-    PERFORM migration_control.verify_target(v_cfg.profiles_schema, v_cfg.profiles_table, v_cfg.key_column,
-                v_cfg.role_column, v_cfg.sessions_schema, v_cfg.sessions_table,
-                v_cfg.sessions_user_column, v_cfg.policy_schemas);
+    PERFORM migration_control.refuse_bad_run(p_migration_name, p_batch_size);
     PERFORM migration_control.refuse_unready_mapping();
     FOR v_cand IN SELECT b.backup_id FROM migration_backup.backup_log b
                   WHERE b.status = 'completed' AND (p_backup_id IS NULL OR b.backup_id = p_backup_id)
