@@ -12,7 +12,8 @@
 --     on every backup table, default privileges of the owner that expose nothing; re-runnable;
 --   * migration_validation.validate_security() -- checks (check_name, status, details):
 --     migration_objects_owned, migration_objects_not_exposed, migration_default_privileges,
---     backup_tables_protected, security_definer_search_path, application_tables_rls.
+--     backup_tables_protected, security_definer_search_path, application_tables_rls (the first
+--     five from the migration_validation.security_*_check(s) helpers).
 -- Depends on: every other component (it must be installed LAST: it secures what they created).
 -- Idempotent: safe to run twice; contains no psql meta-commands.
 --
@@ -213,39 +214,28 @@ AS $$
                      WHERE c LIKE 'search_path=%' AND btrim(e, ' "') <> ''), '{}') END
 $$;
 
-CREATE OR REPLACE FUNCTION migration_validation.validate_security()
+CREATE OR REPLACE FUNCTION migration_validation.security_ownership_check(p_schemas text[])
 RETURNS TABLE(check_name text, status text, details jsonb)
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_schemas  text[] := ARRAY['migration_tracking', 'migration_backup', 'migration_validation',
-                               'migration_control'];
-    v_policy   text[];
     v_rows     jsonb;
-    v_warn     jsonb;
 BEGIN
-    -- Security of the installed infrastructure and of the application it runs in, as check rows
-    -- (the gate runs it on a team's own schema). Application roles = application_roles():
-    -- PUBLIC, anon, authenticated, service_role, authenticator, target_config.auth_role.
-    -- Privileges are read with has_*_privilege (memberships count) and, for PUBLIC, from the
-    -- ACL itself (a NULL ACL means the built-in default, e.g. EXECUTE for PUBLIC on routines).
-    SELECT c.policy_schemas INTO v_policy FROM migration_control.target_config AS c;
-    v_policy := coalesce(v_policy, ARRAY['public']);
-
-    -- 1. one dedicated, non-login owner for the schemas and everything in them
+    -- Check migration_objects_owned of validate_security(): one dedicated, non-login owner for
+    -- the migration schemas (p_schemas) and everything in them.
     WITH objs AS (
         SELECT 'schema' AS kind, n.nspname::text AS name, n.nspowner AS owner, n.oid AS nsp
-          FROM pg_catalog.pg_namespace AS n WHERE n.nspname = ANY (v_schemas)
+          FROM pg_catalog.pg_namespace AS n WHERE n.nspname = ANY (p_schemas)
         UNION ALL
         SELECT 'relation', format('%I.%I', n.nspname, c.relname), c.relowner, n.oid
           FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
-         WHERE n.nspname = ANY (v_schemas) AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+         WHERE n.nspname = ANY (p_schemas) AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
         UNION ALL
         SELECT 'routine', p.oid::regprocedure::text, p.proowner, n.oid
           FROM pg_catalog.pg_proc AS p JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
-         WHERE n.nspname = ANY (v_schemas)
+         WHERE n.nspname = ANY (p_schemas)
     ), owners_ AS (
         SELECT o.owner, count(*) AS n FROM objs AS o WHERE o.kind = 'schema' GROUP BY o.owner
     ), bad AS (
@@ -267,20 +257,33 @@ BEGIN
         CASE WHEN (v_rows ->> 'offending')::int > 0 OR (v_rows ->> 'schemas_found')::int < 4 THEN 'fail' ELSE 'pass' END,
         v_rows || jsonb_build_object('expected', 'the four schemas and every object in them owned by one NOLOGIN, '
                                                  'non-superuser role that no API request runs as');
+END
+$$;
 
-    -- 2. no application role can use a schema, read/write a relation or execute a routine
+CREATE OR REPLACE FUNCTION migration_validation.security_privilege_checks(p_schemas text[])
+RETURNS TABLE(check_name text, status text, details jsonb)
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_rows     jsonb;
+BEGIN
+    -- Checks migration_objects_not_exposed and migration_default_privileges of validate_security():
+    -- no application role can use a schema, read/write a relation or execute a routine in the
+    -- migration schemas (p_schemas) now, nor will once more objects are created there.
     WITH roles AS (SELECT a.role_name, a.role_oid FROM migration_validation.application_roles() AS a),
     exposed AS (
         SELECT 'schema' AS kind, n.nspname::text AS name, r.role_name AS grantee, x.privilege_type AS privilege
           FROM pg_catalog.pg_namespace AS n
           CROSS JOIN LATERAL pg_catalog.aclexplode(coalesce(n.nspacl, pg_catalog.acldefault('n', n.nspowner))) AS x
           JOIN roles AS r ON r.role_oid = x.grantee
-         WHERE n.nspname = ANY (v_schemas)
+         WHERE n.nspname = ANY (p_schemas)
         UNION
         SELECT 'schema', n.nspname::text, r.role_name, p.priv
           FROM pg_catalog.pg_namespace AS n CROSS JOIN roles AS r
           CROSS JOIN unnest(ARRAY['USAGE', 'CREATE']) AS p(priv)
-         WHERE n.nspname = ANY (v_schemas) AND r.role_oid <> 0
+         WHERE n.nspname = ANY (p_schemas) AND r.role_oid <> 0
            AND pg_catalog.has_schema_privilege(r.role_oid, n.oid, p.priv)
         UNION
         SELECT CASE c.relkind WHEN 'S' THEN 'sequence' ELSE 'table' END, format('%I.%I', n.nspname, c.relname),
@@ -289,13 +292,13 @@ BEGIN
           CROSS JOIN LATERAL pg_catalog.aclexplode(coalesce(c.relacl, pg_catalog.acldefault(
                     CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END::"char", c.relowner))) AS x
           JOIN roles AS r ON r.role_oid = x.grantee
-         WHERE n.nspname = ANY (v_schemas) AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+         WHERE n.nspname = ANY (p_schemas) AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
         UNION
         SELECT 'table', format('%I.%I', n.nspname, c.relname), r.role_name, p.priv
           FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
           CROSS JOIN roles AS r
           CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER']) AS p(priv)
-         WHERE n.nspname = ANY (v_schemas) AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND r.role_oid <> 0
+         WHERE n.nspname = ANY (p_schemas) AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND r.role_oid <> 0
            AND (pg_catalog.has_table_privilege(r.role_oid, c.oid, p.priv)
                 OR (p.priv IN ('SELECT', 'INSERT', 'UPDATE', 'REFERENCES')
                     AND pg_catalog.has_any_column_privilege(r.role_oid, c.oid, p.priv)))
@@ -303,19 +306,19 @@ BEGIN
         SELECT 'sequence', format('%I.%I', n.nspname, c.relname), r.role_name, p.priv
           FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
           CROSS JOIN roles AS r CROSS JOIN unnest(ARRAY['USAGE', 'SELECT', 'UPDATE']) AS p(priv)
-         WHERE n.nspname = ANY (v_schemas) AND c.relkind = 'S' AND r.role_oid <> 0
+         WHERE n.nspname = ANY (p_schemas) AND c.relkind = 'S' AND r.role_oid <> 0
            AND pg_catalog.has_sequence_privilege(r.role_oid, c.oid, p.priv)
         UNION
         SELECT 'routine', p.oid::regprocedure::text, r.role_name, x.privilege_type
           FROM pg_catalog.pg_proc AS p JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
           CROSS JOIN LATERAL pg_catalog.aclexplode(coalesce(p.proacl, pg_catalog.acldefault('f', p.proowner))) AS x
           JOIN roles AS r ON r.role_oid = x.grantee
-         WHERE n.nspname = ANY (v_schemas)
+         WHERE n.nspname = ANY (p_schemas)
         UNION
         SELECT 'routine', p.oid::regprocedure::text, r.role_name, 'EXECUTE'
           FROM pg_catalog.pg_proc AS p JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
           CROSS JOIN roles AS r
-         WHERE n.nspname = ANY (v_schemas) AND r.role_oid <> 0
+         WHERE n.nspname = ANY (p_schemas) AND r.role_oid <> 0
            AND pg_catalog.has_function_privilege(r.role_oid, p.oid, 'EXECUTE')
     )
     SELECT jsonb_build_object(
@@ -331,9 +334,9 @@ BEGIN
         v_rows || jsonb_build_object('expected', 'no USAGE on the migration schemas and no privilege on their '
                                                  'tables, sequences or routines for an application role or PUBLIC');
 
-    -- 3. default privileges in force for objects created later
+    -- default privileges in force for objects created later
     WITH roles AS (SELECT a.role_name, a.role_oid FROM migration_validation.application_roles() AS a),
-    owners AS (SELECT DISTINCT n.nspowner AS owner FROM pg_catalog.pg_namespace AS n WHERE n.nspname = ANY (v_schemas)),
+    owners AS (SELECT DISTINCT n.nspowner AS owner FROM pg_catalog.pg_namespace AS n WHERE n.nspname = ANY (p_schemas)),
     effective AS (
         -- the owner's global defaults (built-in when no row: EXECUTE for PUBLIC on routines)
         SELECT pg_catalog.pg_get_userbyid(o.owner) AS for_role, NULL::text AS in_schema, t.objtype,
@@ -345,7 +348,7 @@ BEGIN
         -- per-schema entries of any role in the migration schemas
         SELECT pg_catalog.pg_get_userbyid(d.defaclrole), n.nspname::text, d.defaclobjtype, d.defaclacl
           FROM pg_catalog.pg_default_acl AS d JOIN pg_catalog.pg_namespace AS n ON n.oid = d.defaclnamespace
-         WHERE n.nspname = ANY (v_schemas)
+         WHERE n.nspname = ANY (p_schemas)
     ), bad AS (
         SELECT e.for_role, e.in_schema,
                CASE e.objtype WHEN 'r' THEN 'tables' WHEN 'S' THEN 'sequences' WHEN 'f' THEN 'routines'
@@ -364,10 +367,22 @@ BEGIN
                                                  'privileges set in the migration schemas, grant nothing to an '
                                                  'application role or PUBLIC',
                                      'hint', 'run SELECT * FROM migration_control.secure_migration_objects()');
+END
+$$;
 
-    -- 4. backup tables: RLS on, and no application role (service_role included) has a privilege;
-    --    the views over the backup copies (user_profiles_complete_backup, user_sessions_backup)
-    --    show the same rows: no privilege either (RLS does not apply to a view)
+CREATE OR REPLACE FUNCTION migration_validation.security_backup_tables_check()
+RETURNS TABLE(check_name text, status text, details jsonb)
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_rows     jsonb;
+BEGIN
+    -- Check backup_tables_protected of validate_security(): the backup tables hold session tokens
+    -- and profile data, so RLS is on and no application role (service_role included) has a
+    -- privilege; the views over the backup copies (user_profiles_complete_backup,
+    -- user_sessions_backup) show the same rows: no privilege either (RLS does not apply to a view).
     WITH roles AS (SELECT a.role_name, a.role_oid FROM migration_validation.application_roles() AS a),
     tabs AS (
         SELECT c.oid, format('%I.%I', n.nspname, c.relname) AS name, c.relrowsecurity OR c.relkind = 'v' AS relrowsecurity,
@@ -395,8 +410,21 @@ BEGIN
         CASE WHEN (v_rows ->> 'offending')::int > 0 OR (v_rows ->> 'tables_checked')::int = 0 THEN 'fail' ELSE 'pass' END,
         v_rows || jsonb_build_object('expected', 'every table of migration_backup has row level security enabled '
                                                  'and grants nothing to an application role or PUBLIC');
+END
+$$;
 
-    -- 5. SECURITY DEFINER functions pin a search_path no application role can write to
+CREATE OR REPLACE FUNCTION migration_validation.security_definer_check(p_schemas text[], p_policy text[])
+RETURNS TABLE(check_name text, status text, details jsonb)
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_rows     jsonb;
+BEGIN
+    -- Check security_definer_search_path of validate_security(): SECURITY DEFINER functions of the
+    -- migration (p_schemas) and policy (p_policy) schemas pin a search_path no application role
+    -- can write to.
     WITH roles AS (SELECT a.role_name, a.role_oid FROM migration_validation.application_roles() AS a),
     defs AS (
         SELECT p.oid, p.oid::regprocedure::text AS function, n.nspname::text AS schema,
@@ -405,7 +433,7 @@ BEGIN
                         WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')
                    AS in_extension
           FROM pg_catalog.pg_proc AS p JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
-         WHERE p.prosecdef AND (n.nspname = ANY (v_schemas) OR n.nspname = ANY (v_policy))
+         WHERE p.prosecdef AND (n.nspname = ANY (p_schemas) OR n.nspname = ANY (p_policy))
     ), findings AS (
         SELECT d.function, d.schema, d.in_extension, 'fail' AS severity,
                'search_path not set: callers choose where unqualified names resolve' AS problem
@@ -431,10 +459,10 @@ BEGIN
         UNION ALL
         SELECT d.function, d.schema, d.in_extension, 'warn',
                'SECURITY DEFINER in a migration schema: every migration function is meant to be SECURITY INVOKER'
-          FROM defs AS d WHERE d.schema = ANY (v_schemas)
+          FROM defs AS d WHERE d.schema = ANY (p_schemas)
     )
     SELECT jsonb_build_object(
-               'schemas', to_jsonb(v_schemas || v_policy),
+               'schemas', to_jsonb(p_schemas || p_policy),
                'definer_functions', (SELECT count(*) FROM defs),
                'failing', (SELECT count(*) FROM findings AS f WHERE f.severity = 'fail' AND NOT f.in_extension),
                'warnings', (SELECT count(*) FROM findings AS f WHERE f.severity = 'warn' OR f.in_extension),
@@ -448,8 +476,40 @@ BEGIN
                                                  'schemas pins search_path (e.g. SET search_path = '''' with '
                                                  'qualified names, or pg_catalog, pg_temp)',
                                      'note', 'functions of extensions are reported as warnings');
+END
+$$;
 
-    -- 6. application tables an API role can reach have RLS on
+CREATE OR REPLACE FUNCTION migration_validation.validate_security()
+RETURNS TABLE(check_name text, status text, details jsonb)
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_schemas  text[] := ARRAY['migration_tracking', 'migration_backup', 'migration_validation',
+                               'migration_control'];
+    v_policy   text[];
+    v_rows     jsonb;
+    v_warn     jsonb;
+BEGIN
+    -- Security of the installed infrastructure and of the application it runs in, as check rows
+    -- (the gate runs it on a team's own schema). Application roles = application_roles():
+    -- PUBLIC, anon, authenticated, service_role, authenticator, target_config.auth_role.
+    -- Privileges are read with has_*_privilege (memberships count) and, for PUBLIC, from the
+    -- ACL itself (a NULL ACL means the built-in default, e.g. EXECUTE for PUBLIC on routines).
+    SELECT c.policy_schemas INTO v_policy FROM migration_control.target_config AS c;
+    v_policy := coalesce(v_policy, ARRAY['public']);
+
+    -- The migration infrastructure (owned, not exposed, backups protected), then the SECURITY
+    -- DEFINER functions of the migration and policy schemas; the rows keep this order.
+    RETURN QUERY SELECT * FROM migration_validation.security_ownership_check(v_schemas);
+    RETURN QUERY SELECT * FROM migration_validation.security_privilege_checks(v_schemas);
+    RETURN QUERY SELECT * FROM migration_validation.security_backup_tables_check();
+    RETURN QUERY SELECT * FROM migration_validation.security_definer_check(v_schemas, v_policy);
+
+    -- Application tables an API role can reach have RLS on. Kept here, next to the policy
+    -- schemas it reads (test_security_hijack's canary also relies on this function calling
+    -- format/to_jsonb itself).
     WITH roles AS (SELECT a.role_name, a.role_oid FROM migration_validation.application_roles() AS a
                     WHERE a.role_name NOT IN ('service_role', 'authenticator')),
     reach AS (
