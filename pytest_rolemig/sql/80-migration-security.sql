@@ -9,7 +9,8 @@
 --     those that exist;
 --   * migration_control.secure_migration_objects(p_owner) -- ownership, REVOKE ALL from the
 --     application roles on schemas / tables / sequences / routines, RLS enabled (no policies)
---     on every backup table, default privileges of the owner that expose nothing; re-runnable;
+--     on every backup table, default privileges of the owner that expose nothing; re-runnable
+--     (the owner is vetted, created if missing and joined first by ensure_migration_owner(p_owner));
 --   * migration_validation.validate_security() -- checks (check_name, status, details):
 --     migration_objects_owned, migration_objects_not_exposed, migration_default_privileges,
 --     backup_tables_protected, security_definer_search_path, application_tables_rls (the first
@@ -48,24 +49,18 @@ AS $$
                     WHERE b.role_oid <> r.oid AND pg_catalog.pg_has_role(b.role_oid, r.oid, 'MEMBER'))
 $$;
 
-CREATE OR REPLACE FUNCTION migration_control.secure_migration_objects(p_owner text DEFAULT 'migration_owner')
+CREATE OR REPLACE FUNCTION migration_control.ensure_migration_owner(p_owner text)
 RETURNS TABLE(step text, objects integer)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_schemas  text[] := ARRAY['migration_tracking', 'migration_backup', 'migration_validation',
-                               'migration_control'];
     v_owner    oid;
-    v_obj      record;
-    v_n        integer;
-    v_roles    text;
 BEGIN
-    -- Hands the four schemas and everything in them to a dedicated NOLOGIN owner, takes every
-    -- privilege away from the application roles (PUBLIC included), enables RLS without
-    -- policies on the backup tables (they hold session tokens and profile data) and makes the
-    -- owner's default privileges grant nothing, so objects created later are not exposed either.
-    -- Loops only where DDL must name one object at a time (ownership, RLS flags).
+    -- The first step of secure_migration_objects(): before anything is handed over, p_owner
+    -- must be a dedicated NOLOGIN role no API role can become; it is created if missing and
+    -- the operator made a member. Returns the steps it took (owner_created,
+    -- operator_granted_membership); refusals raise.
     IF p_owner IS NULL OR p_owner = '' OR p_owner IN (SELECT a.role_name FROM migration_validation.application_roles() AS a)
        OR lower(p_owner) = 'public' THEN
         RAISE EXCEPTION 'cannot make % the owner of the migration schemas', coalesce(quote_literal(p_owner), 'NULL')
@@ -101,6 +96,29 @@ BEGIN
         EXECUTE format('GRANT %I TO %I', p_owner, current_user);
         RETURN QUERY SELECT 'operator_granted_membership'::text, 1;
     END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION migration_control.secure_migration_objects(p_owner text DEFAULT 'migration_owner')
+RETURNS TABLE(step text, objects integer)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_schemas  text[] := ARRAY['migration_tracking', 'migration_backup', 'migration_validation',
+                               'migration_control'];
+    v_owner    oid;
+    v_obj      record;
+    v_n        integer;
+    v_roles    text;
+BEGIN
+    -- Hands the four schemas and everything in them to a dedicated NOLOGIN owner, takes every
+    -- privilege away from the application roles (PUBLIC included), enables RLS without
+    -- policies on the backup tables (they hold session tokens and profile data) and makes the
+    -- owner's default privileges grant nothing, so objects created later are not exposed either.
+    -- Loops only where DDL must name one object at a time (ownership, RLS flags).
+    RETURN QUERY SELECT * FROM migration_control.ensure_migration_owner(p_owner);
+    SELECT r.oid INTO v_owner FROM pg_catalog.pg_roles AS r WHERE r.rolname = p_owner;
 
     -- Ownership: schemas first (the new owner needs CREATE on the schema), then their contents.
     v_n := 0;
