@@ -7,6 +7,8 @@
 --   quoted_literals(text)                    the string literals of a deparsed expression
 --   migrated_tables()                        tables in policy_schemas with RLS or policies + profiles
 --   policy_role_literals()                   each quoted role name in a policy of those tables
+--   pre_migration_role_checks(target_config) no NULL and no unknown roles, from one pass over the users
+--   pre_migration_mapping_checks()           every legacy role mapped, every mapping onto a new role
 --   validate_pre_migration_state()           target, mapping, data, backup, nothing running
 --   validate_post_migration_state(text)      data vs backup and mapping, policies, sessions
 --   test_user_authentication(integer)        sample users read their own rows under RLS
@@ -431,6 +433,121 @@ $$;
 
 -- ------------------------------------------------------------ pre-migration ----
 
+CREATE OR REPLACE FUNCTION migration_validation.pre_migration_role_checks(p_cfg migration_control.target_config)
+RETURNS TABLE(check_name text, status text, details jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_total     bigint;
+    v_nulls     bigint;
+    v_sample    jsonb;
+    v_unknown   jsonb;
+    v_on_new    jsonb;
+    v_roles     jsonb;
+BEGIN
+    -- The rows no_null_roles and all_roles_known of pre_migration_checks, which both read
+    -- the users per role: one pass over the profiles counts them (NULL included), and the
+    -- samples of offending users are read by role (an index on the role column serves them)
+    -- only when there are offenders. Runs under the caller's row_security = off.
+    EXECUTE format('SELECT coalesce(jsonb_agg(jsonb_build_array(g.role, g.cnt)), ''[]'')
+                      FROM (SELECT t.%1$I::text AS role, count(*) AS cnt FROM %2$I.%3$I t GROUP BY 1) g',
+                   p_cfg.role_column, p_cfg.profiles_schema, p_cfg.profiles_table)
+    INTO v_roles;
+    SELECT coalesce(sum((e ->> 1)::bigint), 0), coalesce(sum((e ->> 1)::bigint) FILTER (WHERE e ->> 0 IS NULL), 0)
+      INTO v_total, v_nulls
+      FROM jsonb_array_elements(v_roles) AS e;
+    v_sample := '[]';
+    IF v_nulls > 0 THEN
+        EXECUTE format(
+            'SELECT coalesce(jsonb_agg(s.k), ''[]'') FROM (SELECT u.%1$I::text AS k FROM %3$I.%4$I u
+               WHERE u.%2$I IS NULL ORDER BY u.%1$I LIMIT 20) s',
+            p_cfg.key_column, p_cfg.role_column, p_cfg.profiles_schema, p_cfg.profiles_table)
+        INTO v_sample;
+    END IF;
+    check_name := 'no_null_roles';
+    status := CASE WHEN v_nulls = 0 THEN 'pass' ELSE 'fail' END;
+    details := jsonb_build_object('users', v_total, 'null_roles', v_nulls, 'sample', v_sample);
+    RETURN NEXT;
+
+    -- users per role that is not a mapped legacy role: unknown (fail) or already a new role (warn)
+    v_unknown := '{}';
+    v_on_new := '{}';
+    v_sample := '[]';
+    IF EXISTS (SELECT 1 FROM jsonb_array_elements(v_roles) AS e
+                WHERE e ->> 0 IS NOT NULL
+                  AND NOT EXISTS (SELECT 1 FROM migration_control.role_mapping m WHERE m.legacy_role = e ->> 0)) THEN
+        EXECUTE format(
+            'WITH r AS (
+                 SELECT t.%2$I::text AS role, t.%1$I::text AS k,
+                        row_number() OVER (PARTITION BY t.%2$I::text ORDER BY t.%1$I) AS n
+                 FROM %3$I.%4$I t
+                 WHERE t.%2$I::text = ANY ($1))
+             SELECT coalesce(jsonb_object_agg(g.role, jsonb_build_object(''count'', g.cnt, ''sample'', g.keys))
+                             FILTER (WHERE NOT g.is_new), ''{}''),
+                    coalesce(jsonb_object_agg(g.role, jsonb_build_object(''count'', g.cnt, ''sample'', g.keys))
+                             FILTER (WHERE g.is_new), ''{}''),
+                    (SELECT coalesce(jsonb_agg(jsonb_build_object(''key'', s.k, ''role'', s.role)), ''[]'')
+                     FROM (SELECT r.k, r.role FROM r ORDER BY r.role, r.k LIMIT 20) s)
+             FROM (SELECT r.role, count(*) AS cnt, jsonb_agg(r.k ORDER BY r.k) FILTER (WHERE r.n <= 5) AS keys,
+                          EXISTS (SELECT 1 FROM migration_control.new_roles nr WHERE nr.role_name = r.role) AS is_new
+                   FROM r GROUP BY r.role) g',
+            p_cfg.key_column, p_cfg.role_column, p_cfg.profiles_schema, p_cfg.profiles_table)
+        INTO v_unknown, v_on_new, v_sample
+        USING ARRAY(SELECT e ->> 0 FROM jsonb_array_elements(v_roles) AS e
+                     WHERE e ->> 0 IS NOT NULL
+                       AND NOT EXISTS (SELECT 1 FROM migration_control.role_mapping m WHERE m.legacy_role = e ->> 0));
+    END IF;
+    check_name := 'all_roles_known';
+    status := CASE WHEN v_unknown <> '{}' THEN 'fail' WHEN v_on_new <> '{}' THEN 'warn' ELSE 'pass' END;
+    details := jsonb_build_object('users', v_total, 'unknown_roles', v_unknown,
+                                  'already_on_new_roles', v_on_new, 'sample', v_sample);
+    RETURN NEXT;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION migration_validation.pre_migration_mapping_checks()
+RETURNS TABLE(check_name text, status text, details jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_list      jsonb;
+    v_n         bigint;
+BEGIN
+    -- The rows mapping_total and mapping_targets_valid of pre_migration_checks: is the
+    -- mapping complete in both directions, every legacy role the schema allows mapped, and
+    -- every mapping onto a role that exists among the new roles.
+    check_name := 'mapping_total';
+    BEGIN
+        SELECT count(*),
+               coalesce(jsonb_agg(jsonb_build_object('role', d.role_name, 'sources', d.sources))
+                        FILTER (WHERE d.mapped_to IS NULL), '[]')
+        INTO v_n, v_list
+        FROM migration_control.discover_legacy_roles() d;
+        status := CASE WHEN v_list = '[]' THEN 'pass' ELSE 'fail' END;
+        details := jsonb_build_object('legacy_roles_found', v_n,
+                                      'unmapped_roles', (SELECT coalesce(jsonb_agg(e -> 'role'), '[]')
+                                                         FROM jsonb_array_elements(v_list) e),
+                                      'sample', v_list);
+    EXCEPTION WHEN OTHERS THEN
+        status := 'fail';
+        details := jsonb_build_object('error', SQLERRM);
+    END;
+    RETURN NEXT;
+
+    check_name := 'mapping_targets_valid';
+    SELECT coalesce(jsonb_agg(jsonb_build_object('legacy_role', m.legacy_role, 'new_role', m.new_role)), '[]')
+    INTO v_list
+    FROM migration_control.role_mapping m
+    WHERE NOT EXISTS (SELECT 1 FROM migration_control.new_roles r WHERE r.role_name = m.new_role);
+    status := CASE WHEN v_list = '[]' THEN 'pass' ELSE 'fail' END;
+    details := jsonb_build_object('mappings', (SELECT count(*) FROM migration_control.role_mapping),
+                                  'invalid_targets', v_list);
+    RETURN NEXT;
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION migration_validation.pre_migration_checks(
     p_backup_id text DEFAULT NULL, p_backup_checks jsonb DEFAULT NULL)
 RETURNS TABLE(check_name text, status text, details jsonb)
@@ -440,19 +557,14 @@ SET row_security = off  -- as in create_comprehensive_backup: fail rather than s
 AS $$
 DECLARE
     v_cfg       migration_control.target_config;
-    v_total     bigint;
-    v_nulls     bigint;
-    v_sample    jsonb;
-    v_unknown   jsonb;
-    v_on_new    jsonb;
     v_list      jsonb;
-    v_roles     jsonb;
     v_backup    text;
     v_n         bigint;
 BEGIN
     -- Is the database ready to migrate? Target and mapping present, every user on a mapped
-    -- legacy role, every role the schema allows mapped onto a new role, a valid backup, and
-    -- no other migration running. Each check returns counts and up to 20 offending rows.
+    -- legacy role (pre_migration_role_checks), every role the schema allows mapped onto a new
+    -- role (pre_migration_mapping_checks), a valid backup, and no other migration running.
+    -- Each check returns counts and up to 20 offending rows.
     SELECT * INTO v_cfg FROM migration_control.target_config;
     check_name := 'target_configured';
     IF NOT FOUND THEN
@@ -485,90 +597,9 @@ BEGIN
                                   'new_roles', (SELECT count(*) FROM migration_control.new_roles));
     RETURN NEXT;
 
-    -- One pass over the profiles counts the users per role (NULL included); the two checks
-    -- below read it, and the samples of offending users are read by role (an index on the
-    -- role column serves them) only when there are offenders.
-    EXECUTE format('SELECT coalesce(jsonb_agg(jsonb_build_array(g.role, g.cnt)), ''[]'')
-                      FROM (SELECT t.%1$I::text AS role, count(*) AS cnt FROM %2$I.%3$I t GROUP BY 1) g',
-                   v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table)
-    INTO v_roles;
-    SELECT coalesce(sum((e ->> 1)::bigint), 0), coalesce(sum((e ->> 1)::bigint) FILTER (WHERE e ->> 0 IS NULL), 0)
-      INTO v_total, v_nulls
-      FROM jsonb_array_elements(v_roles) AS e;
-    v_sample := '[]';
-    IF v_nulls > 0 THEN
-        EXECUTE format(
-            'SELECT coalesce(jsonb_agg(s.k), ''[]'') FROM (SELECT u.%1$I::text AS k FROM %3$I.%4$I u
-               WHERE u.%2$I IS NULL ORDER BY u.%1$I LIMIT 20) s',
-            v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table)
-        INTO v_sample;
-    END IF;
-    check_name := 'no_null_roles';
-    status := CASE WHEN v_nulls = 0 THEN 'pass' ELSE 'fail' END;
-    details := jsonb_build_object('users', v_total, 'null_roles', v_nulls, 'sample', v_sample);
-    RETURN NEXT;
+    RETURN QUERY SELECT c.check_name, c.status, c.details FROM migration_validation.pre_migration_role_checks(v_cfg) AS c;
 
-    -- users per role that is not a mapped legacy role: unknown (fail) or already a new role (warn)
-    v_unknown := '{}';
-    v_on_new := '{}';
-    v_sample := '[]';
-    IF EXISTS (SELECT 1 FROM jsonb_array_elements(v_roles) AS e
-                WHERE e ->> 0 IS NOT NULL
-                  AND NOT EXISTS (SELECT 1 FROM migration_control.role_mapping m WHERE m.legacy_role = e ->> 0)) THEN
-        EXECUTE format(
-            'WITH r AS (
-                 SELECT t.%2$I::text AS role, t.%1$I::text AS k,
-                        row_number() OVER (PARTITION BY t.%2$I::text ORDER BY t.%1$I) AS n
-                 FROM %3$I.%4$I t
-                 WHERE t.%2$I::text = ANY ($1))
-             SELECT coalesce(jsonb_object_agg(g.role, jsonb_build_object(''count'', g.cnt, ''sample'', g.keys))
-                             FILTER (WHERE NOT g.is_new), ''{}''),
-                    coalesce(jsonb_object_agg(g.role, jsonb_build_object(''count'', g.cnt, ''sample'', g.keys))
-                             FILTER (WHERE g.is_new), ''{}''),
-                    (SELECT coalesce(jsonb_agg(jsonb_build_object(''key'', s.k, ''role'', s.role)), ''[]'')
-                     FROM (SELECT r.k, r.role FROM r ORDER BY r.role, r.k LIMIT 20) s)
-             FROM (SELECT r.role, count(*) AS cnt, jsonb_agg(r.k ORDER BY r.k) FILTER (WHERE r.n <= 5) AS keys,
-                          EXISTS (SELECT 1 FROM migration_control.new_roles nr WHERE nr.role_name = r.role) AS is_new
-                   FROM r GROUP BY r.role) g',
-            v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table)
-        INTO v_unknown, v_on_new, v_sample
-        USING ARRAY(SELECT e ->> 0 FROM jsonb_array_elements(v_roles) AS e
-                     WHERE e ->> 0 IS NOT NULL
-                       AND NOT EXISTS (SELECT 1 FROM migration_control.role_mapping m WHERE m.legacy_role = e ->> 0));
-    END IF;
-    check_name := 'all_roles_known';
-    status := CASE WHEN v_unknown <> '{}' THEN 'fail' WHEN v_on_new <> '{}' THEN 'warn' ELSE 'pass' END;
-    details := jsonb_build_object('users', v_total, 'unknown_roles', v_unknown,
-                                  'already_on_new_roles', v_on_new, 'sample', v_sample);
-    RETURN NEXT;
-
-    check_name := 'mapping_total';
-    BEGIN
-        SELECT count(*),
-               coalesce(jsonb_agg(jsonb_build_object('role', d.role_name, 'sources', d.sources))
-                        FILTER (WHERE d.mapped_to IS NULL), '[]')
-        INTO v_n, v_list
-        FROM migration_control.discover_legacy_roles() d;
-        status := CASE WHEN v_list = '[]' THEN 'pass' ELSE 'fail' END;
-        details := jsonb_build_object('legacy_roles_found', v_n,
-                                      'unmapped_roles', (SELECT coalesce(jsonb_agg(e -> 'role'), '[]')
-                                                         FROM jsonb_array_elements(v_list) e),
-                                      'sample', v_list);
-    EXCEPTION WHEN OTHERS THEN
-        status := 'fail';
-        details := jsonb_build_object('error', SQLERRM);
-    END;
-    RETURN NEXT;
-
-    check_name := 'mapping_targets_valid';
-    SELECT coalesce(jsonb_agg(jsonb_build_object('legacy_role', m.legacy_role, 'new_role', m.new_role)), '[]')
-    INTO v_list
-    FROM migration_control.role_mapping m
-    WHERE NOT EXISTS (SELECT 1 FROM migration_control.new_roles r WHERE r.role_name = m.new_role);
-    status := CASE WHEN v_list = '[]' THEN 'pass' ELSE 'fail' END;
-    details := jsonb_build_object('mappings', (SELECT count(*) FROM migration_control.role_mapping),
-                                  'invalid_targets', v_list);
-    RETURN NEXT;
+    RETURN QUERY SELECT c.check_name, c.status, c.details FROM migration_validation.pre_migration_mapping_checks() AS c;
 
     check_name := 'valid_backup_exists';
     v_backup := migration_validation.newest_backup();
