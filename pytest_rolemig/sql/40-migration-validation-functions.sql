@@ -10,6 +10,9 @@
 --   pre_migration_role_checks(target_config) no NULL and no unknown roles, from one pass over the users
 --   pre_migration_mapping_checks()           every legacy role mapped, every mapping onto a new role
 --   validate_pre_migration_state()           target, mapping, data, backup, nothing running
+--   post_migration_user_checks(...)          users on new roles as mapped, none lost, from one pass
+--   post_migration_policy_check()            no legacy-only role left in a policy
+--   post_migration_sessions_check(...)       every backed-up session still there, from one pass
 --   validate_post_migration_state(text)      data vs backup and mapping, policies, sessions
 --   test_user_authentication(integer)        sample users read their own rows under RLS
 --   validate_rls_policies(text)              RLS enabled, policy role names fit the phase
@@ -651,44 +654,25 @@ $$;
 
 -- ----------------------------------------------------------- post-migration ----
 
-CREATE OR REPLACE FUNCTION migration_validation.validate_post_migration_state(p_backup_id text DEFAULT NULL)
+CREATE OR REPLACE FUNCTION migration_validation.post_migration_user_checks(
+    p_cfg migration_control.target_config, p_backup text, p_found boolean, p_rel regclass, p_copy regclass,
+    p_match text)
 RETURNS TABLE(check_name text, status text, details jsonb)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
-SET row_security = off  -- as in create_comprehensive_backup: fail rather than see a subset
 AS $$
 DECLARE
-    v_cfg      migration_control.target_config;
-    v_backup   text := coalesce(p_backup_id, (SELECT b.backup_id FROM migration_backup.migration_base() b),
-                                migration_validation.newest_backup());
-    v_log      migration_backup.backup_log;
-    v_found    boolean;
-    v_rel      regclass;
-    v_copy     regclass;
-    v_match    text;
     v_r        record;
     v_sample   jsonb;
-    v_n        bigint;
-    v_m        bigint;
 BEGIN
-    -- Did the migration do what the mapping says and nothing else? Every user on a new
-    -- role, each backed-up user on mapping(backed-up role), the same number of users, no
-    -- legacy-only role left in a policy, every backed-up session still there. Data checks
-    -- compare against the given backup (NULL = the one the migration started from: a backup
-    -- taken mid-migration already holds new roles; with no migration, the newest completed).
-    -- One pass joins the backup's typed copy with the live table (a full join: the live
-    -- users, those on no new role, the backed-up ones, the mismatches and the merged rows
-    -- are counted together), one the sessions copy with the live sessions; the samples are
-    -- further passes, taken only when there is something to show.
-    v_cfg := migration_validation.target();
-    SELECT * INTO v_log FROM migration_backup.backup_log b WHERE b.backup_id = v_backup;
-    v_found := v_backup IS NOT NULL AND FOUND;
-    v_rel := format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table)::regclass;
-    v_copy := migration_backup.copy_table(v_log.profiles_copy);
-    v_match := migration_backup.key_match_sql(v_copy, v_rel, v_cfg.key_column, 'c', 't');
-    v_found := v_found AND v_match IS NOT NULL;
-
-    IF v_found THEN
+    -- The rows every_user_has_new_role, roles_match_mapping and user_count_unchanged of
+    -- validate_post_migration_state, which read the same counts: one pass joins the backup's
+    -- typed copy p_copy with the live table p_rel on p_match (a full join: the live users,
+    -- those on no new role, the backed-up ones, the mismatches and the merged rows are
+    -- counted together; without a backup, p_found false, one pass over the live table); the
+    -- samples are further passes, taken only when there is something to show. Runs under
+    -- the caller's row_security = off.
+    IF p_found THEN
         EXECUTE format(
             'SELECT count(t.%1$I) AS live, count(t.%1$I) FILTER (WHERE NOT t.on_new) AS not_new,
                     count(c.%1$I) AS backed_up,
@@ -710,7 +694,7 @@ BEGIN
                             FROM %4$s AS u
                             LEFT JOIN migration_control.new_roles nn ON nn.role_name = u.%2$I::text) AS t
                  ON %5$s',
-            v_cfg.key_column, v_cfg.role_column, v_copy, v_rel, v_match)
+            p_cfg.key_column, p_cfg.role_column, p_copy, p_rel, p_match)
         INTO v_r;
     ELSE
         EXECUTE format(
@@ -718,7 +702,7 @@ BEGIN
                     count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM migration_control.new_roles nr
                                                         WHERE nr.role_name = t.%1$I::text)) AS not_new
                FROM %2$s AS t',
-            v_cfg.role_column, v_rel)
+            p_cfg.role_column, p_rel)
         INTO v_r;
     END IF;
 
@@ -731,7 +715,7 @@ BEGIN
                       WHERE u.%2$I IS NULL OR NOT EXISTS (SELECT 1 FROM migration_control.new_roles nr
                                                          WHERE nr.role_name = u.%2$I::text)
                       ORDER BY u.%1$I LIMIT 20) s',
-            v_cfg.key_column, v_cfg.role_column, v_rel)
+            p_cfg.key_column, p_cfg.role_column, p_rel)
         INTO v_sample;
     END IF;
     status := CASE WHEN v_r.not_new = 0 THEN 'pass' ELSE 'fail' END;
@@ -739,9 +723,9 @@ BEGIN
     RETURN NEXT;
 
     check_name := 'roles_match_mapping';
-    IF NOT v_found THEN
+    IF NOT p_found THEN
         status := 'fail';
-        details := jsonb_build_object('backup_id', v_backup, 'error', 'backup not found',
+        details := jsonb_build_object('backup_id', p_backup, 'error', 'backup not found',
                                       'hint', 'pass the backup_id taken before the migration');
     ELSE
         v_sample := '[]';
@@ -761,28 +745,44 @@ BEGIN
                            LEFT JOIN %4$s AS t ON %5$s) AS x
                       WHERE NOT x.merged AND (x.missing OR x.current_role IS DISTINCT FROM x.expected_role)
                       ORDER BY x.user_key LIMIT 20) s',
-                v_cfg.key_column, v_cfg.role_column, v_copy, v_rel, v_match)
+                p_cfg.key_column, p_cfg.role_column, p_copy, p_rel, p_match)
             INTO v_sample;
         END IF;
         status := CASE WHEN v_r.mismatched = 0 THEN 'pass' ELSE 'fail' END;
-        details := jsonb_build_object('backup_id', v_backup, 'backed_up_users', v_r.backed_up,
+        details := jsonb_build_object('backup_id', p_backup, 'backed_up_users', v_r.backed_up,
                                       'mismatched', v_r.mismatched, 'sample', v_sample)
                    || CASE WHEN v_r.merged > 0 THEN jsonb_build_object('merged_rows', v_r.merged) ELSE '{}' END;
     END IF;
     RETURN NEXT;
 
     check_name := 'user_count_unchanged';
-    IF NOT v_found THEN
+    IF NOT p_found THEN
         status := 'fail';
-        details := jsonb_build_object('backup_id', v_backup, 'error', 'backup not found', 'live_users', v_r.live);
+        details := jsonb_build_object('backup_id', p_backup, 'error', 'backup not found', 'live_users', v_r.live);
     ELSE
         -- rows deleted as merged duplicates (roles_match_mapping counted them) are not lost
         status := CASE WHEN v_r.backed_up - v_r.merged = v_r.live THEN 'pass' ELSE 'fail' END;
-        details := jsonb_build_object('backup_id', v_backup, 'backed_up_users', v_r.backed_up, 'live_users', v_r.live)
+        details := jsonb_build_object('backup_id', p_backup, 'backed_up_users', v_r.backed_up, 'live_users', v_r.live)
                    || CASE WHEN v_r.merged > 0 THEN jsonb_build_object('merged_rows', v_r.merged) ELSE '{}' END;
     END IF;
     RETURN NEXT;
+END;
+$$;
 
+CREATE OR REPLACE FUNCTION migration_validation.post_migration_policy_check()
+RETURNS TABLE(check_name text, status text, details jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_sample   jsonb;
+    v_n        bigint;
+    v_m        bigint;
+BEGIN
+    -- The row no_legacy_roles_in_policies of validate_post_migration_state: a policy of the
+    -- migrated tables that still names a legacy-only role, as the literal itself or hidden in
+    -- a form the rewrite does not touch (policy_legacy_mentions), names a role nobody holds
+    -- after the migration. Reads the catalogs only, not the users.
     check_name := 'no_legacy_roles_in_policies';
     WITH found AS (
         SELECT l.schema_name, l.table_name, l.policy_name, l.clause, l.role_name, NULL::text AS literal
@@ -807,22 +807,42 @@ BEGIN
                                                FROM jsonb_array_elements(v_sample) e),
                                   'sample', v_sample);
     RETURN NEXT;
+END;
+$$;
 
+CREATE OR REPLACE FUNCTION migration_validation.post_migration_sessions_check(
+    p_cfg migration_control.target_config, p_log migration_backup.backup_log, p_backup text, p_found boolean)
+RETURNS TABLE(check_name text, status text, details jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_rel      regclass;
+    v_copy     regclass;
+    v_match    text;
+    v_sample   jsonb;
+    v_n        bigint;
+    v_m        bigint;
+BEGIN
+    -- The row sessions_intact of validate_post_migration_state: every session of the backup
+    -- p_log still there (the migration must not log anybody out), in one pass over the
+    -- sessions copy; the sample of missing sessions is a further pass, taken only when some
+    -- are missing. Runs under the caller's row_security = off.
     check_name := 'sessions_intact';
-    IF NOT v_found THEN
+    IF NOT p_found THEN
         status := 'fail';
-        details := jsonb_build_object('backup_id', v_backup, 'error', 'backup not found');
-    ELSIF v_cfg.sessions_table IS NULL THEN
+        details := jsonb_build_object('backup_id', p_backup, 'error', 'backup not found');
+    ELSIF p_cfg.sessions_table IS NULL THEN
         status := 'pass';
-        details := jsonb_build_object('backup_id', v_backup, 'note', 'no sessions table');
+        details := jsonb_build_object('backup_id', p_backup, 'note', 'no sessions table');
     ELSE
-        v_rel := format('%I.%I', v_cfg.sessions_schema, v_cfg.sessions_table)::regclass;
-        v_copy := migration_backup.copy_table(v_log.sessions_copy);
-        v_match := migration_backup.key_match_sql(v_copy, v_rel, v_cfg.sessions_key_column, 'c', 's');
+        v_rel := format('%I.%I', p_cfg.sessions_schema, p_cfg.sessions_table)::regclass;
+        v_copy := migration_backup.copy_table(p_log.sessions_copy);
+        v_match := migration_backup.key_match_sql(v_copy, v_rel, p_cfg.sessions_key_column, 'c', 's');
         IF v_match IS NULL THEN
             status := 'fail';
-            details := jsonb_build_object('backup_id', v_backup, 'error', 'the backup has no sessions copy to compare',
-                                          'copy', v_log.sessions_copy);
+            details := jsonb_build_object('backup_id', p_backup, 'error', 'the backup has no sessions copy to compare',
+                                          'copy', p_log.sessions_copy);
         ELSE
             EXECUTE format(
                 'SELECT count(*), count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM %2$s s WHERE %3$s)) FROM %1$s c',
@@ -835,15 +855,57 @@ BEGIN
                          SELECT c.%1$I::text AS session_key, c.%2$I::text AS user_key FROM %3$s c
                           WHERE NOT EXISTS (SELECT 1 FROM %4$s s WHERE %5$s)
                           ORDER BY 1 LIMIT 20) x',
-                    v_cfg.sessions_key_column, v_cfg.sessions_user_column, v_copy, v_rel, v_match)
+                    p_cfg.sessions_key_column, p_cfg.sessions_user_column, v_copy, v_rel, v_match)
                 INTO v_sample;
             END IF;
             status := CASE WHEN v_m = 0 THEN 'pass' ELSE 'fail' END;
-            details := jsonb_build_object('backup_id', v_backup, 'backed_up_sessions', v_n, 'missing', v_m,
+            details := jsonb_build_object('backup_id', p_backup, 'backed_up_sessions', v_n, 'missing', v_m,
                                           'sample', v_sample);
         END IF;
     END IF;
     RETURN NEXT;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION migration_validation.validate_post_migration_state(p_backup_id text DEFAULT NULL)
+RETURNS TABLE(check_name text, status text, details jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET row_security = off  -- as in create_comprehensive_backup: fail rather than see a subset
+AS $$
+DECLARE
+    v_cfg      migration_control.target_config;
+    v_backup   text := coalesce(p_backup_id, (SELECT b.backup_id FROM migration_backup.migration_base() b),
+                                migration_validation.newest_backup());
+    v_log      migration_backup.backup_log;
+    v_found    boolean;
+    v_rel      regclass;
+    v_copy     regclass;
+    v_match    text;
+BEGIN
+    -- Did the migration do what the mapping says and nothing else? Every user on a new
+    -- role, each backed-up user on mapping(backed-up role), the same number of users, no
+    -- legacy-only role left in a policy, every backed-up session still there. Data checks
+    -- compare against the given backup (NULL = the one the migration started from: a backup
+    -- taken mid-migration already holds new roles; with no migration, the newest completed).
+    -- One pass joins the backup's typed copy with the live table (post_migration_user_checks),
+    -- one the sessions copy with the live sessions (post_migration_sessions_check); the
+    -- samples are further passes, taken only when there is something to show. The helpers
+    -- run under this function's row_security = off.
+    v_cfg := migration_validation.target();
+    SELECT * INTO v_log FROM migration_backup.backup_log b WHERE b.backup_id = v_backup;
+    v_found := v_backup IS NOT NULL AND FOUND;
+    v_rel := format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table)::regclass;
+    v_copy := migration_backup.copy_table(v_log.profiles_copy);
+    v_match := migration_backup.key_match_sql(v_copy, v_rel, v_cfg.key_column, 'c', 't');
+    v_found := v_found AND v_match IS NOT NULL;
+
+    RETURN QUERY SELECT c.check_name, c.status, c.details
+                   FROM migration_validation.post_migration_user_checks(v_cfg, v_backup, v_found, v_rel, v_copy,
+                                                                         v_match) AS c;
+    RETURN QUERY SELECT c.check_name, c.status, c.details FROM migration_validation.post_migration_policy_check() AS c;
+    RETURN QUERY SELECT c.check_name, c.status, c.details
+                   FROM migration_validation.post_migration_sessions_check(v_cfg, v_log, v_backup, v_found) AS c;
 END;
 $$;
 
