@@ -14,6 +14,7 @@
 --   migrate_batch(...)                    ONE keyset batch: log, then UPDATE (offline and online path)
 --   expand_role_literals(text)            one expression's legacy role literals -> legacy OR new role
 --   alter_role_policy(...)                ONE policy to its expand or contract form, logged
+--   role_policies()                       the policies of the migrated tables, in rewrite order
 --   rewrite_role_policies(text, text)     alter_role_policy for every policy of the migrated tables
 --   refuse_bad_run(text, integer)         the argument and target refusals every path raises first
 --   refuse_unready_mapping()              the mapping refusals every path raises before changing anything
@@ -703,6 +704,19 @@ BEGIN
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION migration_control.role_policies()
+RETURNS TABLE(schema_name text, table_name text, policy_name text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- The policies of the migrated tables, in the order both paths alter them one by one
+    -- (rewrite_role_policies, and run_online_migration with a transaction each).
+    SELECT t.schema_name, t.table_name, p.polname::text
+    FROM migration_validation.migrated_tables() t
+    JOIN pg_catalog.pg_policy p ON p.polrelid = t.table_oid
+    ORDER BY 1, 2, 3
+$$;
+
 DROP FUNCTION IF EXISTS migration_control.rewrite_role_policies(text);
 
 CREATE OR REPLACE FUNCTION migration_control.rewrite_role_policies(p_run_id text, p_phase text)
@@ -718,12 +732,7 @@ BEGIN
     -- before users move (a policy then accepts the legacy role and its new role), 'contract'
     -- once nobody is left on a legacy role. An expression that cannot be expanded raises, and
     -- the caller's subtransaction undoes the policies already altered. Returns how many changed.
-    FOR v_pol IN
-        SELECT t.schema_name, t.table_name, p.polname::text AS policy_name
-        FROM migration_validation.migrated_tables() t
-        JOIN pg_catalog.pg_policy p ON p.polrelid = t.table_oid
-        ORDER BY 1, 2, 3
-    LOOP
+    FOR v_pol IN SELECT * FROM migration_control.role_policies() LOOP
         BEGIN
             IF migration_control.alter_role_policy(v_pol.schema_name, v_pol.table_name, v_pol.policy_name,
                                                    p_phase, p_run_id) THEN

@@ -5,6 +5,12 @@
 --   online_batch(...)                     ONE keyset batch (UPDATE + log + batch row), no commit
 --   online_alter_policy(...)              alter_role_policy under lock_timeout
 --   online_constraints_retried(...)       PROCEDURE: widen / narrow constraints, retried on lock timeouts
+--   online_claim(...)                     the call's refusals, then the run's advisory lock
+--   online_prepare(...)                   claim, precheck, cutoff, pending; the lock released on refusal
+--   online_policy_attempt(...)            one try at one policy, timed out or failed as a value
+--   online_batch_attempt(...)             one try at the next batch, timed out or failed as a value
+--   online_retry_wait(...)                after a lock timeout: give up, or back off for a retry
+--   online_record_phase(...)              the phase's record, only when something happened
 --   run_online_migration(...)             PROCEDURE: expand (widen, policies, batches) or contract
 --
 -- Depends on: migration-logging-system.sql (tracking tables, start/complete_migration_batch),
@@ -12,7 +18,7 @@
 -- migration-rollback-system.sql (rollback_log), migration-validation-functions.sql (target,
 -- migrated_tables), migration-control-system.sql (verify_target, discover_legacy_roles) and
 -- role-migration.sql (alter_role_policy, adjust_role_constraints, pending_count,
--- migrate_batch).
+-- migrate_batch, role_policies).
 --
 -- Why a PROCEDURE and not a Python driver loop: a function runs in its caller's transaction,
 -- so execute_role_migration holds the row locks of every batch until its end. A procedure
@@ -199,6 +205,167 @@ BEGIN
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION migration_control.online_claim(
+    p_migration_name text, p_phase text, p_lock_timeout_ms integer, p_max_retries integer, p_lock_key bigint)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- The refusals of run_online_migration about its call, before it takes anything: an unknown
+    -- phase, a lock budget out of range; then the session-level advisory lock p_lock_key (one run
+    -- at a time), or the refusal naming the backend that holds it. The caller releases the lock.
+    IF p_phase IS NULL OR p_phase NOT IN ('expand', 'contract') THEN
+        RAISE EXCEPTION 'unknown phase %', coalesce(pg_catalog.quote_literal(p_phase), 'NULL')
+            USING DETAIL = 'expand: widen constraints, policies accept legacy and new roles, move the users; '
+                           'contract: policies and constraints name the new roles only.',
+                  HINT = 'CALL migration_control.run_online_migration(p_phase => ''expand'')';
+    END IF;
+    IF p_lock_timeout_ms IS NULL OR p_lock_timeout_ms < 1 OR p_max_retries IS NULL OR p_max_retries < 0 THEN
+        RAISE EXCEPTION 'lock timeout must be >= 1 ms and retries >= 0, got % ms and %', p_lock_timeout_ms, p_max_retries
+            USING HINT = 'e.g. p_lock_timeout_ms => 100, p_max_retries => 50';
+    END IF;
+    IF NOT pg_catalog.pg_try_advisory_lock(p_lock_key) THEN
+        RAISE EXCEPTION 'another role migration is running'
+            USING DETAIL = pg_catalog.format('Migration %L (%s) could not take the migration advisory lock; held by backend %s.',
+                                  p_migration_name, p_phase,
+                                  (SELECT pg_catalog.string_agg(l.pid::text, ', ') FROM pg_catalog.pg_locks l
+                                   WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+                                     AND ((l.classid::bigint << 32) | l.objid::bigint) = p_lock_key)),
+                  HINT = 'wait for it to finish, or stop it (pg_terminate_backend) and CALL this again to resume';
+    END IF;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION migration_control.online_prepare(
+    p_migration_name text, p_batch_size integer, p_backup_id text, p_phase text, p_lock_timeout_ms integer,
+    p_max_retries integer, p_lock_key bigint, OUT backup_id text, OUT batch_size integer, OUT cutoff timestamptz, OUT pending bigint, OUT run_id text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_cfg migration_control.target_config;
+    v_err text;
+BEGIN
+    -- What run_online_migration checks and reads before its first change: online_claim (the
+    -- call's refusals, then the advisory lock p_lock_key), online_precheck (arguments, target,
+    -- mapping, the backup it returns), the cutoff of the pending predicate (the newest completed
+    -- rollback), the pending count, and for contract that nobody is pending. A refusal once the
+    -- lock is held releases it and raises, saying that nothing was changed. batch_size:
+    -- p_batch_size, or the target's; run_id: the new run's.
+    PERFORM migration_control.online_claim(p_migration_name, p_phase, p_lock_timeout_ms, p_max_retries, p_lock_key);
+    BEGIN
+        backup_id := migration_control.online_precheck(p_migration_name, p_batch_size, p_backup_id);
+        v_cfg := migration_validation.target();
+        SELECT coalesce(max(r.started_at), '-infinity') INTO cutoff
+        FROM migration_backup.rollback_log r WHERE r.status = 'completed';
+        pending := migration_control.pending_count(p_migration_name, cutoff);
+        IF p_phase = 'contract' AND pending > 0 THEN
+            RAISE EXCEPTION '% users are still on a legacy role: refusing to contract', pending
+                USING DETAIL = 'Contract makes policies accept the new role names only; pending users would lose access.',
+                      HINT = 'CALL migration_control.run_online_migration() (expand) to the end first';
+        END IF;
+    EXCEPTION WHEN OTHERS THEN
+        v_err := SQLERRM;
+    END;
+    IF v_err IS NOT NULL THEN
+        PERFORM pg_catalog.pg_advisory_unlock(p_lock_key);
+        RAISE EXCEPTION '%', v_err USING HINT = 'nothing was changed';
+    END IF;
+    batch_size := coalesce(p_batch_size, v_cfg.batch_size);
+    run_id := 'online_' || pg_catalog.to_char(pg_catalog.clock_timestamp(), 'YYYYMMDD_HH24MISS') || '_'
+              || pg_catalog.substr(pg_catalog.replace(pg_catalog.gen_random_uuid()::text, '-', ''), 1, 6);
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION migration_control.online_policy_attempt(
+    p_schema text, p_table text, p_policy text, p_phase text, p_run_id text, p_lock_timeout_ms integer,
+    OUT changed boolean, OUT timed_out boolean, OUT failure text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- One try of run_online_migration at one policy (online_alter_policy), in a subtransaction
+    -- of the transaction the procedure commits right after: changed or not, or timed out on its
+    -- lock (the procedure retries), or failed, with the error naming the policy.
+    changed := false;
+    timed_out := false;
+    changed := migration_control.online_alter_policy(p_schema, p_table, p_policy, p_phase, p_run_id,
+                                                     p_lock_timeout_ms);
+EXCEPTION WHEN lock_not_available THEN timed_out := true;
+          WHEN OTHERS THEN failure := pg_catalog.format('policy %I on %I.%I: %s', p_policy, p_schema, p_table, SQLERRM);
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION migration_control.online_batch_attempt(
+    p_migration_name text, p_run_id text, p_batch_size integer, p_backup_id text,
+    p_cutoff timestamptz, p_lock_timeout_ms integer, p_after_key text)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_ctx            text;
+    v_err_schema     text;
+    v_err_table      text;
+    v_err_constraint text;
+BEGIN
+    -- One try of run_online_migration at the next batch (online_batch), in a subtransaction of
+    -- the transaction the procedure commits right after: online_batch's result, or
+    -- {"timed_out": true} when the row locks were not granted in time (the procedure retries),
+    -- or {"error": ...} with where it was raised (error_origin).
+    RETURN migration_control.online_batch(p_migration_name, p_run_id, p_batch_size, p_backup_id, p_cutoff,
+                                          p_lock_timeout_ms, p_after_key);
+EXCEPTION WHEN lock_not_available THEN
+    RETURN jsonb_build_object('timed_out', true);
+WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS v_ctx = PG_EXCEPTION_CONTEXT, v_err_schema = SCHEMA_NAME,
+                            v_err_table = TABLE_NAME, v_err_constraint = CONSTRAINT_NAME;
+    RETURN jsonb_build_object('error', SQLERRM || migration_tracking.error_origin(v_ctx, v_err_schema, v_err_table,
+                                                                                  v_err_constraint));
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION migration_control.online_retry_wait(p_attempt integer, p_max_retries integer, p_give_up text)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- After the p_attempt-th lock timeout of one step of run_online_migration, its transaction
+    -- committed (so nothing is held while waiting): p_give_up, the error that ends the run, once
+    -- p_max_retries retries are spent; else NULL, after the backoff (online_backoff).
+    IF p_attempt > p_max_retries THEN
+        RETURN p_give_up;
+    END IF;
+    PERFORM migration_control.online_backoff(p_attempt);
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION migration_control.online_record_phase(
+    p_migration_name text, p_batch_size integer, p_run_id text, p_phase text, p_backup_id text,
+    p_policies integer, p_retries integer, p_widened jsonb, p_narrowed jsonb, p_err text, p_step text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- The phase record of a run_online_migration call (its batches have rows of their own):
+    -- what the phase changed or retried, and the step and error it failed at. Only when
+    -- something happened, so re-running a finished migration writes nothing.
+    IF p_err IS NOT NULL OR p_policies > 0 OR p_widened <> '[]' OR p_narrowed <> '[]' OR p_retries > 0 THEN
+        PERFORM migration_tracking.complete_migration_batch(
+            migration_tracking.start_migration_batch(p_migration_name, p_batch_size, p_run_id,
+                jsonb_build_object('phase', p_phase, 'mode', 'online', 'backup_id', p_backup_id,
+                                   'policies_changed', p_policies, 'lock_retries', p_retries,
+                                   'constraints_widened', p_widened, 'constraints_narrowed', p_narrowed,
+                                   'failed_step', CASE WHEN p_err IS NOT NULL THEN p_step END)),
+            CASE WHEN p_err IS NULL THEN 'completed' ELSE 'failed' END, p_err);
+    END IF;
+END;
+$$;
+
 CREATE OR REPLACE PROCEDURE migration_control.run_online_migration(
     p_migration_name text DEFAULT 'role_system_migration',
     p_batch_size integer DEFAULT NULL,
@@ -212,12 +379,9 @@ CREATE OR REPLACE PROCEDURE migration_control.run_online_migration(
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_ctx            text;
-    v_err_schema     text;
-    v_err_table      text;
-    v_err_constraint text;
     v_lock_key  constant bigint := pg_catalog.hashtext('pytest_rolemig.migration');
     v_backup    text;
+    v_batch_size integer;
     v_run       text;
     v_cutoff    timestamptz;
     v_batch     jsonb;
@@ -228,65 +392,24 @@ DECLARE
     v_policies  integer := 0;
     v_retries   integer := 0;
     v_attempt   integer;
-    v_timed_out boolean;
-    v_changed   boolean;
+    v_try       record;
     v_err       text;
     v_step      text;
     v_pol       record;
     v_pending   bigint;
     v_counted   boolean := false;
     v_swept     boolean := false;
-    v_cfg       migration_control.target_config;
     v_widened   jsonb := '[]';
     v_narrowed  jsonb := '[]';
-    v_status    text;
 BEGIN
     -- Runs one phase of the online migration (see the file header), each step in its own
     -- transaction. The first statement is a COMMIT: inside an explicit transaction block it
     -- fails before the advisory lock is taken. Every error path releases the lock, records
     -- what failed and raises; a killed backend loses at most its uncommitted step.
     COMMIT;
-    IF p_phase IS NULL OR p_phase NOT IN ('expand', 'contract') THEN
-        RAISE EXCEPTION 'unknown phase %', coalesce(pg_catalog.quote_literal(p_phase), 'NULL')
-            USING DETAIL = 'expand: widen constraints, policies accept legacy and new roles, move the users; '
-                           'contract: policies and constraints name the new roles only.',
-                  HINT = 'CALL migration_control.run_online_migration(p_phase => ''expand'')';
-    END IF;
-    IF p_lock_timeout_ms IS NULL OR p_lock_timeout_ms < 1 OR p_max_retries IS NULL OR p_max_retries < 0 THEN
-        RAISE EXCEPTION 'lock timeout must be >= 1 ms and retries >= 0, got % ms and %', p_lock_timeout_ms, p_max_retries
-            USING HINT = 'e.g. p_lock_timeout_ms => 100, p_max_retries => 50';
-    END IF;
-    IF NOT pg_catalog.pg_try_advisory_lock(v_lock_key) THEN
-        RAISE EXCEPTION 'another role migration is running'
-            USING DETAIL = pg_catalog.format('Migration %L (%s) could not take the migration advisory lock; held by backend %s.',
-                                  p_migration_name, p_phase,
-                                  (SELECT pg_catalog.string_agg(l.pid::text, ', ') FROM pg_catalog.pg_locks l
-                                   WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-                                     AND ((l.classid::bigint << 32) | l.objid::bigint) = v_lock_key)),
-                  HINT = 'wait for it to finish, or stop it (pg_terminate_backend) and CALL this again to resume';
-    END IF;
-
-    v_step := 'precheck';
-    BEGIN
-        v_backup := migration_control.online_precheck(p_migration_name, p_batch_size, p_backup_id);
-        v_cfg := migration_validation.target();
-        SELECT coalesce(max(r.started_at), '-infinity') INTO v_cutoff
-        FROM migration_backup.rollback_log r WHERE r.status = 'completed';
-        v_pending := migration_control.pending_count(p_migration_name, v_cutoff);
-        IF p_phase = 'contract' AND v_pending > 0 THEN
-            RAISE EXCEPTION '% users are still on a legacy role: refusing to contract', v_pending
-                USING DETAIL = 'Contract makes policies accept the new role names only; pending users would lose access.',
-                      HINT = 'CALL migration_control.run_online_migration() (expand) to the end first';
-        END IF;
-    EXCEPTION WHEN OTHERS THEN
-        v_err := SQLERRM;
-    END;
-    IF v_err IS NOT NULL THEN
-        PERFORM pg_catalog.pg_advisory_unlock(v_lock_key);
-        RAISE EXCEPTION '%', v_err USING HINT = 'nothing was changed';
-    END IF;
-    v_run := 'online_' || pg_catalog.to_char(pg_catalog.clock_timestamp(), 'YYYYMMDD_HH24MISS') || '_'
-             || pg_catalog.substr(pg_catalog.replace(pg_catalog.gen_random_uuid()::text, '-', ''), 1, 6);
+    SELECT o.backup_id, o.batch_size, o.cutoff, o.pending, o.run_id INTO v_backup, v_batch_size, v_cutoff, v_pending, v_run
+    FROM migration_control.online_prepare(p_migration_name, p_batch_size, p_backup_id, p_phase, p_lock_timeout_ms,
+                                          p_max_retries, v_lock_key) o;
     COMMIT;
 
     -- 1. constraints (expand: widen first; contract: narrow last, below)
@@ -299,38 +422,25 @@ BEGIN
     -- 2. policies, one transaction each
     IF v_err IS NULL THEN
         v_step := p_phase || ' policies';
-        FOR v_pol IN
-            SELECT t.schema_name, t.table_name, p.polname::text AS policy_name
-            FROM migration_validation.migrated_tables() t
-            JOIN pg_catalog.pg_policy p ON p.polrelid = t.table_oid
-            ORDER BY 1, 2, 3
-        LOOP
+        FOR v_pol IN SELECT * FROM migration_control.role_policies() LOOP
             v_attempt := 0;
             LOOP
-                v_timed_out := false;
-                v_changed := false;
-                BEGIN
-                    v_changed := migration_control.online_alter_policy(v_pol.schema_name, v_pol.table_name,
-                                     v_pol.policy_name, p_phase, v_run, p_lock_timeout_ms);
-                EXCEPTION WHEN lock_not_available THEN v_timed_out := true;
-                          WHEN OTHERS THEN v_err := pg_catalog.format('policy %I on %I.%I: %s', v_pol.policy_name,
-                                                            v_pol.schema_name, v_pol.table_name, SQLERRM);
-                END;
+                SELECT * INTO v_try FROM migration_control.online_policy_attempt(v_pol.schema_name, v_pol.table_name,
+                                             v_pol.policy_name, p_phase, v_run, p_lock_timeout_ms);
                 COMMIT;
-                EXIT WHEN NOT v_timed_out OR v_err IS NOT NULL;
+                v_err := v_try.failure;
+                EXIT WHEN NOT v_try.timed_out OR v_err IS NOT NULL;
                 v_attempt := v_attempt + 1;
                 v_retries := v_retries + 1;
                 RAISE NOTICE 'policy % on %.%: lock timeout (% ms), retry %', v_pol.policy_name,
                              v_pol.schema_name, v_pol.table_name, p_lock_timeout_ms, v_attempt;
-                IF v_attempt > p_max_retries THEN
-                    v_err := pg_catalog.format('policy %I on %I.%I: gave up after %s lock timeouts of %s ms',
-                                    v_pol.policy_name, v_pol.schema_name, v_pol.table_name, v_attempt, p_lock_timeout_ms);
-                    EXIT;
-                END IF;
-                PERFORM migration_control.online_backoff(v_attempt);
+                v_err := migration_control.online_retry_wait(v_attempt, p_max_retries,
+                             pg_catalog.format('policy %I on %I.%I: gave up after %s lock timeouts of %s ms',
+                                 v_pol.policy_name, v_pol.schema_name, v_pol.table_name, v_attempt, p_lock_timeout_ms));
+                EXIT WHEN v_err IS NOT NULL;
             END LOOP;
             EXIT WHEN v_err IS NOT NULL;
-            IF v_changed THEN
+            IF v_try.changed THEN
                 v_policies := v_policies + 1;
             END IF;
         END LOOP;
@@ -342,28 +452,17 @@ BEGIN
         v_attempt := 0;
         LOOP
             EXIT WHEN p_max_batches IS NOT NULL AND v_batches >= p_max_batches;
-            v_timed_out := false;
-            BEGIN
-                v_batch := migration_control.online_batch(p_migration_name, v_run,
-                               coalesce(p_batch_size, v_cfg.batch_size), v_backup, v_cutoff, p_lock_timeout_ms,
-                               v_last_key);
-            EXCEPTION WHEN lock_not_available THEN v_timed_out := true;
-                      WHEN OTHERS THEN
-                          GET STACKED DIAGNOSTICS v_ctx = PG_EXCEPTION_CONTEXT, v_err_schema = SCHEMA_NAME,
-                                                  v_err_table = TABLE_NAME, v_err_constraint = CONSTRAINT_NAME;
-                          v_err := SQLERRM || migration_tracking.error_origin(v_ctx, v_err_schema, v_err_table,
-                                                                              v_err_constraint);
-            END;
+            v_batch := migration_control.online_batch_attempt(p_migration_name, v_run, v_batch_size, v_backup,
+                                                              v_cutoff, p_lock_timeout_ms, v_last_key);
             COMMIT;
+            v_err := v_batch ->> 'error';
             EXIT WHEN v_err IS NOT NULL;
-            IF v_timed_out THEN
+            IF (v_batch ->> 'timed_out')::boolean THEN
                 v_attempt := v_attempt + 1;
                 v_retries := v_retries + 1;
-                IF v_attempt > p_max_retries THEN
-                    v_err := pg_catalog.format('batch gave up after %s row-lock timeouts of %s ms', v_attempt, p_lock_timeout_ms);
-                    EXIT;
-                END IF;
-                PERFORM migration_control.online_backoff(v_attempt);
+                v_err := migration_control.online_retry_wait(v_attempt, p_max_retries,
+                             pg_catalog.format('batch gave up after %s row-lock timeouts of %s ms', v_attempt, p_lock_timeout_ms));
+                EXIT WHEN v_err IS NOT NULL;
                 CONTINUE;
             END IF;
             IF (v_batch ->> 'done')::boolean THEN
@@ -397,24 +496,11 @@ BEGIN
                                                           v_narrowed, v_retries, v_err);
     END IF;
 
-    IF v_err IS NULL THEN
-        IF NOT v_counted THEN
-            v_pending := migration_control.pending_count(p_migration_name, v_cutoff);
-        END IF;
-        v_status := CASE WHEN v_pending > 0 THEN 'partial' ELSE 'completed' END;
-    ELSE
-        v_status := 'failed';
+    IF v_err IS NULL AND NOT v_counted THEN
+        v_pending := migration_control.pending_count(p_migration_name, v_cutoff);
     END IF;
-    -- a phase record only when something happened, so re-running a finished migration writes nothing
-    IF v_err IS NOT NULL OR v_policies > 0 OR v_widened <> '[]' OR v_narrowed <> '[]' OR v_retries > 0 THEN
-        PERFORM migration_tracking.complete_migration_batch(
-            migration_tracking.start_migration_batch(p_migration_name, p_batch_size, v_run,
-                pg_catalog.jsonb_build_object('phase', p_phase, 'mode', 'online', 'backup_id', v_backup,
-                                   'policies_changed', v_policies, 'lock_retries', v_retries,
-                                   'constraints_widened', v_widened, 'constraints_narrowed', v_narrowed,
-                                   'failed_step', CASE WHEN v_err IS NOT NULL THEN v_step END)),
-            CASE WHEN v_err IS NULL THEN 'completed' ELSE 'failed' END, v_err);
-    END IF;
+    PERFORM migration_control.online_record_phase(p_migration_name, p_batch_size, v_run, p_phase, v_backup,
+                                                  v_policies, v_retries, v_widened, v_narrowed, v_err, v_step);
     COMMIT;
     PERFORM pg_catalog.pg_advisory_unlock(v_lock_key);
     IF v_err IS NOT NULL THEN
@@ -423,7 +509,8 @@ BEGIN
                                   v_run, v_batches, v_migrated, v_policies),
                   HINT = 'fix the cause and CALL run_online_migration again to resume, or roll back with migration_backup.execute_rollback';
     END IF;
-    p_result := pg_catalog.jsonb_build_object('run_id', v_run, 'phase', p_phase, 'status', v_status, 'backup_id', v_backup,
+    p_result := pg_catalog.jsonb_build_object('run_id', v_run, 'phase', p_phase, 'backup_id', v_backup,
+                                   'status', CASE WHEN v_pending > 0 THEN 'partial' ELSE 'completed' END,
                                    'batches', v_batches, 'users_migrated', v_migrated, 'users_unchanged', v_unchanged,
                                    'policies_changed', v_policies, 'lock_retries', v_retries, 'pending', v_pending);
 END;
