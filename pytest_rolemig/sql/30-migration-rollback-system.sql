@@ -8,8 +8,9 @@
 --                           backed-up profile, constraints, policies; never sessions), for a
 --                           half-done migration or broken tracking tables;
 --   * validate_rollback_success, list_available_backups;
---   * helpers: backup_intact, column_pairs, schema_changes, role_conflicts,
---     lock_restore_tables, restore_role_checks, restore_policies, perform_rollback,
+--   * helpers: backup_intact, column_pairs, schema_changes, column_list, role_conflicts,
+--     lock_restore_tables, restore_role_checks, restore_policies, restore_source, restore_write,
+--     restore_revert_roles, restore_emergency_rows, reinsert_missing_rows, perform_rollback,
 --     missing_from_live.
 -- Profile and session rows are read from the backup's typed copies (backup_log.profiles_copy,
 -- sessions_copy), joined to the live tables by key; values are compared by their binary image
@@ -95,6 +96,19 @@ AS $$
                'dropped_after_backup', jsonb_agg(p.column_name) FILTER (WHERE p.in_copy AND NOT p.in_live),
                'type_changed', jsonb_agg(p.column_name) FILTER (WHERE p.in_copy AND p.in_live AND NOT p.same_type)))
       FROM migration_backup.column_pairs(p_copy, p_live) AS p
+$$;
+
+CREATE OR REPLACE FUNCTION migration_backup.column_list(p_columns text[], p_alias text DEFAULT NULL)
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- Columns p_columns as the comma-separated list of quoted names the restore and its checks
+    -- build their statements from, each qualified by alias p_alias when given (t.a, t.b), in
+    -- the array's order; NULL for none.
+    SELECT string_agg(CASE WHEN p_alias IS NULL THEN format('%I', x) ELSE format('%s.%I', p_alias, x) END, ', ')
+      FROM unnest(p_columns) AS x
 $$;
 
 CREATE OR REPLACE FUNCTION migration_backup.migration_base(
@@ -460,6 +474,195 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION migration_backup.restore_source(
+    p_backup_id text, p_rollback_id text, p_target jsonb, p_copy_name text,
+    OUT live_rel regclass, OUT copy_rel regclass, OUT role_type text, OUT key_match text,
+    OUT changes jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_key  text := p_target ->> 'key_column';
+    v_role text := p_target ->> 'role_column';
+BEGIN
+    -- What a restore of backup p_backup_id (rollback p_rollback_id) reads and writes, checked
+    -- before anything is written: the live table (target p_target), the typed copy p_copy_name,
+    -- the live role column's type, the key join "copy row = live row" (aliases c and t) and the
+    -- columns changed since the backup (schema_changes, also raised as a WARNING). Raises when
+    -- the copy, the key or the role column is gone: perform_rollback's inner block records it.
+    live_rel := format('%I.%I', p_target ->> 'profiles_schema', p_target ->> 'profiles_table')::regclass;
+    copy_rel := migration_backup.copy_table(p_copy_name);
+    IF copy_rel IS NULL THEN
+        RAISE EXCEPTION 'backup % has no profiles copy', p_backup_id
+            USING DETAIL = format('migration_backup.%I is missing.', coalesce(p_copy_name, '(none)')),
+                  HINT = 'Restore from another backup (list_available_backups() shows which are restorable).';
+    END IF;
+    SELECT format_type(a.atttypid, a.atttypmod) INTO role_type
+      FROM pg_catalog.pg_attribute AS a
+     WHERE a.attrelid = live_rel AND a.attname = v_role AND a.attnum > 0 AND NOT a.attisdropped;
+    key_match := migration_backup.key_match_sql(copy_rel, live_rel, v_key, 'c', 't');
+    IF key_match IS NULL OR role_type IS NULL
+       OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute AS a
+                       WHERE a.attrelid = copy_rel AND a.attname = v_role AND NOT a.attisdropped) THEN
+        RAISE EXCEPTION 'table % has no column % or %', live_rel, v_key, v_role
+            USING DETAIL = format('Backup %s was taken with key column %s and role column %s.',
+                                  p_backup_id, v_key, v_role),
+                  HINT = 'Restore the table definition first; a rollback restores data, not columns.';
+    END IF;
+    changes := migration_backup.schema_changes(copy_rel, live_rel);
+    IF changes <> '{}' THEN
+        RAISE WARNING 'rollback %: the columns of % changed since backup %: %', p_rollback_id, live_rel,
+                      p_backup_id, changes
+            USING DETAIL = 'Added columns keep their values; dropped or retyped ones are not restored.',
+                  HINT = 'See migration_backup.rollback_log.schema_changes.';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION migration_backup.restore_write(
+    p_ctes text, p_app_path text, p_backup_id text, p_message text, p_target jsonb DEFAULT NULL
+) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_count bigint;
+    v_sql   text;
+    -- the last CTE of each restore statement: a 'rolled_back' migration_log row for every
+    -- user in CTE "changed" (user_key, old_role, new_role) whose role the statement changed
+    -- and who has a migration_log entry, in the batch of the latest one; $2 = the message.
+    -- Set-based: the log rows of the changed users are found in one pass (a hash semi-join),
+    -- so the log needs no index for "the latest entry of a user".
+    v_log_changed text := 'logged AS (
+         INSERT INTO migration_tracking.migration_log (batch_id, user_key, old_role, new_role, status, message)
+         SELECT l.batch_id, c.user_key, c.old_role, c.new_role, ''rolled_back'', $2
+           FROM changed AS c
+           JOIN (SELECT DISTINCT ON (m.user_key) m.user_key, m.batch_id
+                   FROM migration_tracking.migration_log AS m
+                  WHERE m.user_key IN (SELECT x.user_key FROM changed AS x)
+                  ORDER BY m.user_key, m.log_id DESC) AS l ON l.user_key = c.user_key
+          WHERE c.old_role IS DISTINCT FROM c.new_role
+         RETURNING 1)';
+BEGIN
+    -- Runs one statement of a restore that writes the profiles and returns how many rows it
+    -- wrote: the CTEs p_ctes, the last of them "changed" (the rows written), then the log of
+    -- the changed roles; $1 = p_backup_id, $2 = p_message (the log message), $3 = p_target.
+    -- It fires the application's triggers, which resolve names through the current
+    -- search_path: so it runs under the application's (p_app_path, see
+    -- migration_tracking.application_search_path), set just before it and pinned back right
+    -- after; an error rolls back the caller's subtransaction, which restores the pinned path
+    -- too. Its text is built under the pinned path (regclass names come out qualified) and
+    -- must not depend on the other: tables and functions are schema-qualified; types and
+    -- operators, applied to operands of exact built-in types (a bare literal next to jsonb
+    -- would be read as jsonb and find an application's jsonb operator: hence the ::text),
+    -- resolve in pg_catalog first, since a path that does not name pg_catalog searches it
+    -- first (a path naming it after the application's schemas is the application's choice).
+    v_sql := format('WITH %s,
+                     %s
+                     SELECT pg_catalog.count(*) FROM changed', p_ctes, v_log_changed);
+    PERFORM pg_catalog.set_config('search_path', p_app_path, true);
+    EXECUTE v_sql INTO v_count USING p_backup_id, p_message, p_target;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    RETURN v_count;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION migration_backup.restore_revert_roles(
+    p_backup_id text, p_rollback_id text, p_target jsonb, p_rel regclass, p_copy regclass,
+    p_role_type text, p_match text, p_app_path text
+) RETURNS bigint
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- The revert's role write, one statement (restore_write): a compare-and-swap of the role
+    -- column of every live row p_rel (joined to copy p_copy by p_match) whose role is what the
+    -- migration writes for its backed-up role (the mapping stored with the backup in p_target,
+    -- or the mapping now) back to the backed-up role. Returns how many rows it changed.
+    SELECT migration_backup.restore_write(format(
+        'cand AS (
+             SELECT t.%1$I AS k, c.%1$I::text AS user_key, c.%2$I::text AS backup_role,
+                    t.%2$I::text AS current_role
+               FROM %4$s AS c
+               JOIN %5$s AS t ON %6$s
+              WHERE t.%2$I::text IS DISTINCT FROM c.%2$I::text
+                AND (t.%2$I::text = ($3 -> ''mapping''::text ->> c.%2$I::text)
+                     OR t.%2$I::text = (SELECT m.new_role FROM migration_control.role_mapping AS m
+                                         WHERE m.legacy_role = c.%2$I::text))),
+         changed AS (
+             UPDATE %5$s AS t SET %2$I = c.backup_role::%3$s
+               FROM cand AS c
+              WHERE t.%1$I = c.k AND t.%2$I::text = c.current_role
+             RETURNING c.user_key, c.current_role AS old_role, c.backup_role AS new_role)',
+        p_target ->> 'key_column', p_target ->> 'role_column', p_role_type, p_copy, p_rel, p_match),
+        p_app_path, p_backup_id, 'rollback ' || p_rollback_id, p_target)
+$$;
+
+CREATE OR REPLACE FUNCTION migration_backup.restore_emergency_rows(
+    p_backup_id text, p_rollback_id text, p_target jsonb, p_rel regclass, p_copy regclass,
+    p_match text, p_cols text[], p_set_cols text[], p_app_path text
+) RETURNS bigint
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- The emergency's row write, one statement (restore_write): every live row p_rel whose
+    -- restorable columns p_cols differ from copy p_copy (binary images) gets columns
+    -- p_set_cols back as the copy has them. Returns how many rows it changed.
+    SELECT migration_backup.restore_write(format(
+        'changed AS (
+             UPDATE %1$s AS t SET (%2$s) = ROW(%3$s)
+               FROM %4$s AS c
+               JOIN %1$s AS cur ON %5$s
+              WHERE %6$s AND NOT pg_catalog.record_image_eq(ROW(%7$s), ROW(%8$s))
+             RETURNING t.%9$I::text AS user_key, cur.%10$I::text AS old_role, t.%10$I::text AS new_role)',
+        p_rel,
+        migration_backup.column_list(p_set_cols),
+        migration_backup.column_list(p_set_cols, 'c'),
+        p_copy,
+        migration_backup.key_match_sql(p_copy, p_rel, p_target ->> 'key_column', 'c', 'cur'),
+        p_match,
+        migration_backup.column_list(p_cols, 't'),
+        migration_backup.column_list(p_cols, 'c'),
+        p_target ->> 'key_column', p_target ->> 'role_column'),
+        p_app_path, p_backup_id, 'emergency rollback ' || p_rollback_id)
+$$;
+
+CREATE OR REPLACE FUNCTION migration_backup.reinsert_missing_rows(
+    p_backup_id text, p_rollback_id text, p_mode text, p_target jsonb, p_rel regclass, p_copy regclass,
+    p_match text, p_cols text[], p_app_path text
+) RETURNS bigint
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- Backed-up rows missing from the live table go back in, as the copy has them (columns
+    -- p_cols), in one statement (restore_write), the mode choosing the predicate: in an
+    -- emergency every one; in a revert only those the migration deleted as merged duplicates
+    -- (their latest log entry is 'merged', see migrate_batch), which the caller runs after the
+    -- role UPDATE gave their kept twin its backed-up role back (else the unique index would
+    -- collide). Returns how many rows it inserted.
+    SELECT migration_backup.restore_write(format(
+        'missing AS (
+             SELECT c.* FROM %1$s AS c WHERE NOT EXISTS (SELECT 1 FROM %2$s AS t WHERE %3$s)),
+         changed AS (
+             INSERT INTO %2$s (%4$s) OVERRIDING SYSTEM VALUE
+             SELECT %5$s FROM missing AS c
+              WHERE %6$s
+             RETURNING %7$I::text AS user_key, NULL::text AS old_role, %8$I::text AS new_role)',
+        p_copy, p_rel, p_match,
+        migration_backup.column_list(p_cols),
+        migration_backup.column_list(p_cols, 'c'),
+        CASE p_mode
+            WHEN 'emergency' THEN 'true'
+            ELSE format('c.%I::text IN (SELECT g.user_key
+                             FROM (SELECT DISTINCT ON (m.user_key) m.user_key, m.status
+                                     FROM migration_tracking.migration_log AS m
+                                    WHERE m.user_key IN (SELECT x.%1$I::text FROM missing AS x)
+                                    ORDER BY m.user_key, m.log_id DESC) AS g
+                            WHERE g.status = ''merged'')', p_target ->> 'key_column') END,
+        p_target ->> 'key_column', p_target ->> 'role_column'),
+        p_app_path, p_backup_id,
+        CASE p_mode WHEN 'emergency' THEN 'emergency rollback ' ELSE 'rollback ' END || p_rollback_id)
+$$;
+
 CREATE OR REPLACE FUNCTION migration_backup.perform_rollback(p_backup_id text, p_mode text, p_reason text)
 RETURNS TABLE (rollback_id text, status text, profiles_restored bigint, sessions_restored bigint,
                policies_restored integer, conflicts bigint)
@@ -483,7 +686,6 @@ DECLARE
     v_rel         regclass;
     v_copy        regclass;
     v_key         text;
-    v_role        text;
     v_role_type   text;
     v_match       text;
     v_cols        text[];
@@ -491,27 +693,10 @@ DECLARE
     v_changes     jsonb := '{}';
     v_conflicts   jsonb;
     v_profiles    bigint := 0;
-    v_inserted    bigint := 0;
     v_sessions    bigint := 0;
     v_policies    integer := 0;
     v_error       text;
-    v_sql         text;
     v_app_path    text := migration_tracking.application_search_path();
-    -- the last CTE of each restore statement: a 'rolled_back' migration_log row for every
-    -- user in CTE "changed" (user_key, old_role, new_role) whose role the statement changed
-    -- and who has a migration_log entry, in the batch of the latest one; $2 = the message.
-    -- Set-based: the log rows of the changed users are found in one pass (a hash semi-join),
-    -- so the log needs no index for "the latest entry of a user".
-    v_log_changed text := 'logged AS (
-         INSERT INTO migration_tracking.migration_log (batch_id, user_key, old_role, new_role, status, message)
-         SELECT l.batch_id, c.user_key, c.old_role, c.new_role, ''rolled_back'', $2
-           FROM changed AS c
-           JOIN (SELECT DISTINCT ON (m.user_key) m.user_key, m.batch_id
-                   FROM migration_tracking.migration_log AS m
-                  WHERE m.user_key IN (SELECT x.user_key FROM changed AS x)
-                  ORDER BY m.user_key, m.log_id DESC) AS l ON l.user_key = c.user_key
-          WHERE c.old_role IS DISTINCT FROM c.new_role
-         RETURNING 1)';
 BEGIN
     -- The restore shared by execute_rollback ('revert') and emergency_rollback ('emergency');
     -- the callers have already refused what must be refused. A rollback_log row is written
@@ -530,52 +715,20 @@ BEGIN
     -- a 'rolled_back' log row for every user whose role the rollback changed (re-inserted
     -- users included) and who has a migration_log entry, whatever changed the role before:
     -- the latest log entry of a user always names the role the user holds.
-    -- The statements that write the profiles fire the application's triggers, which resolve
-    -- names through the current search_path: each runs under the application's (v_app_path,
-    -- see migration_tracking.application_search_path), set just before it and pinned back right
-    -- after; an error rolls back the inner block's subtransaction, which restores the pinned
-    -- path too. Their text is built under the pinned path (regclass names come out qualified)
-    -- and must not depend on the other: tables and functions are schema-qualified; types and
-    -- operators, applied to operands of exact built-in types (a bare literal next to jsonb
-    -- would be read as jsonb and find an application's jsonb operator: hence the ::text),
-    -- resolve in pg_catalog first, since a path that does not name pg_catalog searches it
-    -- first (a path naming it after the application's schemas is the application's choice).
+    -- The statements that write the profiles fire the application's triggers: each runs under
+    -- the application's search_path (v_app_path), set and pinned back around it (restore_write).
     SELECT * INTO v_log FROM migration_backup.backup_log AS l WHERE l.backup_id = p_backup_id;
     v_t := v_log.target;
     v_key := v_t ->> 'key_column';
-    v_role := v_t ->> 'role_column';
     v_rollback_id := 'rb_' || to_char(clock_timestamp(), 'YYYYMMDD_HH24MISS') || '_'
                      || left(replace(gen_random_uuid()::text, '-', ''), 6);
     INSERT INTO migration_backup.rollback_log (rollback_id, backup_id, reason, mode, status)
     VALUES (v_rollback_id, p_backup_id, p_reason, p_mode, 'running');
 
     BEGIN
-        v_rel := format('%I.%I', v_t ->> 'profiles_schema', v_t ->> 'profiles_table')::regclass;
-        v_copy := migration_backup.copy_table(v_log.profiles_copy);
-        IF v_copy IS NULL THEN
-            RAISE EXCEPTION 'backup % has no profiles copy', p_backup_id
-                USING DETAIL = format('migration_backup.%I is missing.', coalesce(v_log.profiles_copy, '(none)')),
-                      HINT = 'Restore from another backup (list_available_backups() shows which are restorable).';
-        END IF;
-        SELECT format_type(a.atttypid, a.atttypmod) INTO v_role_type
-          FROM pg_catalog.pg_attribute AS a
-         WHERE a.attrelid = v_rel AND a.attname = v_role AND a.attnum > 0 AND NOT a.attisdropped;
-        v_match := migration_backup.key_match_sql(v_copy, v_rel, v_key, 'c', 't');
-        IF v_match IS NULL OR v_role_type IS NULL
-           OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute AS a
-                           WHERE a.attrelid = v_copy AND a.attname = v_role AND NOT a.attisdropped) THEN
-            RAISE EXCEPTION 'table % has no column % or %', v_rel, v_key, v_role
-                USING DETAIL = format('Backup %s was taken with key column %s and role column %s.',
-                                      p_backup_id, v_key, v_role),
-                      HINT = 'Restore the table definition first; a rollback restores data, not columns.';
-        END IF;
-        v_changes := migration_backup.schema_changes(v_copy, v_rel);
-        IF v_changes <> '{}' THEN
-            RAISE WARNING 'rollback %: the columns of % changed since backup %: %', v_rollback_id, v_rel,
-                          p_backup_id, v_changes
-                USING DETAIL = 'Added columns keep their values; dropped or retyped ones are not restored.',
-                      HINT = 'See migration_backup.rollback_log.schema_changes.';
-        END IF;
+        SELECT s.live_rel, s.copy_rel, s.role_type, s.key_match, s.changes
+          INTO v_rel, v_copy, v_role_type, v_match, v_changes
+          FROM migration_backup.restore_source(p_backup_id, v_rollback_id, v_t, v_log.profiles_copy) AS s;
 
         v_conflicts := migration_backup.role_conflicts(p_backup_id, p_mode = 'revert');
         -- every table lock the rest needs, at once and never waiting while holding one (the
@@ -592,86 +745,19 @@ BEGIN
          WHERE p.in_copy AND p.in_live AND p.same_type AND NOT p.generated;
 
         IF p_mode = 'revert' THEN
-            v_sql := format(
-                'WITH cand AS (
-                     SELECT t.%1$I AS k, c.%1$I::text AS user_key, c.%2$I::text AS backup_role,
-                            t.%2$I::text AS current_role
-                       FROM %4$s AS c
-                       JOIN %5$s AS t ON %6$s
-                      WHERE t.%2$I::text IS DISTINCT FROM c.%2$I::text
-                        AND (t.%2$I::text = ($3 -> ''mapping''::text ->> c.%2$I::text)
-                             OR t.%2$I::text = (SELECT m.new_role FROM migration_control.role_mapping AS m
-                                                 WHERE m.legacy_role = c.%2$I::text))),
-                 changed AS (
-                     UPDATE %5$s AS t SET %2$I = c.backup_role::%3$s
-                       FROM cand AS c
-                      WHERE t.%1$I = c.k AND t.%2$I::text = c.current_role
-                     RETURNING c.user_key, c.current_role AS old_role, c.backup_role AS new_role),
-                 %7$s
-                 SELECT pg_catalog.count(*) FROM changed',
-                v_key, v_role, v_role_type, v_copy, v_rel, v_match, v_log_changed);
-            PERFORM pg_catalog.set_config('search_path', v_app_path, true);
-            EXECUTE v_sql INTO v_profiles USING p_backup_id, 'rollback ' || v_rollback_id, v_t;
-            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+            v_profiles := migration_backup.restore_revert_roles(p_backup_id, v_rollback_id, v_t, v_rel, v_copy,
+                                                                v_role_type, v_match, v_app_path);
         ELSIF v_set_cols IS NOT NULL THEN
-            v_sql := format(
-                'WITH changed AS (
-                     UPDATE %1$s AS t SET (%2$s) = ROW(%3$s)
-                       FROM %4$s AS c
-                       JOIN %1$s AS cur ON %5$s
-                      WHERE %6$s AND NOT pg_catalog.record_image_eq(ROW(%7$s), ROW(%8$s))
-                     RETURNING t.%9$I::text AS user_key, cur.%10$I::text AS old_role, t.%10$I::text AS new_role),
-                 %11$s
-                 SELECT pg_catalog.count(*) FROM changed',
-                v_rel,
-                (SELECT string_agg(format('%I', x), ', ') FROM unnest(v_set_cols) AS x),
-                (SELECT string_agg(format('c.%I', x), ', ') FROM unnest(v_set_cols) AS x),
-                v_copy,
-                migration_backup.key_match_sql(v_copy, v_rel, v_key, 'c', 'cur'),
-                v_match,
-                (SELECT string_agg(format('t.%I', x), ', ') FROM unnest(v_cols) AS x),
-                (SELECT string_agg(format('c.%I', x), ', ') FROM unnest(v_cols) AS x),
-                v_key, v_role, v_log_changed);
-            PERFORM pg_catalog.set_config('search_path', v_app_path, true);
-            EXECUTE v_sql INTO v_profiles USING p_backup_id, 'emergency rollback ' || v_rollback_id;
-            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+            v_profiles := migration_backup.restore_emergency_rows(p_backup_id, v_rollback_id, v_t, v_rel, v_copy,
+                                                                  v_match, v_cols, v_set_cols, v_app_path);
         END IF;
-
-        -- Backed-up rows missing from the live table go back in, as the copy has them: in an
-        -- emergency every one; in a revert only those the migration deleted as merged duplicates
-        -- (their latest log entry is 'merged', see migrate_batch), after the role UPDATE gave
-        -- their kept twin its backed-up role back (else the unique index would collide). One
-        -- statement, the mode choosing the predicate.
+        -- the rows missing from the live table, after the role write (see reinsert_missing_rows)
         IF v_cols IS NOT NULL
            AND (p_mode = 'emergency'
                 OR EXISTS (SELECT 1 FROM migration_tracking.migration_log AS m WHERE m.status = 'merged')) THEN
-            v_sql := format(
-                'WITH missing AS (
-                     SELECT c.* FROM %1$s AS c WHERE NOT EXISTS (SELECT 1 FROM %2$s AS t WHERE %3$s)),
-                 changed AS (
-                     INSERT INTO %2$s (%4$s) OVERRIDING SYSTEM VALUE
-                     SELECT %5$s FROM missing AS c
-                      WHERE %6$s
-                     RETURNING %7$I::text AS user_key, NULL::text AS old_role, %8$I::text AS new_role),
-                 %9$s
-                 SELECT pg_catalog.count(*) FROM changed',
-                v_copy, v_rel, v_match,
-                (SELECT string_agg(format('%I', x), ', ') FROM unnest(v_cols) AS x),
-                (SELECT string_agg(format('c.%I', x), ', ') FROM unnest(v_cols) AS x),
-                CASE p_mode
-                    WHEN 'emergency' THEN 'true'
-                    ELSE format('c.%I::text IN (SELECT g.user_key
-                                     FROM (SELECT DISTINCT ON (m.user_key) m.user_key, m.status
-                                             FROM migration_tracking.migration_log AS m
-                                            WHERE m.user_key IN (SELECT x.%1$I::text FROM missing AS x)
-                                            ORDER BY m.user_key, m.log_id DESC) AS g
-                                    WHERE g.status = ''merged'')', v_key) END,
-                v_key, v_role, v_log_changed);
-            PERFORM pg_catalog.set_config('search_path', v_app_path, true);
-            EXECUTE v_sql INTO v_inserted
-                USING p_backup_id, CASE p_mode WHEN 'emergency' THEN 'emergency rollback ' ELSE 'rollback ' END || v_rollback_id;
-            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-            v_profiles := v_profiles + v_inserted;
+            v_profiles := v_profiles
+                          + migration_backup.reinsert_missing_rows(p_backup_id, v_rollback_id, p_mode, v_t, v_rel,
+                                                                   v_copy, v_match, v_cols, v_app_path);
         END IF;
         -- Sessions are not written: the migration never touches them, and rewriting them
         -- would revive sessions revoked or expired after the backup and undo refreshes.
