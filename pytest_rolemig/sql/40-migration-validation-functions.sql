@@ -14,6 +14,8 @@
 --   post_migration_policy_check()            no legacy-only role left in a policy
 --   post_migration_sessions_check(...)       every backed-up session still there, from one pass
 --   validate_post_migration_state(text)      data vs backup and mapping, policies, sessions
+--   auth_lookup_predicates(target_config)    how a logged-in user's own profile and sessions are read
+--   auth_log_in_sample(...)                  logs in as each sampled user, records what they could read
 --   test_user_authentication(integer)        sample users read their own rows under RLS
 --   validate_rls_policies(text)              RLS enabled, policy role names fit the phase
 --   run_comprehensive_validation(text)       the checks of a phase, stored
@@ -911,110 +913,88 @@ $$;
 
 -- ----------------------------------------------------------- authentication ----
 
-CREATE OR REPLACE FUNCTION migration_validation.test_user_authentication(p_sample_size integer DEFAULT 50)
-RETURNS TABLE(check_name text, status text, details jsonb)
+CREATE OR REPLACE FUNCTION migration_validation.auth_lookup_predicates(
+    p_cfg migration_control.target_config,
+    OUT key_type text, OUT own_pred text, OUT user_col text, OUT sess_pred text, OUT sess_private boolean)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_sess_private boolean := false;
-    v_cfg          migration_control.target_config;
+    v_user_type    text;
+BEGIN
+    -- How test_user_authentication finds a logged-in user's own rows: the key column's type,
+    -- the predicate on the profiles (own_pred, $1 = the key as text), the user column, the
+    -- predicate on the sessions (sess_pred, $1 = the user as text; NULL without a sessions
+    -- table) and whether the API role may not read the sessions at all (sess_private).
+    -- Lookups by key compare in the key column's own type, so the primary key (and an index on
+    -- the sessions' user column) serves them: comparing key::text scans the whole table, under
+    -- RLS, once per sampled user. A text key round-trips through its type (it came from key::text).
+    -- Sessions use the typed comparison only when their user column has the key's type.
+    SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) INTO key_type
+      FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid = to_regclass(format('%I.%I', p_cfg.profiles_schema, p_cfg.profiles_table))
+       AND a.attname = p_cfg.key_column;
+    own_pred := format('t.%I = $1::%s', p_cfg.key_column, key_type);
+    -- the claims and the sessions name the user by the user column (a roles table: user_id),
+    -- which is the key column unless configured otherwise
+    user_col := coalesce(p_cfg.user_column, p_cfg.key_column);
+    SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) INTO v_user_type
+      FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid = to_regclass(format('%I.%I', p_cfg.profiles_schema, p_cfg.profiles_table))
+       AND a.attname = user_col;
+    -- no sessions table: no session is counted or read (own_sessions_readable says so and passes)
+    sess_pred := CASE WHEN p_cfg.sessions_table IS NULL THEN NULL WHEN EXISTS (
+                            SELECT 1 FROM pg_catalog.pg_attribute a
+                             WHERE a.attrelid = to_regclass(format('%I.%I', p_cfg.sessions_schema, p_cfg.sessions_table))
+                               AND a.attname = p_cfg.sessions_user_column
+                               AND pg_catalog.format_type(a.atttypid, a.atttypmod) = v_user_type)
+                        THEN format('s.%I = $1::%s', p_cfg.sessions_user_column, v_user_type)
+                        ELSE format('s.%I::text = $1', p_cfg.sessions_user_column) END;
+    -- an API role that may not read the sessions table (Supabase: auth.sessions is the auth
+    -- server's) reads none; own_sessions_readable says so, and sessions_intact checks the rows
+    sess_private := sess_pred IS NOT NULL AND NOT pg_catalog.has_table_privilege(p_cfg.auth_role,
+                          format('%I.%I', p_cfg.sessions_schema, p_cfg.sessions_table), 'SELECT');
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION migration_validation.auth_log_in_sample(
+    p_cfg migration_control.target_config, p_sample_size integer, p_total bigint, p_key_type text,
+    p_own_pred text, p_user_col text, p_sess_pred text, p_sess_private boolean, p_probe text[],
+    p_all_roles text[],
+    OUT tested integer, OUT profile_bad jsonb, OUT session_bad jsonb, OUT filtered integer, OUT sees_all jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
     v_user         record;
     v_prev_role    text := current_setting('role');
     v_prev_claims  text := current_setting('request.jwt.claims', true);
-    v_total        bigint;
     v_rows         bigint;
     v_own_key      text;
     v_own_role     text;
     v_sessions     bigint;
-    v_all_roles    text[];
     v_profile_bad  jsonb := '[]';
     v_session_bad  jsonb := '[]';
     v_sees_all     jsonb := '[]';
     v_filtered     integer := 0;
     v_tested       integer := 0;
-    v_users        jsonb;
-    v_key_type     text;
-    v_own_pred     text;
-    v_sess_pred    text;
-    v_probe        text[];
     v_probe_seen   bigint;
     v_role_type    text;
     v_roles        text[];
-    v_user_col     text;
-    v_user_type    text;
 BEGIN
-    -- Logs in as a sample of users the way PostgREST does (JWT claims in
-    -- request.jwt.claims, SET ROLE to the API role, both transaction-local) so RLS really
-    -- applies, and checks each can read their own profile and their own sessions. A
-    -- superuser or the table owner would bypass RLS, hence the role switch; this function
-    -- is SECURITY INVOKER on purpose. The caller's role and claims are restored after each
-    -- user, also when a query fails (the per-user block's rollback undoes set_config).
-    IF p_sample_size IS NULL OR p_sample_size < 1 THEN
-        RAISE EXCEPTION 'sample size must be a positive integer, got %', p_sample_size
-            USING DETAIL = 'p_sample_size is how many users are logged in.', HINT = 'use e.g. 50';
-    END IF;
-    v_cfg := migration_validation.target();
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = v_cfg.auth_role) THEN
-        RAISE EXCEPTION 'API role % does not exist', v_cfg.auth_role
-            USING DETAIL = 'target_config.auth_role names the role a logged-in user runs as.',
-                  HINT = 'create the role or update migration_control.target_config.auth_role';
-    END IF;
-    EXECUTE format('SELECT count(*) FROM %I.%I', v_cfg.profiles_schema, v_cfg.profiles_table) INTO v_total;
-
-    -- Lookups by key compare in the key column's own type, so the primary key (and an index on
-    -- the sessions' user column) serves them: comparing key::text scans the whole table, under
-    -- RLS, once per sampled user. A text key round-trips through its type (it came from key::text).
-    -- Sessions use the typed comparison only when their user column has the key's type.
-    SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) INTO v_key_type
-      FROM pg_catalog.pg_attribute a
-     WHERE a.attrelid = to_regclass(format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table))
-       AND a.attname = v_cfg.key_column;
-    v_own_pred := format('t.%I = $1::%s', v_cfg.key_column, v_key_type);
-    -- the claims and the sessions name the user by the user column (a roles table: user_id),
-    -- which is the key column unless configured otherwise
-    v_user_col := coalesce(v_cfg.user_column, v_cfg.key_column);
-    SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) INTO v_user_type
-      FROM pg_catalog.pg_attribute a
-     WHERE a.attrelid = to_regclass(format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table))
-       AND a.attname = v_user_col;
-    -- no sessions table: no session is counted or read (own_sessions_readable says so and passes)
-    v_sess_pred := CASE WHEN v_cfg.sessions_table IS NULL THEN NULL WHEN EXISTS (
-                            SELECT 1 FROM pg_catalog.pg_attribute a
-                             WHERE a.attrelid = to_regclass(format('%I.%I', v_cfg.sessions_schema, v_cfg.sessions_table))
-                               AND a.attname = v_cfg.sessions_user_column
-                               AND pg_catalog.format_type(a.atttypid, a.atttypmod) = v_user_type)
-                        THEN format('s.%I = $1::%s', v_cfg.sessions_user_column, v_user_type)
-                        ELSE format('s.%I::text = $1', v_cfg.sessions_user_column) END;
-    -- an API role that may not read the sessions table (Supabase: auth.sessions is the auth
-    -- server's) reads none; own_sessions_readable says so, and sessions_intact checks the rows
-    v_sess_private := v_sess_pred IS NOT NULL AND NOT pg_catalog.has_table_privilege(v_cfg.auth_role,
-                          format('%I.%I', v_cfg.sessions_schema, v_cfg.sessions_table), 'SELECT');
-    -- Two rows any user but their owner should be unable to see unless they see all: when a
-    -- user cannot see one of them, "sees fewer than every row" is settled by two index lookups
-    -- instead of a count over the whole table. A user who sees both and whose role a SELECT
-    -- policy names is taken as seeing all; only a user seeing both whom no policy names
-    -- (the warning case) is counted in full, to report how many rows they see.
-    -- (the first and the last key: two probes of the primary key, not a pass over every key as text)
-    EXECUTE format('SELECT array[(SELECT t.%1$I::text FROM %2$I.%3$I t ORDER BY t.%1$I LIMIT 1),
-                                 (SELECT t.%1$I::text FROM %2$I.%3$I t ORDER BY t.%1$I DESC LIMIT 1)]',
-                   v_cfg.key_column, v_cfg.profiles_schema, v_cfg.profiles_table) INTO v_probe;
-
-    -- roles that a SELECT policy of the profiles table names: those are meant to see all rows
-    SELECT coalesce(array_agg(DISTINCT q.literal), '{}') INTO v_all_roles
-    FROM pg_catalog.pg_policy p
-    CROSS JOIN LATERAL migration_validation.quoted_literals(pg_catalog.pg_get_expr(p.polqual, p.polrelid)) q
-    WHERE p.polrelid = to_regclass(format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table))
-      AND p.polcmd IN ('r', '*') AND p.polpermissive;
-
+    -- The logins of test_user_authentication: draws the sample and logs in as each user
+    -- (claims, API role, db-pre-request), recording who cannot read their own profile or
+    -- sessions and who sees every row although no policy names their role. Called as the
+    -- caller's role, before any switch: it switches and restores the role itself, per user,
+    -- and calls no function of this schema while switched (the API role may not run them).
     -- The sample: one random user of every role held, the rest random users, p_sample_size in
     -- all (everybody when there are no more). Drawn from a Bernoulli sample of about three times
     -- that many rows, not by sorting every user on random() (2 s at 1,000,000 users): a role
     -- the draw missed (a rare one) gets any user of it, found by the role index when there is one.
     SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) INTO v_role_type
       FROM pg_catalog.pg_attribute a
-     WHERE a.attrelid = to_regclass(format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table))
-       AND a.attname = v_cfg.role_column;
+     WHERE a.attrelid = to_regclass(format('%I.%I', p_cfg.profiles_schema, p_cfg.profiles_table))
+       AND a.attname = p_cfg.role_column;
     SELECT d.roles INTO v_roles FROM migration_control.roles_in_data() AS d;
     FOR v_user IN EXECUTE format(
         'WITH pool AS (
@@ -1037,13 +1017,13 @@ BEGIN
              LIMIT greatest($1 - (SELECT count(*) FROM per_role), 0))
          SELECT u.k, u.role, u.uid, %5$s AS sessions
          FROM (SELECT * FROM per_role UNION ALL SELECT * FROM rest) u ORDER BY u.role, u.k',
-        v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table,
-        CASE WHEN v_sess_pred IS NULL THEN '0::bigint'
-             ELSE format('(SELECT count(*) FROM %I.%I s WHERE %s)', v_cfg.sessions_schema, v_cfg.sessions_table,
-                         replace(v_sess_pred, '$1', 'u.uid')) END,
-        NULL, NULL, v_role_type, v_user_col)
+        p_cfg.key_column, p_cfg.role_column, p_cfg.profiles_schema, p_cfg.profiles_table,
+        CASE WHEN p_sess_pred IS NULL THEN '0::bigint'
+             ELSE format('(SELECT count(*) FROM %I.%I s WHERE %s)', p_cfg.sessions_schema, p_cfg.sessions_table,
+                         replace(p_sess_pred, '$1', 'u.uid')) END,
+        NULL, NULL, v_role_type, p_user_col)
         USING p_sample_size,
-              CASE WHEN v_total <= 0 THEN 100 ELSE least(100, 300.0 * p_sample_size / v_total) END,
+              CASE WHEN p_total <= 0 THEN 100 ELSE least(100, 300.0 * p_sample_size / p_total) END,
               v_roles
     LOOP
         v_tested := v_tested + 1;
@@ -1051,27 +1031,27 @@ BEGIN
             -- as PostgREST: the claims (the configured template), the API role, then db-pre-request
             PERFORM set_config('request.jwt.claims',
                                migration_control.request_claims(v_user.uid, v_user.role)::text, true);
-            PERFORM set_config('role', v_cfg.auth_role, true);
-            IF v_cfg.pre_request IS NOT NULL THEN
-                EXECUTE format('SELECT %s()', v_cfg.pre_request);  -- stored as format('%I.%I')
+            PERFORM set_config('role', p_cfg.auth_role, true);
+            IF p_cfg.pre_request IS NOT NULL THEN
+                EXECUTE format('SELECT %s()', p_cfg.pre_request);  -- stored as format('%I.%I')
             END IF;
 
             EXECUTE format('SELECT count(*), min(t.%1$I::text), min(t.%2$I::text) FROM %3$I.%4$I t WHERE %5$s',
-                           v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table,
-                           v_own_pred)
+                           p_cfg.key_column, p_cfg.role_column, p_cfg.profiles_schema, p_cfg.profiles_table,
+                           p_own_pred)
             INTO v_rows, v_own_key, v_own_role USING v_user.k;
             IF v_rows <> 1 OR v_own_key IS DISTINCT FROM v_user.k OR v_own_role IS DISTINCT FROM v_user.role THEN
                 v_profile_bad := v_profile_bad || jsonb_build_object('key', v_user.k, 'role', v_user.role,
                                      'rows_seen', v_rows, 'role_seen', v_own_role);
             END IF;
 
-            IF v_sess_pred IS NULL THEN
+            IF p_sess_pred IS NULL THEN
                 v_sessions := 0;
-            ELSIF v_sess_private THEN
+            ELSIF p_sess_private THEN
                 v_sessions := v_user.sessions;  -- not the API's to read
             ELSE
                 EXECUTE format('SELECT count(*) FROM %I.%I s WHERE %s',
-                               v_cfg.sessions_schema, v_cfg.sessions_table, v_sess_pred)
+                               p_cfg.sessions_schema, p_cfg.sessions_table, p_sess_pred)
                 INTO v_sessions USING v_user.uid;
             END IF;
             IF v_sessions <> v_user.sessions THEN
@@ -1080,20 +1060,20 @@ BEGIN
             END IF;
 
             EXECUTE format('SELECT count(*) FROM %I.%I t WHERE t.%I = ANY ($1::%s[])',
-                           v_cfg.profiles_schema, v_cfg.profiles_table, v_cfg.key_column, v_key_type)
-            INTO v_probe_seen USING array_remove(v_probe, v_user.k);
-            IF v_probe_seen < cardinality(array_remove(v_probe, v_user.k)) THEN
-                v_rows := v_probe_seen;  -- a row is hidden: fewer than v_total, no full count needed
-            ELSIF v_user.role = ANY (v_all_roles) THEN
+                           p_cfg.profiles_schema, p_cfg.profiles_table, p_cfg.key_column, p_key_type)
+            INTO v_probe_seen USING array_remove(p_probe, v_user.k);
+            IF v_probe_seen < cardinality(array_remove(p_probe, v_user.k)) THEN
+                v_rows := v_probe_seen;  -- a row is hidden: fewer than p_total, no full count needed
+            ELSIF v_user.role = ANY (p_all_roles) THEN
                 -- meant to see all and sees other users' rows: counted as seeing all without
                 -- counting every row under RLS (per staff user, that was O(table))
-                v_rows := v_total;
+                v_rows := p_total;
             ELSE
-                EXECUTE format('SELECT count(*) FROM %I.%I', v_cfg.profiles_schema, v_cfg.profiles_table) INTO v_rows;
+                EXECUTE format('SELECT count(*) FROM %I.%I', p_cfg.profiles_schema, p_cfg.profiles_table) INTO v_rows;
             END IF;
-            IF v_rows < v_total THEN
+            IF v_rows < p_total THEN
                 v_filtered := v_filtered + 1;
-            ELSIF v_total > 1 AND v_user.role <> ALL (v_all_roles) THEN
+            ELSIF p_total > 1 AND v_user.role <> ALL (p_all_roles) THEN
                 v_sees_all := v_sees_all || jsonb_build_object('key', v_user.k, 'role', v_user.role, 'rows_seen', v_rows);
             END IF;
 
@@ -1105,6 +1085,82 @@ BEGIN
             v_session_bad := v_session_bad || jsonb_build_object('key', v_user.k, 'role', v_user.role, 'error', SQLERRM);
         END;
     END LOOP;
+
+    tested := v_tested;
+    profile_bad := v_profile_bad;
+    session_bad := v_session_bad;
+    filtered := v_filtered;
+    sees_all := v_sees_all;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION migration_validation.test_user_authentication(p_sample_size integer DEFAULT 50)
+RETURNS TABLE(check_name text, status text, details jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_sess_private boolean := false;
+    v_cfg          migration_control.target_config;
+    v_total        bigint;
+    v_all_roles    text[];
+    v_profile_bad  jsonb;
+    v_session_bad  jsonb;
+    v_sees_all     jsonb;
+    v_filtered     integer;
+    v_tested       integer;
+    v_users        jsonb;
+    v_key_type     text;
+    v_own_pred     text;
+    v_sess_pred    text;
+    v_probe        text[];
+    v_user_col     text;
+BEGIN
+    -- Logs in as a sample of users the way PostgREST does (JWT claims in
+    -- request.jwt.claims, SET ROLE to the API role, both transaction-local) so RLS really
+    -- applies, and checks each can read their own profile and their own sessions. A
+    -- superuser or the table owner would bypass RLS, hence the role switch; this function
+    -- is SECURITY INVOKER on purpose. The caller's role and claims are restored after each
+    -- user, also when a query fails (the per-user block's rollback undoes set_config).
+    -- The lookups are auth_lookup_predicates', the logins auth_log_in_sample's; what counts
+    -- as seeing all rows is settled here, and the rows are built from what the logins found.
+    IF p_sample_size IS NULL OR p_sample_size < 1 THEN
+        RAISE EXCEPTION 'sample size must be a positive integer, got %', p_sample_size
+            USING DETAIL = 'p_sample_size is how many users are logged in.', HINT = 'use e.g. 50';
+    END IF;
+    v_cfg := migration_validation.target();
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = v_cfg.auth_role) THEN
+        RAISE EXCEPTION 'API role % does not exist', v_cfg.auth_role
+            USING DETAIL = 'target_config.auth_role names the role a logged-in user runs as.',
+                  HINT = 'create the role or update migration_control.target_config.auth_role';
+    END IF;
+    EXECUTE format('SELECT count(*) FROM %I.%I', v_cfg.profiles_schema, v_cfg.profiles_table) INTO v_total;
+
+    SELECT l.key_type, l.own_pred, l.user_col, l.sess_pred, l.sess_private
+      INTO v_key_type, v_own_pred, v_user_col, v_sess_pred, v_sess_private
+      FROM migration_validation.auth_lookup_predicates(v_cfg) AS l;
+
+    -- Two rows any user but their owner should be unable to see unless they see all: when a
+    -- user cannot see one of them, "sees fewer than every row" is settled by two index lookups
+    -- instead of a count over the whole table. A user who sees both and whose role a SELECT
+    -- policy names is taken as seeing all; only a user seeing both whom no policy names
+    -- (the warning case) is counted in full, to report how many rows they see.
+    -- (the first and the last key: two probes of the primary key, not a pass over every key as text)
+    EXECUTE format('SELECT array[(SELECT t.%1$I::text FROM %2$I.%3$I t ORDER BY t.%1$I LIMIT 1),
+                                 (SELECT t.%1$I::text FROM %2$I.%3$I t ORDER BY t.%1$I DESC LIMIT 1)]',
+                   v_cfg.key_column, v_cfg.profiles_schema, v_cfg.profiles_table) INTO v_probe;
+
+    -- roles that a SELECT policy of the profiles table names: those are meant to see all rows
+    SELECT coalesce(array_agg(DISTINCT q.literal), '{}') INTO v_all_roles
+    FROM pg_catalog.pg_policy p
+    CROSS JOIN LATERAL migration_validation.quoted_literals(pg_catalog.pg_get_expr(p.polqual, p.polrelid)) q
+    WHERE p.polrelid = to_regclass(format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table))
+      AND p.polcmd IN ('r', '*') AND p.polpermissive;
+
+    SELECT s.tested, s.profile_bad, s.session_bad, s.filtered, s.sees_all
+      INTO v_tested, v_profile_bad, v_session_bad, v_filtered, v_sees_all
+      FROM migration_validation.auth_log_in_sample(v_cfg, p_sample_size, v_total, v_key_type, v_own_pred,
+               v_user_col, v_sess_pred, v_sess_private, v_probe, v_all_roles) AS s;
 
     v_users := jsonb_build_object('users_tested', v_tested, 'auth_role', v_cfg.auth_role);
 
