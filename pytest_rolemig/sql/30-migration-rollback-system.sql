@@ -7,7 +7,8 @@
 --   * emergency_rollback -- full restore from the backup alone (every column of every
 --                           backed-up profile, constraints, policies; never sessions), for a
 --                           half-done migration or broken tracking tables;
---   * validate_rollback_success, list_available_backups;
+--   * validate_rollback_success (its checks in validate_rollback_roles, _rows, _sessions,
+--     _ddl), list_available_backups;
 --   * helpers: backup_intact, column_pairs, schema_changes, column_list, role_conflicts,
 --     lock_restore_tables, restore_role_checks, restore_policies, restore_source, restore_write,
 --     restore_revert_roles, restore_emergency_rows, reinsert_missing_rows, perform_rollback,
@@ -957,6 +958,311 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION migration_backup.validate_rollback_roles(
+    p_target jsonb, p_rel regclass, p_copy regclass, p_match text, p_mode text,
+    p_rollback_started timestamptz, p_conflict_keys text[]
+) RETURNS TABLE (check_name text, status text, details jsonb)
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_n      bigint;
+    v_sample jsonb;
+BEGIN
+    -- validate_rollback_success's role checks of live table p_rel (target p_target) against
+    -- copy p_copy (joined by p_match), but for the users in p_conflict_keys:
+    -- profiles_roles_restored, every user back on the backed-up role; migration_undone, nobody
+    -- still on the role the migration wrote for them, judged as of the rollback that started
+    -- at p_rollback_started (NULL: the state now).
+    EXECUTE format(
+        'SELECT count(*), jsonb_agg(x.j) FILTER (WHERE x.rn <= 20)
+           FROM (SELECT jsonb_build_object(''user_key'', c.%1$I::text, ''backup_role'', c.%2$I::text,
+                                           ''current_role'', t.%2$I::text) AS j,
+                        row_number() OVER (ORDER BY c.%1$I::text) AS rn
+                   FROM %4$s AS c
+                   JOIN %3$s AS t ON %5$s
+                  WHERE t.%2$I::text IS DISTINCT FROM c.%2$I::text
+                    AND NOT (c.%1$I::text = ANY ($1))) AS x',
+        p_target ->> 'key_column', p_target ->> 'role_column', p_rel, p_copy, p_match)
+    INTO v_n, v_sample USING p_conflict_keys;
+    RETURN QUERY SELECT 'profiles_roles_restored'::text, CASE WHEN v_n = 0 THEN 'pass' ELSE 'fail' END,
+                        jsonb_build_object('users_not_restored', v_n, 'conflicts_excluded',
+                                           cardinality(p_conflict_keys), 'sample', coalesce(v_sample, '[]'));
+
+    -- the migration undone: nobody still holds the role the migration wrote for them (their
+    -- latest log entry before the rollback is 'migrated' and their role is its new_role).
+    -- Joined by the key's own type (an index probe or a hash on it): joined as text, the
+    -- planner took a nested loop over the whole table per log row (hours at 1,000,000).
+    -- Comparing with the backup alone cannot see this when the backup was taken after users
+    -- had moved. Without a rollback on record, the state now is judged.
+    EXECUTE format(
+        'SELECT count(*), jsonb_agg(x.j) FILTER (WHERE x.rn <= 20)
+           FROM (SELECT jsonb_build_object(''user_key'', l.user_key, ''legacy_role'', l.old_role,
+                                           ''current_role'', l.new_role, ''batch_id'', l.batch_id) AS j,
+                        row_number() OVER (ORDER BY l.user_key) AS rn
+                   FROM (SELECT DISTINCT ON (m.user_key) m.user_key, m.batch_id, m.status, m.old_role, m.new_role
+                           FROM migration_tracking.migration_log AS m
+                          WHERE m.logged_at < $1 AND m.logged_at > $2
+                          ORDER BY m.user_key, m.log_id DESC) AS l
+                   JOIN %3$s AS t ON t.%1$I = l.user_key::%4$s
+                  WHERE l.status = ''migrated'' AND l.old_role IS DISTINCT FROM l.new_role
+                    AND t.%2$I::text = l.new_role AND NOT (l.user_key = ANY ($3))) AS x',
+        p_target ->> 'key_column', p_target ->> 'role_column', p_rel,
+        (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute AS a
+          WHERE a.attrelid = p_rel AND a.attname = p_target ->> 'key_column' AND NOT a.attisdropped))
+    INTO v_n, v_sample
+    USING coalesce(p_rollback_started, clock_timestamp()),
+          (SELECT coalesce(max(r.started_at), '-infinity') FROM migration_backup.rollback_log AS r
+            WHERE r.status = 'completed' AND r.started_at < coalesce(p_rollback_started, clock_timestamp())),
+          p_conflict_keys;
+    RETURN QUERY SELECT 'migration_undone'::text,
+                        CASE WHEN v_n = 0 THEN 'pass' ELSE 'fail' END,
+                        jsonb_build_object('users_on_migrated_roles', v_n, 'mode', p_mode,
+                                           'sample', coalesce(v_sample, '[]'));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION migration_backup.validate_rollback_rows(
+    p_target jsonb, p_rel regclass, p_copy regclass, p_match text, p_mode text, p_backup_count bigint,
+    p_conflict_keys text[]
+) RETURNS TABLE (check_name text, status text, details jsonb)
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_skip    text[];
+    v_changes jsonb;
+    v_cols    text[];
+    v_n       bigint;
+    v_n2      bigint;
+    v_n3      bigint;
+    v_sample  jsonb;
+BEGIN
+    -- validate_rollback_success's row checks of live table p_rel (target p_target) against
+    -- copy p_copy (joined by p_match; p_backup_count rows when backed up): profiles_content,
+    -- every row as backed up (a difference fails after an emergency rollback, which restores
+    -- every column, and warns after a revert); profiles_count, no backed-up row missing but
+    -- the users in p_conflict_keys.
+
+    -- full content, compared column by column (binary images: exact, and possible for
+    -- json, which has no equality) on the columns copy and table share with the same type,
+    -- except those a BEFORE UPDATE trigger of the application sets on every write (an
+    -- updated_at): the rollback's own write changes them
+    v_skip := ARRAY(SELECT w.column_name FROM migration_validation.trigger_written_columns() AS w);
+    v_changes := migration_backup.schema_changes(p_copy, p_rel);
+    SELECT array_agg(p.column_name) INTO v_cols
+      FROM migration_backup.column_pairs(p_copy, p_rel) AS p
+     WHERE p.in_copy AND p.in_live AND p.same_type AND NOT (p.column_name = ANY (v_skip));
+    EXECUTE format(
+        'SELECT count(*), jsonb_agg(x.j) FILTER (WHERE x.rn <= 20)
+           FROM (SELECT jsonb_build_object(''user_key'', c.%1$I::text, ''columns'',
+                            to_jsonb(array_remove(ARRAY[%5$s], NULL))) AS j,
+                        row_number() OVER (ORDER BY c.%1$I::text) AS rn
+                   FROM %3$s AS c
+                   JOIN %2$s AS t ON %4$s
+                  WHERE NOT pg_catalog.record_image_eq(ROW(%6$s), ROW(%7$s))) AS x',
+        p_target ->> 'key_column', p_rel, p_copy, p_match,
+        (SELECT string_agg(format('CASE WHEN NOT pg_catalog.record_image_eq(ROW(t.%1$I), ROW(c.%1$I)) '
+                                  'THEN %1$L END', x), ', ' ORDER BY x) FROM unnest(v_cols) AS x),
+        migration_backup.column_list(v_cols, 't'),
+        migration_backup.column_list(v_cols, 'c'))
+    INTO v_n, v_sample;
+    RETURN QUERY SELECT 'profiles_content'::text,
+                        CASE WHEN v_n = 0 THEN 'pass' WHEN p_mode = 'emergency' THEN 'fail' ELSE 'warn' END,
+                        jsonb_build_object('rows_differing', v_n, 'mode', p_mode,
+                                           'sample', coalesce(v_sample, '[]'))
+                        || CASE WHEN cardinality(v_skip) > 0
+                                THEN jsonb_build_object('not_compared', to_jsonb(v_skip),
+                                                        'why', 'set by a BEFORE UPDATE trigger on every write')
+                                ELSE '{}' END
+                        || CASE WHEN v_changes <> '{}' THEN jsonb_build_object('schema_changes', v_changes)
+                                ELSE '{}' END;
+
+    -- counts: backed-up users missing, live users not in the backup; the sample of the
+    -- missing ones is a second pass, taken only when there are some (as for sessions)
+    EXECUTE format(
+        'SELECT (SELECT count(*) FROM %2$s AS c WHERE NOT EXISTS (SELECT 1 FROM %1$s AS t WHERE %3$s)),
+                (SELECT count(*) FROM %1$s AS t WHERE NOT EXISTS (SELECT 1 FROM %2$s AS c WHERE %3$s)),
+                (SELECT count(*) FROM %1$s)',
+        p_rel, p_copy, p_match)
+    INTO v_n, v_n2, v_n3;
+    v_sample := NULL;
+    IF v_n > 0 THEN
+        v_sample := migration_backup.missing_from_live(p_copy, p_rel, p_target ->> 'key_column');
+    END IF;
+    RETURN QUERY SELECT 'profiles_count'::text,
+                        CASE WHEN v_n > 0 AND EXISTS (
+                                      SELECT 1 FROM jsonb_array_elements_text(coalesce(v_sample, '[]')) AS m(k)
+                                       WHERE NOT (m.k = ANY (p_conflict_keys))) THEN 'fail'
+                             WHEN v_n > 0 OR v_n2 > 0 THEN 'warn' ELSE 'pass' END,
+                        jsonb_build_object('backup_count', p_backup_count, 'live_count', v_n3,
+                                           'missing_from_live', v_n, 'not_in_backup', v_n2,
+                                           'sample', coalesce(v_sample, '[]'));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION migration_backup.validate_rollback_sessions(
+    p_target jsonb, p_copy_name text, p_backup_count bigint
+) RETURNS TABLE (check_name text, status text, details jsonb)
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_srel    regclass;
+    v_scopy   regclass;
+    v_smatch  text;
+    v_cols    text[];
+    v_differs text;
+    v_n       bigint;
+    v_n2      bigint;
+    v_sample  jsonb;
+    v_sample2 jsonb;
+BEGIN
+    -- validate_rollback_success's sessions_intact: the live sessions table of target p_target
+    -- against its copy p_copy_name (p_backup_count rows when backed up). A rollback does not
+    -- write sessions, so sessions revoked or changed since the backup only warn; none to check
+    -- when the backed-up target has no sessions table.
+    IF p_target ->> 'sessions_table' IS NOT NULL THEN
+        v_srel := to_regclass(format('%I.%I', p_target ->> 'sessions_schema', p_target ->> 'sessions_table'));
+        v_scopy := migration_backup.copy_table(p_copy_name);
+        v_smatch := migration_backup.key_match_sql(v_scopy, v_srel, p_target ->> 'sessions_key_column', 'c', 't');
+    END IF;
+    IF p_target ->> 'sessions_table' IS NULL THEN
+        RETURN QUERY SELECT 'sessions_intact'::text, 'pass'::text,
+                            jsonb_build_object('note', 'no sessions table');
+    ELSIF v_smatch IS NULL THEN
+        RETURN QUERY SELECT 'sessions_intact'::text, 'fail'::text,
+                            jsonb_build_object('error', 'sessions table, its backup copy or their key column missing',
+                                               'table', format('%I.%I', p_target ->> 'sessions_schema',
+                                                               p_target ->> 'sessions_table'),
+                                               'copy', p_copy_name);
+    ELSE
+        -- One pass counts the revoked and the changed sessions (binary images of the columns
+        -- both sides have with the same type); each sample is another pass, taken only when
+        -- its count is not 0.
+        SELECT array_agg(p.column_name) INTO v_cols
+          FROM migration_backup.column_pairs(v_scopy, v_srel) AS p
+         WHERE p.in_copy AND p.in_live AND p.same_type;
+        v_differs := format('NOT pg_catalog.record_image_eq(ROW(%s), ROW(%s))',
+                            migration_backup.column_list(v_cols, 't'), migration_backup.column_list(v_cols, 'c'));
+        EXECUTE format(
+            'SELECT count(*) FILTER (WHERE t.%1$I IS NULL),
+                    count(*) FILTER (WHERE t.%1$I IS NOT NULL AND %5$s)
+               FROM %3$s AS c
+               LEFT JOIN %2$s AS t ON %4$s',
+            p_target ->> 'sessions_key_column', v_srel, v_scopy, v_smatch, v_differs)
+        INTO v_n, v_n2;
+        IF v_n > 0 THEN
+            v_sample := migration_backup.missing_from_live(v_scopy, v_srel, p_target ->> 'sessions_key_column');
+        END IF;
+        IF v_n2 > 0 THEN
+            EXECUTE format(
+                'SELECT jsonb_agg(x.k) FROM (
+                     SELECT c.%1$I::text AS k FROM %3$s AS c JOIN %2$s AS t ON %4$s
+                      WHERE %5$s ORDER BY 1 LIMIT 20) AS x',
+                p_target ->> 'sessions_key_column', v_srel, v_scopy, v_smatch, v_differs)
+            INTO v_sample2;
+        END IF;
+        RETURN QUERY SELECT 'sessions_intact'::text,
+                            CASE WHEN v_n2 > 0 OR v_n > 0 THEN 'warn' ELSE 'pass' END,
+                            jsonb_build_object('backup_count', p_backup_count,
+                                               'revoked_after_backup', v_n, 'revoked_sample', coalesce(v_sample, '[]'),
+                                               'content_differs', v_n2, 'differs_sample', coalesce(v_sample2, '[]'));
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION migration_backup.validate_rollback_ddl(
+    p_backup_id text, p_target jsonb, p_backup_created timestamptz, p_backup_count integer
+) RETURNS TABLE (check_name text, status text, details jsonb)
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_n       bigint;
+    v_n2      bigint;
+    v_sample  jsonb;
+    v_sample2 jsonb;
+BEGIN
+    -- validate_rollback_success's checks of what the restore's DDL puts back, for backup
+    -- p_backup_id (taken at p_backup_created with p_backup_count policies, target p_target):
+    -- policies_restored, every backed-up policy identical and none left that the migration
+    -- created; rls_flags_restored, the RLS enabled/forced flags of the migrated tables as
+    -- backed up; role_constraints_restored, the role column's CHECK constraints the backed-up
+    -- set (one that restore_role_checks had to add NOT VALID only warns).
+    SELECT count(*), jsonb_agg(x.j) FILTER (WHERE x.rn <= 20)
+      INTO v_n, v_sample
+      FROM (SELECT jsonb_build_object('schema', b.schema_name, 'table', b.table_name, 'policy', b.policy_name,
+                                      'problem', CASE WHEN c.policy_name IS NULL THEN 'missing' ELSE 'differs' END,
+                                      'want', jsonb_build_object('permissive', b.permissive, 'command', b.command,
+                                                                 'roles', b.roles, 'using', b.using_expr,
+                                                                 'check', b.check_expr),
+                                      'have', CASE WHEN c.policy_name IS NOT NULL THEN
+                                                  jsonb_build_object('permissive', c.permissive, 'command', c.command,
+                                                                     'roles', c.roles, 'using', c.using_expr,
+                                                                     'check', c.check_expr) END) AS j,
+                   row_number() OVER (ORDER BY b.schema_name, b.table_name, b.policy_name) AS rn
+              FROM migration_backup.rls_policies_backup AS b
+              LEFT JOIN migration_backup.describe_policies() AS c
+                ON c.schema_name = b.schema_name AND c.table_name = b.table_name AND c.policy_name = b.policy_name
+             WHERE b.backup_id = p_backup_id
+               AND (c.policy_name IS NULL OR c.permissive <> b.permissive OR c.command <> b.command
+                    OR c.roles <> b.roles OR c.using_expr IS DISTINCT FROM b.using_expr
+                    OR c.check_expr IS DISTINCT FROM b.check_expr)) AS x;
+    SELECT count(*), jsonb_agg(DISTINCT jsonb_build_object('schema', c.schema_name, 'table', c.table_name,
+                                                           'policy', c.policy_name))
+      INTO v_n2, v_sample2
+      FROM migration_tracking.rls_policy_changes AS ch
+      JOIN migration_backup.describe_policies() AS c
+        ON c.schema_name = ch.schema_name AND c.table_name = ch.table_name AND c.policy_name = ch.policy_name
+     WHERE ch.change_type = 'create' AND ch.changed_at >= p_backup_created
+       AND NOT EXISTS (SELECT 1 FROM migration_backup.rls_policies_backup AS b
+                        WHERE b.backup_id = p_backup_id AND b.schema_name = c.schema_name
+                          AND b.table_name = c.table_name AND b.policy_name = c.policy_name);
+    RETURN QUERY SELECT 'policies_restored'::text, CASE WHEN v_n + v_n2 = 0 THEN 'pass' ELSE 'fail' END,
+                        jsonb_build_object('backup_count', p_backup_count, 'not_restored', v_n,
+                                           'sample', coalesce(v_sample, '[]'),
+                                           'created_by_migration_still_present', coalesce(v_sample2, '[]'));
+
+    SELECT count(*), jsonb_agg(r.j)
+      INTO v_n, v_sample
+      FROM jsonb_array_elements(p_target -> 'rls_tables') AS r(j)
+      LEFT JOIN pg_catalog.pg_namespace AS n ON n.nspname = r.j ->> 'schema'
+      LEFT JOIN pg_catalog.pg_class AS c ON c.relnamespace = n.oid AND c.relname = r.j ->> 'table'
+     WHERE c.relrowsecurity IS DISTINCT FROM (r.j ->> 'enabled')::boolean
+        OR c.relforcerowsecurity IS DISTINCT FROM (r.j ->> 'forced')::boolean;
+    RETURN QUERY SELECT 'rls_flags_restored'::text, CASE WHEN v_n = 0 THEN 'pass' ELSE 'fail' END,
+                        jsonb_build_object('tables', jsonb_array_length(coalesce(p_target -> 'rls_tables', '[]')),
+                                           'differing', coalesce(v_sample, '[]'));
+
+    -- role CHECK constraints: the backed-up set, same names and definitions
+    SELECT count(*) FILTER (WHERE coalesce(w.name, h.name) IS NOT NULL
+                              AND h.definition IS DISTINCT FROM w.definition
+                              AND h.definition IS DISTINCT FROM w.definition || ' NOT VALID'),
+           count(*) FILTER (WHERE h.definition = w.definition || ' NOT VALID'),
+           jsonb_agg(jsonb_build_object('name', coalesce(w.name, h.name), 'want', w.definition, 'have', h.definition))
+               FILTER (WHERE h.definition IS DISTINCT FROM w.definition)
+      INTO v_n, v_n2, v_sample
+      FROM (SELECT k.j ->> 'name' AS name, k.j ->> 'definition' AS definition
+              FROM jsonb_array_elements(coalesce(p_target -> 'role_checks', '[]')) AS k(j)) AS w
+      FULL JOIN migration_backup.role_check_constraints(p_target ->> 'profiles_schema', p_target ->> 'profiles_table',
+                                                        p_target ->> 'role_column') AS h
+        ON h.name = w.name;
+    RETURN QUERY SELECT 'role_constraints_restored'::text,
+                        CASE WHEN v_n > 0 THEN 'fail' WHEN v_n2 > 0 THEN 'warn' ELSE 'pass' END,
+                        jsonb_build_object('backup_count', jsonb_array_length(coalesce(p_target -> 'role_checks', '[]')),
+                                           'differing', coalesce(v_sample, '[]'), 'not_valid', v_n2);
+END
+$$;
+
 CREATE OR REPLACE FUNCTION migration_backup.validate_rollback_success(
     p_backup_id text,
     p_rollback_id text DEFAULT NULL
@@ -975,32 +1281,21 @@ SET row_security = off  -- as in create_comprehensive_backup: fail rather than s
 AS $$
 #variable_conflict use_column
 DECLARE
-    v_skip        text[];
     v_log       migration_backup.backup_log;
     v_rb        migration_backup.rollback_log;
     v_mode      text;
     v_t         jsonb;
     v_rel       regclass;
-    v_srel      regclass;
     v_copy      regclass;
-    v_scopy     regclass;
     v_match     text;
-    v_smatch    text;
-    v_cols      text[];
-    v_changes   jsonb;
-    v_differs   text;
     v_conflict_keys text[];
-    v_n         bigint;
-    v_n2        bigint;
-    v_n3        bigint;
-    v_sample    jsonb;
-    v_sample2   jsonb;
 BEGIN
     -- Compares the live database with the backup, content not counts: roles, full profile rows,
     -- sessions, policies, RLS flags and role CHECK constraints, plus the rollback's own record.
     -- Strictness follows the rollback mode: an emergency rollback restores every column, so any
     -- difference fails; a revert restores roles only, so other differences (and conflicts it
     -- deliberately left alone) are warnings. Without a rollback id the newest one of the backup.
+    -- The checks run in the validate_rollback_* helpers, under these settings.
     SELECT * INTO v_log FROM migration_backup.backup_log AS l WHERE l.backup_id = p_backup_id;
     IF NOT FOUND THEN
         RETURN QUERY SELECT 'rollback_recorded'::text, 'fail'::text,
@@ -1033,225 +1328,15 @@ BEGIN
                                                'table', format('%I.%I', v_t ->> 'profiles_schema', v_t ->> 'profiles_table'),
                                                'copy', v_log.profiles_copy, 'key_column', v_t ->> 'key_column');
     ELSE
-        -- roles
-        EXECUTE format(
-            'SELECT count(*), jsonb_agg(x.j) FILTER (WHERE x.rn <= 20)
-               FROM (SELECT jsonb_build_object(''user_key'', c.%1$I::text, ''backup_role'', c.%2$I::text,
-                                               ''current_role'', t.%2$I::text) AS j,
-                            row_number() OVER (ORDER BY c.%1$I::text) AS rn
-                       FROM %4$s AS c
-                       JOIN %3$s AS t ON %5$s
-                      WHERE t.%2$I::text IS DISTINCT FROM c.%2$I::text
-                        AND NOT (c.%1$I::text = ANY ($1))) AS x',
-            v_t ->> 'key_column', v_t ->> 'role_column', v_rel, v_copy, v_match)
-        INTO v_n, v_sample USING v_conflict_keys;
-        RETURN QUERY SELECT 'profiles_roles_restored'::text, CASE WHEN v_n = 0 THEN 'pass' ELSE 'fail' END,
-                            jsonb_build_object('users_not_restored', v_n, 'conflicts_excluded',
-                                               cardinality(v_conflict_keys), 'sample', coalesce(v_sample, '[]'));
-
-        -- the migration undone: nobody still holds the role the migration wrote for them (their
-        -- latest log entry before the rollback is 'migrated' and their role is its new_role).
-        -- Joined by the key's own type (an index probe or a hash on it): joined as text, the
-        -- planner took a nested loop over the whole table per log row (hours at 1,000,000).
-        -- Comparing with the backup alone cannot see this when the backup was taken after users
-        -- had moved. Without a rollback on record, the state now is judged.
-        BEGIN
-            EXECUTE format(
-                'SELECT count(*), jsonb_agg(x.j) FILTER (WHERE x.rn <= 20)
-                   FROM (SELECT jsonb_build_object(''user_key'', l.user_key, ''legacy_role'', l.old_role,
-                                                   ''current_role'', l.new_role, ''batch_id'', l.batch_id) AS j,
-                                row_number() OVER (ORDER BY l.user_key) AS rn
-                           FROM (SELECT DISTINCT ON (m.user_key) m.user_key, m.batch_id, m.status, m.old_role, m.new_role
-                                   FROM migration_tracking.migration_log AS m
-                                  WHERE m.logged_at < $1 AND m.logged_at > $2
-                                  ORDER BY m.user_key, m.log_id DESC) AS l
-                           JOIN %3$s AS t ON t.%1$I = l.user_key::%4$s
-                          WHERE l.status = ''migrated'' AND l.old_role IS DISTINCT FROM l.new_role
-                            AND t.%2$I::text = l.new_role AND NOT (l.user_key = ANY ($3))) AS x',
-                v_t ->> 'key_column', v_t ->> 'role_column', v_rel,
-                (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute AS a
-                  WHERE a.attrelid = v_rel AND a.attname = v_t ->> 'key_column' AND NOT a.attisdropped))
-            INTO v_n, v_sample
-            USING coalesce(v_rb.started_at, clock_timestamp()),
-                  (SELECT coalesce(max(r.started_at), '-infinity') FROM migration_backup.rollback_log AS r
-                    WHERE r.status = 'completed' AND r.started_at < coalesce(v_rb.started_at, clock_timestamp())),
-                  v_conflict_keys;
-            RETURN QUERY SELECT 'migration_undone'::text,
-                                CASE WHEN v_n = 0 THEN 'pass' ELSE 'fail' END,
-                                jsonb_build_object('users_on_migrated_roles', v_n, 'mode', v_mode,
-                                                   'sample', coalesce(v_sample, '[]'));
-        END;
-
-        -- full content, compared column by column (binary images: exact, and possible for
-        -- json, which has no equality) on the columns copy and table share with the same type,
-        -- except those a BEFORE UPDATE trigger of the application sets on every write (an
-        -- updated_at): the rollback's own write changes them
-        v_skip := ARRAY(SELECT w.column_name FROM migration_validation.trigger_written_columns() AS w);
-        v_changes := migration_backup.schema_changes(v_copy, v_rel);
-        SELECT array_agg(p.column_name) INTO v_cols
-          FROM migration_backup.column_pairs(v_copy, v_rel) AS p
-         WHERE p.in_copy AND p.in_live AND p.same_type AND NOT (p.column_name = ANY (v_skip));
-        EXECUTE format(
-            'SELECT count(*), jsonb_agg(x.j) FILTER (WHERE x.rn <= 20)
-               FROM (SELECT jsonb_build_object(''user_key'', c.%1$I::text, ''columns'',
-                                to_jsonb(array_remove(ARRAY[%5$s], NULL))) AS j,
-                            row_number() OVER (ORDER BY c.%1$I::text) AS rn
-                       FROM %3$s AS c
-                       JOIN %2$s AS t ON %4$s
-                      WHERE NOT pg_catalog.record_image_eq(ROW(%6$s), ROW(%7$s))) AS x',
-            v_t ->> 'key_column', v_rel, v_copy, v_match,
-            (SELECT string_agg(format('CASE WHEN NOT pg_catalog.record_image_eq(ROW(t.%1$I), ROW(c.%1$I)) '
-                                      'THEN %1$L END', x), ', ' ORDER BY x) FROM unnest(v_cols) AS x),
-            (SELECT string_agg(format('t.%I', x), ', ') FROM unnest(v_cols) AS x),
-            (SELECT string_agg(format('c.%I', x), ', ') FROM unnest(v_cols) AS x))
-        INTO v_n, v_sample;
-        RETURN QUERY SELECT 'profiles_content'::text,
-                            CASE WHEN v_n = 0 THEN 'pass' WHEN v_mode = 'emergency' THEN 'fail' ELSE 'warn' END,
-                            jsonb_build_object('rows_differing', v_n, 'mode', v_mode,
-                                               'sample', coalesce(v_sample, '[]'))
-                            || CASE WHEN cardinality(v_skip) > 0
-                                    THEN jsonb_build_object('not_compared', to_jsonb(v_skip),
-                                                            'why', 'set by a BEFORE UPDATE trigger on every write')
-                                    ELSE '{}' END
-                            || CASE WHEN v_changes <> '{}' THEN jsonb_build_object('schema_changes', v_changes)
-                                    ELSE '{}' END;
-
-        -- counts: backed-up users missing, live users not in the backup; the sample of the
-        -- missing ones is a second pass, taken only when there are some (as for sessions)
-        EXECUTE format(
-            'SELECT (SELECT count(*) FROM %2$s AS c WHERE NOT EXISTS (SELECT 1 FROM %1$s AS t WHERE %3$s)),
-                    (SELECT count(*) FROM %1$s AS t WHERE NOT EXISTS (SELECT 1 FROM %2$s AS c WHERE %3$s)),
-                    (SELECT count(*) FROM %1$s)',
-            v_rel, v_copy, v_match)
-        INTO v_n, v_n2, v_n3;
-        v_sample := NULL;
-        IF v_n > 0 THEN
-            v_sample := migration_backup.missing_from_live(v_copy, v_rel, v_t ->> 'key_column');
-        END IF;
-        RETURN QUERY SELECT 'profiles_count'::text,
-                            CASE WHEN v_n > 0 AND EXISTS (
-                                          SELECT 1 FROM jsonb_array_elements_text(coalesce(v_sample, '[]')) AS m(k)
-                                           WHERE NOT (m.k = ANY (v_conflict_keys))) THEN 'fail'
-                                 WHEN v_n > 0 OR v_n2 > 0 THEN 'warn' ELSE 'pass' END,
-                            jsonb_build_object('backup_count', v_log.profiles_count, 'live_count', v_n3,
-                                               'missing_from_live', v_n, 'not_in_backup', v_n2,
-                                               'sample', coalesce(v_sample, '[]'));
+        RETURN QUERY SELECT * FROM migration_backup.validate_rollback_roles(v_t, v_rel, v_copy, v_match, v_mode,
+                                                                             v_rb.started_at, v_conflict_keys);
+        RETURN QUERY SELECT * FROM migration_backup.validate_rollback_rows(v_t, v_rel, v_copy, v_match, v_mode,
+                                                                            v_log.profiles_count, v_conflict_keys);
     END IF;
-
-    -- sessions (none when the backed-up target has no sessions table)
-    IF v_t ->> 'sessions_table' IS NOT NULL THEN
-        v_srel := to_regclass(format('%I.%I', v_t ->> 'sessions_schema', v_t ->> 'sessions_table'));
-        v_scopy := migration_backup.copy_table(v_log.sessions_copy);
-        v_smatch := migration_backup.key_match_sql(v_scopy, v_srel, v_t ->> 'sessions_key_column', 'c', 't');
-    END IF;
-    IF v_t ->> 'sessions_table' IS NULL THEN
-        RETURN QUERY SELECT 'sessions_intact'::text, 'pass'::text,
-                            jsonb_build_object('note', 'no sessions table');
-    ELSIF v_smatch IS NULL THEN
-        RETURN QUERY SELECT 'sessions_intact'::text, 'fail'::text,
-                            jsonb_build_object('error', 'sessions table, its backup copy or their key column missing',
-                                               'table', format('%I.%I', v_t ->> 'sessions_schema', v_t ->> 'sessions_table'),
-                                               'copy', v_log.sessions_copy);
-    ELSE
-        -- One pass counts the revoked and the changed sessions (binary images of the columns
-        -- both sides have with the same type); each sample is another pass, taken only when
-        -- its count is not 0.
-        SELECT array_agg(p.column_name) INTO v_cols
-          FROM migration_backup.column_pairs(v_scopy, v_srel) AS p
-         WHERE p.in_copy AND p.in_live AND p.same_type;
-        v_differs := format('NOT pg_catalog.record_image_eq(ROW(%s), ROW(%s))',
-                            (SELECT string_agg(format('t.%I', x), ', ') FROM unnest(v_cols) AS x),
-                            (SELECT string_agg(format('c.%I', x), ', ') FROM unnest(v_cols) AS x));
-        EXECUTE format(
-            'SELECT count(*) FILTER (WHERE t.%1$I IS NULL),
-                    count(*) FILTER (WHERE t.%1$I IS NOT NULL AND %5$s)
-               FROM %3$s AS c
-               LEFT JOIN %2$s AS t ON %4$s',
-            v_t ->> 'sessions_key_column', v_srel, v_scopy, v_smatch, v_differs)
-        INTO v_n, v_n2;
-        v_sample := NULL;
-        v_sample2 := NULL;
-        IF v_n > 0 THEN
-            v_sample := migration_backup.missing_from_live(v_scopy, v_srel, v_t ->> 'sessions_key_column');
-        END IF;
-        IF v_n2 > 0 THEN
-            EXECUTE format(
-                'SELECT jsonb_agg(x.k) FROM (
-                     SELECT c.%1$I::text AS k FROM %3$s AS c JOIN %2$s AS t ON %4$s
-                      WHERE %5$s ORDER BY 1 LIMIT 20) AS x',
-                v_t ->> 'sessions_key_column', v_srel, v_scopy, v_smatch, v_differs)
-            INTO v_sample2;
-        END IF;
-        RETURN QUERY SELECT 'sessions_intact'::text,
-                            CASE WHEN v_n2 > 0 OR v_n > 0 THEN 'warn' ELSE 'pass' END,
-                            jsonb_build_object('backup_count', v_log.sessions_count,
-                                               'revoked_after_backup', v_n, 'revoked_sample', coalesce(v_sample, '[]'),
-                                               'content_differs', v_n2, 'differs_sample', coalesce(v_sample2, '[]'));
-    END IF;
-
-    -- policies: every backed-up policy identical; none left that the migration created
-    SELECT count(*), jsonb_agg(x.j) FILTER (WHERE x.rn <= 20)
-      INTO v_n, v_sample
-      FROM (SELECT jsonb_build_object('schema', b.schema_name, 'table', b.table_name, 'policy', b.policy_name,
-                                      'problem', CASE WHEN c.policy_name IS NULL THEN 'missing' ELSE 'differs' END,
-                                      'want', jsonb_build_object('permissive', b.permissive, 'command', b.command,
-                                                                 'roles', b.roles, 'using', b.using_expr,
-                                                                 'check', b.check_expr),
-                                      'have', CASE WHEN c.policy_name IS NOT NULL THEN
-                                                  jsonb_build_object('permissive', c.permissive, 'command', c.command,
-                                                                     'roles', c.roles, 'using', c.using_expr,
-                                                                     'check', c.check_expr) END) AS j,
-                   row_number() OVER (ORDER BY b.schema_name, b.table_name, b.policy_name) AS rn
-              FROM migration_backup.rls_policies_backup AS b
-              LEFT JOIN migration_backup.describe_policies() AS c
-                ON c.schema_name = b.schema_name AND c.table_name = b.table_name AND c.policy_name = b.policy_name
-             WHERE b.backup_id = p_backup_id
-               AND (c.policy_name IS NULL OR c.permissive <> b.permissive OR c.command <> b.command
-                    OR c.roles <> b.roles OR c.using_expr IS DISTINCT FROM b.using_expr
-                    OR c.check_expr IS DISTINCT FROM b.check_expr)) AS x;
-    SELECT count(*), jsonb_agg(DISTINCT jsonb_build_object('schema', c.schema_name, 'table', c.table_name,
-                                                           'policy', c.policy_name))
-      INTO v_n2, v_sample2
-      FROM migration_tracking.rls_policy_changes AS ch
-      JOIN migration_backup.describe_policies() AS c
-        ON c.schema_name = ch.schema_name AND c.table_name = ch.table_name AND c.policy_name = ch.policy_name
-     WHERE ch.change_type = 'create' AND ch.changed_at >= v_log.created_at
-       AND NOT EXISTS (SELECT 1 FROM migration_backup.rls_policies_backup AS b
-                        WHERE b.backup_id = p_backup_id AND b.schema_name = c.schema_name
-                          AND b.table_name = c.table_name AND b.policy_name = c.policy_name);
-    RETURN QUERY SELECT 'policies_restored'::text, CASE WHEN v_n + v_n2 = 0 THEN 'pass' ELSE 'fail' END,
-                        jsonb_build_object('backup_count', v_log.policies_count, 'not_restored', v_n,
-                                           'sample', coalesce(v_sample, '[]'),
-                                           'created_by_migration_still_present', coalesce(v_sample2, '[]'));
-
-    SELECT count(*), jsonb_agg(r.j)
-      INTO v_n, v_sample
-      FROM jsonb_array_elements(v_t -> 'rls_tables') AS r(j)
-      LEFT JOIN pg_catalog.pg_namespace AS n ON n.nspname = r.j ->> 'schema'
-      LEFT JOIN pg_catalog.pg_class AS c ON c.relnamespace = n.oid AND c.relname = r.j ->> 'table'
-     WHERE c.relrowsecurity IS DISTINCT FROM (r.j ->> 'enabled')::boolean
-        OR c.relforcerowsecurity IS DISTINCT FROM (r.j ->> 'forced')::boolean;
-    RETURN QUERY SELECT 'rls_flags_restored'::text, CASE WHEN v_n = 0 THEN 'pass' ELSE 'fail' END,
-                        jsonb_build_object('tables', jsonb_array_length(coalesce(v_t -> 'rls_tables', '[]')),
-                                           'differing', coalesce(v_sample, '[]'));
-
-    -- role CHECK constraints: the backed-up set, same names and definitions
-    SELECT count(*) FILTER (WHERE coalesce(w.name, h.name) IS NOT NULL
-                              AND h.definition IS DISTINCT FROM w.definition
-                              AND h.definition IS DISTINCT FROM w.definition || ' NOT VALID'),
-           count(*) FILTER (WHERE h.definition = w.definition || ' NOT VALID'),
-           jsonb_agg(jsonb_build_object('name', coalesce(w.name, h.name), 'want', w.definition, 'have', h.definition))
-               FILTER (WHERE h.definition IS DISTINCT FROM w.definition)
-      INTO v_n, v_n2, v_sample
-      FROM (SELECT k.j ->> 'name' AS name, k.j ->> 'definition' AS definition
-              FROM jsonb_array_elements(coalesce(v_t -> 'role_checks', '[]')) AS k(j)) AS w
-      FULL JOIN migration_backup.role_check_constraints(v_t ->> 'profiles_schema', v_t ->> 'profiles_table',
-                                                        v_t ->> 'role_column') AS h
-        ON h.name = w.name;
-    RETURN QUERY SELECT 'role_constraints_restored'::text,
-                        CASE WHEN v_n > 0 THEN 'fail' WHEN v_n2 > 0 THEN 'warn' ELSE 'pass' END,
-                        jsonb_build_object('backup_count', jsonb_array_length(coalesce(v_t -> 'role_checks', '[]')),
-                                           'differing', coalesce(v_sample, '[]'), 'not_valid', v_n2);
+    RETURN QUERY SELECT * FROM migration_backup.validate_rollback_sessions(v_t, v_log.sessions_copy,
+                                                                            v_log.sessions_count);
+    RETURN QUERY SELECT * FROM migration_backup.validate_rollback_ddl(p_backup_id, v_t, v_log.created_at,
+                                                                       v_log.policies_count);
 END
 $$;
 
