@@ -145,6 +145,7 @@ CREATE OR REPLACE FUNCTION migration_tracking.delete_child_rows()
 RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_child text;
@@ -168,6 +169,7 @@ CREATE OR REPLACE FUNCTION migration_tracking.cascade_without_foreign_keys(
 ) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_fk   record;
@@ -221,6 +223,7 @@ CREATE OR REPLACE FUNCTION migration_tracking.start_migration_batch(
 ) RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_batch_id     text;
@@ -279,6 +282,7 @@ CREATE OR REPLACE FUNCTION migration_tracking.log_user_migration(
 ) RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_batch_status text;
@@ -337,6 +341,7 @@ CREATE OR REPLACE FUNCTION migration_tracking.complete_migration_batch(
                  duration interval)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -389,6 +394,7 @@ RETURNS TABLE (batch_id text, run_id text, migration_name text, batch_number int
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 #variable_conflict use_column
 BEGIN
@@ -418,6 +424,7 @@ RETURNS text
 LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- The search_path the application's own sessions get: the role/database/server default
     -- (reset_val; neither a function's SET clause nor the caller's SET changes it), with pg_temp
@@ -444,6 +451,7 @@ RETURNS text
 LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- What the message of a failed write does not say: which of the application's objects
     -- raised it. From PG_EXCEPTION_CONTEXT, the innermost frame of a function outside the

@@ -93,6 +93,7 @@ RETURNS TABLE (schema_name text, table_name text, policy_name text, permissive t
 LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- Every row-level security policy of the database in the shape rls_policies_backup stores:
     -- the same expression serves backup, restore and the comparison after a rollback, so the
@@ -117,6 +118,7 @@ CREATE OR REPLACE FUNCTION migration_backup.role_check_constraints(
 LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- CHECK constraints of the profiles table that involve the role column, with their
     -- definition as pg_get_constraintdef prints it (ready for ADD CONSTRAINT ... <definition>).
@@ -136,6 +138,7 @@ CREATE OR REPLACE FUNCTION migration_backup.migrated_tables(
 LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- The tables whose policies the migration may rewrite: every table of the policy schemas
     -- with RLS enabled or with a policy, plus the profiles table itself; with their RLS flags.
@@ -155,6 +158,7 @@ RETURNS text
 LANGUAGE sql
 IMMUTABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- The table name of backup p_backup_id's copy of kind 'profiles' or 'sessions': the backup
     -- id itself when it is a plain short name (every id create_comprehensive_backup makes,
@@ -170,6 +174,7 @@ RETURNS regclass
 LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- The copy named p_name in migration_backup (a name from backup_log), NULL when there is
     -- none or the name is NULL.
@@ -181,6 +186,7 @@ RETURNS boolean
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_type oid := p_type;
@@ -231,6 +237,7 @@ RETURNS text
 LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- The expression hashing one row of p_rel (alias p_alias) into a bigint, the term the
     -- checksum sums: hash_record_extended(row, 0) when every column's type can be hashed, else
@@ -251,6 +258,7 @@ CREATE OR REPLACE FUNCTION migration_backup.copy_checksum(p_copy regclass, OUT r
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 -- a column hashed as text renders by these settings: pinned as in create_comprehensive_backup
 SET TimeZone = 'UTC'
 SET DateStyle = 'ISO, YMD'
@@ -278,6 +286,7 @@ RETURNS TABLE (profiles_count bigint, profiles_checksum text, sessions_count big
 LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- Counts and checksums recomputed from the backup's copies (copy_checksum) and its policy
     -- rows. A backup without a sessions copy (no sessions table) has 0 sessions and checksum
@@ -305,6 +314,7 @@ CREATE OR REPLACE FUNCTION migration_backup.secure_copy(p_copy regclass)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_owner   oid;
@@ -338,6 +348,7 @@ CREATE OR REPLACE FUNCTION migration_backup.refresh_backup_views()
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_profiles text;
@@ -375,6 +386,7 @@ CREATE OR REPLACE FUNCTION migration_backup.refuse_backup_row_writes()
 RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 BEGIN
     -- INSTEAD OF trigger of the two views: a backup's rows are its typed copies, written once.
@@ -389,6 +401,7 @@ CREATE OR REPLACE FUNCTION migration_backup.drop_backup_copies()
 RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_copy regclass;
@@ -459,6 +472,7 @@ CREATE OR REPLACE FUNCTION migration_backup.create_comprehensive_backup(
                  status text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 -- Rows are rendered as text (to_jsonb, ::text) by the session's settings: pinned so that a
 -- backup, and the checks that compare rows with it, give the same text in every session
 -- (extra_float_digits = 0 rounded 0.1 + 0.2 to 0.3; another TimeZone changed every timestamptz,
@@ -605,6 +619,7 @@ CREATE OR REPLACE FUNCTION migration_backup.key_match_sql(
 LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- The join condition "copy row = live row" on key column p_key: the columns compared as
     -- they are when the copy's key has the live key's type (an index or a hash join on it),
@@ -623,6 +638,7 @@ RETURNS TABLE (check_name text, status text, details jsonb)
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 SET row_security = off  -- as in create_comprehensive_backup: fail rather than see a subset
 AS $$
 #variable_conflict use_column
@@ -688,6 +704,7 @@ RETURNS TABLE (check_name text, status text, details jsonb)
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 SET row_security = off  -- as in create_comprehensive_backup: fail rather than see a subset
 AS $$
 #variable_conflict use_column
@@ -742,6 +759,7 @@ RETURNS TABLE (backup_id text, backup_name text, status text, created_at timesta
 LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- Every backup, newest first, with the space it takes: its copies (with their TOAST) and
     -- its policy rows.
@@ -764,6 +782,7 @@ CREATE OR REPLACE FUNCTION migration_backup.convert_jsonb_backup(p_backup_id tex
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 -- row_data was rendered, and json_text is read back, with these settings (version 1 pinned them)
 SET TimeZone = 'UTC'
 SET DateStyle = 'ISO, YMD'

@@ -53,6 +53,7 @@ RETURNS boolean
 LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- True when the backup is completed and its copies still match the counts and checksums
     -- recorded when it was taken (backup_integrity): the minimum a restore needs. Live data is
@@ -67,6 +68,7 @@ RETURNS TABLE (column_name text, in_copy boolean, in_live boolean, same_type boo
 LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- The columns of a backup copy and of the live table it was taken from, matched by name,
     -- in the live table's order (columns only the copy has last): whether each side has it,
@@ -88,6 +90,7 @@ RETURNS jsonb
 LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- How the live table's columns changed since the backup: added (kept as they are by a
     -- restore), dropped (their backed-up values cannot go back), type changed (not restored).
@@ -104,6 +107,7 @@ RETURNS text
 LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- Columns p_columns as the comma-separated list of quoted names the restore and its checks
     -- build their statements from, each qualified by alias p_alias when given (t.a, t.b), in
@@ -117,6 +121,7 @@ CREATE OR REPLACE FUNCTION migration_backup.migration_base(
 LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- The migration a rollback undoes: the first committed batch that moved users since the
     -- newest completed rollback, with the backup that batch ran on (recorded in its details)
@@ -137,6 +142,7 @@ RETURNS void
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_base    record;
@@ -163,6 +169,7 @@ RETURNS jsonb
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_t      jsonb;
@@ -206,6 +213,7 @@ CREATE OR REPLACE FUNCTION migration_backup.restore_role_checks(p_backup_id text
 RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_t       jsonb;
@@ -267,6 +275,7 @@ CREATE OR REPLACE FUNCTION migration_backup.restore_policies(p_backup_id text, p
 RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_t       jsonb;
@@ -369,6 +378,7 @@ CREATE OR REPLACE FUNCTION migration_backup.lock_restore_tables(
 ) RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_t        jsonb;
@@ -481,6 +491,7 @@ CREATE OR REPLACE FUNCTION migration_backup.restore_source(
     OUT changes jsonb)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_key  text := p_target ->> 'key_column';
@@ -525,6 +536,7 @@ CREATE OR REPLACE FUNCTION migration_backup.restore_write(
 ) RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_count bigint;
@@ -574,6 +586,7 @@ CREATE OR REPLACE FUNCTION migration_backup.restore_revert_roles(
 ) RETURNS bigint
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- The revert's role write, one statement (restore_write): a compare-and-swap of the role
     -- column of every live row p_rel (joined to copy p_copy by p_match) whose role is what the
@@ -604,6 +617,7 @@ CREATE OR REPLACE FUNCTION migration_backup.restore_emergency_rows(
 ) RETURNS bigint
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- The emergency's row write, one statement (restore_write): every live row p_rel whose
     -- restorable columns p_cols differ from copy p_copy (binary images) gets columns
@@ -633,6 +647,7 @@ CREATE OR REPLACE FUNCTION migration_backup.reinsert_missing_rows(
 ) RETURNS bigint
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- Backed-up rows missing from the live table go back in, as the copy has them (columns
     -- p_cols), in one statement (restore_write), the mode choosing the predicate: in an
@@ -669,6 +684,7 @@ RETURNS TABLE (rollback_id text, status text, profiles_restored bigint, sessions
                policies_restored integer, conflicts bigint)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 -- The restore copies typed values (no text in between); only the live roles are compared as
 -- text, which does not depend on these settings, pinned as in create_comprehensive_backup but
 -- TimeZone (the application's triggers fired by the restore keep the caller's zone).
@@ -799,6 +815,7 @@ RETURNS text
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 SET row_security = off  -- as in create_comprehensive_backup: fail rather than see a subset
 AS $$
 DECLARE
@@ -824,6 +841,7 @@ CREATE OR REPLACE FUNCTION migration_backup.execute_rollback(
                  policies_restored integer, conflicts bigint)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -881,6 +899,7 @@ RETURNS TABLE (rollback_id text, status text, profiles_restored bigint, sessions
                policies_restored integer, conflicts bigint)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -940,6 +959,7 @@ RETURNS jsonb
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_sample jsonb;
@@ -965,6 +985,7 @@ CREATE OR REPLACE FUNCTION migration_backup.validate_rollback_roles(
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -1031,6 +1052,7 @@ CREATE OR REPLACE FUNCTION migration_backup.validate_rollback_rows(
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -1111,6 +1133,7 @@ CREATE OR REPLACE FUNCTION migration_backup.validate_rollback_sessions(
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -1184,6 +1207,7 @@ CREATE OR REPLACE FUNCTION migration_backup.validate_rollback_ddl(
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -1270,6 +1294,7 @@ CREATE OR REPLACE FUNCTION migration_backup.validate_rollback_success(
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 -- The settings that decide how rows render as text, pinned as in create_comprehensive_backup.
 SET TimeZone = 'UTC'
 SET DateStyle = 'ISO, YMD'
@@ -1346,6 +1371,7 @@ RETURNS TABLE (backup_id text, backup_name text, created_at timestamptz, status 
 LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- Every backup, newest first; restorable = completed and its rows still match the recorded
     -- counts and checksums (migration_backup.backup_intact).

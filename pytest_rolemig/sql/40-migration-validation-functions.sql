@@ -47,6 +47,7 @@ CREATE OR REPLACE FUNCTION migration_validation.quoted_literals(p_expr text)
 RETURNS TABLE(literal text, ordinality bigint)
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- The values of the single-quoted string literals of a deparsed expression, in order.
     -- Double-quoted identifiers are matched (and skipped) so a quote inside one cannot
@@ -61,6 +62,7 @@ CREATE OR REPLACE FUNCTION migration_validation.target()
 RETURNS migration_control.target_config
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_cfg migration_control.target_config;
@@ -81,6 +83,7 @@ RETURNS TABLE(schema_name text, table_name text, table_oid oid, rls_enabled bool
               policy_count integer)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- The tables the migration may touch: every table of the policy schemas that has RLS
     -- enabled or a policy, plus the profiles table.
@@ -101,6 +104,7 @@ RETURNS TABLE(schema_name text, table_name text, policy_name text, clause text, 
               is_legacy boolean, is_new boolean)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- Every quoted literal in a USING / WITH CHECK expression of a policy of the migrated
     -- tables that names a role (legacy or new). Literals that are not role names (claim
@@ -123,6 +127,7 @@ RETURNS TABLE(schema_name text, table_name text, policy_name text, clause text, 
               literal text)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- Legacy-only role names hidden inside a policy literal in a form the rewrite does not
     -- touch: another case ('BILLING_ADMIN'), an array literal ('{super_admin,team_lead}'),
@@ -148,6 +153,7 @@ CREATE OR REPLACE FUNCTION migration_validation.application_objects()
 RETURNS TABLE(object_kind text, object_name text, definition text)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- The definitions of the application's own objects where a role name can hide: policies,
     -- function and procedure bodies, views, column defaults, CHECK constraints (tables and
@@ -218,6 +224,7 @@ CREATE OR REPLACE FUNCTION migration_validation.find_role_mentions()
 RETURNS TABLE(object_kind text, object_name text, role_name text, context text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 SET row_security = off  -- a row hidden by a policy still holds the name
 AS $$
 DECLARE
@@ -307,6 +314,7 @@ RETURNS TABLE(object_kind text, object_name text, relation text, command text, a
               expression text, roles text[])
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- What the API answers differently by role: permissive policies with a USING expression
     -- on tables of the policy schemas, views and argument-free functions of those schemas,
@@ -394,6 +402,7 @@ CREATE OR REPLACE FUNCTION migration_validation.trigger_written_columns()
 RETURNS TABLE(schema_name text, table_name text, column_name text, trigger_name text)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- Timestamp columns of the profiles table that an enabled BEFORE UPDATE row trigger sets
     -- to the current time on every write: moddatetime(updated_at), or a PL/pgSQL body with the
@@ -428,6 +437,7 @@ CREATE OR REPLACE FUNCTION migration_validation.newest_backup()
 RETURNS text
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- The id of the newest completed backup (NULL when there is none).
     SELECT b.backup_id FROM migration_backup.backup_log b
@@ -442,6 +452,7 @@ CREATE OR REPLACE FUNCTION migration_validation.pre_migration_role_checks(p_cfg 
 RETURNS TABLE(check_name text, status text, details jsonb)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_total     bigint;
@@ -515,6 +526,7 @@ CREATE OR REPLACE FUNCTION migration_validation.pre_migration_mapping_checks()
 RETURNS TABLE(check_name text, status text, details jsonb)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_list      jsonb;
@@ -558,6 +570,7 @@ CREATE OR REPLACE FUNCTION migration_validation.pre_migration_checks(
 RETURNS TABLE(check_name text, status text, details jsonb)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 SET row_security = off  -- as in create_comprehensive_backup: fail rather than see a subset
 AS $$
 DECLARE
@@ -649,6 +662,7 @@ CREATE OR REPLACE FUNCTION migration_validation.validate_pre_migration_state()
 RETURNS TABLE(check_name text, status text, details jsonb)
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- The pre-migration checks, computing the backup's completeness itself.
     SELECT c.check_name, c.status, c.details FROM migration_validation.pre_migration_checks(NULL, NULL) AS c
@@ -662,6 +676,7 @@ CREATE OR REPLACE FUNCTION migration_validation.post_migration_user_checks(
 RETURNS TABLE(check_name text, status text, details jsonb)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_r        record;
@@ -775,6 +790,7 @@ CREATE OR REPLACE FUNCTION migration_validation.post_migration_policy_check()
 RETURNS TABLE(check_name text, status text, details jsonb)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_sample   jsonb;
@@ -817,6 +833,7 @@ CREATE OR REPLACE FUNCTION migration_validation.post_migration_sessions_check(
 RETURNS TABLE(check_name text, status text, details jsonb)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_rel      regclass;
@@ -873,6 +890,7 @@ CREATE OR REPLACE FUNCTION migration_validation.validate_post_migration_state(p_
 RETURNS TABLE(check_name text, status text, details jsonb)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 SET row_security = off  -- as in create_comprehensive_backup: fail rather than see a subset
 AS $$
 DECLARE
@@ -918,6 +936,7 @@ CREATE OR REPLACE FUNCTION migration_validation.auth_lookup_predicates(
     OUT key_type text, OUT own_pred text, OUT user_col text, OUT sess_pred text, OUT sess_private boolean)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_user_type    text;
@@ -964,6 +983,7 @@ CREATE OR REPLACE FUNCTION migration_validation.auth_log_in_sample(
     OUT tested integer, OUT profile_bad jsonb, OUT session_bad jsonb, OUT filtered integer, OUT sees_all jsonb)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_user         record;
@@ -1098,6 +1118,7 @@ CREATE OR REPLACE FUNCTION migration_validation.test_user_authentication(p_sampl
 RETURNS TABLE(check_name text, status text, details jsonb)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_sess_private boolean := false;
@@ -1203,6 +1224,7 @@ CREATE OR REPLACE FUNCTION migration_validation.validate_rls_policies(p_phase te
 RETURNS TABLE(check_name text, status text, details jsonb)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_cfg     migration_control.target_config;
@@ -1270,6 +1292,7 @@ CREATE OR REPLACE FUNCTION migration_validation.run_comprehensive_validation(p_p
 RETURNS TABLE(validation_type text, check_name text, status text, details jsonb)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_run      text;
@@ -1369,6 +1392,7 @@ CREATE OR REPLACE FUNCTION migration_validation.role_rank_comparisons()
 RETURNS TABLE(object_kind text, object_name text, role_type text, detail text)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_cfg  migration_control.target_config;

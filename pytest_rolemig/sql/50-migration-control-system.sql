@@ -33,6 +33,7 @@ CREATE OR REPLACE FUNCTION migration_control.verify_target(
 RETURNS text
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_profiles_oid oid;
@@ -138,6 +139,7 @@ CREATE OR REPLACE FUNCTION migration_control.configure_target(
 RETURNS TABLE(setting text, value text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_profiles     text[];
@@ -220,6 +222,7 @@ CREATE OR REPLACE FUNCTION migration_control.configure_requests(
 RETURNS TABLE(setting text, value text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_proc text;
@@ -271,6 +274,7 @@ CREATE OR REPLACE FUNCTION migration_control.token_fields(p_user text)
 RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_fields text;
@@ -314,6 +318,7 @@ CREATE OR REPLACE FUNCTION migration_control.request_claims(p_user text, p_role 
 RETURNS jsonb
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- The JWT claims of a request by user p_user holding app role p_role, as the platform
     -- builds them. No template (Supabase): sub, role (the API role), the role claim, and what
@@ -346,6 +351,7 @@ CREATE OR REPLACE FUNCTION migration_control.ensure_target_configured()
 RETURNS TABLE(setting text, value text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_cfg migration_control.target_config;
@@ -375,6 +381,7 @@ CREATE OR REPLACE FUNCTION migration_control.users_moved_since_rollback()
 RETURNS bigint
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_rolled_back_at timestamptz;
@@ -399,6 +406,7 @@ CREATE OR REPLACE FUNCTION migration_control.load_role_mapping(p_mapping jsonb, 
 RETURNS TABLE(legacy_role text, new_role text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_bad     text;
@@ -489,6 +497,7 @@ $$;
 CREATE OR REPLACE FUNCTION migration_control.roles_in_data(OUT roles text[], OUT has_null boolean)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_cfg     migration_control.target_config;
@@ -539,6 +548,7 @@ CREATE OR REPLACE FUNCTION migration_control.unknown_roles()
 RETURNS text
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_cfg migration_control.target_config;
@@ -576,6 +586,7 @@ CREATE OR REPLACE FUNCTION migration_control.discover_legacy_roles()
 RETURNS TABLE(role_name text, sources text[], mapped_to text)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_cfg       migration_control.target_config;
@@ -660,6 +671,7 @@ CREATE OR REPLACE FUNCTION migration_control.initialize_migration_infrastructure
 RETURNS TABLE(component text, status text, details jsonb)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_rows      jsonb := '[]'::jsonb;
@@ -746,6 +758,7 @@ CREATE OR REPLACE FUNCTION migration_control.prepare_for_migration(p_migration_n
 RETURNS TABLE(step text, status text, details jsonb)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_backup  record;
@@ -802,6 +815,7 @@ RETURNS TABLE(kind text, id text, started_at timestamptz, finished_at timestampt
               batches bigint, users bigint, backup_id text, error text)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- Migration runs and rollbacks, newest first: one row per run (its batches summed, never
     -- across runs) and per rollback. A run's users are those whose role its batches changed;
@@ -835,6 +849,7 @@ CREATE OR REPLACE FUNCTION migration_control.migration_state(
     OUT policies_naming_legacy_roles bigint, OUT last_rollback text, OUT detail text)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 SET row_security = off  -- as in execute_role_migration: count every user, not a subset
 AS $$
 DECLARE
@@ -887,6 +902,7 @@ CREATE OR REPLACE FUNCTION migration_control.get_infrastructure_status()
 RETURNS TABLE(component text, status text, details jsonb)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_missing jsonb;

@@ -49,6 +49,7 @@ CREATE OR REPLACE FUNCTION migration_control.rewrite_role_literals(p_expr text, 
 RETURNS text
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_out   text;
@@ -95,6 +96,7 @@ CREATE OR REPLACE FUNCTION migration_control.adjust_role_constraints(p_mode text
 RETURNS jsonb
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_cfg     migration_control.target_config;
@@ -160,6 +162,7 @@ CREATE OR REPLACE FUNCTION migration_control.pending_users_sql()
 RETURNS text
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- "User t still has to move", with $1 = migration name and $2 = cutoff (start of the
     -- newest completed rollback): on a legacy role of the mapping and not logged as done,
@@ -188,6 +191,7 @@ CREATE OR REPLACE FUNCTION migration_control.pending_count(p_migration_name text
 RETURNS bigint
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 SET row_security = off  -- as in create_comprehensive_backup: fail rather than see a subset
 AS $$
 DECLARE
@@ -226,6 +230,7 @@ CREATE OR REPLACE FUNCTION migration_control.resume_point(
     OUT last_key text, OUT verified_backups text[])
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- Where a later call of migration p_migration_name picks up, from its completed batches
     -- since the cutoff (the newest completed rollback): the last key of the latest one (the
@@ -245,6 +250,7 @@ CREATE OR REPLACE FUNCTION migration_control.role_unique_indexes(p_rel oid, p_ro
 RETURNS TABLE(index_name name, cols text[])
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- The unique indexes of table p_rel that span the role column and other columns (a roles
     -- table, UNIQUE (user_id, role)), each with those other columns: where a batch can merge
@@ -265,6 +271,7 @@ CREATE OR REPLACE FUNCTION migration_control.batch_statement_sql(
 RETURNS text
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_batch text;
@@ -336,6 +343,7 @@ CREATE OR REPLACE FUNCTION migration_control.merge_batch_duplicates(
     OUT moving_keys text[], OUT moving_old text[], OUT merged integer)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_idx    record;
@@ -410,6 +418,7 @@ CREATE OR REPLACE FUNCTION migration_control.move_logged_users(
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_sql  text;
@@ -486,10 +495,11 @@ BEGIN
     --      to the commit; an identity-mapped user is never locked. A user whose role the
     --      application changed meanwhile keeps the application's value and their log row is
     --      deleted, so they stay pending for a later pass.
-    -- jit is off: a batch is a few thousand index probes, but the log's statistics, stale while
-    -- it grows, priced it high enough for JIT compilation, which took longer than the batch
-    -- (0.6 s at 100,000 users) while its row locks were held.
-    -- enable_seqscan is off for the same reason: at 100,000 users the UPDATE of ~600 keys was
+    -- jit is off, as in every function here, and it matters most here: a batch is a few
+    -- thousand index probes, but the log's statistics, stale while it grows, priced it high
+    -- enough for JIT compilation, which took longer than the batch (0.6 s at 100,000 users)
+    -- while its row locks were held.
+    -- enable_seqscan is off for the same reason (stale statistics): at 100,000 users the UPDATE of ~600 keys was
     -- planned as a sequential scan of the whole table per batch (7.5 ms instead of 4.6 ms, and
     -- growing with the table); every statement here has an index to go by. The helpers this
     -- calls have no SET clause of their own: they run with these settings.
@@ -538,6 +548,7 @@ CREATE OR REPLACE FUNCTION migration_control.rank_kept(p_literal text, p_op text
 RETURNS boolean
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- Whether "x <op> 'literal'::<enum type>" gives every mapped legacy role r the same outcome
     -- as its new role m(r), by the enum's order: then the comparison keeps access whichever
@@ -562,6 +573,7 @@ CREATE OR REPLACE FUNCTION migration_control.expand_role_literals(p_expr text)
 RETURNS text
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_tok      text[];
@@ -635,6 +647,7 @@ CREATE OR REPLACE FUNCTION migration_control.alter_role_policy(
 RETURNS boolean
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_oid       oid;
@@ -708,6 +721,7 @@ CREATE OR REPLACE FUNCTION migration_control.role_policies()
 RETURNS TABLE(schema_name text, table_name text, policy_name text)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- The policies of the migrated tables, in the order both paths alter them one by one
     -- (rewrite_role_policies, and run_online_migration with a transaction each).
@@ -723,6 +737,7 @@ CREATE OR REPLACE FUNCTION migration_control.rewrite_role_policies(p_run_id text
 RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_pol   record;
@@ -755,6 +770,7 @@ RETURNS migration_control.target_config
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_cfg migration_control.target_config;
@@ -785,6 +801,7 @@ RETURNS void
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 SET row_security = off  -- every user's role counts, whatever the policies show the caller
 AS $$
 DECLARE
@@ -839,6 +856,7 @@ CREATE OR REPLACE FUNCTION migration_control.refuse_offline_run(
 RETURNS migration_control.target_config
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 BEGIN
     -- The refusals of execute_role_migration, raised before it changes anything: another
@@ -862,6 +880,7 @@ CREATE OR REPLACE FUNCTION migration_control.choose_backup(p_backup_id text, p_v
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_cand record;
@@ -912,6 +931,7 @@ CREATE OR REPLACE FUNCTION migration_control.walk_batches(
     OUT failed boolean, OUT failure text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_ctx            text;
@@ -988,6 +1008,7 @@ CREATE OR REPLACE FUNCTION migration_control.any_pending(
 RETURNS boolean
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_any boolean;
@@ -1014,6 +1035,7 @@ CREATE OR REPLACE FUNCTION migration_control.finish_migration(
 RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_policies integer := 0;
@@ -1053,6 +1075,7 @@ RETURNS TABLE(run_id text, batches integer, users_migrated bigint, users_unchang
               policies_rewritten integer, status text, error text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 SET row_security = off  -- as in create_comprehensive_backup: fail rather than see a subset
 AS $$
 DECLARE

@@ -61,6 +61,7 @@ CREATE OR REPLACE FUNCTION migration_control.online_precheck(
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 SET row_security = off  -- as in create_comprehensive_backup: fail rather than see a subset
 AS $$
 DECLARE
@@ -98,6 +99,7 @@ CREATE OR REPLACE FUNCTION migration_control.online_batch(
 RETURNS jsonb
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_batch_id text;
@@ -137,6 +139,7 @@ CREATE OR REPLACE FUNCTION migration_control.online_alter_policy(
 RETURNS boolean
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 BEGIN
     -- alter_role_policy under lock_timeout: ALTER POLICY takes an ACCESS EXCLUSIVE lock, and a
@@ -151,6 +154,7 @@ CREATE OR REPLACE FUNCTION migration_control.online_constraints(p_mode text, p_l
 RETURNS jsonb
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 BEGIN
     -- adjust_role_constraints (widen / narrow) under lock_timeout: ALTER TABLE takes an ACCESS
@@ -164,6 +168,7 @@ CREATE OR REPLACE FUNCTION migration_control.online_backoff(p_attempt integer)
 RETURNS void
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- Sleep before retry number p_attempt: exponential (20 ms doubling, capped at 2 s) with
     -- jitter. A function with a pinned search_path, so the procedure's call cannot be hijacked
@@ -210,6 +215,7 @@ CREATE OR REPLACE FUNCTION migration_control.online_claim(
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 BEGIN
     -- The refusals of run_online_migration about its call, before it takes anything: an unknown
@@ -242,6 +248,7 @@ CREATE OR REPLACE FUNCTION migration_control.online_prepare(
     p_max_retries integer, p_lock_key bigint, OUT backup_id text, OUT batch_size integer, OUT cutoff timestamptz, OUT pending bigint, OUT run_id text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_cfg migration_control.target_config;
@@ -283,6 +290,7 @@ CREATE OR REPLACE FUNCTION migration_control.online_policy_attempt(
     OUT changed boolean, OUT timed_out boolean, OUT failure text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 BEGIN
     -- One try of run_online_migration at one policy (online_alter_policy), in a subtransaction
@@ -303,6 +311,7 @@ CREATE OR REPLACE FUNCTION migration_control.online_batch_attempt(
 RETURNS jsonb
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_ctx            text;
@@ -330,6 +339,7 @@ CREATE OR REPLACE FUNCTION migration_control.online_retry_wait(p_attempt integer
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 BEGIN
     -- After the p_attempt-th lock timeout of one step of run_online_migration, its transaction
@@ -349,6 +359,7 @@ CREATE OR REPLACE FUNCTION migration_control.online_record_phase(
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 BEGIN
     -- The phase record of a run_online_migration call (its batches have rows of their own):

@@ -28,6 +28,7 @@ RETURNS TABLE(role_name text, role_oid oid)
 LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- The roles untrusted requests run as, as (name, oid), and every role they can become
     -- (SET ROLE needs membership only, even without INHERIT); PUBLIC is oid 0 (every role is a
@@ -53,6 +54,7 @@ CREATE OR REPLACE FUNCTION migration_control.ensure_migration_owner(p_owner text
 RETURNS TABLE(step text, objects integer)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_owner    oid;
@@ -103,6 +105,7 @@ CREATE OR REPLACE FUNCTION migration_control.secure_migration_objects(p_owner te
 RETURNS TABLE(step text, objects integer)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_schemas  text[] := ARRAY['migration_tracking', 'migration_backup', 'migration_validation',
@@ -221,6 +224,7 @@ RETURNS text[]
 LANGUAGE sql
 IMMUTABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     -- The schema names of a function's pinned search_path (from pg_proc.proconfig), unquoted;
     -- NULL when the function pins none. An empty path ('' or "") gives an empty array.
@@ -237,6 +241,7 @@ RETURNS TABLE(check_name text, status text, details jsonb)
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_rows     jsonb;
@@ -283,6 +288,7 @@ RETURNS TABLE(check_name text, status text, details jsonb)
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_rows     jsonb;
@@ -393,6 +399,7 @@ RETURNS TABLE(check_name text, status text, details jsonb)
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_rows     jsonb;
@@ -436,6 +443,7 @@ RETURNS TABLE(check_name text, status text, details jsonb)
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_rows     jsonb;
@@ -502,6 +510,7 @@ RETURNS TABLE(check_name text, status text, details jsonb)
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_schemas  text[] := ARRAY['migration_tracking', 'migration_backup', 'migration_validation',
