@@ -863,8 +863,11 @@ BEGIN
             details := jsonb_build_object('backup_id', p_backup, 'error', 'the backup has no sessions copy to compare',
                                           'copy', p_log.sessions_copy);
         ELSE
+            -- a LEFT JOIN, not NOT EXISTS inside the FILTER: a subquery there is probed once per
+            -- backed-up session (an index lookup each), a join can hash both sides; an unmatched
+            -- session is the one whose live ctid is null
             EXECUTE format(
-                'SELECT count(*), count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM %2$s s WHERE %3$s)) FROM %1$s c',
+                'SELECT count(*), count(*) FILTER (WHERE s.ctid IS NULL) FROM %1$s c LEFT JOIN %2$s s ON %3$s',
                 v_copy, v_rel, v_match)
             INTO v_n, v_m;
             v_sample := '[]';
