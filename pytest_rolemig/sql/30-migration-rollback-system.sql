@@ -544,16 +544,16 @@ DECLARE
     -- the last CTE of each restore statement: a 'rolled_back' migration_log row for every
     -- user in CTE "changed" (user_key, old_role, new_role) whose role the statement changed
     -- and who has a migration_log entry, in the batch of the latest one; $2 = the message.
-    -- Set-based: the log rows of the changed users are found in one pass (a hash semi-join),
-    -- so the log needs no index for "the latest entry of a user".
+    -- The latest entry of each changed user is one backward probe of the log's (user_key,
+    -- log_id) index, LIMIT 1: reading all of a user's entries and sorting them (DISTINCT ON)
+    -- cost a sort of every entry of every changed user, growing with each migration run.
     v_log_changed text := 'logged AS (
          INSERT INTO migration_tracking.migration_log (batch_id, user_key, old_role, new_role, status, message)
          SELECT l.batch_id, c.user_key, c.old_role, c.new_role, ''rolled_back'', $2
            FROM changed AS c
-           JOIN (SELECT DISTINCT ON (m.user_key) m.user_key, m.batch_id
-                   FROM migration_tracking.migration_log AS m
-                  WHERE m.user_key IN (SELECT x.user_key FROM changed AS x)
-                  ORDER BY m.user_key, m.log_id DESC) AS l ON l.user_key = c.user_key
+           CROSS JOIN LATERAL (SELECT m.batch_id FROM migration_tracking.migration_log AS m
+                                WHERE m.user_key = c.user_key
+                                ORDER BY m.log_id DESC LIMIT 1) AS l
           WHERE c.old_role IS DISTINCT FROM c.new_role
          RETURNING 1)';
 BEGIN
@@ -591,22 +591,21 @@ AS $$
     -- The revert's role write, one statement (restore_write): a compare-and-swap of the role
     -- column of every live row p_rel (joined to copy p_copy by p_match) whose role is what the
     -- migration writes for its backed-up role (the mapping stored with the backup in p_target,
-    -- or the mapping now) back to the backed-up role. Returns how many rows it changed.
+    -- or the mapping now: o, a few rows) back to the backed-up role. Returns how many rows it
+    -- changed. One join of copy and live table, which the planner can hash: the role the row
+    -- held (the log's old_role) is the o.migrated it matched, so the UPDATE needs no second
+    -- look at the live row (a candidate list joined back by key cost an index probe per user).
     SELECT migration_backup.restore_write(format(
-        'cand AS (
-             SELECT t.%1$I AS k, c.%1$I::text AS user_key, c.%2$I::text AS backup_role,
-                    t.%2$I::text AS current_role
+        'changed AS (
+             UPDATE %5$s AS t SET %2$I = c.%2$I::text::%3$s
                FROM %4$s AS c
-               JOIN %5$s AS t ON %6$s
-              WHERE t.%2$I::text IS DISTINCT FROM c.%2$I::text
-                AND (t.%2$I::text = ($3 -> ''mapping''::text ->> c.%2$I::text)
-                     OR t.%2$I::text = (SELECT m.new_role FROM migration_control.role_mapping AS m
-                                         WHERE m.legacy_role = c.%2$I::text))),
-         changed AS (
-             UPDATE %5$s AS t SET %2$I = c.backup_role::%3$s
-               FROM cand AS c
-              WHERE t.%1$I = c.k AND t.%2$I::text = c.current_role
-             RETURNING c.user_key, c.current_role AS old_role, c.backup_role AS new_role)',
+               JOIN (SELECT e.key AS legacy, e.value AS migrated
+                       FROM pg_catalog.jsonb_each_text($3 -> ''mapping''::text) AS e
+                     UNION
+                     SELECT m.legacy_role, m.new_role FROM migration_control.role_mapping AS m) AS o
+                 ON o.legacy = c.%2$I::text
+              WHERE %6$s AND t.%2$I::text = o.migrated AND t.%2$I::text IS DISTINCT FROM c.%2$I::text
+             RETURNING c.%1$I::text AS user_key, o.migrated AS old_role, c.%2$I::text AS new_role)',
         p_target ->> 'key_column', p_target ->> 'role_column', p_role_type, p_copy, p_rel, p_match),
         p_app_path, p_backup_id, 'rollback ' || p_rollback_id, p_target)
 $$;
