@@ -141,6 +141,32 @@ def test_corrupt_backup_fails_valid_backup_exists(rolemig_db):
     assert {c["check_name"] for c in result["details"]["failing_checks"]} >= {"profiles_count"}
 
 
+def test_valid_backup_exists_lists_exactly_the_failing_rows_of_backup_completeness(rolemig_db):
+    """A user added after the backup only warns in validate_backup_completeness (covers_live_users),
+    so valid_backup_exists passes; with the copy gone, every failing row is listed, covers_live_users
+    (which cannot read the copy) included."""
+    def failing(bid):
+        return [{"check_name": r["check_name"], "details": r["details"]} for r in rows(
+            rolemig_db, "SELECT * FROM migration_backup.validate_backup_completeness(%s)", (bid,))
+            if r["status"] == "fail"]
+
+    bid = backup(rolemig_db)
+    one(rolemig_db, """WITH u AS (INSERT INTO auth.users (email) VALUES ('late@example.org') RETURNING id)
+        INSERT INTO public.user_profiles (id, email, role) SELECT id, 'late@example.org', 'viewer' FROM u
+        RETURNING id""")
+    result = pre(rolemig_db)["valid_backup_exists"]
+    assert result["status"] == "pass"
+    assert result["details"] == {"backup_id": bid, "failing_checks": []} and failing(bid) == []
+
+    copy = one(rolemig_db, "SELECT profiles_copy AS c FROM migration_backup.backup_log WHERE backup_id = %s",
+               (bid,))["c"]
+    rolemig_db.execute(f'DROP TABLE migration_backup."{copy}" CASCADE')
+    result = pre(rolemig_db)["valid_backup_exists"]
+    assert result["status"] == "fail"
+    assert result["details"]["failing_checks"] == failing(bid)
+    assert {c["check_name"] for c in failing(bid)} >= {"profiles_count", "covers_live_users"}
+
+
 def test_running_batch_or_held_lock_fails_no_migration_running(rolemig_db, rolemig_server):
     assert pre(rolemig_db)["no_migration_running"]["status"] == "pass"
     with psycopg.connect(rolemig_server.dsn(rolemig_db.info.dbname)) as other:
@@ -234,6 +260,82 @@ def test_post_migration_with_unknown_backup_fails(rolemig_db):
     result = post(rolemig_db, "bk_nope")
     for name in ("roles_match_mapping", "user_count_unchanged", "sessions_intact"):
         assert result[name]["status"] == "fail" and result[name]["details"]["error"] == "backup not found"
+
+
+def test_post_migration_names_users_whose_roles_were_swapped(rolemig_db):
+    """The same users on the same roles in number: only who holds which role differs."""
+    bid = backup(rolemig_db)
+    migrate(rolemig_db)
+    pair = rows(rolemig_db, """SELECT id::text AS id, role FROM public.user_profiles
+        WHERE id IN ((SELECT min(id::text)::uuid FROM public.user_profiles WHERE role = 'owner'),
+                     (SELECT min(id::text)::uuid FROM public.user_profiles WHERE role = 'viewer'))""")
+    rolemig_db.execute("UPDATE public.user_profiles SET role = CASE role WHEN 'owner' THEN 'viewer' ELSE 'owner' END "
+                       "WHERE id = ANY (%s::uuid[])", ([p["id"] for p in pair],))
+    result = post(rolemig_db, bid)
+    mismatch = result["roles_match_mapping"]
+    assert mismatch["status"] == "fail" and mismatch["details"]["mismatched"] == 2
+    swapped = {"owner": "viewer", "viewer": "owner"}
+    assert sorted((s["user_key"], s["expected_role"], s["current_role"], s["missing"])
+                  for s in mismatch["details"]["sample"]) == sorted(
+        (p["id"], p["role"], swapped[p["role"]], False) for p in pair)
+    assert result["user_count_unchanged"]["status"] == "pass"
+    assert result["every_user_has_new_role"]["status"] == "pass"
+
+
+def test_users_merged_away_pass_and_other_gone_users_are_named_without_a_log_index(rolemig_db):
+    """A user gone whose newest log row says 'merged' (the migration deleted it as a merged
+    duplicate) is not lost; a user gone otherwise is named, whether the log has a row for it or
+    not (an identity-mapped user may have none). The log is read in one set-based pass, so this
+    holds without an index on migration_log.user_key."""
+    bid = backup(rolemig_db)
+    migrate(rolemig_db)
+    rolemig_db.execute("DROP INDEX IF EXISTS migration_tracking.migration_log_user_latest_idx")
+    merged, deleted, unlogged = [r["id"] for r in rows(
+        rolemig_db, "SELECT id::text AS id FROM public.user_profiles ORDER BY id::text LIMIT 3")]
+    copy = one(rolemig_db, "SELECT profiles_copy AS c FROM migration_backup.backup_log WHERE backup_id = %s",
+               (bid,))["c"]
+    backed_up_role = {r["id"]: r["role"] for r in rows(
+        rolemig_db, f'SELECT id::text AS id, role FROM migration_backup."{copy}"')}
+    # the profile rows only: the users' sessions stay
+    rolemig_db.execute("DELETE FROM public.user_profiles WHERE id = %s::uuid", (merged,))
+    rolemig_db.execute("""INSERT INTO migration_tracking.migration_log (batch_id, user_key, status)
+                          SELECT max(batch_id), %s, 'merged' FROM migration_tracking.migration_log""", (merged,))
+    result = post(rolemig_db, bid)
+    assert {k: v["status"] for k, v in result.items()} == dict.fromkeys(POST_CHECKS, "pass")
+    assert result["roles_match_mapping"]["details"]["merged_rows"] == 1
+    assert result["user_count_unchanged"]["details"] == {"backup_id": bid, "backed_up_users": 130,
+                                                         "live_users": 129, "merged_rows": 1}
+
+    rolemig_db.execute("DELETE FROM public.user_profiles WHERE id = ANY (%s::uuid[])", ([deleted, unlogged],))
+    rolemig_db.execute("DELETE FROM migration_tracking.migration_log WHERE user_key = %s", (unlogged,))
+    result = post(rolemig_db, bid)
+    mismatch = result["roles_match_mapping"]
+    assert mismatch["status"] == "fail"
+    assert mismatch["details"]["mismatched"] == 2 and mismatch["details"]["merged_rows"] == 1
+    assert sorted((s["user_key"], s["backed_up_role"], s["current_role"], s["missing"])
+                  for s in mismatch["details"]["sample"]) == sorted(
+        (k, backed_up_role[k], None, True) for k in (deleted, unlogged))
+    assert result["user_count_unchanged"]["status"] == "fail"
+    assert result["user_count_unchanged"]["details"]["live_users"] == 127
+
+
+def test_sessions_added_after_the_backup_are_not_missing_ones(rolemig_db):
+    bid = backup(rolemig_db)
+    migrate(rolemig_db)
+    backed_up = one(rolemig_db, "SELECT count(*) AS n FROM auth.sessions")["n"]
+    added = [r["id"] for r in rows(rolemig_db, "INSERT INTO auth.sessions (user_id) SELECT id FROM auth.users "
+                                               "ORDER BY id LIMIT 2 RETURNING id::text AS id")]
+    sessions = post(rolemig_db, bid)["sessions_intact"]
+    assert sessions["status"] == "pass"
+    assert sessions["details"] == {"backup_id": bid, "backed_up_sessions": backed_up, "missing": 0, "sample": []}
+    # one session added and one backed-up session gone: as many sessions as backed up, one missing
+    rolemig_db.execute("DELETE FROM auth.sessions WHERE id = %s::uuid", (added[0],))
+    gone = one(rolemig_db, "DELETE FROM auth.sessions WHERE id = (SELECT min(id::text)::uuid FROM auth.sessions "
+                           "WHERE id <> %s::uuid) RETURNING id::text, user_id::text", (added[1],))
+    assert one(rolemig_db, "SELECT count(*) AS n FROM auth.sessions")["n"] == backed_up
+    sessions = post(rolemig_db, bid)["sessions_intact"]
+    assert sessions["status"] == "fail" and sessions["details"]["missing"] == 1
+    assert sessions["details"]["sample"] == [{"session_key": gone["id"], "user_key": gone["user_id"]}]
 
 
 # ---------------------------------------------------------- authentication ----
@@ -337,9 +439,11 @@ def test_policy_roles_match_phase(rolemig_db):
     assert {s["role_name"] for s in before_post["details"]["sample"]} <= LEGACY_ONLY
     assert "billing: billing staff" in before_post["details"]["policies"]
 
-    # the first batch (keyset order) must hold a user whose new role is new-only (super_admin -> owner)
+    # the first batch (walk order: physical) must hold a user whose new role is new-only
+    # (super_admin -> owner); the UPDATE gives the row a new place, CLUSTER puts it first again
     rolemig_db.execute("UPDATE public.user_profiles SET role = 'super_admin' "
                        "WHERE id = (SELECT id FROM public.user_profiles ORDER BY id LIMIT 1)")
+    rolemig_db.execute("CLUSTER public.user_profiles USING user_profiles_pkey")
     backup(rolemig_db)
     migrate(rolemig_db, p_batch_size=7, p_max_batches=1)
     assert phase("auto")["details"]["phase"] == "expand"

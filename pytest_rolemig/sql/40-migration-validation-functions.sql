@@ -9,10 +9,14 @@
 --   policy_role_literals()                   each quoted role name in a policy of those tables
 --   pre_migration_role_checks(target_config) no NULL and no unknown roles, from one pass over the users
 --   pre_migration_mapping_checks()           every legacy role mapped, every mapping onto a new role
+--   backup_failing_checks(text, target)      the failing rows of a backup's completeness checks
 --   validate_pre_migration_state()           target, mapping, data, backup, nothing running
---   post_migration_user_checks(...)          users on new roles as mapped, none lost, from one pass
+--   key_hash_sql(...), key_is_unique(...)    key hashes for comparing a copy with its live table by sums
+--   absent_users(text[], text[])             backed-up users gone, and whether merged away (log)
+--   post_migration_user_counts(...)          the user counts: hash sums when equal, else a join
+--   post_migration_user_checks(...)          users on new roles as mapped, none lost
 --   post_migration_policy_check()            no legacy-only role left in a policy
---   post_migration_sessions_check(...)       every backed-up session still there, from one pass
+--   post_migration_sessions_check(...)       every backed-up session still there
 --   validate_post_migration_state(text)      data vs backup and mapping, policies, sessions
 --   auth_lookup_predicates(target_config)    how a logged-in user's own profile and sessions are read
 --   auth_log_in_sample(...)                  logs in as each sampled user, records what they could read
@@ -565,6 +569,47 @@ BEGIN
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION migration_validation.backup_failing_checks(
+    p_backup_id text, p_cfg migration_control.target_config)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+AS $$
+DECLARE
+    v_log      migration_backup.backup_log;
+    v_copy     regclass;
+    v_live     regclass;
+    v_list     jsonb;
+BEGIN
+    -- The failing rows (check_name, details) of validate_backup_completeness(p_backup_id), for
+    -- valid_backup_exists. Its last row, covers_live_users, passes or warns whenever its
+    -- anti-join of live table and copy can be built and read; it fails only when it cannot.
+    -- When the backup's target table is the configured one (pre_migration_checks has read it
+    -- under row_security = off), the caller may read it and the copy, and both have the key,
+    -- the failing rows are backup_integrity's alone: that anti-join, a pass over both tables
+    -- whose counts valid_backup_exists never shows, is left out. Otherwise, the whole function.
+    SELECT * INTO v_log FROM migration_backup.backup_log AS l WHERE l.backup_id = p_backup_id;
+    v_copy := migration_backup.copy_table(v_log.profiles_copy);
+    IF v_log.target ->> 'profiles_schema' IS NOT NULL AND v_log.target ->> 'profiles_table' IS NOT NULL THEN
+        v_live := to_regclass(format('%I.%I', v_log.target ->> 'profiles_schema', v_log.target ->> 'profiles_table'));
+    END IF;
+    IF v_log.status = 'completed' AND v_copy IS NOT NULL
+       AND v_live = to_regclass(format('%I.%I', p_cfg.profiles_schema, p_cfg.profiles_table))
+       AND has_table_privilege(v_live, 'SELECT') AND has_table_privilege(v_copy, 'SELECT')
+       AND migration_backup.key_match_sql(v_copy, v_live, v_log.target ->> 'key_column', 'c', 't') IS NOT NULL THEN
+        SELECT coalesce(jsonb_agg(jsonb_build_object('check_name', v.check_name, 'details', v.details))
+                        FILTER (WHERE v.status = 'fail'), '[]')
+        INTO v_list FROM migration_backup.backup_integrity(p_backup_id) AS v;
+    ELSE
+        SELECT coalesce(jsonb_agg(jsonb_build_object('check_name', v.check_name, 'details', v.details))
+                        FILTER (WHERE v.status = 'fail'), '[]')
+        INTO v_list FROM migration_backup.validate_backup_completeness(p_backup_id) AS v;
+    END IF;
+    RETURN v_list;
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION migration_validation.pre_migration_checks(
     p_backup_id text DEFAULT NULL, p_backup_checks jsonb DEFAULT NULL)
 RETURNS TABLE(check_name text, status text, details jsonb)
@@ -633,9 +678,7 @@ BEGIN
                             FILTER (WHERE e ->> 'status' = 'fail'), '[]')
             INTO v_list FROM jsonb_array_elements(p_backup_checks) AS e;
         ELSE
-            SELECT coalesce(jsonb_agg(jsonb_build_object('check_name', v.check_name, 'details', v.details))
-                            FILTER (WHERE v.status = 'fail'), '[]')
-            INTO v_list FROM migration_backup.validate_backup_completeness(v_backup) v;
+            v_list := migration_validation.backup_failing_checks(v_backup, v_cfg);
         END IF;
         status := CASE WHEN v_list = '[]' THEN 'pass' ELSE 'fail' END;
         details := jsonb_build_object('backup_id', v_backup, 'failing_checks', v_list);
@@ -670,6 +713,155 @@ $$;
 
 -- ----------------------------------------------------------- post-migration ----
 
+CREATE OR REPLACE FUNCTION migration_validation.key_hash_sql(p_copy regclass, p_live regclass, p_key text,
+                                                            p_alias text)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+AS $$
+    -- The bigint hash of key column p_key of the row p_alias, one expression for a backup's
+    -- copy p_copy and the live table p_live alike, equal for keys key_match_sql joins as equal:
+    -- the extended hash function of the default hash operator class of the key's type (a
+    -- domain's base type) when both sides have that type, as the join's = compares them; else
+    -- the hash of the key's text, as key_match_sql then compares. Hashing the key itself, not
+    -- its text, keeps a pass over a million keys at about the cost of reading them. NULL when
+    -- either side lacks the column.
+    SELECT CASE WHEN c.atttypid = t.atttypid AND c.atttypmod = t.atttypmod AND h.fn IS NOT NULL
+                THEN format('%s(%s.%I, 0)', h.fn, p_alias, p_key)
+                ELSE format('pg_catalog.hashtextextended(%s.%I::text, 0)', p_alias, p_key) END
+      FROM pg_catalog.pg_attribute AS c
+      JOIN pg_catalog.pg_attribute AS t
+        ON t.attrelid = p_live AND t.attname = p_key AND NOT t.attisdropped AND t.attnum > 0
+      JOIN pg_catalog.pg_type AS ty ON ty.oid = t.atttypid
+      LEFT JOIN LATERAL (
+          SELECT format('%I.%I', n.nspname, f.proname) AS fn
+            FROM pg_catalog.pg_opclass AS oc
+            JOIN pg_catalog.pg_am AS am ON am.oid = oc.opcmethod AND am.amname = 'hash'
+            JOIN pg_catalog.pg_amproc AS p
+              ON p.amprocfamily = oc.opcfamily AND p.amprocnum = 2
+             AND p.amproclefttype = oc.opcintype AND p.amprocrighttype = oc.opcintype
+            JOIN pg_catalog.pg_proc AS f ON f.oid = p.amproc
+            JOIN pg_catalog.pg_namespace AS n ON n.oid = f.pronamespace
+           WHERE oc.opcdefault
+             AND oc.opcintype = CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END
+           LIMIT 1) AS h ON true
+     WHERE c.attrelid = p_copy AND c.attname = p_key AND NOT c.attisdropped AND c.attnum > 0
+$$;
+
+CREATE OR REPLACE FUNCTION migration_validation.key_is_unique(p_rel regclass, p_key text)
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+AS $$
+    -- Whether a valid, immediate, non-partial unique index on column p_key alone holds p_rel's
+    -- keys unique. Then the live keys and a copy's keys with equal counts and hash sums are the
+    -- same keys, each once: the passing case of the post-migration checks rests on it.
+    SELECT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_index AS i
+          JOIN pg_catalog.pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+         WHERE i.indrelid = p_rel AND i.indisunique AND i.indisvalid AND i.indimmediate
+           AND i.indnkeyatts = 1 AND i.indpred IS NULL AND i.indexprs IS NULL AND a.attname = p_key)
+$$;
+
+CREATE OR REPLACE FUNCTION migration_validation.absent_users(p_keys text[], p_roles text[])
+RETURNS TABLE(user_key text, backed_up_role text, merged boolean)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+AS $$
+    -- The backed-up users gone from the live table (keys as text and their backed-up roles,
+    -- side by side), each with whether the migration deleted it as a merged duplicate: its
+    -- newest log row says 'merged'. One pass over migration_log hashed against the keys, not
+    -- a probe per user: the log has no index on user_key.
+    SELECT a.user_key, a.backed_up_role, coalesce(s.status = 'merged', false)
+      FROM unnest(p_keys, p_roles) AS a(user_key, backed_up_role)
+      LEFT JOIN (SELECT DISTINCT ON (l.user_key) l.user_key, l.status
+                   FROM migration_tracking.migration_log AS l
+                  WHERE l.user_key IN (SELECT k.k FROM unnest(p_keys) AS k(k))
+                  ORDER BY l.user_key, l.log_id DESC) AS s ON s.user_key = a.user_key
+$$;
+
+CREATE OR REPLACE FUNCTION migration_validation.post_migration_user_counts(
+    p_cfg migration_control.target_config, p_rel regclass, p_copy regclass, p_match text,
+    OUT live bigint, OUT not_new bigint, OUT backed_up bigint, OUT mismatched bigint, OUT merged bigint,
+    OUT changed bigint, OUT absent_keys text[], OUT absent_roles text[])
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+AS $$
+DECLARE
+    v_same     boolean;
+BEGIN
+    -- The counts of post_migration_user_checks, over the rows with a key: live users, those on
+    -- no new role, backed-up users, backed-up users not on mapping(backed-up role) or gone
+    -- (mismatched; a gone one the migration merged away is not), the merged ones, the changed
+    -- ones (still there, on another role), and the keys and backed-up roles of the gone ones
+    -- (for the sample). Runs under the caller's row_security = off.
+    -- The passing case is cheap: per role, the count and the sum of the key hashes of the
+    -- live users on it equal those of the backed-up users whose role maps to it, from one
+    -- aggregate pass over each table (no join). With the live key unique (key_is_unique) that
+    -- is the same (key, role) pairs on both sides, each once: every backed-up user on the
+    -- mapped role, nobody gone, nobody added, nothing merged. Any difference (or no such
+    -- index) falls back to the join, which counts exactly what differs.
+    IF migration_validation.key_is_unique(p_rel, p_cfg.key_column) THEN
+        EXECUTE format(
+            'WITH g AS (
+                 SELECT coalesce(m.new_role, nr.role_name) AS role, c.n, c.h, 0 AS side
+                   FROM (SELECT b.%2$I::text AS role, count(*) AS n, sum(%5$s) AS h
+                           FROM %3$s AS b WHERE b.%1$I IS NOT NULL GROUP BY 1) AS c
+                   LEFT JOIN migration_control.role_mapping m ON m.legacy_role = c.role
+                   LEFT JOIN migration_control.new_roles nr ON nr.role_name = c.role
+                 UNION ALL
+                 SELECT u.%2$I::text, count(*), sum(%6$s), 1
+                   FROM %4$s AS u WHERE u.%1$I IS NOT NULL GROUP BY 1),
+             r AS (
+                 SELECT g.role, sum(g.n) FILTER (WHERE g.side = 0) AS cn, sum(g.h) FILTER (WHERE g.side = 0) AS ch,
+                        sum(g.n) FILTER (WHERE g.side = 1) AS tn, sum(g.h) FILTER (WHERE g.side = 1) AS th
+                   FROM g GROUP BY g.role)
+             SELECT coalesce(sum(r.tn), 0), coalesce(sum(r.tn) FILTER (WHERE nn.role_name IS NULL), 0),
+                    coalesce(sum(r.cn), 0),
+                    coalesce(bool_and(r.cn IS NOT DISTINCT FROM r.tn AND r.ch IS NOT DISTINCT FROM r.th), true)
+               FROM r LEFT JOIN migration_control.new_roles nn ON nn.role_name = r.role',
+            p_cfg.key_column, p_cfg.role_column, p_copy, p_rel,
+            migration_validation.key_hash_sql(p_copy, p_rel, p_cfg.key_column, 'b'),
+            migration_validation.key_hash_sql(p_copy, p_rel, p_cfg.key_column, 'u'))
+        INTO live, not_new, backed_up, v_same;
+        IF v_same THEN
+            mismatched := 0;
+            merged := 0;
+            changed := 0;
+            RETURN;
+        END IF;
+    END IF;
+
+    -- a full join: the live users, those on no new role, the backed-up ones and the changed
+    -- ones counted together, the gone ones collected
+    EXECUTE format(
+        'SELECT count(t.%1$I), count(t.%1$I) FILTER (WHERE NOT t.on_new), count(c.%1$I),
+                count(*) FILTER (WHERE c.%1$I IS NOT NULL AND t.%1$I IS NOT NULL
+                                   AND t.role_now IS DISTINCT FROM c.expected),
+                array_agg(c.%1$I::text) FILTER (WHERE c.%1$I IS NOT NULL AND t.%1$I IS NULL),
+                array_agg(c.role_then) FILTER (WHERE c.%1$I IS NOT NULL AND t.%1$I IS NULL)
+           FROM (SELECT b.%1$I, b.%2$I::text AS role_then, coalesce(m.new_role, nr.role_name) AS expected
+                   FROM %3$s AS b
+                   LEFT JOIN migration_control.role_mapping m ON m.legacy_role = b.%2$I::text
+                   LEFT JOIN migration_control.new_roles nr ON nr.role_name = b.%2$I::text) AS c
+           FULL JOIN (SELECT u.%1$I, u.%2$I::text AS role_now, nn.role_name IS NOT NULL AS on_new
+                        FROM %4$s AS u
+                        LEFT JOIN migration_control.new_roles nn ON nn.role_name = u.%2$I::text) AS t
+             ON %5$s',
+        p_cfg.key_column, p_cfg.role_column, p_copy, p_rel, p_match)
+    INTO live, not_new, backed_up, changed, absent_keys, absent_roles;
+    -- of the gone users, those the migration merged away are not mismatched
+    SELECT count(*) FILTER (WHERE NOT a.merged), count(*) FILTER (WHERE a.merged)
+      INTO mismatched, merged
+      FROM migration_validation.absent_users(absent_keys, absent_roles) AS a;
+    mismatched := mismatched + changed;
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION migration_validation.post_migration_user_checks(
     p_cfg migration_control.target_config, p_backup text, p_found boolean, p_rel regclass, p_copy regclass,
     p_match text)
@@ -683,36 +875,13 @@ DECLARE
     v_sample   jsonb;
 BEGIN
     -- The rows every_user_has_new_role, roles_match_mapping and user_count_unchanged of
-    -- validate_post_migration_state, which read the same counts: one pass joins the backup's
-    -- typed copy p_copy with the live table p_rel on p_match (a full join: the live users,
-    -- those on no new role, the backed-up ones, the mismatches and the merged rows are
-    -- counted together; without a backup, p_found false, one pass over the live table); the
+    -- validate_post_migration_state, which read the same counts: post_migration_user_counts
+    -- compares the backup's typed copy p_copy with the live table p_rel (joined on p_match
+    -- when they differ); without a backup, p_found false, one pass over the live table. The
     -- samples are further passes, taken only when there is something to show. Runs under
     -- the caller's row_security = off.
     IF p_found THEN
-        EXECUTE format(
-            'SELECT count(t.%1$I) AS live, count(t.%1$I) FILTER (WHERE NOT t.on_new) AS not_new,
-                    count(c.%1$I) AS backed_up,
-                    count(*) FILTER (WHERE c.%1$I IS NOT NULL AND CASE
-                        WHEN t.%1$I IS NULL THEN (SELECT l.status FROM migration_tracking.migration_log l
-                                                   WHERE l.user_key = c.%1$I::text
-                                                   ORDER BY l.log_id DESC LIMIT 1) IS DISTINCT FROM ''merged''
-                        ELSE t.role_now IS DISTINCT FROM c.expected END) AS mismatched,
-                    count(*) FILTER (WHERE c.%1$I IS NOT NULL AND CASE
-                        WHEN t.%1$I IS NULL THEN (SELECT l.status FROM migration_tracking.migration_log l
-                                                   WHERE l.user_key = c.%1$I::text
-                                                   ORDER BY l.log_id DESC LIMIT 1) = ''merged''
-                        ELSE false END) AS merged
-               FROM (SELECT b.%1$I, coalesce(m.new_role, nr.role_name) AS expected
-                       FROM %3$s AS b
-                       LEFT JOIN migration_control.role_mapping m ON m.legacy_role = b.%2$I::text
-                       LEFT JOIN migration_control.new_roles nr ON nr.role_name = b.%2$I::text) AS c
-               FULL JOIN (SELECT u.%1$I, u.%2$I::text AS role_now, nn.role_name IS NOT NULL AS on_new
-                            FROM %4$s AS u
-                            LEFT JOIN migration_control.new_roles nn ON nn.role_name = u.%2$I::text) AS t
-                 ON %5$s',
-            p_cfg.key_column, p_cfg.role_column, p_copy, p_rel, p_match)
-        INTO v_r;
+        SELECT * INTO v_r FROM migration_validation.post_migration_user_counts(p_cfg, p_rel, p_copy, p_match);
     ELSE
         EXECUTE format(
             'SELECT count(*) AS live,
@@ -747,23 +916,25 @@ BEGIN
     ELSE
         v_sample := '[]';
         IF v_r.mismatched > 0 THEN
+            -- the changed users (a join, only when there are some) and the gone ones not merged away
             EXECUTE format(
                 'SELECT coalesce(jsonb_agg(to_jsonb(s)), ''[]'') FROM (
-                     SELECT x.user_key, x.backed_up_role, x.expected_role, x.current_role, x.missing FROM (
-                         SELECT c.%1$I::text AS user_key, c.%2$I::text AS backed_up_role,
-                                coalesce(m.new_role, (SELECT nr.role_name FROM migration_control.new_roles nr
-                                                       WHERE nr.role_name = c.%2$I::text)) AS expected_role,
-                                t.%2$I::text AS current_role, (t.%1$I IS NULL) AS missing,
-                                (t.%1$I IS NULL AND (SELECT l.status FROM migration_tracking.migration_log l
-                                                      WHERE l.user_key = c.%1$I::text
-                                                      ORDER BY l.log_id DESC LIMIT 1) = ''merged'') AS merged
-                           FROM %3$s AS c
-                           LEFT JOIN migration_control.role_mapping m ON m.legacy_role = c.%2$I::text
-                           LEFT JOIN %4$s AS t ON %5$s) AS x
-                      WHERE NOT x.merged AND (x.missing OR x.current_role IS DISTINCT FROM x.expected_role)
+                     SELECT x.user_key, x.backed_up_role, coalesce(m.new_role, nr.role_name) AS expected_role,
+                            x.current_role, x.missing
+                       FROM (SELECT c.%1$I::text AS user_key, c.%2$I::text AS backed_up_role,
+                                    t.%2$I::text AS current_role, false AS missing
+                               FROM %3$s AS c JOIN %4$s AS t ON %5$s
+                              WHERE $3
+                             UNION ALL
+                             SELECT a.user_key, a.backed_up_role, NULL, true
+                               FROM migration_validation.absent_users($1, $2) AS a WHERE NOT a.merged) AS x
+                       LEFT JOIN migration_control.role_mapping m ON m.legacy_role = x.backed_up_role
+                       LEFT JOIN migration_control.new_roles nr ON nr.role_name = x.backed_up_role
+                      WHERE x.missing OR x.current_role IS DISTINCT FROM coalesce(m.new_role, nr.role_name)
                       ORDER BY x.user_key LIMIT 20) s',
                 p_cfg.key_column, p_cfg.role_column, p_copy, p_rel, p_match)
-            INTO v_sample;
+            INTO v_sample
+            USING v_r.absent_keys, v_r.absent_roles, v_r.changed > 0;
         END IF;
         status := CASE WHEN v_r.mismatched = 0 THEN 'pass' ELSE 'fail' END;
         details := jsonb_build_object('backup_id', p_backup, 'backed_up_users', v_r.backed_up,
@@ -842,11 +1013,15 @@ DECLARE
     v_sample   jsonb;
     v_n        bigint;
     v_m        bigint;
+    v_same     boolean := false;
 BEGIN
     -- The row sessions_intact of validate_post_migration_state: every session of the backup
-    -- p_log still there (the migration must not log anybody out), in one pass over the
-    -- sessions copy; the sample of missing sessions is a further pass, taken only when some
-    -- are missing. Runs under the caller's row_security = off.
+    -- p_log still there (the migration must not log anybody out). The passing case is cheap:
+    -- the copy's session keys (none NULL) and the live ones have the same count and sum of
+    -- key hashes, one aggregate pass over each table; with the live key unique
+    -- (key_is_unique) those are the same sessions. Otherwise (a session gone, one added since
+    -- the backup, no such index) one join counts the missing; their sample is a further pass,
+    -- taken only when some are missing. Runs under the caller's row_security = off.
     check_name := 'sessions_intact';
     IF NOT p_found THEN
         status := 'fail';
@@ -863,13 +1038,27 @@ BEGIN
             details := jsonb_build_object('backup_id', p_backup, 'error', 'the backup has no sessions copy to compare',
                                           'copy', p_log.sessions_copy);
         ELSE
+            IF migration_validation.key_is_unique(v_rel, p_cfg.sessions_key_column) THEN
+                EXECUTE format(
+                    'SELECT c.n, c.n = c.k AND c.k = s.k AND c.h = s.h
+                       FROM (SELECT count(*) AS n, count(b.%1$I) AS k, coalesce(sum(%4$s), 0) AS h
+                               FROM %2$s AS b) AS c,
+                            (SELECT count(u.%1$I) AS k, coalesce(sum(%5$s), 0) AS h FROM %3$s AS u) AS s',
+                    p_cfg.sessions_key_column, v_copy, v_rel,
+                    migration_validation.key_hash_sql(v_copy, v_rel, p_cfg.sessions_key_column, 'b'),
+                    migration_validation.key_hash_sql(v_copy, v_rel, p_cfg.sessions_key_column, 'u'))
+                INTO v_n, v_same;
+                v_m := 0;
+            END IF;
             -- a LEFT JOIN, not NOT EXISTS inside the FILTER: a subquery there is probed once per
             -- backed-up session (an index lookup each), a join can hash both sides; an unmatched
             -- session is the one whose live ctid is null
-            EXECUTE format(
-                'SELECT count(*), count(*) FILTER (WHERE s.ctid IS NULL) FROM %1$s c LEFT JOIN %2$s s ON %3$s',
-                v_copy, v_rel, v_match)
-            INTO v_n, v_m;
+            IF NOT v_same THEN
+                EXECUTE format(
+                    'SELECT count(*), count(*) FILTER (WHERE s.ctid IS NULL) FROM %1$s c LEFT JOIN %2$s s ON %3$s',
+                    v_copy, v_rel, v_match)
+                INTO v_n, v_m;
+            END IF;
             v_sample := '[]';
             IF v_m > 0 THEN
                 EXECUTE format(
@@ -911,10 +1100,10 @@ BEGIN
     -- legacy-only role left in a policy, every backed-up session still there. Data checks
     -- compare against the given backup (NULL = the one the migration started from: a backup
     -- taken mid-migration already holds new roles; with no migration, the newest completed).
-    -- One pass joins the backup's typed copy with the live table (post_migration_user_checks),
-    -- one the sessions copy with the live sessions (post_migration_sessions_check); the
-    -- samples are further passes, taken only when there is something to show. The helpers
-    -- run under this function's row_security = off.
+    -- When all is well, counts and key-hash sums of each copy and its live table agree, one
+    -- aggregate pass over each (post_migration_user_checks, post_migration_sessions_check);
+    -- only a difference joins them to count and sample exactly what differs. The helpers run
+    -- under this function's row_security = off.
     v_cfg := migration_validation.target();
     SELECT * INTO v_log FROM migration_backup.backup_log b WHERE b.backup_id = v_backup;
     v_found := v_backup IS NOT NULL AND FOUND;
