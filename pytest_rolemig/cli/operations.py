@@ -114,8 +114,9 @@ def cmd_migrate(ctx: Context) -> int:
                     result = asdict(step)
                     calls.append(result)
                     if result["batches"]:
-                        bar.advance((result["users_migrated"] or 0) + (result["users_unchanged"] or 0),
-                                    note=f"[{result['run_id']}]")
+                        # the bar counts the users who move (its total, pending_count); identity-mapped
+                        # users are never batched and are counted once, by the call that finishes
+                        bar.advance(result["users_migrated"] or 0, note=f"[{result['run_id']}]")
                     if result["status"] != "partial":  # 'completed' (policies rewritten) or 'failed'
                         break
                     if a.max_batches and sum(c["batches"] or 0 for c in calls) >= a.max_batches:

@@ -193,9 +193,14 @@ BEGIN
                                      ELSE ''role changed after backup'' END) ORDER BY c.%1$I::text), ''[]'')
            FROM %3$s AS c
            LEFT JOIN %4$s AS t ON %5$s
-          WHERE CASE WHEN t.%1$I IS NULL THEN $2 AND (SELECT m.status FROM migration_tracking.migration_log AS m
-                                                        WHERE m.user_key = c.%1$I::text
-                                                        ORDER BY m.log_id DESC LIMIT 1) IS DISTINCT FROM ''merged''
+          WHERE CASE WHEN t.%1$I IS NULL THEN $2 AND c.%1$I::text NOT IN (
+                                 SELECT g.user_key
+                                   FROM (SELECT DISTINCT ON (m.user_key) m.user_key, m.status
+                                           FROM migration_tracking.migration_log AS m
+                                          WHERE m.user_key IN (SELECT d.user_key FROM migration_tracking.migration_log AS d
+                                                                WHERE d.status = ''merged'')
+                                          ORDER BY m.user_key, m.log_id DESC) AS g
+                                  WHERE g.status = ''merged'')
                      ELSE t.%2$I::text IS DISTINCT FROM c.%2$I::text
                           AND t.%2$I::text IS DISTINCT FROM ($1 -> ''mapping''::text ->> c.%2$I::text)
                           AND t.%2$I::text IS DISTINCT FROM
@@ -544,16 +549,19 @@ DECLARE
     -- the last CTE of each restore statement: a 'rolled_back' migration_log row for every
     -- user in CTE "changed" (user_key, old_role, new_role) whose role the statement changed
     -- and who has a migration_log entry, in the batch of the latest one; $2 = the message.
-    -- The latest entry of each changed user is one backward probe of the log's (user_key,
-    -- log_id) index, LIMIT 1: reading all of a user's entries and sorting them (DISTINCT ON)
-    -- cost a sort of every entry of every changed user, growing with each migration run.
+    -- The latest entry of each changed user is found set-based: the highest log_id per user
+    -- of the changed ones (one hashed pass over the log), joined back by log_id (the log's
+    -- key). The log has no index on user_key: a probe per user needed one, and its inserts
+    -- at random keys cost the migration a third of its time.
     v_log_changed text := 'logged AS (
          INSERT INTO migration_tracking.migration_log (batch_id, user_key, old_role, new_role, status, message)
          SELECT l.batch_id, c.user_key, c.old_role, c.new_role, ''rolled_back'', $2
            FROM changed AS c
-           CROSS JOIN LATERAL (SELECT m.batch_id FROM migration_tracking.migration_log AS m
-                                WHERE m.user_key = c.user_key
-                                ORDER BY m.log_id DESC LIMIT 1) AS l
+           JOIN (SELECT m.user_key, pg_catalog.max(m.log_id) AS log_id
+                   FROM migration_tracking.migration_log AS m
+                  WHERE m.user_key IN (SELECT x.user_key FROM changed AS x)
+                  GROUP BY m.user_key) AS latest ON latest.user_key = c.user_key
+           JOIN migration_tracking.migration_log AS l ON l.log_id = latest.log_id
           WHERE c.old_role IS DISTINCT FROM c.new_role
          RETURNING 1)';
 BEGIN

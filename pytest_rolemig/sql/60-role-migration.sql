@@ -165,21 +165,22 @@ SET search_path = pg_catalog, pg_temp
 SET jit = off
 AS $$
     -- "User t still has to move", with $1 = migration name and $2 = cutoff (start of the
-    -- newest completed rollback): on a legacy role of the mapping and not logged as done,
-    -- with the role they hold now, by a completed batch of this migration since the cutoff.
-    -- Identity-mapped users ('admin' -> 'admin') keep a legacy name; the log tells they were
-    -- handled. A user on a role that is no new role cannot have such a log entry (a 'migrated'
-    -- or 'unchanged' row names a new role): the log is only probed for the others. Shared by execute_role_migration and the online procedure, so each resumes the
-    -- other's work. OFFSET 0 keeps the NOT EXISTS a per-row probe of migration_log by user_key
-    -- (index), and the batch row is read by a scalar subquery so the probe cannot start from
-    -- the batch table: planned with the stale statistics of the log (it grows by a batch each
-    -- step), the join forms became a scan of the whole log per user (quadratic).
+    -- newest completed rollback): on a legacy role the mapping moves to another name. An
+    -- identity-mapped user ('admin' -> 'admin') never has to move, and a user the migration
+    -- moved holds a new role, which is no such legacy role, except in a chain (a -> b, b -> c:
+    -- b is both): a user on b is pending unless the log says a completed batch of this
+    -- migration since the cutoff moved them onto b. Only those rows are marked revisited and
+    -- indexed (migration_log_revisited_idx), so the log is probed only for users on a chain
+    -- role. Shared by execute_role_migration and the online procedure, so each resumes the
+    -- other's work. OFFSET 0 keeps the NOT EXISTS a per-row index probe, and the batch row is
+    -- read by a scalar subquery, so stale statistics of the growing log cannot turn it into a
+    -- scan of the log per user.
     SELECT format(
-        't.%2$I::text IN (SELECT m.legacy_role FROM migration_control.role_mapping m)
+        't.%2$I::text IN (SELECT m.legacy_role FROM migration_control.role_mapping m WHERE m.new_role <> m.legacy_role)
          AND (t.%2$I::text NOT IN (SELECT r.role_name FROM migration_control.new_roles r)
               OR NOT EXISTS (SELECT 1 FROM migration_tracking.migration_log l
-                         WHERE l.user_key = t.%1$I::text AND l.new_role = t.%2$I::text
-                           AND l.status IN (''migrated'', ''unchanged'') AND l.logged_at > $2
+                         WHERE l.user_key = t.%1$I::text AND l.revisited AND l.new_role = t.%2$I::text
+                           AND l.status = ''migrated'' AND l.logged_at > $2
                            AND (SELECT b.migration_name = $1 AND b.status = ''completed''
                                 FROM migration_tracking.migration_batch b WHERE b.batch_id = l.batch_id)
                          OFFSET 0))',
@@ -198,46 +199,70 @@ DECLARE
     v_cfg   migration_control.target_config;
     v_count bigint;
 BEGIN
-    -- The number of users pending_users_sql() holds true for, counted as one set difference:
-    -- (key, role) of the users on a legacy role EXCEPT (user_key, new_role) of the log rows of
-    -- migration p_migration_name's completed batches since p_cutoff. The predicate probes the
-    -- log once per user on a legacy role, which after a migration is nearly everybody (an
-    -- identity-mapped user keeps a legacy name): 0.53 s at 100,000 users against 0.21 s here.
-    -- EXCEPT cannot be planned as a probe per row, so stale statistics of the log cannot turn
-    -- it into one. COLLATE "C": the same equality, a cheaper sort. It always costs a pass,
-    -- so a caller that only asks "is anybody left?" and expects a yes uses EXISTS instead.
+    -- The number of users pending_users_sql() holds true for. The predicate reads the log only
+    -- for users on a chain role (see there), so the count is one pass over the table, or an
+    -- index scan where the role column has an index; after a migration nobody is on a moving
+    -- legacy role and the answer is quick.
     v_cfg := migration_validation.target();
-    EXECUTE format(
-        'SELECT count(*) FROM (
-             SELECT t.%1$I::text COLLATE "C", t.%2$I::text COLLATE "C"
-               FROM %3$I.%4$I t
-              WHERE t.%2$I::text IN (SELECT m.legacy_role FROM migration_control.role_mapping m)
-             EXCEPT
-             SELECT l.user_key COLLATE "C", l.new_role COLLATE "C"
-               FROM migration_tracking.migration_log l
-              WHERE l.batch_id = ANY (ARRAY(SELECT b.batch_id FROM migration_tracking.migration_batch b
-                                             WHERE b.migration_name = $1 AND b.status = ''completed''))
-                AND l.status IN (''migrated'', ''unchanged'') AND l.logged_at > $2) AS pending',
-        v_cfg.key_column, v_cfg.role_column, v_cfg.profiles_schema, v_cfg.profiles_table)
+    EXECUTE format('SELECT count(*) FROM %I.%I t WHERE %s',
+                   v_cfg.profiles_schema, v_cfg.profiles_table, migration_control.pending_users_sql())
     INTO v_count
     USING p_migration_name, p_cutoff;
     RETURN v_count;
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION migration_control.unchanged_count(p_migration_name text, p_cutoff timestamptz)
+RETURNS bigint
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+SET row_security = off  -- as in create_comprehensive_backup: fail rather than see a subset
+SET enable_nestloop = off  -- the log's statistics are stale while it grows: a nested loop of log
+                           -- rows and batch rows took minutes at 1,000,000 users; hashed, 0.2 s
+AS $$
+DECLARE
+    v_cfg   migration_control.target_config;
+    v_count bigint;
+BEGIN
+    -- The users a finished migration left as they were, for its report: those on an
+    -- identity-mapped legacy role ('admin' -> 'admin') minus those the migration moved there
+    -- (its 'migrated' log rows since the cutoff onto such a role). Identity-mapped users are
+    -- never pending and get no log row, so batches do not count them: two counts here, once,
+    -- cost less than a log row and a check for each of them.
+    v_cfg := migration_validation.target();
+    EXECUTE format(
+        'SELECT (SELECT count(*) FROM %I.%I t
+                  WHERE t.%I::text IN (SELECT m.legacy_role FROM migration_control.role_mapping m
+                                        WHERE m.new_role = m.legacy_role))
+              - (SELECT count(*) FROM migration_tracking.migration_log l
+                  WHERE l.status = ''migrated'' AND l.logged_at > $2
+                    AND l.new_role IN (SELECT m.legacy_role FROM migration_control.role_mapping m
+                                        WHERE m.new_role = m.legacy_role)
+                    AND l.batch_id IN (SELECT b.batch_id FROM migration_tracking.migration_batch b
+                                        WHERE b.migration_name = $1 AND b.status = ''completed''))',
+        v_cfg.profiles_schema, v_cfg.profiles_table, v_cfg.role_column)
+    INTO v_count
+    USING p_migration_name, p_cutoff;
+    RETURN greatest(v_count, 0);
+END;
+$$;
+
+DROP FUNCTION IF EXISTS migration_control.resume_point(text, timestamptz);
 CREATE OR REPLACE FUNCTION migration_control.resume_point(
     p_migration_name text, p_cutoff timestamptz,
-    OUT last_key text, OUT verified_backups text[])
+    OUT after_position text, OUT verified_backups text[])
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 SET jit = off
 AS $$
     -- Where a later call of migration p_migration_name picks up, from its completed batches
-    -- since the cutoff (the newest completed rollback): the last key of the latest one (the
-    -- walk goes on from there instead of re-probing every finished user from the first key,
-    -- which made a call of one batch cost a pass over the whole table), and the backups those
-    -- batches ran with (verified in full when the migration started with them).
-    SELECT (SELECT b.last_key FROM migration_tracking.migration_batch b
+    -- since the cutoff (the newest completed rollback): the walk position after the latest one
+    -- (details ->> 'after', see migrate_batch; a batch written before positions existed gives
+    -- its last key), so the walk goes on from there instead of re-probing every finished user
+    -- (a call of one batch cost a pass over the whole table), and the backups those batches
+    -- ran with (verified in full when the migration started with them).
+    SELECT (SELECT coalesce(b.details ->> 'after', b.last_key) FROM migration_tracking.migration_batch b
              WHERE b.migration_name = p_migration_name AND b.status = 'completed'
                AND b.started_at > p_cutoff AND b.last_key IS NOT NULL
              ORDER BY b.completed_at DESC, b.batch_id DESC LIMIT 1),
@@ -266,8 +291,10 @@ AS $$
     ORDER BY ic.relname
 $$;
 
+DROP FUNCTION IF EXISTS migration_control.batch_statement_sql(migration_control.target_config, text, text, boolean);
 CREATE OR REPLACE FUNCTION migration_control.batch_statement_sql(
-    p_cfg migration_control.target_config, p_key_type text, p_role_type text, p_log_first boolean)
+    p_cfg migration_control.target_config, p_key_type text, p_role_type text, p_log_first boolean,
+    p_by_position boolean)
 RETURNS text
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -276,34 +303,50 @@ AS $$
 DECLARE
     v_batch text;
 BEGIN
-    -- The one statement of a migrate_batch call, with $1 = migration name, $2 = cutoff, $3 = key
-    -- to start after, $4 = batch size, $5 = batch id. Both forms read the batch alike: the next
-    -- $4 pending users in key order after $3. Without p_log_first the statement also moves them
-    -- by compare-and-swap and logs what the UPDATE returned; with it (a unique index spans the
-    -- role column) it only logs the batch and returns the keys and old roles of the users to
-    -- move, which migrate_batch moves once the merged duplicates are resolved.
+    -- The one statement of a migrate_batch call, with $1 = migration name, $2 = cutoff, $3 =
+    -- walk position to start after, $4 = batch size, $5 = batch id, $6 = end of the window.
+    -- The batch is the next $4 pending users in walk order after $3. With p_by_position (a
+    -- plain table) the walk goes in physical order: position = ctid, and the batch is read
+    -- from the block window ($3, $6) by a TID range scan, so a batch reads a few neighbouring
+    -- blocks, as one sequential UPDATE would, instead of a thousand blocks spread over the
+    -- table (keyset over a random uuid key: a migration of 1,000,000 users spent 2x a bare
+    -- UPDATE there). Otherwise (a partitioned table: a ctid names a row within one partition
+    -- only) the walk is a keyset over the primary key: position = key, $6 unused.
+    -- Pending users only (pending_users_sql): identity-mapped users are never read, locked or
+    -- logged, so the unchanged count is always 0 here (unchanged_count counts them once, at the
+    -- end). Without p_log_first the statement also moves them by compare-and-swap and logs what
+    -- the UPDATE returned (revisited: the new role is a chain role); with it (a unique index spans the role column) it only logs the batch
+    -- and returns the keys and old roles of the users to move, which migrate_batch moves once
+    -- the merged duplicates are resolved. Both return the counts, the first and last user of
+    -- the batch, the position of its last user and the batch's size.
     v_batch := format(
         'batch AS (
-             SELECT t.%1$I AS k, t.%2$I::text AS role
+             SELECT t.%1$I AS k, t.%2$I::text AS role, t.%7$s AS pos
              FROM %3$I.%4$I t
-             WHERE %6$s AND ($3::text IS NULL OR t.%1$I > $3::text::%5$s)
-             ORDER BY t.%1$I
+             WHERE %6$s AND %8$s
+             ORDER BY t.%7$s
              LIMIT $4)',
         p_cfg.key_column, p_cfg.role_column, p_cfg.profiles_schema, p_cfg.profiles_table,
-        p_key_type, migration_control.pending_users_sql());
+        p_key_type, migration_control.pending_users_sql(),
+        CASE WHEN p_by_position THEN 'ctid' ELSE quote_ident(p_cfg.key_column) END,
+        CASE WHEN p_by_position THEN 't.ctid > $3::text::pg_catalog.tid AND t.ctid < $6::text::pg_catalog.tid'
+             ELSE format('($3::text IS NULL OR t.%I > $3::text::%s)', p_cfg.key_column, p_key_type) END);
     IF p_log_first THEN
         RETURN format(
             'WITH %s,
              logged AS (
-                 INSERT INTO migration_tracking.migration_log (batch_id, user_key, old_role, new_role, status)
-                 SELECT $5, b.k::text, b.role, m.new_role,
-                        CASE WHEN m.new_role = m.legacy_role THEN ''unchanged'' ELSE ''migrated'' END
+                 INSERT INTO migration_tracking.migration_log (batch_id, user_key, old_role, new_role, status, revisited)
+                 SELECT $5, b.k::text, b.role, m.new_role, ''migrated'',
+                        m.new_role IN (SELECT c.legacy_role FROM migration_control.role_mapping c
+                                        WHERE c.new_role <> c.legacy_role)
                  FROM batch b JOIN migration_control.role_mapping m ON m.legacy_role = b.role
                  RETURNING migration_log.user_key, migration_log.old_role, migration_log.status)
              SELECT count(*) FILTER (WHERE l.status = ''migrated''),
-                    count(*) FILTER (WHERE l.status = ''unchanged''),
-                    (SELECT b.k::text FROM batch b ORDER BY b.k LIMIT 1),
-                    (SELECT b.k::text FROM batch b ORDER BY b.k DESC LIMIT 1),
+                    0::bigint,
+                    (SELECT b.k::text FROM batch b ORDER BY b.pos LIMIT 1),
+                    (SELECT b.k::text FROM batch b ORDER BY b.pos DESC LIMIT 1),
+                    (SELECT b.pos::text FROM batch b ORDER BY b.pos DESC LIMIT 1),
+                    (SELECT count(*) FROM batch),
                     array_agg(l.user_key ORDER BY l.user_key) FILTER (WHERE l.status = ''migrated''),
                     array_agg(l.old_role ORDER BY l.user_key) FILTER (WHERE l.status = ''migrated'')
              FROM logged l',
@@ -312,28 +355,28 @@ BEGIN
     RETURN format(
         'WITH %6$s,
          moving AS (
-             SELECT b.k, b.role, m.new_role FROM batch b
-             JOIN migration_control.role_mapping m ON m.legacy_role = b.role
-             WHERE m.new_role <> m.legacy_role),
+             SELECT b.k, b.role, b.pos, m.new_role,
+                    m.new_role IN (SELECT c.legacy_role FROM migration_control.role_mapping c
+                                    WHERE c.new_role <> c.legacy_role) AS revisited
+             FROM batch b JOIN migration_control.role_mapping m ON m.legacy_role = b.role),
          moved AS (
              UPDATE %3$I.%4$I AS t SET %2$I = c.new_role::%5$s
              FROM moving AS c
-             WHERE t.%1$I = ANY (ARRAY(SELECT x.k FROM moving x)) AND t.%1$I = c.k AND t.%2$I::text = c.role
-             RETURNING t.%1$I::text AS user_key, c.role AS old_role, c.new_role),
+             WHERE t.%7$s = ANY (ARRAY(SELECT x.pos FROM moving x)) AND t.%1$I = c.k AND t.%2$I::text = c.role
+             RETURNING t.%1$I::text AS user_key, c.role AS old_role, c.new_role, c.revisited),
          logged AS (
-             INSERT INTO migration_tracking.migration_log (batch_id, user_key, old_role, new_role, status)
-             SELECT $5, mv.user_key, mv.old_role, mv.new_role, ''migrated'' FROM moved mv
-             UNION ALL
-             SELECT $5, b.k::text, b.role, m.new_role, ''unchanged'' FROM batch b
-             JOIN migration_control.role_mapping m ON m.legacy_role = b.role AND m.new_role = m.legacy_role
-             RETURNING migration_log.status)
-         SELECT pg_catalog.count(*) FILTER (WHERE l.status = ''migrated''),
-                pg_catalog.count(*) FILTER (WHERE l.status = ''unchanged''),
-                (SELECT b.k::text FROM batch b ORDER BY b.k LIMIT 1),
-                (SELECT b.k::text FROM batch b ORDER BY b.k DESC LIMIT 1)
+             INSERT INTO migration_tracking.migration_log (batch_id, user_key, old_role, new_role, status, revisited)
+             SELECT $5, mv.user_key, mv.old_role, mv.new_role, ''migrated'', mv.revisited FROM moved mv
+             RETURNING 1)
+         SELECT pg_catalog.count(*),
+                0::bigint,
+                (SELECT b.k::text FROM batch b ORDER BY b.pos LIMIT 1),
+                (SELECT b.k::text FROM batch b ORDER BY b.pos DESC LIMIT 1),
+                (SELECT b.pos::text FROM batch b ORDER BY b.pos DESC LIMIT 1),
+                (SELECT pg_catalog.count(*) FROM batch)
          FROM logged l',
         p_cfg.key_column, p_cfg.role_column, p_cfg.profiles_schema, p_cfg.profiles_table,
-        p_role_type, v_batch);
+        p_role_type, v_batch, CASE WHEN p_by_position THEN 'ctid' ELSE quote_ident(p_cfg.key_column) END);
 END;
 $$;
 
@@ -461,9 +504,62 @@ BEGIN
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION migration_control.batch_context(p_batch_size integer)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+AS $$
+DECLARE
+    v_cfg  migration_control.target_config;
+    v_rel  oid;
+    v_kind "char";
+    v_tpp  double precision;
+    v_key  text;
+    v_role text;
+    v_log_first boolean;
+BEGIN
+    -- What every migrate_batch call of a walk needs and nothing in the walk changes, read once
+    -- per walk (execute_role_migration, the online procedure) instead of once per batch: the
+    -- statement (batch_statement_sql), whether it logs first (a unique index spans the role
+    -- column: merged duplicates, see merge_batch_duplicates), the application's search_path
+    -- (pg_settings took 1 ms a read), and for a walk in physical order the window: the block
+    -- a batch starts in plus enough blocks for twice p_batch_size rows at the table's rows per
+    -- block (its statistics, or a count of its first blocks), so a batch rarely ends short of
+    -- its size in the middle of the table.
+    v_cfg := migration_validation.target();
+    v_rel := pg_catalog.to_regclass(format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table));
+    SELECT c.relkind, CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN c.reltuples / c.relpages END
+      INTO v_kind, v_tpp
+      FROM pg_catalog.pg_class c WHERE c.oid = v_rel;
+    IF v_kind = 'r' AND v_tpp IS NULL THEN
+        -- never analysed: count the rows of the first 16 blocks instead
+        EXECUTE format('SELECT pg_catalog.count(*)::double precision / greatest(1, least(16, pg_catalog.pg_relation_size(%1$L::regclass)
+                                  / pg_catalog.current_setting(''block_size'')::bigint))
+                          FROM %1$s t WHERE t.ctid < ''(16,0)''::pg_catalog.tid', v_rel::regclass)
+        INTO v_tpp;
+    END IF;
+    v_tpp := greatest(coalesce(v_tpp, 1), 1);
+    SELECT max(pg_catalog.format_type(a.atttypid, a.atttypmod)) FILTER (WHERE a.attname = v_cfg.key_column),
+           max(pg_catalog.format_type(a.atttypid, a.atttypmod)) FILTER (WHERE a.attname = v_cfg.role_column)
+      INTO v_key, v_role
+      FROM pg_catalog.pg_attribute a WHERE a.attrelid = v_rel AND a.attnum > 0 AND NOT a.attisdropped;
+    v_log_first := EXISTS (SELECT 1 FROM migration_control.role_unique_indexes(v_rel, v_cfg.role_column));
+    RETURN jsonb_build_object(
+        'rel', v_rel::bigint, 'key_type', v_key, 'role_type', v_role, 'log_first', v_log_first,
+        'by_position', v_kind = 'r',
+        'span', ceil(2 * coalesce(p_batch_size, v_cfg.batch_size) / v_tpp)::bigint + 1,
+        'app_path', migration_tracking.application_search_path(),
+        'sql', migration_control.batch_statement_sql(v_cfg, v_key, v_role, v_log_first, v_kind = 'r'));
+END;
+$$;
+
+DROP FUNCTION IF EXISTS migration_control.migrate_batch(text, timestamptz, text, integer, text);
 CREATE OR REPLACE FUNCTION migration_control.migrate_batch(
-    p_migration_name text, p_cutoff timestamptz, p_after_key text, p_batch_size integer, p_batch_id text)
-RETURNS TABLE(migrated bigint, unchanged bigint, first_key text, last_key text)
+    p_migration_name text, p_cutoff timestamptz, p_after text, p_batch_size integer, p_batch_id text,
+    p_context jsonb DEFAULT NULL)
+RETURNS TABLE(migrated bigint, unchanged bigint, merged bigint, first_key text, last_key text,
+              after_position text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET jit = off
@@ -471,75 +567,100 @@ SET enable_seqscan = off
 SET row_security = off  -- as in create_comprehensive_backup: fail rather than see a subset
 AS $$
 DECLARE
-    v_cfg       migration_control.target_config;
-    v_rel       oid;
-    v_key_type  text;
-    v_role_type text;
-    v_keys      text[];
-    v_old       text[];
-    v_sql       text;
-    v_merged    integer;
+    v_ctx    jsonb := coalesce(p_context, migration_control.batch_context(p_batch_size));
+    v_cfg    migration_control.target_config;
+    v_from   text := p_after;
+    v_to     text;
+    v_end    bigint;
+    v_last   text;
+    v_taken  bigint;
+    v_total  bigint;
+    v_room   bigint;
+    v_m      bigint;
+    v_u      bigint;
+    v_first  text;
+    v_lastk  text;
+    v_keys   text[];
+    v_old    text[];
+    v_merged integer;
+    v_sql    text := v_ctx ->> 'sql';
+    v_app    text := v_ctx ->> 'app_path';
 BEGIN
     -- Moves one batch in the caller's transaction and logs it into the running batch
-    -- p_batch_id: the next p_batch_size pending users in key order after p_after_key (keyset
-    -- over the primary key, never OFFSET; NULL starts at the first key). first_key is NULL when
-    -- nobody is pending. Used by execute_role_migration and the online procedure alike. Its cost
-    -- follows the batch size, not the table or the log, and row locks are held for as short a
-    -- time as possible, because the application waits for them:
-    --   1. without row locks: read the batch and log all of it in one INSERT ('unchanged' for
-    --      identity-mapped users, 'migrated' with old and new role for the others);
-    --   2. UPDATE the users logged as 'migrated', found by primary key (= ANY of their keys:
-    --      an index probe each; joined with the batch or the log, the planner, misled by the
-    --      log's stale statistics, hashed the whole table or scanned the role index per user),
-    --      only while they still hold the logged old role. Only these rows are locked, from here
-    --      to the commit; an identity-mapped user is never locked. A user whose role the
-    --      application changed meanwhile keeps the application's value and their log row is
-    --      deleted, so they stay pending for a later pass.
-    -- jit is off, as in every function here, and it matters most here: a batch is a few
-    -- thousand index probes, but the log's statistics, stale while it grows, priced it high
-    -- enough for JIT compilation, which took longer than the batch (0.6 s at 100,000 users)
-    -- while its row locks were held.
-    -- enable_seqscan is off for the same reason (stale statistics): at 100,000 users the UPDATE of ~600 keys was
-    -- planned as a sequential scan of the whole table per batch (7.5 ms instead of 4.6 ms, and
-    -- growing with the table); every statement here has an index to go by. The helpers this
-    -- calls have no SET clause of their own: they run with these settings.
-    v_cfg := migration_validation.target();
-    v_rel := to_regclass(format('%I.%I', v_cfg.profiles_schema, v_cfg.profiles_table));
-    SELECT max(pg_catalog.format_type(a.atttypid, a.atttypmod)) FILTER (WHERE a.attname = v_cfg.key_column),
-           max(pg_catalog.format_type(a.atttypid, a.atttypmod)) FILTER (WHERE a.attname = v_cfg.role_column)
-    INTO v_key_type, v_role_type
-    FROM pg_catalog.pg_attribute a WHERE a.attrelid = v_rel AND a.attnum > 0 AND NOT a.attisdropped;
-
-    -- The common case, no unique index spanning the role column and other columns (so no
-    -- merged duplicates, see merge_batch_duplicates): one statement reads the batch, moves its
-    -- users by compare-and-swap (only while they still hold the role just read; the others keep
-    -- the application's value and stay pending) and logs what the UPDATE returned, 'migrated'
-    -- with old and new role, plus the identity-mapped users as 'unchanged'. The log holds
-    -- exactly the users that changed, and is written once. The UPDATE finds its rows by
-    -- primary key (= ANY of the batch's keys: an index probe each, whatever the statistics).
-    IF NOT EXISTS (SELECT 1 FROM migration_control.role_unique_indexes(v_rel, v_cfg.role_column)) THEN
-        v_sql := migration_control.batch_statement_sql(v_cfg, v_key_type, v_role_type, false);
-        PERFORM pg_catalog.set_config('search_path', migration_tracking.application_search_path(), true);
-        EXECUTE v_sql INTO migrated, unchanged, first_key, last_key
-            USING p_migration_name, p_cutoff, p_after_key, p_batch_size, p_batch_id;
-        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-        RETURN NEXT;
-        RETURN;
+    -- p_batch_id: the next p_batch_size pending users in walk order after position p_after
+    -- (NULL: from the start; see batch_statement_sql: physical order for a plain table, key
+    -- order otherwise; never OFFSET). first_key is NULL when nobody is pending after p_after;
+    -- after_position is where the next batch starts. Used by execute_role_migration and the
+    -- online procedure alike, each passing batch_context once per walk. Its cost follows the
+    -- batch size, not the table or the log, and row locks are held for as short a time as
+    -- possible, because the application waits for them:
+    --   1. without row locks: read the batch (and, with a unique index spanning the role
+    --      column, log all of it in one INSERT and resolve merged duplicates first);
+    --   2. UPDATE the users whose role changes, found by position, only while they still hold
+    --      the old role just read (compare-and-swap). Only these rows are locked, from here to
+    --      the commit; an identity-mapped user is never locked. A user whose role the
+    --      application changed meanwhile keeps the application's value and stays pending for a
+    --      later pass (the walk goes round once more, and the migration only finishes once
+    --      nobody is pending).
+    -- In physical order a window of blocks (p_after, p_after + span) is read at a time, one
+    -- statement each, until the batch holds p_batch_size users or the walk passed the end of
+    -- the table, so first_key is NULL only at the end of the table.
+    -- jit is off, as in every function here, and it matters most here: the log's statistics,
+    -- stale while it grows, priced a batch high enough for JIT compilation, which took longer
+    -- than the batch while its row locks were held; enable_seqscan is off for the same reason
+    -- (a scan of the whole table per batch). The helpers this calls run with these settings.
+    IF (v_ctx ->> 'by_position')::boolean AND (v_from IS NULL OR v_from !~ '^\(\d+,\d+\)$') THEN
+        v_from := '(0,0)';  -- the start, or a key left by a batch from before positions existed
     END IF;
-
-    -- With such an index: the batch is logged first, merged duplicates are resolved, then the
-    -- rest moves (steps 1-3 above).
-    EXECUTE migration_control.batch_statement_sql(v_cfg, v_key_type, v_role_type, true)
-    INTO migrated, unchanged, first_key, last_key, v_keys, v_old
-    USING p_migration_name, p_cutoff, p_after_key, p_batch_size, p_batch_id;
-    SELECT d.moving_keys, d.moving_old, d.merged INTO v_keys, v_old, v_merged
-    FROM migration_control.merge_batch_duplicates(v_cfg, v_rel, v_key_type, p_migration_name, p_cutoff,
-                                                  p_batch_id, v_keys, v_old) d;
-    migrated := migrated - v_merged;
-    IF v_keys IS NOT NULL THEN
-        migrated := migration_control.move_logged_users(v_cfg, v_key_type, v_role_type, p_batch_id,
-                                                        v_keys, v_old, migrated);
-    END IF;
+    migrated := 0;
+    unchanged := 0;
+    merged := 0;
+    v_total := 0;
+    LOOP
+        IF (v_ctx ->> 'by_position')::boolean THEN
+            v_end := (v_from::point)[0]::bigint + (v_ctx ->> 'span')::bigint;
+            v_to := format('(%s,0)', v_end);
+        END IF;
+        v_room := p_batch_size - v_total;
+        IF NOT (v_ctx ->> 'log_first')::boolean THEN
+            -- nothing in between may depend on the path: v_sql and v_app were read before it
+            PERFORM pg_catalog.set_config('search_path', v_app, true);
+            EXECUTE v_sql INTO v_m, v_u, v_first, v_lastk, v_last, v_taken
+                USING p_migration_name, p_cutoff, v_from, v_room, p_batch_id, v_to;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+        ELSE
+            EXECUTE v_sql INTO v_m, v_u, v_first, v_lastk, v_last, v_taken, v_keys, v_old
+                USING p_migration_name, p_cutoff, v_from, v_room, p_batch_id, v_to;
+            IF v_keys IS NOT NULL THEN
+                v_cfg := migration_validation.target();
+                SELECT d.moving_keys, d.moving_old, d.merged INTO v_keys, v_old, v_merged
+                FROM migration_control.merge_batch_duplicates(v_cfg, (v_ctx ->> 'rel')::oid, v_ctx ->> 'key_type',
+                                                              p_migration_name, p_cutoff, p_batch_id, v_keys, v_old) d;
+                v_m := v_m - v_merged;
+                merged := merged + v_merged;
+                IF v_keys IS NOT NULL THEN
+                    v_m := migration_control.move_logged_users(v_cfg, v_ctx ->> 'key_type', v_ctx ->> 'role_type',
+                                                               p_batch_id, v_keys, v_old, v_m);
+                END IF;
+            END IF;
+        END IF;
+        IF v_taken > 0 THEN
+            first_key := coalesce(first_key, v_first);
+            last_key := v_lastk;
+            migrated := migrated + v_m;
+            unchanged := unchanged + v_u;
+            v_total := v_total + v_taken;
+        END IF;
+        IF v_to IS NULL OR v_taken >= v_room THEN
+            after_position := v_last;  -- the batch is full, or a keyset walk's last key
+            EXIT;
+        END IF;
+        -- the window had fewer: the batch goes on in the next one, unless that is past the end
+        after_position := v_to;
+        EXIT WHEN v_end >= pg_catalog.pg_relation_size((v_ctx ->> 'rel')::oid)
+                           / pg_catalog.current_setting('block_size')::bigint;
+        v_from := v_to;
+    END LOOP;
     RETURN NEXT;
 END;
 $$;
@@ -924,8 +1045,37 @@ BEGIN
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION migration_control.record_batch(
+    p_batch_id text, p_batch jsonb)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+AS $$
+BEGIN
+    -- Completes running batch p_batch_id with what its migrate_batch call returned (p_batch:
+    -- migrated, unchanged, merged, first_key, last_key, after_position), in one UPDATE: the
+    -- statement that wrote the batch's log rows counted them, so nothing is recounted from the
+    -- log (complete_migration_batch does, for batches logged row by row).
+    UPDATE migration_tracking.migration_batch b
+       SET status = 'completed', completed_at = clock_timestamp(),
+           first_key = p_batch ->> 'first_key', last_key = p_batch ->> 'last_key',
+           processed_users = (p_batch ->> 'migrated')::integer + (p_batch ->> 'unchanged')::integer
+                             + (p_batch ->> 'merged')::integer,
+           details = b.details || jsonb_build_object('migrated', (p_batch ->> 'migrated')::bigint,
+                                                     'unchanged', (p_batch ->> 'unchanged')::bigint,
+                                                     'after', p_batch ->> 'after_position')
+     WHERE b.batch_id = p_batch_id AND b.status = 'running';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'migration batch % is not running', p_batch_id
+            USING DETAIL = 'Only a batch opened by start_migration_batch and not yet completed can be recorded.';
+    END IF;
+END;
+$$;
+
+DROP FUNCTION IF EXISTS migration_control.walk_batches(text, text, text, timestamptz, text, integer, integer, jsonb, integer);
 CREATE OR REPLACE FUNCTION migration_control.walk_batches(
-    p_migration_name text, p_run_id text, p_backup_id text, p_cutoff timestamptz, p_after_key text,
+    p_migration_name text, p_run_id text, p_backup_id text, p_cutoff timestamptz, p_after text,
     p_batch_size integer, p_max_batches integer, p_widened jsonb, p_expanded integer,
     OUT batches integer, OUT migrated bigint, OUT unchanged bigint, OUT walked_all boolean,
     OUT failed boolean, OUT failure text)
@@ -938,26 +1088,25 @@ DECLARE
     v_err_schema     text;
     v_err_table      text;
     v_err_constraint text;
+    v_context  jsonb := migration_control.batch_context(p_batch_size);
     v_batch_id text;
-    v_last_key text := p_after_key;
+    v_after    text := p_after;
     v_wrapped  boolean;
-    v_first    text;
-    v_last     text;
-    v_cnt_m    bigint;
-    v_cnt_u    bigint;
+    v_batch    jsonb;
 BEGIN
     -- The batches of execute_role_migration (step 3), in its transaction: migrate_batch from the
-    -- resume point p_after_key to the last key, then once more from the first key (users behind
-    -- the resume point: a failed batch, an application write), at most p_max_batches. Each batch
-    -- runs in its own subtransaction: an error undoes that batch only, is kept in its failed
-    -- batch row (with where it was raised, error_origin) and ends the walk (failed, failure).
-    -- The first batch row also records what widen and expand changed (p_widened, p_expanded).
+    -- resume position p_after to the end of the table, then once more from the start (users
+    -- behind the resume point: a failed batch, an application write), at most p_max_batches.
+    -- Each batch runs in its own subtransaction: an error undoes that batch only, is kept in its
+    -- failed batch row (with where it was raised, error_origin) and ends the walk (failed,
+    -- failure). The first batch row also records what widen and expand changed (p_widened,
+    -- p_expanded).
     batches := 0;
     migrated := 0;
     unchanged := 0;
     walked_all := false;
     failed := false;
-    v_wrapped := v_last_key IS NULL;
+    v_wrapped := v_after IS NULL;
     LOOP
         EXIT WHEN p_max_batches IS NOT NULL AND batches >= p_max_batches;
         v_batch_id := migration_tracking.start_migration_batch(p_migration_name, p_batch_size, p_run_id,
@@ -967,24 +1116,21 @@ BEGIN
                           || CASE WHEN batches = 0 AND p_expanded > 0
                                   THEN jsonb_build_object('policies_expanded', p_expanded) ELSE '{}' END);
         BEGIN
-            SELECT b.migrated, b.unchanged, b.first_key, b.last_key INTO v_cnt_m, v_cnt_u, v_first, v_last
-            FROM migration_control.migrate_batch(p_migration_name, p_cutoff, v_last_key, p_batch_size, v_batch_id) b;
-            IF v_first IS NULL THEN
-                -- nobody left after v_last_key: this batch row was only a probe
+            SELECT to_jsonb(b) INTO v_batch
+            FROM migration_control.migrate_batch(p_migration_name, p_cutoff, v_after, p_batch_size, v_batch_id,
+                                                 v_context) b;
+            IF v_batch ->> 'first_key' IS NULL THEN
+                -- nobody left after v_after: this batch row was only a probe
                 DELETE FROM migration_tracking.migration_batch b WHERE b.batch_id = v_batch_id;
                 IF v_wrapped THEN
                     walked_all := true;
                     EXIT;
                 END IF;
                 v_wrapped := true;
-                v_last_key := NULL;
+                v_after := NULL;
                 CONTINUE;
             END IF;
-            UPDATE migration_tracking.migration_batch b
-            SET first_key = v_first, last_key = v_last,
-                details = b.details || jsonb_build_object('migrated', v_cnt_m, 'unchanged', v_cnt_u)
-            WHERE b.batch_id = v_batch_id;
-            PERFORM migration_tracking.complete_migration_batch(v_batch_id);
+            PERFORM migration_control.record_batch(v_batch_id, v_batch);
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS v_ctx = PG_EXCEPTION_CONTEXT, v_err_schema = SCHEMA_NAME,
                                     v_err_table = TABLE_NAME, v_err_constraint = CONSTRAINT_NAME;
@@ -996,9 +1142,9 @@ BEGIN
             EXIT;
         END;
         batches := batches + 1;
-        migrated := migrated + v_cnt_m;
-        unchanged := unchanged + v_cnt_u;
-        v_last_key := v_last;
+        migrated := migrated + (v_batch ->> 'migrated')::bigint;
+        unchanged := unchanged + (v_batch ->> 'unchanged')::bigint;
+        v_after := v_batch ->> 'after_position';
     END LOOP;
 END;
 $$;
@@ -1085,7 +1231,7 @@ DECLARE
     v_run         text;
     v_cutoff      timestamptz;
     v_batch_id    text;
-    v_last_key    text;
+    v_after       text;
     v_walked_all  boolean := false;
     v_failed      boolean := false;
     v_verified    text[];
@@ -1115,7 +1261,7 @@ BEGIN
     -- users logged as done before the newest completed rollback are pending again
     SELECT coalesce(max(r.started_at), '-infinity') INTO v_cutoff
     FROM migration_backup.rollback_log r WHERE r.status = 'completed';
-    SELECT r.last_key, r.verified_backups INTO v_last_key, v_verified
+    SELECT r.after_position, r.verified_backups INTO v_after, v_verified
     FROM migration_control.resume_point(p_migration_name, v_cutoff) r;
     v_backup := migration_control.choose_backup(p_backup_id, v_verified);
 
@@ -1158,7 +1304,7 @@ BEGIN
 
         SELECT w.batches, w.migrated, w.unchanged, w.walked_all, w.failed, w.failure
           INTO v_batches, v_migrated, v_unchanged, v_walked_all, v_failed, v_error
-          FROM migration_control.walk_batches(p_migration_name, v_run, v_backup, v_cutoff, v_last_key,
+          FROM migration_control.walk_batches(p_migration_name, v_run, v_backup, v_cutoff, v_after,
                                               v_batch_size, p_max_batches, v_widened, v_expanded) w;
         IF v_failed AND (v_no_expand IS NOT NULL OR v_migrated + v_unchanged = 0) THEN
             RAISE EXCEPTION USING ERRCODE = 'RMUND';  -- undo the whole call, caught just below
@@ -1196,6 +1342,8 @@ BEGIN
         RETURN;
     END;
 
+    -- identity-mapped users were never batched: counted once, now that the migration is done
+    v_unchanged := migration_control.unchanged_count(p_migration_name, v_cutoff);
     RETURN QUERY SELECT v_run, v_batches, v_migrated, v_unchanged, v_policies, 'completed'::text, NULL::text;
 END;
 $$;

@@ -103,34 +103,29 @@ SET jit = off
 AS $$
 DECLARE
     v_batch_id text;
-    v_m        bigint;
-    v_u        bigint;
-    v_first    text;
-    v_last     text;
+    v_batch    jsonb;
 BEGIN
-    -- One batch in the caller's transaction: the first p_batch_size pending users in key order
-    -- after p_after_key (keyset over the primary key, never OFFSET; NULL starts at the first
-    -- key, and the pending predicate skips whoever a committed batch already moved), logged and
-    -- moved to their new role, with their completed batch row, all or nothing
-    -- (migration_control.migrate_batch, which execute_role_migration runs too). Only the rows
-    -- whose role changes are locked, by its UPDATE, under lock_timeout.
-    -- Returns {"done": true} when nobody is pending (no row written).
+    -- One batch in the caller's transaction: the first p_batch_size pending users in walk order
+    -- after position p_after_key (physical order for a plain table, key order otherwise, never
+    -- OFFSET; NULL starts at the beginning, and the pending predicate skips whoever a committed
+    -- batch already moved), logged and moved to their new role, with their completed batch
+    -- row, all or nothing (migration_control.migrate_batch, which execute_role_migration runs
+    -- too). Only the rows whose role changes are locked, by its UPDATE, under lock_timeout.
+    -- Returns {"done": true} when nobody is pending after the position (no row written), else
+    -- the batch's counts and keys and the position the next batch starts after ("after").
     PERFORM pg_catalog.set_config('lock_timeout', p_lock_timeout_ms || 'ms', true);
     v_batch_id := migration_tracking.start_migration_batch(p_migration_name, p_batch_size, p_run_id,
                       jsonb_build_object('phase', 'migrate', 'mode', 'online', 'backup_id', p_backup_id));
-    SELECT b.migrated, b.unchanged, b.first_key, b.last_key INTO v_m, v_u, v_first, v_last
+    SELECT to_jsonb(b) INTO v_batch
     FROM migration_control.migrate_batch(p_migration_name, p_cutoff, p_after_key, p_batch_size, v_batch_id) b;
-    IF v_first IS NULL THEN
+    IF v_batch ->> 'first_key' IS NULL THEN
         DELETE FROM migration_tracking.migration_batch b WHERE b.batch_id = v_batch_id;
         RETURN jsonb_build_object('done', true);
     END IF;
-    UPDATE migration_tracking.migration_batch b
-    SET first_key = v_first, last_key = v_last,
-        details = b.details || jsonb_build_object('migrated', v_m, 'unchanged', v_u)
-    WHERE b.batch_id = v_batch_id;
-    PERFORM migration_tracking.complete_migration_batch(v_batch_id);
-    RETURN jsonb_build_object('done', false, 'batch_id', v_batch_id, 'migrated', v_m, 'unchanged', v_u,
-                              'first_key', v_first, 'last_key', v_last);
+    PERFORM migration_control.record_batch(v_batch_id, v_batch);
+    RETURN jsonb_build_object('done', false, 'batch_id', v_batch_id, 'migrated', v_batch -> 'migrated',
+                              'unchanged', v_batch -> 'unchanged', 'first_key', v_batch ->> 'first_key',
+                              'last_key', v_batch ->> 'last_key', 'after', v_batch ->> 'after_position');
 END;
 $$;
 
@@ -493,7 +488,7 @@ BEGIN
             v_batches := v_batches + 1;
             v_migrated := v_migrated + (v_batch ->> 'migrated')::bigint;
             v_unchanged := v_unchanged + (v_batch ->> 'unchanged')::bigint;
-            v_last_key := v_batch ->> 'last_key';
+            v_last_key := v_batch ->> 'after';
             IF p_pause_ms > 0 THEN
                 PERFORM pg_catalog.pg_sleep(p_pause_ms::double precision OPERATOR(pg_catalog./) 1000::double precision);
             END IF;
@@ -509,6 +504,10 @@ BEGIN
 
     IF v_err IS NULL AND NOT v_counted THEN
         v_pending := migration_control.pending_count(p_migration_name, v_cutoff);
+    END IF;
+    IF v_err IS NULL AND v_pending = 0 AND p_phase = 'expand' THEN
+        -- identity-mapped users are never batched: counted once, when nobody is left to move
+        v_unchanged := migration_control.unchanged_count(p_migration_name, v_cutoff);
     END IF;
     PERFORM migration_control.online_record_phase(p_migration_name, p_batch_size, v_run, p_phase, v_backup,
                                                   v_policies, v_retries, v_widened, v_narrowed, v_err, v_step);
