@@ -21,7 +21,7 @@
 --   refuse_offline_run(text, int, int)    the lock and argument refusals of execute_role_migration
 --   choose_backup(text, text[])           the backup execute_role_migration runs with, verified
 --   walk_batches(...)                     execute_role_migration's batches, each a subtransaction
---   any_pending(...)                      whether users are left after the batches, in the cheap form
+--   any_pending(...)                      whether users are left after the batches
 --   finish_migration(...)                 contract the policies and narrow the constraints, logged
 --   execute_role_migration(...)           the migration run (batches, logging, policies, constraints)
 --
@@ -316,8 +316,7 @@ BEGIN
     -- UPDATE there). Otherwise (a partitioned table: a ctid names a row within one partition
     -- only) the walk is a keyset over the primary key: position = key, $6 unused.
     -- Pending users only (pending_users_sql): identity-mapped users are never read, locked or
-    -- logged, so the unchanged count is always 0 here (unchanged_count counts them once, at the
-    -- end). Without p_log_first the statement also moves them by compare-and-swap and logs what
+    -- logged (unchanged_count counts them once, at the end). Without p_log_first the statement also moves them by compare-and-swap and logs what
     -- the UPDATE returned (revisited: the new role is a chain role); with it (a unique index spans the role column) it only logs the batch
     -- and returns the keys and old roles of the users to move, which migrate_batch moves once
     -- the merged duplicates are resolved. Both return the counts, the first and last user of
@@ -345,7 +344,6 @@ BEGIN
                  FROM batch b JOIN migration_control.role_mapping m ON m.legacy_role = b.role
                  RETURNING migration_log.user_key, migration_log.old_role, migration_log.status)
              SELECT count(*) FILTER (WHERE l.status = ''migrated''),
-                    0::bigint,
                     (SELECT b.k::text FROM batch b ORDER BY b.pos LIMIT 1),
                     (SELECT b.k::text FROM batch b ORDER BY b.pos DESC LIMIT 1),
                     (SELECT b.pos::text FROM batch b ORDER BY b.pos DESC LIMIT 1),
@@ -372,7 +370,6 @@ BEGIN
              SELECT $5, mv.user_key, mv.old_role, mv.new_role, ''migrated'', mv.revisited FROM moved mv
              RETURNING 1)
          SELECT pg_catalog.count(*),
-                0::bigint,
                 (SELECT b.k::text FROM batch b ORDER BY b.pos LIMIT 1),
                 (SELECT b.k::text FROM batch b ORDER BY b.pos DESC LIMIT 1),
                 (SELECT b.pos::text FROM batch b ORDER BY b.pos DESC LIMIT 1),
@@ -558,11 +555,11 @@ END;
 $$;
 
 DROP FUNCTION IF EXISTS migration_control.migrate_batch(text, timestamptz, text, integer, text);
+DROP FUNCTION IF EXISTS migration_control.migrate_batch(text, timestamptz, text, integer, text, jsonb);
 CREATE OR REPLACE FUNCTION migration_control.migrate_batch(
     p_migration_name text, p_cutoff timestamptz, p_after text, p_batch_size integer, p_batch_id text,
     p_context jsonb DEFAULT NULL)
-RETURNS TABLE(migrated bigint, unchanged bigint, merged bigint, first_key text, last_key text,
-              after_position text)
+RETURNS TABLE(migrated bigint, merged bigint, first_key text, last_key text, after_position text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET jit = off
@@ -580,7 +577,6 @@ DECLARE
     v_total  bigint;
     v_room   bigint;
     v_m      bigint;
-    v_u      bigint;
     v_first  text;
     v_lastk  text;
     v_keys   text[];
@@ -616,7 +612,6 @@ BEGIN
         v_from := '(0,0)';  -- the start, or a key left by a batch from before positions existed
     END IF;
     migrated := 0;
-    unchanged := 0;
     merged := 0;
     v_total := 0;
     LOOP
@@ -628,11 +623,11 @@ BEGIN
         IF NOT (v_ctx ->> 'log_first')::boolean THEN
             -- nothing in between may depend on the path: v_sql and v_app were read before it
             PERFORM pg_catalog.set_config('search_path', v_app, true);
-            EXECUTE v_sql INTO v_m, v_u, v_first, v_lastk, v_last, v_taken
+            EXECUTE v_sql INTO v_m, v_first, v_lastk, v_last, v_taken
                 USING p_migration_name, p_cutoff, v_from, v_room, p_batch_id, v_to;
             PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
         ELSE
-            EXECUTE v_sql INTO v_m, v_u, v_first, v_lastk, v_last, v_taken, v_keys, v_old
+            EXECUTE v_sql INTO v_m, v_first, v_lastk, v_last, v_taken, v_keys, v_old
                 USING p_migration_name, p_cutoff, v_from, v_room, p_batch_id, v_to;
             IF v_keys IS NOT NULL THEN
                 v_cfg := migration_validation.target();
@@ -651,7 +646,6 @@ BEGIN
             first_key := coalesce(first_key, v_first);
             last_key := v_lastk;
             migrated := migrated + v_m;
-            unchanged := unchanged + v_u;
             v_total := v_total + v_taken;
         END IF;
         IF v_to IS NULL OR v_taken >= v_room THEN
@@ -1058,16 +1052,14 @@ SET jit = off
 AS $$
 BEGIN
     -- Completes running batch p_batch_id with what its migrate_batch call returned (p_batch:
-    -- migrated, unchanged, merged, first_key, last_key, after_position), in one UPDATE: the
+    -- migrated, merged, first_key, last_key, after_position), in one UPDATE: the
     -- statement that wrote the batch's log rows counted them, so nothing is recounted from the
     -- log (complete_migration_batch does, for batches logged row by row).
     UPDATE migration_tracking.migration_batch b
        SET status = 'completed', completed_at = clock_timestamp(),
            first_key = p_batch ->> 'first_key', last_key = p_batch ->> 'last_key',
-           processed_users = (p_batch ->> 'migrated')::integer + (p_batch ->> 'unchanged')::integer
-                             + (p_batch ->> 'merged')::integer,
+           processed_users = (p_batch ->> 'migrated')::integer + (p_batch ->> 'merged')::integer,
            details = b.details || jsonb_build_object('migrated', (p_batch ->> 'migrated')::bigint,
-                                                     'unchanged', (p_batch ->> 'unchanged')::bigint,
                                                      'after', p_batch ->> 'after_position')
      WHERE b.batch_id = p_batch_id AND b.status = 'running';
     IF NOT FOUND THEN
@@ -1081,8 +1073,7 @@ DROP FUNCTION IF EXISTS migration_control.walk_batches(text, text, text, timesta
 CREATE OR REPLACE FUNCTION migration_control.walk_batches(
     p_migration_name text, p_run_id text, p_backup_id text, p_cutoff timestamptz, p_after text,
     p_batch_size integer, p_max_batches integer, p_widened jsonb, p_expanded integer,
-    OUT batches integer, OUT migrated bigint, OUT unchanged bigint, OUT walked_all boolean,
-    OUT failed boolean, OUT failure text)
+    OUT batches integer, OUT migrated bigint, OUT failed boolean, OUT failure text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET jit = off
@@ -1107,8 +1098,6 @@ BEGIN
     -- p_expanded).
     batches := 0;
     migrated := 0;
-    unchanged := 0;
-    walked_all := false;
     failed := false;
     v_wrapped := v_after IS NULL;
     LOOP
@@ -1126,10 +1115,7 @@ BEGIN
             IF v_batch ->> 'first_key' IS NULL THEN
                 -- nobody left after v_after: this batch row was only a probe
                 DELETE FROM migration_tracking.migration_batch b WHERE b.batch_id = v_batch_id;
-                IF v_wrapped THEN
-                    walked_all := true;
-                    EXIT;
-                END IF;
+                EXIT WHEN v_wrapped;
                 v_wrapped := true;
                 v_after := NULL;
                 CONTINUE;
@@ -1147,14 +1133,14 @@ BEGIN
         END;
         batches := batches + 1;
         migrated := migrated + (v_batch ->> 'migrated')::bigint;
-        unchanged := unchanged + (v_batch ->> 'unchanged')::bigint;
         v_after := v_batch ->> 'after_position';
     END LOOP;
 END;
 $$;
 
+DROP FUNCTION IF EXISTS migration_control.any_pending(migration_control.target_config, text, timestamptz, boolean);
 CREATE OR REPLACE FUNCTION migration_control.any_pending(
-    p_cfg migration_control.target_config, p_migration_name text, p_cutoff timestamptz, p_walked_all boolean)
+    p_cfg migration_control.target_config, p_migration_name text, p_cutoff timestamptz)
 RETURNS boolean
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1163,15 +1149,9 @@ AS $$
 DECLARE
     v_any boolean;
 BEGIN
-    -- Is anybody left, once execute_role_migration's batches stopped? Two forms of the same
-    -- question, each cheap for one answer: after a walk to the end (p_walked_all) nobody should
-    -- be, and the set difference costs one pass (0.15 s at 100,000 users, where probing every
-    -- user took 0.5 s); after p_max_batches somebody usually is, and EXISTS stops at the first
-    -- one (rolemig migrate calls once per batch: a pass per call made 100 calls at 100,000
-    -- users take 24 s instead of 3.6 s).
-    IF p_walked_all THEN
-        RETURN migration_control.pending_count(p_migration_name, p_cutoff) > 0;
-    END IF;
+    -- Is anybody left, once execute_role_migration's batches stopped? EXISTS with the pending
+    -- predicate stops at the first one; when nobody is left it is one pass over the table (or
+    -- an index scan on the role column), since the predicate reads the log for chain roles only.
     EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I.%I t WHERE %s)', p_cfg.profiles_schema,
                    p_cfg.profiles_table, migration_control.pending_users_sql())
     INTO v_any USING p_migration_name, p_cutoff;
@@ -1236,7 +1216,6 @@ DECLARE
     v_cutoff      timestamptz;
     v_batch_id    text;
     v_after       text;
-    v_walked_all  boolean := false;
     v_failed      boolean := false;
     v_verified    text[];
     v_batches     integer := 0;
@@ -1306,11 +1285,11 @@ BEGIN
             END IF;
         END IF;
 
-        SELECT w.batches, w.migrated, w.unchanged, w.walked_all, w.failed, w.failure
-          INTO v_batches, v_migrated, v_unchanged, v_walked_all, v_failed, v_error
+        SELECT w.batches, w.migrated, w.failed, w.failure
+          INTO v_batches, v_migrated, v_failed, v_error
           FROM migration_control.walk_batches(p_migration_name, v_run, v_backup, v_cutoff, v_after,
                                               v_batch_size, p_max_batches, v_widened, v_expanded) w;
-        IF v_failed AND (v_no_expand IS NOT NULL OR v_migrated + v_unchanged = 0) THEN
+        IF v_failed AND (v_no_expand IS NOT NULL OR v_migrated = 0) THEN
             RAISE EXCEPTION USING ERRCODE = 'RMUND';  -- undo the whole call, caught just below
         END IF;
     EXCEPTION WHEN SQLSTATE 'RMUND' THEN
@@ -1321,14 +1300,13 @@ BEGIN
                           jsonb_build_object('phase', 'migrate', 'backup_id', v_backup));
         PERFORM migration_tracking.complete_migration_batch(v_batch_id, 'failed', v_error);
         v_migrated := 0;
-        v_unchanged := 0;
     END;
 
     IF v_failed THEN
         RETURN QUERY SELECT v_run, v_batches, v_migrated, v_unchanged, 0, 'failed'::text, v_error;
         RETURN;
     END IF;
-    IF migration_control.any_pending(v_cfg, p_migration_name, v_cutoff, v_walked_all) THEN
+    IF migration_control.any_pending(v_cfg, p_migration_name, v_cutoff) THEN
         RETURN QUERY SELECT v_run, v_batches, v_migrated, v_unchanged, 0, 'partial'::text, NULL::text;
         RETURN;
     END IF;

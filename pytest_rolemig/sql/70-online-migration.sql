@@ -124,8 +124,8 @@ BEGIN
     END IF;
     PERFORM migration_control.record_batch(v_batch_id, v_batch);
     RETURN jsonb_build_object('done', false, 'batch_id', v_batch_id, 'migrated', v_batch -> 'migrated',
-                              'unchanged', v_batch -> 'unchanged', 'first_key', v_batch ->> 'first_key',
-                              'last_key', v_batch ->> 'last_key', 'after', v_batch ->> 'after_position');
+                              'first_key', v_batch ->> 'first_key', 'last_key', v_batch ->> 'last_key',
+                              'after', v_batch ->> 'after_position');
 END;
 $$;
 
@@ -487,7 +487,6 @@ BEGIN
             v_attempt := 0;
             v_batches := v_batches + 1;
             v_migrated := v_migrated + (v_batch ->> 'migrated')::bigint;
-            v_unchanged := v_unchanged + (v_batch ->> 'unchanged')::bigint;
             v_last_key := v_batch ->> 'after';
             IF p_pause_ms > 0 THEN
                 PERFORM pg_catalog.pg_sleep(p_pause_ms::double precision OPERATOR(pg_catalog./) 1000::double precision);
