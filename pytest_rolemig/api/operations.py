@@ -6,6 +6,8 @@ error the infrastructure recorded.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,6 +110,48 @@ def migrate(conn: Conn, *, batch_size: int | None = None, backup_id: str | None 
     if result.status == "failed":
         raise OperationFailed(f"migration {result.run_id} failed: {result.error}", result, result.error)
     return result
+
+
+PROGRESS = "rolemig progress: "
+
+
+def migrate_committed(conn: Conn, *, batch_size: int | None = None, backup_id: str | None = None,
+                      max_batches: int | None = None, name: str = "role_system_migration",
+                      on_batch: Callable[[dict[str, Any]], None] | None = None) -> MigrationResult:
+    """Run (or resume) the migration with one COMMIT per batch (``run_role_migration``), as ``rolemig migrate`` does.
+
+    ``conn`` must be in autocommit mode (the procedure commits). ``on_batch`` gets the run's totals
+    after every committed batch (``run_id``, ``batches``, ``users_migrated``), from the procedure's
+    progress notices. The run stops early after ``max_batches``, or after the batch in flight once
+    another session called :func:`request_stop` with this connection's backend pid. Raises
+    :class:`OperationFailed` when the run reports failure (the committed batches stay).
+    """
+    def progress(diag: psycopg.errors.Diagnostic) -> None:
+        text = diag.message_primary or ""
+        if on_batch is not None and diag.severity_nonlocalized == "NOTICE" and text.startswith(PROGRESS):
+            on_batch(json.loads(text[len(PROGRESS):]))
+
+    conn.add_notice_handler(progress)
+    try:
+        row = one(conn, "CALL migration_control.run_role_migration(p_migration_name => %s, p_batch_size => %s, "
+                        "p_backup_id => %s, p_max_batches => %s, p_progress => %s, p_result => NULL)",
+                  (name, batch_size, backup_id, max_batches, on_batch is not None))
+    finally:
+        conn.remove_notice_handler(progress)
+    out = row[0]
+    result = MigrationResult(out["run_id"], out["batches"], out["users_migrated"], out["users_unchanged"],
+                             out["policies_rewritten"], out["status"], out["error"])
+    if result.status == "failed":
+        raise OperationFailed(f"migration {result.run_id} failed: {result.error}", result, result.error)
+    return result
+
+
+def request_stop(side: Conn, pid: int) -> None:
+    """From another connection (``side``): stop the ``migrate_committed`` run in backend ``pid`` after its batch.
+
+    The request holds until ``side`` closes.
+    """
+    side.execute("SELECT migration_control.request_stop(%s)", (pid,))
 
 
 def security_checks(conn: Conn) -> CheckReport:

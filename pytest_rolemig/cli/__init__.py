@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn, TextIO
@@ -235,7 +234,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             return COMMANDS[args.command](ctx)
         if args.command in CHECK_FIRST:  # a bad setting is said before connecting
             CHECK_FIRST[args.command](ctx)
-        conn = ctx.connection = connect(args.dsn or os.environ.get("DATABASE_URL"))
+        conn = ctx.connection = connect(ctx.dsn)
         return COMMANDS[args.command](ctx)
     except CliError as exc:
         _report(exc, err)

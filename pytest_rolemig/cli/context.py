@@ -4,6 +4,7 @@ checks and lock around a change; the database is reached through :mod:`pytest_ro
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -37,6 +38,11 @@ class Context:
         if self.connection is None:
             raise RuntimeError(f"rolemig {self.args.command} needs a database connection")
         return self.connection
+
+    @property
+    def dsn(self) -> str | None:
+        """The DSN the command connects with: ``--dsn``, else ``$DATABASE_URL``."""
+        return getattr(self.args, "dsn", None) or os.environ.get("DATABASE_URL")
 
     @cached_property
     def settings(self) -> cli_settings.CliSettings:

@@ -6,6 +6,8 @@ import signal
 from dataclasses import asdict
 from typing import Any
 
+import psycopg
+
 from pytest_rolemig import api
 from pytest_rolemig.cli import errors, render
 from pytest_rolemig.cli.context import (
@@ -54,12 +56,17 @@ def cmd_backups(ctx: Context) -> int:
 # ----------------------------------------------------------------- migrate ---
 
 class _StopAfterBatch:
-    """First Ctrl-C: finish the current batch, then stop. Second Ctrl-C: interrupt now (the batch rolls back)."""
+    """First Ctrl-C: ask the server to stop after the batch in flight. Second Ctrl-C: abort it (it rolls back).
+
+    The migration runs as one ``CALL`` that commits batch by batch, so the request goes to the
+    server from a second connection (:func:`api.request_stop`), held until the call returns.
+    """
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.requested = False
         self._previous: Any = None
+        self._side: Any = None
 
     def __enter__(self) -> _StopAfterBatch:
         try:
@@ -72,12 +79,22 @@ class _StopAfterBatch:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        self.ctx.err.write("\ninterrupt: stopping after the current batch (Ctrl-C again to abort it)\n")
+        from pytest_rolemig.cli import connect
+
+        try:  # said once the server has the request, so that it is true when read
+            self._side = connect(self.ctx.dsn)
+            api.request_stop(self._side, self.ctx.conn.info.backend_pid)
+            self.ctx.err.write("\ninterrupt: stopping after the current batch (Ctrl-C again to abort it)\n")
+        except (CliError, psycopg.Error) as exc:
+            self.ctx.err.write(f"\ninterrupt: could not ask the server to stop ({exc}); "
+                               "Ctrl-C again aborts the batch\n")
         self.ctx.err.flush()
 
     def __exit__(self, *exc: Any) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+        if self._side is not None:
+            self._side.close()
 
 
 def _validation(ctx: Context, phase: str) -> list[dict[str, Any]]:
@@ -101,29 +118,27 @@ def cmd_migrate(ctx: Context) -> int:
         size = a.batch_size or api.target_row(ctx.conn)["batch_size"]
         total = api.pending_users(ctx.conn, a.name)
         bar = ProgressBar(total, "migrate", stream=ctx.err, enabled=not a.quiet)
-        calls: list[dict[str, Any]] = []
+        # the run's totals so far, from its progress after each committed batch (all there is
+        # when a second Ctrl-C aborts the call)
+        run: dict[str, Any] = {"run_id": None, "batches": 0, "users_migrated": 0, "users_unchanged": 0,
+                               "policies_rewritten": 0, "status": "partial", "error": None}
+
+        def committed(totals: dict[str, Any]) -> None:
+            # the bar counts the users who move (its total, pending_count); identity-mapped users
+            # are never batched and are counted once, by the batch that finishes the run
+            bar.advance(totals["users_migrated"] - run["users_migrated"], note=f"[{totals['run_id']}]")
+            run.update(totals)
+
         interrupted = False
         with _StopAfterBatch(ctx) as stop:
             try:
-                while True:
-                    try:
-                        step = api.migrate(ctx.conn, name=a.name, batch_size=size, backup_id=backup_id,
-                                           max_batches=1, run_id=calls[0]["run_id"] if calls else None)
-                    except api.OperationFailed as exc:
-                        step = exc.result
-                    result = asdict(step)
-                    calls.append(result)
-                    if result["batches"]:
-                        # the bar counts the users who move (its total, pending_count); identity-mapped
-                        # users are never batched and are counted once, by the call that finishes
-                        bar.advance(result["users_migrated"] or 0, note=f"[{result['run_id']}]")
-                    if result["status"] != "partial":  # 'completed' (policies rewritten) or 'failed'
-                        break
-                    if a.max_batches and sum(c["batches"] or 0 for c in calls) >= a.max_batches:
-                        break
-                    if stop.requested:
-                        interrupted = True
-                        break
+                try:
+                    step = api.migrate_committed(ctx.conn, name=a.name, batch_size=size, backup_id=backup_id,
+                                                 max_batches=a.max_batches, on_batch=committed)
+                except api.OperationFailed as exc:
+                    step = exc.result
+                run.update(asdict(step))
+                interrupted = stop.requested and run["status"] == "partial"
             except KeyboardInterrupt:
                 interrupted = True
         bar.close()
@@ -131,16 +146,13 @@ def cmd_migrate(ctx: Context) -> int:
     finally:
         release_lock(ctx)
 
-    failed = [c for c in calls if c["status"] == "failed"]
+    failed = run["status"] == "failed"
     summary = {
         "backup_id": backup_id, "batch_size": size,
-        "batches": sum(c["batches"] or 0 for c in calls),
-        "users_migrated": sum(c["users_migrated"] or 0 for c in calls),
-        "users_unchanged": sum(c["users_unchanged"] or 0 for c in calls),
-        "policies_rewritten": sum(c["policies_rewritten"] or 0 for c in calls),
-        "users_left": left, "interrupted": interrupted,
-        "complete": bool(calls) and calls[-1]["status"] == "completed",
-        "error": failed[0]["error"] if failed else None, "runs": sorted({c["run_id"] for c in calls if c["run_id"]}),
+        "batches": run["batches"], "users_migrated": run["users_migrated"],
+        "users_unchanged": run["users_unchanged"], "policies_rewritten": run["policies_rewritten"],
+        "users_left": left, "interrupted": interrupted, "complete": run["status"] == "completed",
+        "error": run["error"] if failed else None, "runs": [run["run_id"]] if run["run_id"] else [],
     }
     lines = [f"Migrated {summary['users_migrated']} users ({summary['users_unchanged']} unchanged) in "
              f"{summary['batches']} batches of up to {size}; policies rewritten: {summary['policies_rewritten']}; "

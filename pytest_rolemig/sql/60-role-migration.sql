@@ -24,6 +24,12 @@
 --   any_pending(...)                      whether users are left after the batches
 --   finish_migration(...)                 contract the policies and narrow the constraints, logged
 --   execute_role_migration(...)           the migration run (batches, logging, policies, constraints)
+--   run_fingerprint()                     the mapping and the policies, as a run last checked them
+--   stop_key(), request_stop(integer), stop_requested()
+--                                         ask a backend's run_role_migration to stop after its batch
+--   run_resume(text, text, integer)       what a run's next batches need, read once
+--   committed_batch(...)                  ONE batch of a run, with what execute_role_migration checked
+--   run_role_migration(...)               PROCEDURE: execute_role_migration, one COMMIT per batch (CLI)
 --
 -- Depends on: migration-logging-system.sql (target_config, new_roles, role_mapping,
 -- migration_tracking.start_migration_batch / complete_migration_batch, migration_batch,
@@ -39,8 +45,9 @@
 --   3. batches: users move to their new role, p_max_batches at a time if asked; resumable
 --   4. finish: once no user is left on a legacy role, policies are contracted to the new
 --              names and the CHECK constraints narrowed to the new roles.
--- Access at every committed point: a call with p_max_batches commits a mixed state (the CLI
--- calls once per batch), so it is refused when a policy cannot be expanded. Without
+-- Access at every committed point: a call with p_max_batches commits a mixed state (and so
+-- does run_role_migration, the CLI's path, after every batch), so it is refused when a policy
+-- cannot be expanded. Without
 -- p_max_batches such a run is all or nothing: a failing batch undoes the whole run.
 
 CREATE SCHEMA IF NOT EXISTS migration_control;
@@ -1073,7 +1080,8 @@ DROP FUNCTION IF EXISTS migration_control.walk_batches(text, text, text, timesta
 CREATE OR REPLACE FUNCTION migration_control.walk_batches(
     p_migration_name text, p_run_id text, p_backup_id text, p_cutoff timestamptz, p_after text,
     p_batch_size integer, p_max_batches integer, p_widened jsonb, p_expanded integer,
-    OUT batches integer, OUT migrated bigint, OUT failed boolean, OUT failure text)
+    p_context jsonb DEFAULT NULL,
+    OUT batches integer, OUT migrated bigint, OUT failed boolean, OUT failure text, OUT after_position text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET jit = off
@@ -1083,7 +1091,7 @@ DECLARE
     v_err_schema     text;
     v_err_table      text;
     v_err_constraint text;
-    v_context  jsonb := migration_control.batch_context(p_batch_size);
+    v_context  jsonb := coalesce(p_context, migration_control.batch_context(p_batch_size));
     v_batch_id text;
     v_after    text := p_after;
     v_wrapped  boolean;
@@ -1095,7 +1103,8 @@ BEGIN
     -- Each batch runs in its own subtransaction: an error undoes that batch only, is kept in its
     -- failed batch row (with where it was raised, error_origin) and ends the walk (failed,
     -- failure). The first batch row also records what widen and expand changed (p_widened,
-    -- p_expanded).
+    -- p_expanded). after_position is where the walk stopped (run_role_migration passes it to
+    -- its next batch, and its batch context, read once per run, as p_context).
     batches := 0;
     migrated := 0;
     failed := false;
@@ -1135,6 +1144,7 @@ BEGIN
         migrated := migrated + (v_batch ->> 'migrated')::bigint;
         v_after := v_batch ->> 'after_position';
     END LOOP;
+    after_position := v_after;
 END;
 $$;
 
@@ -1330,4 +1340,209 @@ BEGIN
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION migration_control.run_fingerprint()
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+AS $$
+    -- What execute_role_migration checks and expands before its batches and no batch changes:
+    -- the role mapping and the policies of the migrated tables (their expressions as stored,
+    -- not deparsed). run_role_migration compares it between two committed batches; when a
+    -- deploy replaced a policy or the mapping was reloaded meanwhile, the next batch goes
+    -- through execute_role_migration again (every refusal, the policies expanded).
+    SELECT md5(coalesce((SELECT string_agg(m.legacy_role || '>' || m.new_role, ',' ORDER BY m.legacy_role)
+                           FROM migration_control.role_mapping m), '')
+               || '|' || coalesce((SELECT string_agg(format('%s.%s:%s:%s', p.polrelid, p.polname,
+                                                            p.polqual::text, p.polwithcheck::text),
+                                                     ',' ORDER BY p.polrelid, p.polname)
+                                     FROM pg_catalog.pg_policy p
+                                    WHERE p.polrelid IN (SELECT t.table_oid FROM migration_validation.migrated_tables() t)),
+                                  ''))
+$$;
+
+CREATE OR REPLACE FUNCTION migration_control.stop_key()
+RETURNS integer
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+AS $$
+    -- With a backend's pid, the advisory lock that asks that backend's run_role_migration to
+    -- stop after its current batch.
+    SELECT pg_catalog.hashtext('pytest_rolemig.stop')
+$$;
+
+CREATE OR REPLACE FUNCTION migration_control.request_stop(p_pid integer)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+AS $$
+    -- Asks the run_role_migration running in backend p_pid to stop after its current batch:
+    -- a session lock of the caller's, held until the caller disconnects or unlocks it.
+    SELECT pg_catalog.pg_advisory_lock(migration_control.stop_key(), p_pid)
+$$;
+
+CREATE OR REPLACE FUNCTION migration_control.stop_requested()
+RETURNS boolean
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+AS $$
+    -- Whether another session holds this backend's stop lock (request_stop). Tried and given
+    -- back at once, so a request never waits for the batch in flight.
+    SELECT NOT (pg_catalog.pg_try_advisory_lock_shared(migration_control.stop_key(), pg_catalog.pg_backend_pid())
+                AND pg_catalog.pg_advisory_unlock_shared(migration_control.stop_key(), pg_catalog.pg_backend_pid()))
+$$;
+
+CREATE OR REPLACE FUNCTION migration_control.run_resume(p_migration_name text, p_run_id text, p_batch_size integer)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+AS $$
+DECLARE
+    v_cutoff timestamptz;
+    v_after  text;
+BEGIN
+    -- What run_role_migration's lean batches need of run p_run_id, read once after
+    -- execute_role_migration started it (the same values execute_role_migration reads):
+    -- the rollback cutoff, the walk position, the backup, the batch size and context, and
+    -- the run fingerprint.
+    SELECT coalesce(max(r.started_at), '-infinity') INTO v_cutoff
+    FROM migration_backup.rollback_log r WHERE r.status = 'completed';
+    SELECT r.after_position INTO v_after FROM migration_control.resume_point(p_migration_name, v_cutoff) r;
+    RETURN jsonb_build_object(
+        'cutoff', v_cutoff, 'after', v_after,
+        'backup_id', (SELECT b.details ->> 'backup_id' FROM migration_tracking.migration_batch b
+                       WHERE b.run_id = p_run_id AND b.details ? 'backup_id'
+                       ORDER BY b.started_at DESC LIMIT 1),
+        'batch_size', coalesce(p_batch_size, (migration_validation.target()).batch_size),
+        'context', migration_control.batch_context(coalesce(p_batch_size, (migration_validation.target()).batch_size)),
+        'fingerprint', migration_control.run_fingerprint());
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION migration_control.committed_batch(
+    p_migration_name text, p_run_id text, p_resume jsonb, p_after text)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+SET row_security = off  -- as in execute_role_migration
+AS $$
+DECLARE
+    v_walk record;
+BEGIN
+    -- One batch of run p_run_id after walk position p_after, in the caller's transaction
+    -- (run_role_migration commits it), with what run_resume read (p_resume): the migration
+    -- lock for this transaction, then walk_batches for one batch (from the start again once
+    -- the end is passed). Returns {"changed": true} and moves nobody when the run fingerprint
+    -- differs from p_resume's (the caller then goes through execute_role_migration again),
+    -- else the walk's batches (0: nobody pending), migrated, failed, failure and position.
+    IF NOT pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext('pytest_rolemig.migration')) THEN
+        RETURN jsonb_build_object('failed', true, 'batches', 0, 'migrated', 0,
+                                  'failure', 'another role migration took the migration lock between two batches');
+    END IF;
+    IF migration_control.run_fingerprint() IS DISTINCT FROM p_resume ->> 'fingerprint' THEN
+        RETURN jsonb_build_object('changed', true);
+    END IF;
+    SELECT * INTO v_walk
+    FROM migration_control.walk_batches(p_migration_name, p_run_id, p_resume ->> 'backup_id',
+                                        (p_resume ->> 'cutoff')::timestamptz, p_after,
+                                        (p_resume ->> 'batch_size')::integer, 1, '[]', 0, p_resume -> 'context') w;
+    RETURN jsonb_build_object('changed', false, 'batches', v_walk.batches, 'migrated', v_walk.migrated,
+                              'failed', v_walk.failed, 'failure', v_walk.failure, 'after', v_walk.after_position);
+END;
+$$;
+
+CREATE OR REPLACE PROCEDURE migration_control.run_role_migration(
+    p_migration_name text DEFAULT 'role_system_migration',
+    p_batch_size integer DEFAULT NULL,
+    p_backup_id text DEFAULT NULL,
+    p_max_batches integer DEFAULT NULL,
+    p_progress boolean DEFAULT false,
+    INOUT p_result jsonb DEFAULT NULL)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_call    record;
+    v_resume  jsonb;
+    v_step    jsonb;
+    v_after   text;
+    v_run     text;
+    v_backup  text := p_backup_id;
+    v_status  text;
+    v_error   text;
+    v_stop    boolean := false;
+    v_batches integer := 0;
+    v_migrated bigint := 0;
+    v_unchanged bigint := 0;
+    v_policies integer := 0;
+BEGIN
+    -- execute_role_migration's migration with one COMMIT per batch, as `rolemig migrate` runs
+    -- it: users keep their access at every commit, and a stop (p_max_batches, a stop request,
+    -- a cancel, a dead client) leaves whole batches only. The first transaction is an
+    -- execute_role_migration call of one batch (every refusal, the backup verified, the
+    -- constraints widened, the policies expanded, the run started); the next batches run
+    -- with what that call checked (committed_batch), each in its own transaction, as long as
+    -- the run fingerprint (mapping, policies) is unchanged; when it changed, or the walk is
+    -- through, execute_role_migration runs again (its refusals, the expand, then a batch or
+    -- the finish: policies to the new names, constraints narrowed, users_unchanged counted).
+    -- Stops after the current batch when another session called request_stop(this pid).
+    -- With p_progress, a NOTICE 'rolemig progress: {...}' follows every commit. p_result is
+    -- execute_role_migration's row summed over the run (status 'completed', 'partial', 'failed').
+    -- No SECURITY DEFINER and no SET clause (either forbids COMMIT): every name is qualified.
+    -- CALL it outside a transaction block, or the first COMMIT fails before anything changed.
+    COMMIT;
+    <<run>>
+    LOOP
+        SELECT * INTO v_call
+        FROM migration_control.execute_role_migration(p_migration_name, p_batch_size, v_backup, 1, true, v_run);
+        COMMIT;
+        v_run := v_call.run_id;
+        v_batches := v_batches + v_call.batches;
+        v_migrated := v_migrated + v_call.users_migrated;
+        v_unchanged := v_unchanged + v_call.users_unchanged;
+        v_policies := v_policies + v_call.policies_rewritten;
+        v_status := v_call.status;
+        v_error := v_call.error;
+        IF p_progress AND v_call.batches > 0 THEN
+            RAISE NOTICE 'rolemig progress: %', pg_catalog.jsonb_build_object('run_id', v_run, 'batches', v_batches,
+                                                                           'users_migrated', v_migrated);
+        END IF;
+        EXIT run WHEN v_status <> 'partial' OR v_batches >= p_max_batches;
+        v_resume := migration_control.run_resume(p_migration_name, v_run, p_batch_size);
+        v_backup := v_resume ->> 'backup_id';
+        v_after := v_resume ->> 'after';
+        LOOP
+            v_stop := migration_control.stop_requested();
+            EXIT run WHEN v_stop OR v_batches >= p_max_batches;
+            v_step := migration_control.committed_batch(p_migration_name, v_run, v_resume, v_after);
+            COMMIT;
+            EXIT WHEN (v_step ->> 'changed')::boolean;  -- mapping or policies changed: the full call again
+            IF (v_step ->> 'failed')::boolean THEN
+                v_status := 'failed';
+                v_error := v_step ->> 'failure';
+                EXIT run;
+            END IF;
+            EXIT WHEN (v_step ->> 'batches')::integer = 0;  -- walked through: the full call finishes
+            v_batches := v_batches + (v_step ->> 'batches')::integer;
+            v_migrated := v_migrated + (v_step ->> 'migrated')::bigint;
+            v_after := v_step ->> 'after';
+            IF p_progress THEN
+                RAISE NOTICE 'rolemig progress: %', pg_catalog.jsonb_build_object('run_id', v_run, 'batches', v_batches,
+                                                                               'users_migrated', v_migrated);
+            END IF;
+        END LOOP;
+        v_stop := migration_control.stop_requested();
+        EXIT run WHEN v_stop;
+    END LOOP;
+    p_result := pg_catalog.jsonb_build_object('run_id', v_run, 'batches', v_batches, 'users_migrated', v_migrated,
+                                              'users_unchanged', v_unchanged, 'policies_rewritten', v_policies,
+                                              'status', v_status, 'error', v_error, 'stopped', v_stop);
+END;
+$$;
+
+REVOKE ALL ON PROCEDURE migration_control.run_role_migration(text, integer, text, integer, boolean, jsonb) FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA migration_control FROM PUBLIC;
