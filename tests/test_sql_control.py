@@ -55,7 +55,7 @@ EXTRA_SETTINGS = {
     "migration_backup.create_comprehensive_backup": ["TimeZone=UTC", *ROW_TEXT, *NO_RLS],
     "migration_backup.validate_backup_completeness": ["TimeZone=UTC", *ROW_TEXT, *NO_RLS],
     "migration_backup.validate_rollback_success": ["TimeZone=UTC", *ROW_TEXT, *NO_RLS],
-    "migration_backup.perform_rollback": [*ROW_TEXT, *NO_RLS],
+    "migration_backup.perform_rollback": [*ROW_TEXT, *NO_RLS, "work_mem=64MB"],
 }
 
 
@@ -76,6 +76,7 @@ def test_every_function_pins_search_path_is_invoker_and_not_public(rolemig_db):
         # many times the query); the only other settings are migrate_batch's enable_seqscan =
         # off and unchanged_count's enable_nestloop = off (plans priced on stale log
         # statistics: a sequential scan of the table per batch, a nested loop of log and batches),
+        # perform_rollback's work_mem (its hashes of copy, live table and log spilled to disk),
         # the settings that decide how rows render as text where backups are written, read
         # back and compared, and row_security = off where the application's rows are copied,
         # moved or checked

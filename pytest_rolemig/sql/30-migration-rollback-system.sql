@@ -703,6 +703,10 @@ SET extra_float_digits = 1
 SET bytea_output = 'hex'
 SET xmloption = 'content'
 SET row_security = off  -- as in create_comprehensive_backup: fail rather than see a subset
+-- the restore hashes the backup's copy against the live table and each restored user against
+-- the log: at the default 4MB those hashes spilled to disk in batches (3.6 s of 32 s at
+-- 1,000,000 users); a rollback runs once, so it may take what a VACUUM would (64MB each)
+SET work_mem = '64MB'
 AS $$
 #variable_conflict use_column
 DECLARE
