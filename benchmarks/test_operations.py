@@ -11,7 +11,7 @@ the new roles, as the project's migration does, so the baselines replace it too)
 
 - backup: ``CREATE TABLE ... AS SELECT *`` of profiles, sessions and ``pg_policy``;
 - migration: drop the role CHECK, one ``UPDATE ... FROM role_mapping``, add the CHECK for the new roles
-  (the same baseline for ``migration_cli``: ``rolemig migrate``, one committed call per batch
+  (the same baseline for ``migration_cli``: ``rolemig migrate``, a COMMIT after every batch
   so the progress bar moves and Ctrl-C stops between batches);
 - rollback: drop the CHECK, one ``UPDATE ... FROM`` the backup's typed copy of the profiles, add
   the original CHECK back;

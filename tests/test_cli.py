@@ -525,6 +525,32 @@ def test_console_script_second_ctrl_c_rolls_the_batch_back(dsn, rolemig_db, tmp_
     assert roles(rolemig_db) == expected_after_migration(rolemig_db, before)
 
 
+def test_console_script_killed_mid_migration_leaves_whole_batches_and_the_server_stops(dsn, rolemig_db, tmp_path):
+    """kill -9 of the CLI: the server's CALL stops at the batch it cannot report, committed batches stay whole."""
+    _role_that_changes(rolemig_db, 17)
+    before = roles(rolemig_db)
+    assert cli(dsn, "backup").code == 0
+    proc, blocker, _err_path = _blocked_migration(dsn, rolemig_db, tmp_path, blocked_position=17)
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        blocker.rollback()  # the batch in flight may now go on, without anybody to report to
+        blocker.close()
+
+    def server_done() -> bool:
+        return rolemig_db.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rolemig'"
+                                  ).fetchone()[0] == 0
+
+    _wait(server_done, "the server to end the killed client's migration")
+    changed = _assert_whole_batches(rolemig_db, before)
+    # three batches before the kill; after it, the batch in flight and the next (the first progress
+    # notice to the dead client is still accepted by the socket, the second fails), at most one more
+    assert 15 <= len(changed) <= 30
+    assert cli(dsn, "migrate", "-q").code == 0
+    assert roles(rolemig_db) == expected_after_migration(rolemig_db, before)
+
+
 # ------------------------------------------- the promises on the path users run (#17) ---
 
 def test_access_is_unchanged_for_every_user_at_every_committed_batch(dsn, rolemig_db, rolemig_mapping):
