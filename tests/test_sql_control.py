@@ -44,6 +44,7 @@ EXTRA_SETTINGS = {
     "migration_control.migrate_batch": ["enable_seqscan=off", *NO_RLS],
     "migration_control.execute_role_migration": NO_RLS,
     "migration_control.committed_batch": NO_RLS,
+    "migration_control.users_on_legacy_roles": NO_RLS,
     "migration_control.pending_count": NO_RLS,
     "migration_control.unchanged_count": [*NO_RLS, "enable_nestloop=off"],
     "migration_control.migration_state": NO_RLS,

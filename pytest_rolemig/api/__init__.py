@@ -89,6 +89,7 @@ from pytest_rolemig.api.state import (
     stored_target,
     target_row,
     token_fields,
+    users_on_legacy_roles,
 )
 
 __all__ = [
@@ -135,6 +136,7 @@ __all__ = [
     "missing_infrastructure",
     "newest_restorable",
     "pending_users",
+    "users_on_legacy_roles",
     "post_migration_checks",
     "pre_migration_checks",
     "rank_comparisons",

@@ -105,6 +105,11 @@ def state(conn: Conn) -> MigrationState:
         "detail FROM migration_control.migration_state()"))
 
 
+def users_on_legacy_roles(conn: Conn) -> int:
+    """``users_on_legacy_roles()``: users on a legacy role the mapping moves, as ``state`` counts them."""
+    return int(scalar(conn, "SELECT migration_control.users_on_legacy_roles()"))
+
+
 def pending_users(conn: Conn, migration_name: str = "role_system_migration") -> int:
     """``pending_count()``: users a batch of ``migration_name`` would still pick up, since the newest
     completed rollback (what ``execute_role_migration`` and the online procedure count)."""

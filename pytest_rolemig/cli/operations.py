@@ -142,7 +142,7 @@ def cmd_migrate(ctx: Context) -> int:
             except KeyboardInterrupt:
                 interrupted = True
         bar.close()
-        left = api.state(ctx.conn).users_on_legacy_roles
+        left = api.users_on_legacy_roles(ctx.conn)
     finally:
         release_lock(ctx)
 

@@ -13,6 +13,7 @@
 --   initialize_migration_infrastructure() exercise every component in a rolled-back subtransaction
 --   prepare_for_migration(text)           backup + backup validation + pre-migration validation
 --   migration_runs(integer)               migration runs and rollbacks, newest first
+--   users_on_legacy_roles()               users on a legacy role the mapping moves, counted in the table
 --   migration_state()                     not migrated / migrating / migrated / rolled back, and why
 --   get_infrastructure_status()           what is installed, configured, backed up, running
 --
@@ -844,6 +845,27 @@ AS $$
     LIMIT p_limit
 $$;
 
+CREATE OR REPLACE FUNCTION migration_control.users_on_legacy_roles()
+RETURNS bigint
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+SET row_security = off  -- as in execute_role_migration: count every user, not a subset
+AS $$
+DECLARE
+    v_cfg migration_control.target_config := migration_validation.target();
+    v_count bigint;
+BEGIN
+    -- The users on a legacy role the mapping moves to another name, counted in the table: what
+    -- migration_state reports, and what `rolemig migrate` prints after its run.
+    EXECUTE format('SELECT count(*) FROM %I.%I AS t JOIN migration_control.role_mapping AS m
+                      ON m.legacy_role = t.%I::text WHERE m.new_role <> m.legacy_role',
+                   v_cfg.profiles_schema, v_cfg.profiles_table, v_cfg.role_column)
+    INTO v_count;
+    RETURN v_count;
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION migration_control.migration_state(
     OUT state text, OUT users_on_legacy_roles bigint, OUT users_moved bigint,
     OUT policies_naming_legacy_roles bigint, OUT last_rollback text, OUT detail text)
@@ -852,8 +874,6 @@ SET search_path = pg_catalog, pg_temp
 SET jit = off
 SET row_security = off  -- as in execute_role_migration: count every user, not a subset
 AS $$
-DECLARE
-    v_cfg migration_control.target_config;
 BEGIN
     -- What the database is in now, in one word an operator acts on:
     --   not migrated  nobody moved since the last completed rollback, and none ever did
@@ -862,11 +882,7 @@ BEGIN
     --   migrated      users moved, nobody is left on a legacy role, policies name new roles only
     -- Derived from the logs and the data, never stored, so a client killed mid-command (the
     -- server committed or rolled back its statement) leaves nothing stale behind.
-    v_cfg := migration_validation.target();
-    EXECUTE format('SELECT count(*) FROM %I.%I AS t JOIN migration_control.role_mapping AS m
-                      ON m.legacy_role = t.%I::text WHERE m.new_role <> m.legacy_role',
-                   v_cfg.profiles_schema, v_cfg.profiles_table, v_cfg.role_column)
-    INTO users_on_legacy_roles;
+    users_on_legacy_roles := migration_control.users_on_legacy_roles();
     users_moved := migration_control.users_moved_since_rollback();
     SELECT count(DISTINCT (m.schema_name, m.table_name, m.policy_name)) INTO policies_naming_legacy_roles
     FROM (SELECT t.schema_name, t.table_name, p.polname AS policy_name

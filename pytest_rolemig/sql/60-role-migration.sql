@@ -1111,35 +1111,44 @@ BEGIN
     v_wrapped := v_after IS NULL;
     LOOP
         EXIT WHEN p_max_batches IS NOT NULL AND batches >= p_max_batches;
-        v_batch_id := migration_tracking.start_migration_batch(p_migration_name, p_batch_size, p_run_id,
-                          jsonb_build_object('phase', 'migrate', 'backup_id', p_backup_id)
-                          || CASE WHEN batches = 0 AND p_widened <> '[]'
-                                  THEN jsonb_build_object('constraints_widened', p_widened) ELSE '{}' END
-                          || CASE WHEN batches = 0 AND p_expanded > 0
-                                  THEN jsonb_build_object('policies_expanded', p_expanded) ELSE '{}' END);
-        BEGIN
-            SELECT to_jsonb(b) INTO v_batch
-            FROM migration_control.migrate_batch(p_migration_name, p_cutoff, v_after, p_batch_size, v_batch_id,
-                                                 v_context) b;
-            IF v_batch ->> 'first_key' IS NULL THEN
-                -- nobody left after v_after: this batch row was only a probe
-                DELETE FROM migration_tracking.migration_batch b WHERE b.batch_id = v_batch_id;
-                EXIT WHEN v_wrapped;
-                v_wrapped := true;
-                v_after := NULL;
-                CONTINUE;
+        v_batch := NULL;
+        BEGIN  -- the batch row, undone with this block when the batch finds nobody (a probe)
+            v_batch_id := migration_tracking.start_migration_batch(p_migration_name, p_batch_size, p_run_id,
+                              jsonb_build_object('phase', 'migrate', 'backup_id', p_backup_id)
+                              || CASE WHEN batches = 0 AND p_widened <> '[]'
+                                      THEN jsonb_build_object('constraints_widened', p_widened) ELSE '{}' END
+                              || CASE WHEN batches = 0 AND p_expanded > 0
+                                      THEN jsonb_build_object('policies_expanded', p_expanded) ELSE '{}' END);
+            BEGIN
+                SELECT to_jsonb(b) INTO v_batch
+                FROM migration_control.migrate_batch(p_migration_name, p_cutoff, v_after, p_batch_size, v_batch_id,
+                                                     v_context) b;
+                IF v_batch ->> 'first_key' IS NOT NULL THEN
+                    PERFORM migration_control.record_batch(v_batch_id, v_batch);
+                END IF;
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS v_ctx = PG_EXCEPTION_CONTEXT, v_err_schema = SCHEMA_NAME,
+                                        v_err_table = TABLE_NAME, v_err_constraint = CONSTRAINT_NAME;
+                failure := SQLERRM || migration_tracking.error_origin(v_ctx, v_err_schema, v_err_table,
+                                                                      v_err_constraint);
+                PERFORM migration_tracking.complete_migration_batch(v_batch_id, 'failed', failure);
+                failed := true;
+            END;
+            IF NOT failed AND v_batch ->> 'first_key' IS NULL THEN
+                -- nobody left after v_after: undo the probe's batch row (a DELETE would have its
+                -- statement trigger look for log rows of it: a pass over the log)
+                RAISE EXCEPTION USING ERRCODE = 'RMPRB';
             END IF;
-            PERFORM migration_control.record_batch(v_batch_id, v_batch);
-        EXCEPTION WHEN OTHERS THEN
-            GET STACKED DIAGNOSTICS v_ctx = PG_EXCEPTION_CONTEXT, v_err_schema = SCHEMA_NAME,
-                                    v_err_table = TABLE_NAME, v_err_constraint = CONSTRAINT_NAME;
-            failure := SQLERRM || migration_tracking.error_origin(v_ctx, v_err_schema, v_err_table,
-                                                                  v_err_constraint);
-            PERFORM migration_tracking.complete_migration_batch(v_batch_id, 'failed', failure);
-            batches := batches + 1;
-            failed := true;
-            EXIT;
+        EXCEPTION WHEN SQLSTATE 'RMPRB' THEN
+            EXIT WHEN v_wrapped;
+            v_wrapped := true;
+            v_after := NULL;
+            CONTINUE;
         END;
+        IF failed THEN
+            batches := batches + 1;
+            EXIT;
+        END IF;
         batches := batches + 1;
         migrated := migrated + (v_batch ->> 'migrated')::bigint;
         v_after := v_batch ->> 'after_position';
@@ -1347,17 +1356,17 @@ SET search_path = pg_catalog, pg_temp
 SET jit = off
 AS $$
     -- What execute_role_migration checks and expands before its batches and no batch changes:
-    -- the role mapping and the policies of the migrated tables (their expressions as stored,
-    -- not deparsed). run_role_migration compares it between two committed batches; when a
-    -- deploy replaced a policy or the mapping was reloaded meanwhile, the next batch goes
-    -- through execute_role_migration again (every refusal, the policies expanded).
+    -- the role mapping and the policies (every policy of the database, as stored, not
+    -- deparsed: a superset of those it expands, read in a fraction of the time the list of
+    -- migrated tables takes). run_role_migration compares it between two committed batches;
+    -- when a deploy changed a policy or the mapping was reloaded meanwhile, the next batch
+    -- goes through execute_role_migration again (every refusal, the policies expanded).
     SELECT md5(coalesce((SELECT string_agg(m.legacy_role || '>' || m.new_role, ',' ORDER BY m.legacy_role)
                            FROM migration_control.role_mapping m), '')
                || '|' || coalesce((SELECT string_agg(format('%s.%s:%s:%s', p.polrelid, p.polname,
                                                             p.polqual::text, p.polwithcheck::text),
                                                      ',' ORDER BY p.polrelid, p.polname)
-                                     FROM pg_catalog.pg_policy p
-                                    WHERE p.polrelid IN (SELECT t.table_oid FROM migration_validation.migrated_tables() t)),
+                                     FROM pg_catalog.pg_policy p),
                                   ''))
 $$;
 
