@@ -11,6 +11,8 @@ import psycopg
 import pytest
 from sql_helpers import one, rows
 
+from pytest_rolemig import api
+
 PRE_CHECKS = ["target_configured", "mapping_loaded", "no_null_roles", "all_roles_known", "mapping_total",
               "mapping_targets_valid", "valid_backup_exists", "no_migration_running"]
 POST_CHECKS = ["every_user_has_new_role", "roles_match_mapping", "user_count_unchanged",
@@ -179,6 +181,20 @@ def test_running_batch_or_held_lock_fails_no_migration_running(rolemig_db, rolem
     running = pre(rolemig_db)["no_migration_running"]
     assert running["status"] == "fail"
     assert [b["batch_id"] for b in running["details"]["sample"]] == [batch]
+
+
+def test_migration_lock_of_another_database_is_not_this_ones(rolemig_db, rolemig_server):
+    """Advisory locks belong to a database: another application's migration on the same server
+    neither fails this one's check nor shows as its lock holder (it did, and failed the gate)."""
+    with psycopg.connect(rolemig_server.dsn("postgres")) as other:
+        other.execute("SELECT pg_advisory_xact_lock(hashtext('pytest_rolemig.migration'))")
+        assert pre(rolemig_db)["no_migration_running"]["status"] == "pass"
+        assert api.lock_holder(rolemig_db) is None
+    with psycopg.connect(rolemig_server.dsn(rolemig_db.info.dbname)) as same:
+        same.execute("SELECT pg_advisory_xact_lock(hashtext('pytest_rolemig.migration'))")
+        assert pre(rolemig_db)["no_migration_running"]["status"] == "fail"
+        holder = api.lock_holder(rolemig_db)
+        assert holder is not None and holder.pid == same.info.backend_pid
 
 
 # ---------------------------------------------------------- post-migration ----

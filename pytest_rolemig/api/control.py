@@ -121,8 +121,7 @@ class LockHolder:
 def lock_holder(conn: Conn) -> LockHolder | None:
     """Who holds the migration lock for their session, or None."""
     row = conn.execute(
-        f"""SELECT a.pid, a.application_name, a.state, a.query_start
-            FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
-            WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
-              AND ((l.classid::bigint << 32) | l.objid::bigint) = {LOCK_KEY_SQL}::bigint LIMIT 1""").fetchone()
+        """SELECT a.pid, a.application_name, a.state, a.query_start
+            FROM migration_control.migration_lock_holders() AS h(pid)
+            JOIN pg_catalog.pg_stat_activity a ON a.pid = h.pid LIMIT 1""").fetchone()
     return LockHolder(*row) if row else None

@@ -686,9 +686,7 @@ BEGIN
     RETURN NEXT;
 
     check_name := 'no_migration_running';
-    SELECT count(*) INTO v_n FROM pg_catalog.pg_locks l
-    WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
-      AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtext('pytest_rolemig.migration')::bigint;
+    SELECT count(*) INTO v_n FROM migration_control.migration_lock_holders();
     SELECT coalesce(jsonb_agg(jsonb_build_object('batch_id', b.batch_id, 'run_id', b.run_id,
                                                  'started_at', b.started_at)), '[]')
     INTO v_list

@@ -14,6 +14,7 @@
 --   prepare_for_migration(text)           backup + backup validation + pre-migration validation
 --   migration_runs(integer)               migration runs and rollbacks, newest first
 --   users_on_legacy_roles()               users on a legacy role the mapping moves, counted in the table
+--   migration_lock_holders()              backends holding the migration lock in this database
 --   migration_state()                     not migrated / migrating / migrated / rolled back, and why
 --   get_infrastructure_status()           what is installed, configured, backed up, running
 --
@@ -122,6 +123,25 @@ BEGIN
     END IF;
     RETURN v_sessions_key[1];
 END;
+$$;
+
+CREATE OR REPLACE FUNCTION migration_control.migration_lock_holders()
+RETURNS SETOF integer
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+AS $$
+    -- The backends holding the migration lock (the advisory lock on
+    -- hashtext('pytest_rolemig.migration'), for a session or a transaction) in this database.
+    -- Advisory locks belong to a database: a migration of another database of the same server
+    -- (another application, a staging copy) neither blocks nor is reported here.
+    SELECT l.pid
+      FROM pg_catalog.pg_locks AS l
+     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+       AND l.database = (SELECT d.oid FROM pg_catalog.pg_database AS d
+                          WHERE d.datname = pg_catalog.current_database())
+       AND ((l.classid::bigint << 32) | l.objid::bigint) = pg_catalog.hashtext('pytest_rolemig.migration')::bigint
 $$;
 
 -- ------------------------------------------------------------ configuration ----
@@ -1009,9 +1029,7 @@ BEGIN
 
     BEGIN
         SELECT count(*) INTO v_n FROM migration_tracking.migration_batch b WHERE b.status = 'running';
-        SELECT count(*) INTO v_m FROM pg_catalog.pg_locks l
-        WHERE l.locktype = 'advisory' AND l.objsubid = 1
-          AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtext('pytest_rolemig.migration')::bigint;
+        SELECT count(*) INTO v_m FROM migration_control.migration_lock_holders();
         RETURN QUERY SELECT 'migrations'::text, CASE WHEN v_n = 0 AND v_m = 0 THEN 'pass' ELSE 'warn' END,
             jsonb_build_object('running_batches', v_n, 'lock_held', v_m > 0,
                                'runs', (SELECT count(DISTINCT b.run_id) FROM migration_tracking.migration_batch b),

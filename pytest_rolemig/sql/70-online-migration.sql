@@ -230,9 +230,8 @@ BEGIN
         RAISE EXCEPTION 'another role migration is running'
             USING DETAIL = pg_catalog.format('Migration %L (%s) could not take the migration advisory lock; held by backend %s.',
                                   p_migration_name, p_phase,
-                                  (SELECT pg_catalog.string_agg(l.pid::text, ', ') FROM pg_catalog.pg_locks l
-                                   WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-                                     AND ((l.classid::bigint << 32) | l.objid::bigint) = p_lock_key)),
+                                  (SELECT pg_catalog.string_agg(h.pid::text, ', ')
+                                     FROM migration_control.migration_lock_holders() AS h(pid))),
                   HINT = 'wait for it to finish, or stop it (pg_terminate_backend) and CALL this again to resume';
     END IF;
 END;
