@@ -23,6 +23,8 @@ keys of the rows the user reaches:
 Triggers (and so foreign-key actions) are off during the writes
 (``session_replication_role = replica``): the matrix measures RLS, not side effects.
 Everything runs in one transaction per user that is rolled back: nothing changes.
+Inside it one savepoint, taken once the user's claims and role are set, undoes each
+write and recovers from each failed probe (:class:`ActorScope`).
 The reached keys are kept in the database (:mod:`pytest_rolemig.access.store`), once
 per distinct set; a cell holds the id of its set, so Python stays flat as users grow.
 """
@@ -31,7 +33,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -98,7 +101,44 @@ class Matrix:
         return out
 
 
-def _call(conn: psycopg.Connection[Any], store: ReachStore, function: str,
+class ActorScope:
+    """The acting user's transaction, with one savepoint taken once claims and role are set.
+
+    A probe that wrote, or failed, returns to that savepoint: one round trip, where a
+    savepoint of its own per probe costs three (taken, rolled back, released). Reads that
+    succeed cost nothing extra. The claims, the role and the pre-request's settings were set
+    before the savepoint, so returning to it keeps them.
+    """
+
+    SAVEPOINT = "rolemig_actor"
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        conn.execute(f"SAVEPOINT {self.SAVEPOINT}")
+
+    def back(self) -> None:
+        """Undo everything since the user was set up (the savepoint stays)."""
+        self.conn.execute(f"ROLLBACK TO SAVEPOINT {self.SAVEPOINT}")
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        """A probe that changes nothing: returned from only if it fails."""
+        try:
+            yield
+        except psycopg.Error:
+            self.back()
+            raise
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        """A probe that may change rows: always undone."""
+        try:
+            yield
+        finally:
+            self.back()
+
+
+def _call(scope: ActorScope, store: ReachStore, function: str,
           mapping: dict[str, str]) -> tuple[int, str | None]:
     """What a read-only function returns to the acting user, as one key per result row.
 
@@ -107,8 +147,8 @@ def _call(conn: psycopg.Connection[Any], store: ReachStore, function: str,
     """
     query = sql.SQL("SELECT coalesce(to_jsonb(r), 'null')::text FROM {}() AS r").format(sql.SQL(function))
     try:
-        with conn.transaction(force_rollback=True):
-            rows = [r[0] for r in conn.execute(query)]
+        with scope.write():  # a volatile function may write
+            rows = [r[0] for r in scope.conn.execute(query)]
     except psycopg.Error as exc:
         if exc.sqlstate == "42501":
             return EMPTY, None
@@ -156,34 +196,34 @@ def current_roles(conn: psycopg.Connection[Any], target: Target, keys: list[str]
 
 # ---------------------------------------------------------------- computing ---
 
-def _attempt(conn: psycopg.Connection[Any], store: ReachStore, info: TableInfo,
-             query: sql.Composable) -> tuple[int, psycopg.Error | None]:
-    """The set of keys a probe of ``info``'s table returns (in savepoints that are rolled back), or its error."""
+def _attempt(scope: ActorScope, store: ReachStore, info: TableInfo, query: sql.Composable,
+             writes: bool = False) -> tuple[int, psycopg.Error | None]:
+    """The set of keys a probe of ``info``'s table returns (undone if it ``writes``), or its error."""
     try:
-        return store.probe(conn, query, distinct=not info.unique_key), None
+        return store.probe(scope.conn, query, distinct=not info.unique_key,
+                           undo=scope.write if writes else scope.read), None
     except psycopg.Error as exc:
         return EMPTY, exc
 
 
-def _fails(conn: psycopg.Connection[Any], query: sql.Composed,
-           params: dict[str, Any] | None = None) -> psycopg.Error | None:
-    """Run a write in a savepoint that is always rolled back; its error, if any."""
+def _fails(scope: ActorScope, query: sql.Composed, params: dict[str, Any] | None = None) -> psycopg.Error | None:
+    """Run a write that is always undone; its error, if any."""
     try:
-        with conn.transaction(force_rollback=True):
-            conn.execute(query, params or {})
+        with scope.write():
+            scope.conn.execute(query, params or {})
         return None
     except psycopg.Error as exc:
         return exc
 
 
-def _write(conn: psycopg.Connection[Any], store: ReachStore, info: TableInfo, command: str,
+def _write(scope: ActorScope, store: ReachStore, info: TableInfo, command: str,
            visible: int) -> tuple[int, str | None]:
     """Keys reached by a no-op UPDATE / a DELETE; row by row over the visible rows if the statement fails."""
     if command == "UPDATE":
         if info.update_column is None:
             return EMPTY, None  # the API role may update no column: nothing reached
         if not info.update_with_check:
-            keys, error = _attempt(conn, store, info, sql.SQL("SELECT {} FROM {} AS t FOR NO KEY UPDATE").format(
+            keys, error = _attempt(scope, store, info, sql.SQL("SELECT {} FROM {} AS t FOR NO KEY UPDATE").format(
                 info.key_expr, info.ident))
             if error is None:
                 return keys, None
@@ -192,7 +232,7 @@ def _write(conn: psycopg.Connection[Any], store: ReachStore, info: TableInfo, co
     else:
         head = sql.SQL("DELETE FROM {t} AS t").format(t=info.ident)
     returning = sql.SQL(" RETURNING {}").format(info.key_expr)
-    keys, error = _attempt(conn, store, info, head + returning)
+    keys, error = _attempt(scope, store, info, head + returning, writes=True)
     if error is None:
         return keys, None
     if error.sqlstate == "42501" and "permission denied" in str(error):
@@ -204,22 +244,22 @@ def _write(conn: psycopg.Connection[Any], store: ReachStore, info: TableInfo, co
         reached = []
         for key in page:
             try:
-                with conn.transaction(force_rollback=True):
-                    reached += [r[0] for r in conn.execute(one_row, {"k": key})]
+                with scope.write():
+                    reached += [r[0] for r in scope.conn.execute(one_row, {"k": key})]
             except psycopg.Error:
                 pass
         store.stage(reached)
     return store.commit_stage(), str(error).strip().splitlines()[0]
 
 
-def _insert(conn: psycopg.Connection[Any], store: ReachStore, info: TableInfo,
+def _insert(scope: ActorScope, store: ReachStore, info: TableInfo,
             user: str | None) -> tuple[int, str | None]:
     """Template keys whose copy, owned by ``user``, passes the INSERT policies."""
     if info.insert is None or not info.templates:
         return EMPTY, None
     allowed, note = [], None
     for key, row in info.templates:
-        error = _fails(conn, info.insert, {"user": user, "row": row})
+        error = _fails(scope, info.insert, {"user": user, "row": row})
         if error is None or (error.sqlstate or "").startswith("23"):
             allowed.append(key)  # accepted, or refused by a constraint checked after the policies
         elif error.sqlstate != "42501":
@@ -238,12 +278,12 @@ def _act_as(conn: psycopg.Connection[Any], actor: Actor, claim_role: str | None,
                            "the matrix would prove nothing")
 
 
-def _policy_lets_in(conn: psycopg.Connection[Any], info: TableInfo, expression: str) -> bool:
+def _policy_lets_in(scope: ActorScope, info: TableInfo, expression: str) -> bool:
     """Whether a policy's USING expression is true on some row the acting user may read."""
     query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE ({}))").format(info.ident, sql.SQL(expression))
     try:
-        with conn.transaction(force_rollback=True):
-            return bool(scalar(conn, query))
+        with scope.write():  # the expression may call a volatile function
+            return bool(scalar(scope.conn, query))
     except psycopg.Error:
         return False  # no privilege, or an expression that fails for this user: it lets nobody in
 
@@ -276,9 +316,10 @@ def compute_matrix(conn: psycopg.Connection[Any], target: Target, actors: list[A
         matrix.claims[user] = claims.get(actor.key) if actor.key else None
         with conn.transaction(force_rollback=True):
             _act_as(conn, actor, matrix.claims[user], auth)
+            scope = ActorScope(conn)
             for info in infos:
                 cell = (actor.role, user, info.qualified)
-                visible, error = _attempt(conn, store, info,
+                visible, error = _attempt(scope, store, info,
                                           sql.SQL("SELECT {} FROM {} AS t").format(info.key_expr, info.ident))
                 matrix.cells[cell + ("SELECT",)] = visible
                 if error is not None and error.sqlstate != "42501":
@@ -286,11 +327,11 @@ def compute_matrix(conn: psycopg.Connection[Any], target: Target, actors: list[A
                 if info.read_only:
                     continue
                 for command in ("UPDATE", "DELETE"):
-                    keys, note = _write(conn, store, info, command, visible)
+                    keys, note = _write(scope, store, info, command, visible)
                     matrix.cells[cell + (command,)] = keys
                     if note:
                         matrix.errors[cell + (command,)] = note
-                keys, note = _insert(conn, store, info, actor.key)
+                keys, note = _insert(scope, store, info, actor.key)
                 matrix.cells[cell + ("INSERT",)] = keys
                 if note:
                     matrix.errors[cell + ("INSERT",)] = note
@@ -300,11 +341,11 @@ def compute_matrix(conn: psycopg.Connection[Any], target: Target, actors: list[A
                 if table is None or not ({db_role, "public"} & set(policy.api_roles)):
                     continue
                 reach = matrix.policy_reach.setdefault(policy.name, set())
-                if not reach and _policy_lets_in(conn, table, policy.expression):  # one role in is enough
+                if not reach and _policy_lets_in(scope, table, policy.expression):  # one role in is enough
                     reach.add(actor.role)
             for function in functions:
                 call: Cell = (actor.role, user, f"{function}()", "EXECUTE")
-                matrix.cells[call], note = _call(conn, store, function, mapping)
+                matrix.cells[call], note = _call(scope, store, function, mapping)
                 if note:
                     matrix.errors[call] = note
     matrix.seconds = time.perf_counter() - started

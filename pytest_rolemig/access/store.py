@@ -13,7 +13,7 @@ the state before. Comparing two states is a query over the stored sets.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import psycopg
@@ -91,24 +91,26 @@ class ReachStore:
         return self._ids[digest]
 
     def probe(self, source: psycopg.Connection[Any], query: sql.Composable,
-              params: dict[str, Any] | None = None, distinct: bool = True) -> int:
+              params: dict[str, Any] | None = None, distinct: bool = True,
+              undo: Callable[[], AbstractContextManager[Any]] | None = None) -> int:
         """The id of the keys ``query`` (one text column) returns on ``source``.
 
         ``distinct`` False promises that the query returns no key twice (a primary key).
 
-        The query runs in a savepoint that is rolled back, first for the digest, then,
-        only when the set is new, once more to stream its keys into the store (COPY out of
-        ``source``, COPY into the store; no key becomes a Python object). Errors of
-        ``source`` propagate, and a set whose copy failed is not remembered.
+        The query runs in ``undo()`` (by default a savepoint that is rolled back), first for
+        the digest, then, only when the set is new, once more to stream its keys into the
+        store (COPY out of ``source``, COPY into the store; no key becomes a Python object).
+        Errors of ``source`` propagate, and a set whose copy failed is not remembered.
         """
+        scope = undo or (lambda: source.transaction(force_rollback=True))
         wrapped = sql.SQL("WITH r(k) AS ({}) ").format(query)
-        with source.transaction(force_rollback=True):
+        with scope():
             row = _row(source.execute(wrapped + _digest(distinct), params or {}))
 
         def copy_keys(set_id: int) -> None:
             out = wrapped + sql.SQL("SELECT {} {}::integer, r.k FROM r").format(
                 sql.SQL("DISTINCT" if distinct else ""), sql.Literal(set_id))
-            with source.transaction(force_rollback=True), source.cursor() as src_cur, \
+            with scope(), source.cursor() as src_cur, \
                     src_cur.copy(sql.SQL("COPY ({}) TO STDOUT").format(out), params or {}) as src, \
                     self.conn.cursor() as dst_cur, \
                     dst_cur.copy("COPY rolemig_reach (set_id, row_key) FROM STDIN") as dst:
