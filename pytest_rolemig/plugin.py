@@ -56,9 +56,22 @@ def pytest_pycollect_makemodule(module_path: Path, parent: Any) -> Any:
     return None
 
 
+ACCESS_GATE = "test_access_matrix.py"
+ROUNDTRIP_GATE = "test_roundtrip.py"
+BACKGROUND_GATES = (ROUNDTRIP_GATE, ACCESS_GATE)
+"""Gate modules whose work runs in the background from the gate's start: they run last, in this order."""
+
+
 def gate_modules() -> list[Path]:
-    """The built-in gate test modules, in the order they run: the migration checklist first."""
-    return sorted(GATE_DIR.glob("test_*.py"), key=lambda p: (p.name != "test_migration.py", p.name))
+    """The built-in gate test modules, in the order they run: the migration checklist first.
+
+    The modules that report background work come last, so the others run meanwhile.
+    """
+    def order(path: Path) -> tuple[bool, int, str]:
+        last = BACKGROUND_GATES.index(path.name) if path.name in BACKGROUND_GATES else -1
+        return (path.name != "test_migration.py", last, path.name)
+
+    return sorted(GATE_DIR.glob("test_*.py"), key=order)
 
 
 def _ini_keys(config: pytest.Config) -> list[str]:
@@ -261,6 +274,55 @@ def rolemig_roundtrip(rolemig_server: Any, rolemig_template: Any, rolemig_config
                            prefix="rolemig_roundtrip",
                            strict=False) as roundtrip:
         yield roundtrip
+
+
+@pytest.fixture(scope="session")
+def rolemig_access_rehearsal(rolemig_server: Any, rolemig_template: Any, rolemig_config: settings.RolemigConfig,
+                             rolemig_mapping: Any, pytestconfig: pytest.Config) -> Iterator[Any]:
+    """The access gate's rehearsal, on its own copy of the template (it needs every state)."""
+    from pytest_rolemig.access.rehearsal import AccessRehearsal
+    from pytest_rolemig.access.report import UPDATED_ACCESS
+    from pytest_rolemig.access.store import ReachStore
+    from pytest_rolemig.db.templates import clone
+
+    with clone(rolemig_server, rolemig_template.name, "rolemig_matrix") as conn, ReachStore.beside(conn) as store:
+        rehearsal = AccessRehearsal(conn=conn, config=rolemig_config, mapping=rolemig_mapping, store=store,
+                                    update_access=getattr(rolemig_config, "update_access", False))
+        try:
+            yield rehearsal
+        finally:
+            rehearsal.stop()
+        if rehearsal.written is not None:
+            pytestconfig.stash[UPDATED_ACCESS] = (rehearsal.mapping.source, rehearsal.written)
+
+
+@pytest.fixture(scope="session")
+def rolemig_roundtrip_runs(rolemig_roundtrip: Any, rolemig_config: settings.RolemigConfig) -> Iterator[Any]:
+    """The gate's round-trip property, once per rollback mode, running in the background."""
+    from pytest_rolemig.roundtrip import PropertyRuns
+
+    runs = PropertyRuns(rolemig_roundtrip, rolemig_config.roundtrip_examples)
+    try:
+        yield runs
+    finally:
+        runs.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _rolemig_gate_in_background(request: pytest.FixtureRequest) -> None:
+    """With ``--rolemig``, start the round trip and the access matrices as soon as the gate starts.
+
+    They are most of the gate's work, each on its own database copy, and share nothing with
+    the other gate tests, which run meanwhile; the tests reporting them run last and wait for
+    what is left. Only what the run selected is started.
+    """
+    if not request.config.getoption("rolemig", False):
+        return
+    selected = {item.nodeid.split("::")[0] for item in request.session.items}
+    if f"rolemig-gate/{ROUNDTRIP_GATE}" in selected:
+        request.getfixturevalue("rolemig_roundtrip_runs")
+    if f"rolemig-gate/{ACCESS_GATE}" in selected:
+        request.getfixturevalue("rolemig_access_rehearsal").start()
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from pytest_rolemig.roundtrip.property import (
     KNOWN_BUGS,
     MODES,
     Outcome,
+    PropertyRuns,
     RoundTrip,
     RoundTripError,
     describe_users,
@@ -21,6 +22,6 @@ from pytest_rolemig.roundtrip.property import (
 )
 from pytest_rolemig.roundtrip.shapes import empty_users, read_shape, read_table_shape
 
-__all__ = ["DEFAULT_EDGES", "KNOWN_BUGS", "MODES", "Dump", "Outcome", "RoundTrip", "RoundTripError", "apply_edits",
-           "describe_users", "empty_users", "load", "property_settings", "read_shape", "read_table_shape",
-           "run_property", "scratch_roundtrip", "take_dump", "update_row"]
+__all__ = ["DEFAULT_EDGES", "KNOWN_BUGS", "MODES", "Dump", "Outcome", "PropertyRuns", "RoundTrip", "RoundTripError",
+           "apply_edits", "describe_users", "empty_users", "load", "property_settings", "read_shape",
+           "read_table_shape", "run_property", "scratch_roundtrip", "take_dump", "update_row"]

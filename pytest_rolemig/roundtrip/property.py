@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from pytest_rolemig import api
 from pytest_rolemig.assertions import RolemigAssertionError
+from pytest_rolemig.background import Background
 from pytest_rolemig.errors import ConfigError
 from pytest_rolemig.mapping import RoleMapping
 from pytest_rolemig.roundtrip.dump import Dump, apply_edits, load, take_dump, update_row
@@ -98,6 +99,7 @@ class RoundTrip:
         self.project_validation = project_validation
         self.examples = 0
         self.trigger_columns: dict[str, str] = {}  # set per example, after its setup
+        self.stopping = False  # set when the run ends: the next example is not started
 
     @property
     def roles(self) -> list[str]:
@@ -154,6 +156,8 @@ class RoundTrip:
         """One example: load, back up, edit, migrate, roll back (``mode``), compare; rolled back after."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if self.stopping:  # not a failure: Hypothesis lets it through without shrinking
+            raise KeyboardInterrupt("the test run is ending")
         with self.example():
             self.load(users)
             self.trigger_columns = api.trigger_written_columns(self.conn)
@@ -249,6 +253,39 @@ def run_property(roundtrip: RoundTrip, *, max_examples: int = 25, modes: Sequenc
     roundtrip_property()
 
 
-__all__ = ["DEFAULT_EDGES", "Dump", "KNOWN_BUGS", "MODES", "Outcome", "RoundTrip", "RoundTripError", "apply_edits",
-           "describe_users", "empty_users", "load", "property_settings", "read_shape", "read_table_shape",
-           "run_property", "scratch_roundtrip", "take_dump", "update_row", "GeneratedUser"]
+class PropertyRuns:
+    """The property once per rollback mode, one mode after the other, in a background thread.
+
+    The gate's round-trip tests each report one mode: they wait for it here and get how many
+    examples ran and what the property raised (a falsifying example keeps Hypothesis' notes).
+    """
+
+    def __init__(self, roundtrip: RoundTrip, max_examples: int, modes: Sequence[str] = MODES) -> None:
+        self.roundtrip, self.max_examples, self.modes = roundtrip, max_examples, tuple(modes)
+        self.outcomes: dict[str, tuple[int, BaseException | None]] = {}
+        self.work = Background("rolemig-roundtrip", self._run_all)
+
+    def _run_all(self) -> None:
+        for mode in self.modes:
+            before = self.roundtrip.examples
+            error: BaseException | None = None
+            try:
+                run_property(self.roundtrip, max_examples=self.max_examples, modes=(mode,))
+            except Exception as exc:
+                error = exc
+            self.outcomes[mode] = (self.roundtrip.examples - before, error)
+
+    def outcome(self, mode: str) -> tuple[int, BaseException | None]:
+        """Examples that ran in ``mode`` and the error the property raised (None: it held)."""
+        self.work.result()
+        return self.outcomes[mode]
+
+    def stop(self) -> None:
+        """Start no further example and wait for the one running (the run is ending)."""
+        self.roundtrip.stopping = True
+        self.work.wait()
+
+
+__all__ = ["DEFAULT_EDGES", "Dump", "KNOWN_BUGS", "MODES", "Outcome", "PropertyRuns", "RoundTrip", "RoundTripError",
+           "apply_edits", "describe_users", "empty_users", "load", "property_settings", "read_shape",
+           "read_table_shape", "run_property", "scratch_roundtrip", "take_dump", "update_row", "GeneratedUser"]
