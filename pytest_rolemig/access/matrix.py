@@ -267,15 +267,23 @@ def _insert(scope: ActorScope, store: ReachStore, info: TableInfo,
     return store.add(allowed), note
 
 
-def _act_as(conn: psycopg.Connection[Any], actor: Actor, claim_role: str | None, auth: AuthSettings) -> None:
-    """Become the user as PostgREST does, transaction-local: claims, the API role, the pre-request."""
+def _act_as(conn: psycopg.Connection[Any], actor: Actor, claim_role: str | None, auth: AuthSettings,
+            checked: set[str]) -> None:
+    """Become the user as PostgREST does, transaction-local: claims, the API role, the pre-request.
+
+    The first time the matrix acts as a database role (``checked`` remembers it), that role
+    must not bypass RLS.
+    """
     conn.execute("SELECT set_config('session_replication_role', 'replica', true)")
     db_role = act_as(conn, auth, actor.key, claim_role)
+    if db_role in checked:
+        return
     is_super = conn.execute(
         "SELECT rolsuper OR rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = current_user").fetchone()
     if is_super is None or is_super[0]:
         raise RuntimeError(f"acting as {db_role!r} would bypass RLS (superuser or BYPASSRLS): "
                            "the matrix would prove nothing")
+    checked.add(db_role)
 
 
 def _policy_lets_in(scope: ActorScope, info: TableInfo, expression: str) -> bool:
@@ -311,11 +319,12 @@ def compute_matrix(conn: psycopg.Connection[Any], target: Target, actors: list[A
     matrix = Matrix(label=label, store=store,
                     tables=tuple(i.qualified for i in infos) + tuple(f"{f}()" for f in functions))
     by_name = {i.qualified: i for i in infos}
+    checked: set[str] = set()  # database roles known not to bypass RLS
     for actor in actors:
         user = actor.key or ANON
         matrix.claims[user] = claims.get(actor.key) if actor.key else None
         with conn.transaction(force_rollback=True):
-            _act_as(conn, actor, matrix.claims[user], auth)
+            _act_as(conn, actor, matrix.claims[user], auth, checked)
             scope = ActorScope(conn)
             for info in infos:
                 cell = (actor.role, user, info.qualified)

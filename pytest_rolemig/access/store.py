@@ -51,6 +51,7 @@ class ReachStore:
         self.conn = conn
         self._ids: dict[Digest, int] = {(0, 0, 0): EMPTY}
         self._sizes: list[int] = [0]
+        self._given: dict[frozenset[str], int] = {}  # sets given in Python by add(): no round trip again
         conn.execute("CREATE TEMPORARY TABLE rolemig_reach (set_id integer NOT NULL, row_key text NOT NULL, "
                      "PRIMARY KEY (set_id, row_key))")
         conn.execute("CREATE TEMPORARY TABLE rolemig_reach_stage (row_key text NOT NULL)")
@@ -138,15 +139,21 @@ class ReachStore:
     def add(self, keys: list[str]) -> int:
         """The id of a set given in Python (a handful of keys, e.g. INSERT templates).
 
-        One round trip when the set is known.
+        One round trip the first time a set is given, none after: acting users of one role,
+        and every state, mostly give the same few sets.
         """
         if not keys:
             return EMPTY
+        given = frozenset(keys)
+        known = self._given.get(given)
+        if known is not None:
+            return known
         row = _row(self.conn.execute(sql.SQL("WITH r(k) AS (SELECT unnest(%s::text[])) ") + _digest(True),
                                      (keys,)))
-        return self._set_id(row, lambda new: self.conn.execute(
+        self._given[given] = self._set_id(row, lambda new: self.conn.execute(
             "INSERT INTO rolemig_reach (set_id, row_key) SELECT DISTINCT %s::integer, unnest(%s::text[])",
             (new, keys)))
+        return self._given[given]
 
     # --------------------------------------------------------------- reading --
     def size(self, set_id: int) -> int:

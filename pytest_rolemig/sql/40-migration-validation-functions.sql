@@ -1191,6 +1191,7 @@ DECLARE
     v_probe_seen   bigint;
     v_role_type    text;
     v_roles        text[];
+    v_stale        text;
 BEGIN
     -- The logins of test_user_authentication: draws the sample and logs in as each user
     -- (claims, API role, db-pre-request), recording who cannot read their own profile or
@@ -1206,6 +1207,23 @@ BEGIN
      WHERE a.attrelid = to_regclass(format('%I.%I', p_cfg.profiles_schema, p_cfg.profiles_table))
        AND a.attname = p_cfg.role_column;
     SELECT d.roles INTO v_roles FROM migration_control.roles_in_data() AS d;
+    -- The three reads every login makes are prepared once and planned once as the API role,
+    -- not planned again for every user (an EXECUTE of a query string is planned each time: half
+    -- of a login's cost). Prepared statements outlive a failed call: one left by an earlier call
+    -- of this session is removed first, and the ones made here at the end.
+    FOR v_stale IN SELECT ps.name FROM pg_catalog.pg_prepared_statements AS ps
+                    WHERE ps.name IN ('rolemig_auth_own', 'rolemig_auth_sessions', 'rolemig_auth_probe') LOOP
+        EXECUTE format('DEALLOCATE %I', v_stale);
+    END LOOP;
+    EXECUTE format('PREPARE rolemig_auth_own(text) AS
+                        SELECT count(*), min(t.%1$I::text), min(t.%2$I::text) FROM %3$I.%4$I t WHERE %5$s',
+                   p_cfg.key_column, p_cfg.role_column, p_cfg.profiles_schema, p_cfg.profiles_table, p_own_pred);
+    IF p_sess_pred IS NOT NULL AND NOT p_sess_private THEN
+        EXECUTE format('PREPARE rolemig_auth_sessions(text) AS SELECT count(*) FROM %I.%I s WHERE %s',
+                       p_cfg.sessions_schema, p_cfg.sessions_table, p_sess_pred);
+    END IF;
+    EXECUTE format('PREPARE rolemig_auth_probe(text[]) AS SELECT count(*) FROM %I.%I t WHERE t.%I = ANY ($1::%s[])',
+                   p_cfg.profiles_schema, p_cfg.profiles_table, p_cfg.key_column, p_key_type);
     FOR v_user IN EXECUTE format(
         'WITH pool AS (
              SELECT t.%1$I::text AS k, t.%2$I::text AS role, t.%9$I::text AS uid, random() AS r
@@ -1246,10 +1264,7 @@ BEGIN
                 EXECUTE format('SELECT %s()', p_cfg.pre_request);  -- stored as format('%I.%I')
             END IF;
 
-            EXECUTE format('SELECT count(*), min(t.%1$I::text), min(t.%2$I::text) FROM %3$I.%4$I t WHERE %5$s',
-                           p_cfg.key_column, p_cfg.role_column, p_cfg.profiles_schema, p_cfg.profiles_table,
-                           p_own_pred)
-            INTO v_rows, v_own_key, v_own_role USING v_user.k;
+            EXECUTE format('EXECUTE rolemig_auth_own(%L)', v_user.k) INTO v_rows, v_own_key, v_own_role;
             IF v_rows <> 1 OR v_own_key IS DISTINCT FROM v_user.k OR v_own_role IS DISTINCT FROM v_user.role THEN
                 v_profile_bad := v_profile_bad || jsonb_build_object('key', v_user.k, 'role', v_user.role,
                                      'rows_seen', v_rows, 'role_seen', v_own_role);
@@ -1260,18 +1275,14 @@ BEGIN
             ELSIF p_sess_private THEN
                 v_sessions := v_user.sessions;  -- not the API's to read
             ELSE
-                EXECUTE format('SELECT count(*) FROM %I.%I s WHERE %s',
-                               p_cfg.sessions_schema, p_cfg.sessions_table, p_sess_pred)
-                INTO v_sessions USING v_user.uid;
+                EXECUTE format('EXECUTE rolemig_auth_sessions(%L)', v_user.uid) INTO v_sessions;
             END IF;
             IF v_sessions <> v_user.sessions THEN
                 v_session_bad := v_session_bad || jsonb_build_object('key', v_user.k, 'role', v_user.role,
                                      'sessions', v_user.sessions, 'sessions_seen', v_sessions);
             END IF;
 
-            EXECUTE format('SELECT count(*) FROM %I.%I t WHERE t.%I = ANY ($1::%s[])',
-                           p_cfg.profiles_schema, p_cfg.profiles_table, p_cfg.key_column, p_key_type)
-            INTO v_probe_seen USING array_remove(p_probe, v_user.k);
+            EXECUTE format('EXECUTE rolemig_auth_probe(%L)', array_remove(p_probe, v_user.k)) INTO v_probe_seen;
             IF v_probe_seen < cardinality(array_remove(p_probe, v_user.k)) THEN
                 v_rows := v_probe_seen;  -- a row is hidden: fewer than p_total, no full count needed
             ELSIF v_user.role = ANY (p_all_roles) THEN
@@ -1295,6 +1306,11 @@ BEGIN
             v_session_bad := v_session_bad || jsonb_build_object('key', v_user.k, 'role', v_user.role, 'error', SQLERRM);
         END;
     END LOOP;
+    DEALLOCATE rolemig_auth_own;
+    DEALLOCATE rolemig_auth_probe;
+    IF p_sess_pred IS NOT NULL AND NOT p_sess_private THEN
+        DEALLOCATE rolemig_auth_sessions;
+    END IF;
 
     tested := v_tested;
     profile_bad := v_profile_bad;
