@@ -22,6 +22,7 @@ logger = logging.getLogger("pytest_rolemig")
 
 _CONFIG_KEY = pytest.StashKey["settings.RolemigConfig"]()
 _SERVER_LINE = pytest.StashKey[str]()
+_SERVER_STARTING = pytest.StashKey[Any]()  # the gate's ephemeral server, starting while tests are collected
 GATE_DIR = Path(__file__).with_name("gate")
 
 
@@ -47,6 +48,41 @@ def pytest_configure(config: pytest.Config) -> None:
         for module in gate_modules():
             if str(module) not in config.args:
                 config.args.append(str(module))
+        _start_server_early(config)
+
+
+def _start_server_early(config: pytest.Config) -> None:
+    """The gate's ephemeral server starts in the background while the tests are collected.
+
+    Collecting the gate imports Hypothesis and the plugin's modules; starting the server takes
+    about as long, and every gate test waits for it. Not on an xdist controller (its workers
+    run the tests), nor with ``rolemig_dsn`` or an option that runs no test (``--co``, ``--help``,
+    ``--fixtures``); a conftest.py that overrides ``rolemig_server``
+    leaves it unused, and it is stopped at the end.
+    """
+    cfg = config.stash[_CONFIG_KEY]
+    controller = bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
+    no_tests = ("collectonly", "help", "showfixtures", "show_fixtures_per_test", "markers")
+    if cfg.dsn or controller or any(config.getoption(option, False) for option in no_tests):
+        return
+    from pytest_rolemig.background import Background
+    from pytest_rolemig.db.server import EphemeralServer, find_binaries
+
+    config.stash[_SERVER_STARTING] = Background(
+        "rolemig-server-start",
+        lambda: EphemeralServer(find_binaries(cfg.pg_bin), data_dir=cfg.server_dir).start())
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop the early-started server if no fixture took it (an override, or no test ran)."""
+    starting = config.stash.get(_SERVER_STARTING, None)
+    if starting is None:
+        return
+    del config.stash[_SERVER_STARTING]
+    try:
+        starting.result().stop()
+    except Exception:  # noqa: BLE001 - it did not start: nothing to stop, and no fixture asked for it
+        pass
 
 
 def pytest_pycollect_makemodule(module_path: Path, parent: Any) -> Any:
@@ -175,9 +211,13 @@ def rolemig_server(rolemig_config: settings.RolemigConfig, pytestconfig: pytest.
     from pytest_rolemig.db.templates import ExistingServer
 
     problem = None
+    starting = pytestconfig.stash.get(_SERVER_STARTING, None)
     try:
         if rolemig_config.dsn:
             server: Any = ExistingServer(rolemig_config.dsn)
+        elif starting is not None:  # started while the gate was collected
+            del pytestconfig.stash[_SERVER_STARTING]
+            server = starting.result()
         else:
             server = EphemeralServer(find_binaries(rolemig_config.pg_bin),
                                      data_dir=rolemig_config.server_dir).start()

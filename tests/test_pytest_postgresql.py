@@ -6,7 +6,10 @@ conftest.py hands the gate pytest-postgresql's ``postgresql_noproc`` pointing at
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import textwrap
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -53,7 +56,7 @@ def test_a_copy_is_dropped_even_with_a_session_still_connected(rolemig_server, r
 
 
 @pytest.mark.slow
-def test_the_gate_runs_on_a_teams_postgresql_noproc_fixture(rolemig_server, pytester):
+def test_the_gate_runs_on_a_teams_postgresql_noproc_fixture(rolemig_server, pytester, monkeypatch, request):
     """A team already on pytest-postgresql overrides rolemig_server: one server, the gate on it."""
     params = conninfo_to_dict(rolemig_server.dsn())
     pytester.makeconftest(textwrap.dedent(f"""
@@ -69,11 +72,18 @@ def test_the_gate_runs_on_a_teams_postgresql_noproc_fixture(rolemig_server, pyte
         def rolemig_server(teams_server):
             return server_from_fixture(teams_server)
     """))
+    # the gate starts its own server while collecting; unused here, it must be stopped and removed
+    # (its folders go to TMPDIR: one the server's system user can reach when tests run as root)
+    scratch = Path(tempfile.mkdtemp(prefix="rolemig-early-"))
+    scratch.chmod(0o755)
+    request.addfinalizer(lambda: shutil.rmtree(scratch, ignore_errors=True))
+    monkeypatch.setenv("TMPDIR", str(scratch))
     result = pytester.runpytest_subprocess("--rolemig", "-p", "no:cacheprovider", "-rf",
                                            f"--rolemig-schema={resources.demo_schema()}",
                                            "-k", "installs_and_initializes or maps_every_user")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines([f"*pytest-postgresql NoopExecutor of PostgreSQL * port={params['port']}*"])
+    assert not list(scratch.glob("rolemig-pg-*")), "the early-started server was left behind"
 
 
 def test_server_from_fixture_reads_host_port_and_user_of_an_executor(rolemig_server):

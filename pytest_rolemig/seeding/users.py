@@ -16,8 +16,10 @@ from pytest_rolemig.seeding.factories import build_session, build_user
 from pytest_rolemig.seeding.rows import columns_for, copy_row, copy_rows, new_keys
 from pytest_rolemig.target import Target
 
-#: Users built by the factories; the rest of a larger set are server-side copies of them.
-FACTORY_USERS = 1000
+#: Users built by the factories; the rest of a larger set are server-side copies of them. Each
+#: costs about half a millisecond of Python before any gate test can start; 500 already hold
+#: every legacy role with every session count many times over.
+FACTORY_USERS = 500
 
 
 def seed_users(conn: psycopg.Connection[Any], target: Target, roles: list[str], count: int,
