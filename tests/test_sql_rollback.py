@@ -290,8 +290,14 @@ def test_revert_repairs_tracking(rolemig_db):
                (batch,))["status"] == "rolled_back"
     logged = rows(rolemig_db, "SELECT user_key, old_role, new_role, status, batch_id "
                               "FROM migration_tracking.migration_log ORDER BY log_id")
-    assert logged[-1] == {"user_key": user, "old_role": "editor", "new_role": "author", "status": "rolled_back",
-                          "batch_id": batch}
+    # every user whose role the rollback changed (logged by the migration or not) gets a row,
+    # filed under the rollback that wrote it, not under the migration batch the user was in
+    assert [r for r in logged if r["user_key"] == user][-1] == {
+        "user_key": user, "old_role": "editor", "new_role": "author", "status": "rolled_back",
+        "batch_id": result["rollback_id"]}
+    reverted = [r for r in logged if r["status"] == "rolled_back"]
+    assert len(reverted) == result["profiles_restored"]
+    assert {r["batch_id"] for r in reverted} == {result["rollback_id"]}
 
 
 def test_revert_refused_while_a_migration_holds_the_lock(rolemig_db, rolemig_server):

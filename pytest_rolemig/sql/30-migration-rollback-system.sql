@@ -193,6 +193,13 @@ BEGIN
                                      ELSE ''role changed after backup'' END) ORDER BY c.%1$I::text), ''[]'')
            FROM %3$s AS c
            LEFT JOIN %4$s AS t ON %5$s
+           -- what the migration writes for the backed-up role: the mapping stored with the
+           -- backup or the mapping now; hashed once, not looked up per row
+           LEFT JOIN (SELECT e.key AS legacy, e.value AS migrated
+                        FROM pg_catalog.jsonb_each_text($1 -> ''mapping''::text) AS e
+                      UNION
+                      SELECT m.legacy_role, m.new_role FROM migration_control.role_mapping AS m) AS o
+             ON o.legacy = c.%2$I::text AND o.migrated = t.%2$I::text
           WHERE CASE WHEN t.%1$I IS NULL THEN $2 AND c.%1$I::text NOT IN (
                                  SELECT g.user_key
                                    FROM (SELECT DISTINCT ON (m.user_key) m.user_key, m.status
@@ -201,11 +208,7 @@ BEGIN
                                                                 WHERE d.status = ''merged'')
                                           ORDER BY m.user_key, m.log_id DESC) AS g
                                   WHERE g.status = ''merged'')
-                     ELSE t.%2$I::text IS DISTINCT FROM c.%2$I::text
-                          AND t.%2$I::text IS DISTINCT FROM ($1 -> ''mapping''::text ->> c.%2$I::text)
-                          AND t.%2$I::text IS DISTINCT FROM
-                              (SELECT m.new_role FROM migration_control.role_mapping AS m
-                                WHERE m.legacy_role = c.%2$I::text) END',
+                     ELSE t.%2$I::text IS DISTINCT FROM c.%2$I::text AND o.legacy IS NULL END',
         v_t ->> 'key_column', v_t ->> 'role_column', v_copy, v_rel,
         migration_backup.key_match_sql(v_copy, v_rel, v_t ->> 'key_column', 'c', 't'))
     INTO v_result
@@ -536,8 +539,9 @@ BEGIN
 END
 $$;
 
+DROP FUNCTION IF EXISTS migration_backup.restore_write(text, text, text, text, jsonb);
 CREATE OR REPLACE FUNCTION migration_backup.restore_write(
-    p_ctes text, p_app_path text, p_backup_id text, p_message text, p_target jsonb DEFAULT NULL
+    p_ctes text, p_app_path text, p_backup_id text, p_rollback_id text, p_message text, p_target jsonb DEFAULT NULL
 ) RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -547,29 +551,22 @@ DECLARE
     v_count bigint;
     v_sql   text;
     -- the last CTE of each restore statement: a 'rolled_back' migration_log row for every
-    -- user in CTE "changed" (user_key, old_role, new_role) whose role the statement changed
-    -- and who has a migration_log entry, in the batch of the latest one; $2 = the message.
-    -- The latest entry of each changed user is found set-based, in one hashed pass over the
-    -- log: per user, the greatest of log_id (zero-padded, so text order is number order)
-    -- followed by batch_id, whose tail is that entry's batch. The log has no index on
-    -- user_key (a probe per user needed one, and its inserts at random keys cost the
-    -- migration a third of its time), and joining the maximum log_id back to the log was
-    -- planned, on the CTE's default estimates, as an index probe per user.
+    -- user in CTE "changed" (user_key, old_role, new_role) whose role the statement changed,
+    -- filed under the rollback that wrote it (batch_id = $4, the rollback_log id); $2 = the
+    -- message. Straight from the statement's RETURNING: no look at the rest of the log. (Each
+    -- row used to go into the batch of the user's latest entry: finding it was a hashed pass
+    -- over the whole log, a third of a rollback's time at 1,000,000 users.)
     v_log_changed text := 'logged AS (
          INSERT INTO migration_tracking.migration_log (batch_id, user_key, old_role, new_role, status, message)
-         SELECT pg_catalog.substr(l.latest, 21), c.user_key, c.old_role, c.new_role, ''rolled_back'', $2
+         SELECT $4, c.user_key, c.old_role, c.new_role, ''rolled_back'', $2
            FROM changed AS c
-           JOIN (SELECT m.user_key,
-                        pg_catalog.max((pg_catalog.lpad(m.log_id::text, 20, ''0'') || m.batch_id) COLLATE "C") AS latest
-                   FROM migration_tracking.migration_log AS m
-                  WHERE m.user_key IN (SELECT x.user_key FROM changed AS x)
-                  GROUP BY m.user_key) AS l ON l.user_key = c.user_key
           WHERE c.old_role IS DISTINCT FROM c.new_role
          RETURNING 1)';
 BEGIN
     -- Runs one statement of a restore that writes the profiles and returns how many rows it
     -- wrote: the CTEs p_ctes, the last of them "changed" (the rows written), then the log of
-    -- the changed roles; $1 = p_backup_id, $2 = p_message (the log message), $3 = p_target.
+    -- the changed roles; $1 = p_backup_id, $2 = p_message (the log message), $3 = p_target,
+    -- $4 = p_rollback_id.
     -- It fires the application's triggers, which resolve names through the current
     -- search_path: so it runs under the application's (p_app_path, see
     -- migration_tracking.application_search_path), set just before it and pinned back right
@@ -584,7 +581,7 @@ BEGIN
                      %s
                      SELECT pg_catalog.count(*) FROM changed', p_ctes, v_log_changed);
     PERFORM pg_catalog.set_config('search_path', p_app_path, true);
-    EXECUTE v_sql INTO v_count USING p_backup_id, p_message, p_target;
+    EXECUTE v_sql INTO v_count USING p_backup_id, p_message, p_target, p_rollback_id;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     RETURN v_count;
 END
@@ -617,7 +614,7 @@ AS $$
               WHERE %6$s AND t.%2$I::text = o.migrated AND t.%2$I::text IS DISTINCT FROM c.%2$I::text
              RETURNING c.%1$I::text AS user_key, o.migrated AS old_role, c.%2$I::text AS new_role)',
         p_target ->> 'key_column', p_target ->> 'role_column', p_role_type, p_copy, p_rel, p_match),
-        p_app_path, p_backup_id, 'rollback ' || p_rollback_id, p_target)
+        p_app_path, p_backup_id, p_rollback_id, 'rollback ' || p_rollback_id, p_target)
 $$;
 
 CREATE OR REPLACE FUNCTION migration_backup.restore_emergency_rows(
@@ -647,7 +644,7 @@ AS $$
         migration_backup.column_list(p_cols, 't'),
         migration_backup.column_list(p_cols, 'c'),
         p_target ->> 'key_column', p_target ->> 'role_column'),
-        p_app_path, p_backup_id, 'emergency rollback ' || p_rollback_id)
+        p_app_path, p_backup_id, p_rollback_id, 'emergency rollback ' || p_rollback_id)
 $$;
 
 CREATE OR REPLACE FUNCTION migration_backup.reinsert_missing_rows(
@@ -684,7 +681,7 @@ AS $$
                                     ORDER BY m.user_key, m.log_id DESC) AS g
                             WHERE g.status = ''merged'')', p_target ->> 'key_column') END,
         p_target ->> 'key_column', p_target ->> 'role_column'),
-        p_app_path, p_backup_id,
+        p_app_path, p_backup_id, p_rollback_id,
         CASE p_mode WHEN 'emergency' THEN 'emergency rollback ' ELSE 'rollback ' END || p_rollback_id)
 $$;
 
@@ -743,7 +740,7 @@ BEGIN
     -- lock_timeout, retried with backoff, so the application is never deadlocked), then
     -- role CHECK constraints, policies, RLS flags; running batches -> 'rolled_back';
     -- a 'rolled_back' log row for every user whose role the rollback changed (re-inserted
-    -- users included) and who has a migration_log entry, whatever changed the role before:
+    -- users included), whatever changed the role before, filed under the rollback's id:
     -- the latest log entry of a user always names the role the user holds.
     -- The statements that write the profiles fire the application's triggers: each runs under
     -- the application's search_path (v_app_path), set and pinned back around it (restore_write).
