@@ -66,11 +66,15 @@ def _start_server_early(config: pytest.Config) -> None:
     if cfg.dsn or controller or any(config.getoption(option, False) for option in no_tests):
         return
     from pytest_rolemig.background import Background
+
+    config.stash[_SERVER_STARTING] = Background("rolemig-server-start", lambda: _start_ephemeral_server(cfg))
+
+
+def _start_ephemeral_server(cfg: settings.RolemigConfig) -> Any:
+    """A new ephemeral server with the run's binaries and data folder, started."""
     from pytest_rolemig.db.server import EphemeralServer, find_binaries
 
-    config.stash[_SERVER_STARTING] = Background(
-        "rolemig-server-start",
-        lambda: EphemeralServer(find_binaries(cfg.pg_bin), data_dir=cfg.server_dir).start())
+    return EphemeralServer(find_binaries(cfg.pg_bin), data_dir=cfg.server_dir).start()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -207,7 +211,6 @@ def rolemig_server(rolemig_config: settings.RolemigConfig, pytestconfig: pytest.
     A team already on pytest-postgresql overrides this fixture in its conftest.py with
     ``server_from_fixture(postgresql_proc)`` (:func:`pytest_rolemig.db.templates.server_from_fixture`).
     """
-    from pytest_rolemig.db.server import EphemeralServer, find_binaries
     from pytest_rolemig.db.templates import ExistingServer
 
     problem = None
@@ -219,8 +222,7 @@ def rolemig_server(rolemig_config: settings.RolemigConfig, pytestconfig: pytest.
             del pytestconfig.stash[_SERVER_STARTING]
             server = starting.result()
         else:
-            server = EphemeralServer(find_binaries(rolemig_config.pg_bin),
-                                     data_dir=rolemig_config.server_dir).start()
+            server = _start_ephemeral_server(rolemig_config)
     except RolemigError as exc:
         problem = str(exc)
     if problem is not None:
