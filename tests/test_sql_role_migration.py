@@ -207,6 +207,32 @@ def test_partial_run_migrates_exactly_two_batches_then_resumes(rolemig_db):
         "completed", 0, 0, 0)
 
 
+def test_a_batch_crosses_a_long_stretch_without_pending_users(rolemig_db):
+    # 4,000 users after the seeded ones, identity-mapped ('admin' -> 'admin', never pending) but
+    # every 400th, who moves: the walk crosses the stretches between them in growing windows,
+    # and each batch must still hold exactly its 7 users, in walk order
+    rolemig_db.execute("""
+        WITH u AS (INSERT INTO auth.users (email)
+                   SELECT format('stretch%s@example.org', i) FROM generate_series(1, 4000) AS i RETURNING id, email)
+        INSERT INTO public.user_profiles (id, email, role)
+        SELECT id, email, CASE WHEN substring(email FROM 'stretch(\\d+)@')::int % 400 = 0 THEN 'super_admin'
+                               ELSE 'admin' END
+        FROM u""")
+    backup(rolemig_db)
+    before = roles(rolemig_db)
+    keys = [r["id"] for r in rows(rolemig_db, "SELECT id::text FROM public.user_profiles ORDER BY ctid")
+            if MAPPING[before[r["id"]]] != before[r["id"]]]
+    assert len(keys) == 90
+    done = migrate(rolemig_db, p_batch_size=7)
+    assert (done["status"], done["users_migrated"], done["batches"]) == ("completed", 90, 13)
+    assert roles(rolemig_db) == {k: MAPPING[v] for k, v in before.items()}
+    batches = rows(rolemig_db, """SELECT first_key, last_key, processed_users FROM migration_tracking.migration_batch
+                                   WHERE details ->> 'phase' = 'migrate' ORDER BY batch_number""")
+    assert [b["processed_users"] for b in batches] == [7] * 12 + [6]
+    assert [(b["first_key"], b["last_key"]) for b in batches] == [
+        (keys[i], keys[min(i + 6, len(keys) - 1)]) for i in range(0, 90, 7)]
+
+
 def test_resume_goes_on_from_the_last_batch_and_wraps_around_once(rolemig_db):
     bid = backup(rolemig_db)
     before = roles(rolemig_db)
