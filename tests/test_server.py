@@ -3,6 +3,8 @@
 import os
 import pwd
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -132,3 +134,22 @@ def test_demo_schema_needs_no_extension(rolemig_empty_db):
         load_schema_file(rolemig_empty_db, path)
     extensions = {r[0] for r in rolemig_empty_db.execute("SELECT extname FROM pg_catalog.pg_extension")}
     assert extensions == {"plpgsql"}
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="creates a system user: root only")
+def test_workers_creating_the_server_user_at_once_agree_on_one():
+    # the first run of `pytest -n 2` as root: every worker finds the user missing at once
+    name = "rolemig_race_test"
+    script = ("import sys; from pytest_rolemig.db.server import ensure_server_user; "
+              "print(ensure_server_user(sys.argv[1]).pw_uid)")
+    try:
+        for _round in range(3):  # without the lock, most rounds end with two uids
+            subprocess.run(["userdel", name], capture_output=True)
+            workers = [subprocess.Popen([sys.executable, "-c", script, name], stdout=subprocess.PIPE, text=True)
+                       for _ in range(6)]
+            uids = {int(w.communicate(timeout=120)[0]) for w in workers}
+            assert uids == {pwd.getpwnam(name).pw_uid}
+            with open("/etc/passwd") as passwd:
+                assert sum(line.startswith(f"{name}:") for line in passwd) == 1
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)

@@ -10,6 +10,7 @@ memory when there is room (see :func:`data_parent`).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import importlib.util
 import logging
@@ -29,6 +30,8 @@ from typing import TYPE_CHECKING
 from pytest_rolemig.errors import ServerError
 
 if TYPE_CHECKING:  # imported when a server starts: a run without --rolemig does not load it
+    from collections.abc import Iterator
+
     from pytest_postgresql.executors import PostgreSQLExecutor
 
 logger = logging.getLogger(__name__)
@@ -151,11 +154,39 @@ def find_binaries(explicit: str | None = None) -> PgBinaries:
 
 
 def ensure_server_user(name: str = SERVER_USER) -> pwd.struct_passwd:
-    """Return the unprivileged system user the server runs as, creating it if needed."""
+    """Return the unprivileged system user the server runs as, creating it if needed.
+
+    Creation is serialised by a lock file: the pytest-xdist workers of a first run as root
+    all find the user missing at once, and two ``useradd`` calls at the same moment can
+    both succeed, each with its own uid, the second overwriting the first in /etc/passwd;
+    a worker then ran its server as a uid that no longer had a name, and crashed.
+    """
     try:
         return pwd.getpwnam(name)
     except KeyError:
         pass
+    with _user_creation_lock(name):
+        try:  # created by another process while this one waited for the lock
+            return pwd.getpwnam(name)
+        except KeyError:
+            return _create_server_user(name)
+
+
+@contextlib.contextmanager
+def _user_creation_lock(name: str) -> Iterator[None]:
+    """An exclusive lock, across processes, on creating system user ``name``."""
+    import fcntl
+
+    path = Path(tempfile.gettempdir()) / f"pytest-rolemig-useradd-{name}.lock"
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _create_server_user(name: str) -> pwd.struct_passwd:
     useradd = shutil.which("useradd") or "/usr/sbin/useradd"
     try:
         subprocess.run(
