@@ -42,6 +42,20 @@ def test_session_server_runs_unprivileged_and_says_so(rolemig_server, rolemig_db
     assert rolemig_server.binaries.version in rolemig_server.describe()
 
 
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc/<pid>/environ")
+def test_server_processes_carry_no_mirakuru_mark(rolemig_server, rolemig_db):
+    # mirakuru SIGKILLs, when any Python process that imported it exits, every process whose
+    # mirakuru_uuid contains that process's pid: a server with the mark died with a stranger
+    if not isinstance(rolemig_server, EphemeralServer):
+        pytest.skip("an existing server (--rolemig-dsn) was not started here")
+    # the postmaster's (a backend writes its status over the memory its environment was in)
+    postmaster = int((Path(rolemig_db.execute("SHOW data_directory").fetchone()[0]) / "postmaster.pid")
+                     .read_text().split()[0])
+    names = [entry.split(b"=", 1)[0] for entry in Path(f"/proc/{postmaster}/environ").read_bytes().split(b"\0")]
+    assert b"PATH" in names  # the environment was read
+    assert b"mirakuru_uuid" not in names
+
+
 def test_server_that_cannot_start_raises_with_its_log():
     binaries = find_binaries()
     busy = EphemeralServer(binaries).start()

@@ -10,6 +10,7 @@ memory when there is room (see :func:`data_parent`).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import glob
 import importlib.util
@@ -283,11 +284,29 @@ class EphemeralServer:
         self.datadir: Path | None = None
         self.data_parent, self.data_reason = data_parent(data_dir)
         self.executor: PostgreSQLExecutor | None = None
+        self._owner = os.getpid()  # the process whose exit stops the server
 
     def start(self) -> EphemeralServer:
         """Create the cluster in fresh folders and start it; raise :class:`ServerError` with its log if it fails."""
         from port_for import get_port
         from pytest_postgresql.executors import PostgreSQLExecutor
+
+        class UnmarkedExecutor(PostgreSQLExecutor):
+            """The executor without mirakuru's process mark in the server's environment.
+
+            mirakuru marks each process it starts with ``mirakuru_uuid="<pid>:<uuid>"`` and,
+            when any Python process that imported it exits, SIGKILLs every process whose
+            mark *contains* that process's pid as text. Every pytest subprocess imports it
+            (pytest-postgresql's plugin), so the exit of one whose pid happened to appear in
+            a server's mark killed that server mid-run. This server is stopped by
+            :meth:`EphemeralServer.stop`, also at interpreter exit.
+            """
+
+            @property
+            def envvars(self) -> dict[str, str]:
+                env = super().envvars
+                env.pop("mirakuru_uuid", None)
+                return env
 
         self.workdir = Path(tempfile.mkdtemp(prefix="rolemig-pg-"))
         try:
@@ -317,7 +336,7 @@ class EphemeralServer:
         if port is None:  # get_port returns None only when asked for port -1
             self.stop()
             raise ServerError("no free TCP port found for the ephemeral PostgreSQL server")
-        self.executor = PostgreSQLExecutor(
+        self.executor = UnmarkedExecutor(
             executable=pg_ctl,
             host="127.0.0.1",
             port=port,
@@ -339,6 +358,8 @@ class EphemeralServer:
                 f"on port {port}: {exc}. Server log: {log or '(empty)'}"
             ) from exc
         self.port = port
+        self._owner = os.getpid()
+        atexit.register(self._stop_at_exit)  # what mirakuru's exit handler did for a marked server
         self._wait_until_accepting()
         return self
 
@@ -383,6 +404,10 @@ class EphemeralServer:
             f"data under {self.data_parent} ({self.data_reason})"
         )
 
+    def _stop_at_exit(self) -> None:
+        if os.getpid() == self._owner:  # not in a forked child that exits
+            self.stop()
+
     def stop(self) -> None:
         """Stop the server at once and remove its folder.
 
@@ -390,6 +415,7 @@ class EphemeralServer:
         checkpoint; the executor's own stop (``-m fast``, then polling ``pg_ctl status``)
         took about 2 s. If the immediate stop fails, the executor's stop runs instead.
         """
+        atexit.unregister(self._stop_at_exit)
         if self.executor is not None:
             try:
                 subprocess.run([self.executor.executable, "stop", "-D", self.executor.datadir, "-m", "immediate",

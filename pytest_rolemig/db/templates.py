@@ -135,7 +135,10 @@ def janitor(server: Server, name: str, template: str | None = None, as_template:
     keeper = CopyJanitor(user=str(params.get("user") or ""), host=str(params.get("host") or ""),
                          port=str(params.get("port") or 5432), password=_text(params.get("password")),
                          dbname=name, template_dbname=template, as_template=as_template,
-                         maintenance_dbname=str(params.get("dbname") or "postgres"))
+                         maintenance_dbname=str(params.get("dbname") or "postgres"),
+                         # the server is up when this is called: a refused connection means it is
+                         # gone, and 60 s of retries per test (the default) only hid that
+                         connection_timeout=10)
     keeper.file_copy = template is not None and server_major(server) >= 15
     return keeper
 
