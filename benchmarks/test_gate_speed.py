@@ -50,6 +50,7 @@ def test_gate_wall_time(benchmark: Any, results: Any, tmp_path: Path) -> None:
     outcome: dict[str, Any] = {}
 
     def run() -> None:
+        outcome["load"] = os.getloadavg()[0]
         began = time.perf_counter()
         done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True,
                               env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
@@ -66,7 +67,8 @@ def test_gate_wall_time(benchmark: Any, results: Any, tmp_path: Path) -> None:
                                  "child_peak_rss_mib": round(peak_mib, 1)})
     results.figures.append(("gate, 10k users (server start included)",
                             f"{outcome['seconds']:.1f} s wall, target < {GATE_TARGET_S} s: {verdict}; "
-                            f"peak RSS of the pytest child {peak_mib:.0f} MiB"))
+                            f"peak RSS of the pytest child {peak_mib:.0f} MiB; "
+                            f"load average before it {outcome['load']:.2f} (run first in the benchmark)"))
 
 
 @pytest.mark.parametrize("source", ["gate template (130 users)", "bulk-seeded"])
