@@ -225,11 +225,12 @@ def test_log_has_no_per_row_foreign_key_even_on_an_older_install(rolemig_db):
         AND conrelid = 'migration_tracking.migration_log'::regclass""") == []
 
 
-def test_log_has_one_partial_index_even_on_an_older_install(rolemig_db):
-    """Each index on the log is an insert per logged user; an older install's primary key is dropped."""
+def test_log_has_only_partial_indexes_even_on_an_older_install(rolemig_db):
+    """Each full index on the log is an insert per logged user; an older install's primary key is dropped."""
     rolemig_db.execute("ALTER TABLE migration_tracking.migration_log ADD CONSTRAINT migration_log_pkey "
                        "PRIMARY KEY (log_id)")
     rolemig_db.execute(resources.sql_file("migration-logging-system.sql").read_text().encode())
     assert rows(rolemig_db, """SELECT indexrelid::regclass::text AS name, indpred IS NOT NULL AS partial
-        FROM pg_index WHERE indrelid = 'migration_tracking.migration_log'::regclass""") == [
+        FROM pg_index WHERE indrelid = 'migration_tracking.migration_log'::regclass ORDER BY 1""") == [
+        {"name": "migration_tracking.migration_log_merged_idx", "partial": True},
         {"name": "migration_tracking.migration_log_revisited_idx", "partial": True}]
