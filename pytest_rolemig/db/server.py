@@ -358,7 +358,6 @@ class EphemeralServer:
                 f"on port {port}: {exc}. Server log: {log or '(empty)'}"
             ) from exc
         self.port = port
-        self._owner = os.getpid()
         atexit.register(self._stop_at_exit)  # what mirakuru's exit handler did for a marked server
         self._wait_until_accepting()
         return self

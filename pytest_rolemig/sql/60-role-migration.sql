@@ -345,21 +345,19 @@ BEGIN
     -- min and max of the positions, one pass over the batch and two row lookups (three sorts of
     -- the batch took 4% of a migration); a key has no min and max in every type, so the keyset
     -- walk sorts
-    v_tail := CASE WHEN p_by_position THEN
-        '(SELECT b.k::text FROM batch b WHERE b.pos = (SELECT e.lo FROM edge e)),
+    IF p_by_position THEN
+        v_batch := v_batch || ',
+         edge AS (SELECT pg_catalog.min(b.pos) AS lo, pg_catalog.max(b.pos) AS hi, pg_catalog.count(*) AS n FROM batch b)';
+        v_tail := '(SELECT b.k::text FROM batch b WHERE b.pos = (SELECT e.lo FROM edge e)),
          (SELECT b.k::text FROM batch b WHERE b.pos = (SELECT e.hi FROM edge e)),
          (SELECT e.hi::text FROM edge e),
-         (SELECT e.n FROM edge e)'
+         (SELECT e.n FROM edge e)';
     ELSE
-        '(SELECT b.k::text FROM batch b ORDER BY b.pos LIMIT 1),
+        v_tail := '(SELECT b.k::text FROM batch b ORDER BY b.pos LIMIT 1),
          (SELECT b.k::text FROM batch b ORDER BY b.pos DESC LIMIT 1),
          (SELECT b.pos::text FROM batch b ORDER BY b.pos DESC LIMIT 1),
-         (SELECT pg_catalog.count(*) FROM batch)'
-    END;
-    v_batch := v_batch || CASE WHEN p_by_position THEN
-        ',
-         edge AS (SELECT pg_catalog.min(b.pos) AS lo, pg_catalog.max(b.pos) AS hi, pg_catalog.count(*) AS n FROM batch b)'
-        ELSE '' END;
+         (SELECT pg_catalog.count(*) FROM batch)';
+    END IF;
     IF p_log_first THEN
         RETURN format(
             'WITH %s,
