@@ -184,6 +184,9 @@ def test_partial_run_migrates_exactly_two_batches_then_resumes(rolemig_db):
     # mixed data: legacy and new roles allowed; every policy accepts both names (expand form),
     # so a user keeps their access whichever name they hold between two committed calls
     assert "'owner'::text" in role_check(rolemig_db) and "'super_admin'::text" in role_check(rolemig_db)
+    # the new roles first: every row a batch writes holds one, and PostgreSQL tests the list in order
+    assert role_check(rolemig_db).startswith(
+        "CHECK ((role = ANY (ARRAY[" + ", ".join(f"'{r}'::text" for r in NEW_ROLES) + ", ")
     assert policies(rolemig_db) == {name: tuple(expand(rolemig_db, e) for e in pair)
                                     for name, pair in policies_before.items()}
     assert policies(rolemig_db) != policies_before
