@@ -54,6 +54,8 @@ def test_one_commit_per_batch_then_the_end_state_of_the_one_call(rolemig_db):
     first = run(rolemig_db, p_batch_size=7, p_max_batches=3)
     assert (first["status"], first["batches"], first["users_migrated"]) == ("partial", 3, 21)
     assert batch_transactions(rolemig_db) == 3
+    # the committed batches shared one prepared statement, which the run drops at its end
+    assert rolemig_db.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0] == 0
     now = roles(rolemig_db)
     assert sum(now[k] != before[k] for k in before) == 21
 

@@ -66,6 +66,8 @@ def test_expand_in_committed_batches_resumes_without_double_apply(rolemig_db):
 
     second = call(rolemig_db, p_batch_size=20)
     assert second["status"] == "completed" and second["pending"] == 0
+    # the batches shared one prepared statement, which the procedure drops at its end
+    assert rolemig_db.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0] == 0
     after = roles(rolemig_db)
     assert after == {k: MAPPING[r] for k, r in before.items()}
     log = done_log(rolemig_db)

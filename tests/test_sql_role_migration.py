@@ -236,6 +236,44 @@ def test_a_batch_crosses_a_long_stretch_without_pending_users(rolemig_db):
         (keys[i], keys[min(i + 6, len(keys) - 1)]) for i in range(0, 90, 7)]
 
 
+def prepared_batch_statements(conn):
+    return [r["name"] for r in rows(conn, "SELECT name FROM pg_prepared_statements "
+                                          "WHERE name LIKE 'rolemig_batch_%' ORDER BY name")]
+
+
+def test_batches_share_one_prepared_statement_and_the_walk_leaves_none(rolemig_db):
+    backup(rolemig_db)
+    name = one(rolemig_db, "SELECT 'rolemig_batch_' || md5(migration_control.batch_context(7) ->> 'sql') AS n")["n"]
+    calls = """SELECT * FROM migration_control.migrate_batch('m', '-infinity', %s, 7, %s,
+                                                            migration_control.batch_context(7))"""
+    with rolemig_db.transaction(force_rollback=True):  # two batches by hand, undone after
+        rolemig_db.execute("SELECT migration_control.adjust_role_constraints('widen')")
+        batch = one(rolemig_db, "SELECT migration_tracking.start_migration_batch('m', 7, 'r', '{}') AS b")["b"]
+        first = one(rolemig_db, calls, (None, batch))
+        second = one(rolemig_db, calls, (first["after_position"], batch))
+        assert (first["migrated"], second["migrated"]) == (7, 7)
+    assert prepared_batch_statements(rolemig_db) == [name]  # planned once, run by both; outlives the transaction
+    rolemig_db.execute("SELECT migration_control.forget_batch_statement(migration_control.batch_context(7))")
+    assert prepared_batch_statements(rolemig_db) == []
+    done = migrate(rolemig_db, p_batch_size=7)
+    assert done["status"] == "completed" and done["users_migrated"] == 80
+    assert prepared_batch_statements(rolemig_db) == []  # execute_role_migration's walk drops its own
+
+
+def test_a_prepared_statement_that_takes_the_batch_statements_name_is_replaced(rolemig_db):
+    # code running in the migrating session (a trigger of a SECURITY DEFINER function, say) could
+    # prepare a statement under the batch statement's name to have the migration run it: the
+    # batches check its text and prepare their own
+    backup(rolemig_db)
+    before = roles(rolemig_db)
+    name = one(rolemig_db, "SELECT 'rolemig_batch_' || md5(migration_control.batch_context(7) ->> 'sql') AS n")["n"]
+    rolemig_db.execute(f'''PREPARE "{name}"(text, timestamptz, text, bigint, text, text) AS
+                           SELECT 0::bigint, NULL::text, NULL::text, NULL::text, 0::bigint''')
+    done = migrate(rolemig_db, p_batch_size=7)
+    assert (done["status"], done["users_migrated"]) == ("completed", 80)
+    assert roles(rolemig_db) == {k: MAPPING[v] for k, v in before.items()}
+
+
 def test_resume_goes_on_from_the_last_batch_and_wraps_around_once(rolemig_db):
     bid = backup(rolemig_db)
     before = roles(rolemig_db)

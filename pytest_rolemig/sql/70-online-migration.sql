@@ -491,6 +491,8 @@ BEGIN
                 PERFORM pg_catalog.pg_sleep(p_pause_ms::double precision OPERATOR(pg_catalog./) 1000::double precision);
             END IF;
         END LOOP;
+        -- the batches shared one prepared statement (migrate_batch): the walk leaves none behind
+        PERFORM migration_control.forget_batch_statement(migration_control.batch_context(v_batch_size));
     END IF;
 
     -- 4. contract: narrow the constraints last
