@@ -93,8 +93,11 @@ def test_clone_time(benchmark: Any, results: Any, rolemig_server: Any, rolemig_t
         return
     median_ms = benchmark.stats.stats.median * 1000
     shown = source if source.startswith("gate") else f"{label(prepared.size)} users"
-    verdict = "ok" if median_ms < CLONE_TARGET_MS else "target missed"
-    figure = (f"clone of {shown}", f"{median_ms:.0f} ms median, target < {CLONE_TARGET_MS} ms: {verdict}")
+    if source.startswith("gate") or prepared.size <= 10_000:  # the target: the gate, at 10k users
+        verdict = f"target < {CLONE_TARGET_MS} ms: " + ("ok" if median_ms < CLONE_TARGET_MS else "target missed")
+    else:
+        verdict = "no target (the gate's target is at 10k users)"
+    figure = (f"clone of {shown}", f"{median_ms:.0f} ms median, {verdict}")
     if not any(name == figure[0] for name, _ in results.figures):  # the gate template: once per run
         results.figures.append(figure)
 
