@@ -195,6 +195,37 @@ def test_revert_is_compare_and_swap(rolemig_db):
     assert [s["user_key"] for s in checks["profiles_roles_restored"]["details"]["sample"]] == [renamed]
 
 
+def test_revert_keeps_conflicting_rows_writable(rolemig_db):
+    bid = backup(rolemig_db)  # CHECK: the legacy roles
+    simulate_migration(rolemig_db, rewrite_policies=False)  # CHECK stays wide: legacy + owner
+    # after the migration the application makes an editor an owner: a role the backed-up CHECK rejects
+    promoted = user_with_role(rolemig_db, "editor", offset=2)
+    rolemig_db.execute("UPDATE public.user_profiles SET role = 'owner' WHERE id = %s", (promoted,))
+
+    warnings = []
+    rolemig_db.add_notice_handler(lambda d: warnings.append(d.message_primary))
+    result = rollback(rolemig_db, bid)
+    assert (result["status"], result["conflicts"]) == ("completed", 1)
+    assert any("user_profiles_role_check restored accepting also owner" in w for w in warnings), warnings
+    check = one(rolemig_db, """SELECT convalidated, pg_get_constraintdef(oid) AS def FROM pg_constraint
+                               WHERE conname = 'user_profiles_role_check'""")
+    assert check["convalidated"], check  # NOT VALID would reject every later write to the row
+    # the application can still write the conflicting row, whatever column it changes
+    rolemig_db.execute("UPDATE public.user_profiles SET full_name = 'Still editable' WHERE id = %s", (promoted,))
+    # the check accepts the backed-up roles and the conflicting one, and nothing else
+    other = user_with_role(rolemig_db, "viewer")
+    for role in [*LEGACY, "owner"]:
+        rolemig_db.execute("UPDATE public.user_profiles SET role = %s WHERE id = %s", (role, other))
+    with pytest.raises(psycopg.errors.CheckViolation):
+        rolemig_db.execute("UPDATE public.user_profiles SET role = 'intern' WHERE id = %s", (other,))
+    # the rollback's validation says the constraint was widened, as a warning, not a failure
+    constraints = check_rollback(rolemig_db, bid)["role_constraints_restored"]
+    assert constraints["status"] == "warn" and constraints["details"]["widened_for_conflicts"] == 1, constraints
+    rolemig_db.execute("ALTER TABLE public.user_profiles DROP CONSTRAINT user_profiles_role_check, "
+                       "ADD CONSTRAINT user_profiles_role_check CHECK (role <> 'intern')")
+    assert check_rollback(rolemig_db, bid)["role_constraints_restored"]["status"] == "fail"
+
+
 def test_revert_refuses_unknown_backup_and_changes_nothing(rolemig_db):
     backup(rolemig_db)
     simulate_migration(rolemig_db)

@@ -226,14 +226,19 @@ AS $$
 DECLARE
     v_t       jsonb;
     v_con     record;
+    v_expr    text;
+    v_extra   text[];
     v_changes integer := 0;
 BEGIN
     -- Puts the CHECK constraints on the role column back to their backed-up definitions, in two
     -- phases around the data restore: 'drop' removes every current role check that is not in
     -- the backup with the same name and definition (e.g. the widened or narrowed one), so the
     -- restored roles are not rejected; 'add' re-creates the backed-up ones that are missing.
-    -- A backed-up check that rows changed by the application after the backup now violate is
-    -- added NOT VALID (enforced for new writes) rather than failing the whole rollback.
+    -- A backed-up check that rows changed by the application after the backup now violate (the
+    -- rollback's conflicts, which it leaves as they are) is added accepting the roles those rows
+    -- hold as well, named in a WARNING: added NOT VALID instead, it rejected every later write
+    -- to those rows, whatever column the application changed. Only when even that fails is it
+    -- added NOT VALID.
     IF p_phase NOT IN ('drop', 'add') THEN
         RAISE EXCEPTION 'unknown phase % for restore_role_checks', quote_literal(p_phase)
             USING DETAIL = format('backup %s', p_backup_id), HINT = 'Use ''drop'' or ''add''.';
@@ -266,11 +271,25 @@ BEGIN
                 EXECUTE format('ALTER TABLE %I.%I ADD CONSTRAINT %I %s',
                                v_t ->> 'profiles_schema', v_t ->> 'profiles_table', v_con.name, v_con.definition);
             EXCEPTION WHEN check_violation THEN
-                EXECUTE format('ALTER TABLE %I.%I ADD CONSTRAINT %I %s NOT VALID',
-                               v_t ->> 'profiles_schema', v_t ->> 'profiles_table', v_con.name, v_con.definition);
-                RAISE WARNING 'role constraint % restored NOT VALID: rows changed after backup % violate it',
-                              v_con.name, p_backup_id
-                    USING HINT = 'See the conflicts of the rollback; VALIDATE CONSTRAINT once they are fixed.';
+                v_expr := substring(v_con.definition FROM '^CHECK \((.*)\)( NOT VALID)?$');
+                EXECUTE format('SELECT array_agg(DISTINCT t.%1$I::text ORDER BY t.%1$I::text) FROM %2$I.%3$I AS t
+                                 WHERE NOT (%4$s)',
+                               v_t ->> 'role_column', v_t ->> 'profiles_schema', v_t ->> 'profiles_table', v_expr)
+                INTO v_extra;
+                BEGIN
+                    EXECUTE format('ALTER TABLE %I.%I ADD CONSTRAINT %I CHECK ((%s) OR (%I)::text = ANY (%L::text[]))',
+                                   v_t ->> 'profiles_schema', v_t ->> 'profiles_table', v_con.name, v_expr,
+                                   v_t ->> 'role_column', v_extra);
+                    RAISE WARNING 'role constraint % restored accepting also %: rows changed after backup % hold them',
+                                  v_con.name, array_to_string(v_extra, ', '), p_backup_id
+                        USING HINT = 'See the conflicts of the rollback; put the backed-up definition back once they are fixed.';
+                EXCEPTION WHEN check_violation OR syntax_error OR undefined_column OR undefined_function THEN
+                    EXECUTE format('ALTER TABLE %I.%I ADD CONSTRAINT %I %s NOT VALID',
+                                   v_t ->> 'profiles_schema', v_t ->> 'profiles_table', v_con.name, v_con.definition);
+                    RAISE WARNING 'role constraint % restored NOT VALID: rows changed after backup % violate it',
+                                  v_con.name, p_backup_id
+                        USING HINT = 'See the conflicts of the rollback; VALIDATE CONSTRAINT once they are fixed.';
+                END;
             END;
             v_changes := v_changes + 1;
         END LOOP;
@@ -1223,6 +1242,7 @@ AS $$
 DECLARE
     v_n       bigint;
     v_n2      bigint;
+    v_n3      bigint;
     v_sample  jsonb;
     v_sample2 jsonb;
 BEGIN
@@ -1231,7 +1251,8 @@ BEGIN
     -- policies_restored, every backed-up policy identical and none left that the migration
     -- created; rls_flags_restored, the RLS enabled/forced flags of the migrated tables as
     -- backed up; role_constraints_restored, the role column's CHECK constraints the backed-up
-    -- set (one that restore_role_checks had to add NOT VALID only warns).
+    -- set (one that restore_role_checks had to widen for conflicting rows, or add NOT VALID,
+    -- only warns).
     SELECT count(*), jsonb_agg(x.j) FILTER (WHERE x.rn <= 20)
       INTO v_n, v_sample
       FROM (SELECT jsonb_build_object('schema', b.schema_name, 'table', b.table_name, 'policy', b.policy_name,
@@ -1277,23 +1298,29 @@ BEGIN
                         jsonb_build_object('tables', jsonb_array_length(coalesce(p_target -> 'rls_tables', '[]')),
                                            'differing', coalesce(v_sample, '[]'));
 
-    -- role CHECK constraints: the backed-up set, same names and definitions
+    -- role CHECK constraints: the backed-up set, same names and definitions; one that
+    -- restore_role_checks added NOT VALID, or accepting the roles of conflicting rows as well
+    -- ('CHECK ((<backed-up expression> OR ...'), only warns
     SELECT count(*) FILTER (WHERE coalesce(w.name, h.name) IS NOT NULL
                               AND h.definition IS DISTINCT FROM w.definition
-                              AND h.definition IS DISTINCT FROM w.definition || ' NOT VALID'),
+                              AND h.definition IS DISTINCT FROM w.definition || ' NOT VALID'
+                              AND NOT coalesce(pg_catalog.starts_with(h.definition, 'CHECK ((' || w.expr || ' OR '), false)),
            count(*) FILTER (WHERE h.definition = w.definition || ' NOT VALID'),
+           count(*) FILTER (WHERE pg_catalog.starts_with(h.definition, 'CHECK ((' || w.expr || ' OR ')),
            jsonb_agg(jsonb_build_object('name', coalesce(w.name, h.name), 'want', w.definition, 'have', h.definition))
                FILTER (WHERE h.definition IS DISTINCT FROM w.definition)
-      INTO v_n, v_n2, v_sample
-      FROM (SELECT k.j ->> 'name' AS name, k.j ->> 'definition' AS definition
+      INTO v_n, v_n2, v_n3, v_sample
+      FROM (SELECT k.j ->> 'name' AS name, k.j ->> 'definition' AS definition,
+                   substring(k.j ->> 'definition' FROM '^CHECK \((.*)\)( NOT VALID)?$') AS expr
               FROM jsonb_array_elements(coalesce(p_target -> 'role_checks', '[]')) AS k(j)) AS w
       FULL JOIN migration_backup.role_check_constraints(p_target ->> 'profiles_schema', p_target ->> 'profiles_table',
                                                         p_target ->> 'role_column') AS h
         ON h.name = w.name;
     RETURN QUERY SELECT 'role_constraints_restored'::text,
-                        CASE WHEN v_n > 0 THEN 'fail' WHEN v_n2 > 0 THEN 'warn' ELSE 'pass' END,
+                        CASE WHEN v_n > 0 THEN 'fail' WHEN v_n2 + v_n3 > 0 THEN 'warn' ELSE 'pass' END,
                         jsonb_build_object('backup_count', jsonb_array_length(coalesce(p_target -> 'role_checks', '[]')),
-                                           'differing', coalesce(v_sample, '[]'), 'not_valid', v_n2);
+                                           'differing', coalesce(v_sample, '[]'), 'not_valid', v_n2,
+                                           'widened_for_conflicts', v_n3);
 END
 $$;
 
