@@ -494,6 +494,9 @@ def test_a_revert_with_conflicts_leaves_their_rows_writable(roundtrip):
         after_migration = machine.backup()
         machine.emergency_rollback(before_migration)
         machine.rollback(after_migration)  # both users conflict: super_admin is neither owner nor its mapping
-        update_row(machine.conn, roundtrip.shape.profiles, str(uuid.UUID(int=0)), {"locale": None})
+        key = str(uuid.UUID(int=0))
+        update_row(machine.conn, roundtrip.shape.profiles, key, {"locale": "fr-FR"})
+        assert machine.conn.execute("SELECT locale, role FROM public.user_profiles WHERE id = %s",
+                                    (key,)).fetchone() == ("fr-FR", "super_admin")
     finally:
         machine.teardown()
