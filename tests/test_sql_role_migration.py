@@ -243,7 +243,8 @@ def prepared_batch_statements(conn):
 
 def test_batches_share_one_prepared_statement_and_the_walk_leaves_none(rolemig_db):
     backup(rolemig_db)
-    name = one(rolemig_db, "SELECT 'rolemig_batch_' || md5(migration_control.batch_context(7) ->> 'sql') AS n")["n"]
+    name = one(rolemig_db, "SELECT migration_control.batch_statement_name("
+                           "migration_control.batch_context(7)) AS n")["n"]
     calls = """SELECT * FROM migration_control.migrate_batch('m', '-infinity', %s, 7, %s,
                                                             migration_control.batch_context(7))"""
     with rolemig_db.transaction(force_rollback=True):  # two batches by hand, undone after
@@ -266,7 +267,8 @@ def test_a_prepared_statement_that_takes_the_batch_statements_name_is_replaced(r
     # batches check its text and prepare their own
     backup(rolemig_db)
     before = roles(rolemig_db)
-    name = one(rolemig_db, "SELECT 'rolemig_batch_' || md5(migration_control.batch_context(7) ->> 'sql') AS n")["n"]
+    name = one(rolemig_db, "SELECT migration_control.batch_statement_name("
+                           "migration_control.batch_context(7)) AS n")["n"]
     rolemig_db.execute(f'''PREPARE "{name}"(text, timestamptz, text, bigint, text, text) AS
                            SELECT 0::bigint, NULL::text, NULL::text, NULL::text, 0::bigint''')
     done = migrate(rolemig_db, p_batch_size=7)

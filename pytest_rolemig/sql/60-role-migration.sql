@@ -12,8 +12,9 @@
 --   batch_statement_sql(...)              the one statement of a batch, as migrate_batch runs it
 --   merge_batch_duplicates(...)           a logged batch's merged duplicates: deleted, logged 'merged'
 --   move_logged_users(...)                a logged batch's users moved by compare-and-swap
+--   batch_statement_name(jsonb)           the name of its prepared statement
+--   forget_batch_statement(jsonb)         that prepared statement dropped, at the end of a walk
 --   prepare_batch_statement(jsonb)        the batch statement as a prepared statement of the session
---   forget_batch_statement(jsonb)         ... dropped at the end of a walk
 --   migrate_batch(...)                    ONE keyset batch: log, then UPDATE (offline and online path)
 --   expand_role_literals(text)            one expression's legacy role literals -> legacy OR new role
 --   alter_role_policy(...)                ONE policy to its expand or contract form, logged
@@ -645,6 +646,34 @@ BEGIN
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION migration_control.batch_statement_name(p_context jsonb)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+AS $$
+    -- The name of the prepared statement for the batch statement of p_context: its text's md5,
+    -- so a walk with another statement (another target, another mapping shape) gets its own.
+    SELECT 'rolemig_batch_' || pg_catalog.md5(p_context ->> 'sql')
+$$;
+
+CREATE OR REPLACE FUNCTION migration_control.forget_batch_statement(p_context jsonb)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+AS $$
+DECLARE
+    v_name text := migration_control.batch_statement_name(p_context);
+BEGIN
+    -- Drops the prepared batch statement of p_context (prepare_batch_statement), if any: a
+    -- walk leaves nothing in the session.
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_statements s WHERE s.name = v_name) THEN
+        EXECUTE format('DEALLOCATE %I', v_name);
+    END IF;
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION migration_control.prepare_batch_statement(p_context jsonb)
 RETURNS text
 LANGUAGE plpgsql
@@ -652,7 +681,7 @@ SET search_path = pg_catalog, pg_temp
 SET jit = off
 AS $$
 DECLARE
-    v_name text := 'rolemig_batch_' || pg_catalog.md5(p_context ->> 'sql');
+    v_name text := migration_control.batch_statement_name(p_context);
     v_text text;
 BEGIN
     -- The batch statement of p_context (batch_context) as a prepared statement of this
@@ -665,31 +694,11 @@ BEGIN
     -- path the statement runs with (the application's): a cached plan is parsed again when the
     -- path differs.
     v_text := format('PREPARE %I(text, timestamptz, text, bigint, text, text) AS %s', v_name, p_context ->> 'sql');
-    IF EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_statements s WHERE s.name = v_name AND s.statement = v_text) THEN
-        RETURN v_name;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_statements s WHERE s.name = v_name AND s.statement = v_text) THEN
+        PERFORM migration_control.forget_batch_statement(p_context);
+        EXECUTE v_text;
     END IF;
-    IF EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_statements s WHERE s.name = v_name) THEN
-        EXECUTE format('DEALLOCATE %I', v_name);
-    END IF;
-    EXECUTE v_text;
     RETURN v_name;
-END;
-$$;
-
-CREATE OR REPLACE FUNCTION migration_control.forget_batch_statement(p_context jsonb)
-RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-SET jit = off
-AS $$
-DECLARE
-    v_name text := 'rolemig_batch_' || pg_catalog.md5(p_context ->> 'sql');
-BEGIN
-    -- Drops the prepared batch statement of p_context (prepare_batch_statement), if any: a
-    -- walk leaves nothing in the session.
-    IF EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_statements s WHERE s.name = v_name) THEN
-        EXECUTE format('DEALLOCATE %I', v_name);
-    END IF;
 END;
 $$;
 
