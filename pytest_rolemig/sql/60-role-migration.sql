@@ -337,6 +337,9 @@ AS $$
 DECLARE
     v_batch text;
     v_tail  text;
+    -- "the new role is itself a legacy role the mapping moves on" (a chain): the log row's
+    -- revisited flag, which pending_users_sql's probe looks for
+    v_chain text := 'IN (SELECT c.legacy_role FROM migration_control.role_mapping c WHERE c.new_role <> c.legacy_role)';
 BEGIN
     -- The one statement of a migrate_batch call, with $1 = migration name, $2 = cutoff, $3 =
     -- walk position to start at, $4 = batch size, $5 = batch id, $6 = end of the window.
@@ -375,8 +378,7 @@ BEGIN
              moved AS (
                  UPDATE %3$I.%4$I AS t SET %2$I = m.new_role::%5$s
                  FROM (SELECT x.legacy_role, x.new_role,
-                              x.new_role IN (SELECT c.legacy_role FROM migration_control.role_mapping c
-                                              WHERE c.new_role <> c.legacy_role) AS revisited,
+                              x.new_role %8$s AS revisited,
                               x.legacy_role IN (SELECT r.role_name FROM migration_control.new_roles r) AS chained
                        FROM migration_control.role_mapping x WHERE x.new_role <> x.legacy_role
                        OFFSET 0) AS m
@@ -392,7 +394,7 @@ BEGIN
                     (SELECT e.n FROM edge e)
              FROM logged l',
             p_cfg.key_column, p_cfg.role_column, p_cfg.profiles_schema, p_cfg.profiles_table,
-            p_role_type, migration_control.revisit_probe_sql(), migration_control.pending_users_sql());
+            p_role_type, migration_control.revisit_probe_sql(), migration_control.pending_users_sql(), v_chain);
     END IF;
     v_batch := format(
         'batch AS (
@@ -428,9 +430,7 @@ BEGIN
             'WITH %s,
              logged AS (
                  INSERT INTO migration_tracking.migration_log (batch_id, user_key, old_role, new_role, status, revisited)
-                 SELECT $5, b.k::text, b.role, m.new_role, ''migrated'',
-                        m.new_role IN (SELECT c.legacy_role FROM migration_control.role_mapping c
-                                        WHERE c.new_role <> c.legacy_role)
+                 SELECT $5, b.k::text, b.role, m.new_role, ''migrated'', m.new_role %s
                  FROM batch b JOIN migration_control.role_mapping m ON m.legacy_role = b.role
                  RETURNING migration_log.user_key, migration_log.old_role, migration_log.status)
              SELECT count(*) FILTER (WHERE l.status = ''migrated''),
@@ -438,14 +438,13 @@ BEGIN
                     array_agg(l.user_key ORDER BY l.user_key) FILTER (WHERE l.status = ''migrated''),
                     array_agg(l.old_role ORDER BY l.user_key) FILTER (WHERE l.status = ''migrated'')
              FROM logged l',
-            v_batch, v_tail);
+            v_batch, v_chain, v_tail);
     END IF;
     RETURN format(
         'WITH %6$s,
          moving AS (
              SELECT b.k, b.role, b.pos, m.new_role,
-                    m.new_role IN (SELECT c.legacy_role FROM migration_control.role_mapping c
-                                    WHERE c.new_role <> c.legacy_role) AS revisited
+                    m.new_role %9$s AS revisited
              FROM batch b JOIN migration_control.role_mapping m ON m.legacy_role = b.role),
          moved AS (
              UPDATE %3$I.%4$I AS t SET %2$I = c.new_role::%5$s
@@ -460,7 +459,7 @@ BEGIN
          FROM logged l',
         p_cfg.key_column, p_cfg.role_column, p_cfg.profiles_schema, p_cfg.profiles_table,
         p_role_type, v_batch, CASE WHEN p_by_position THEN 'ctid' ELSE quote_ident(p_cfg.key_column) END,
-        v_tail);
+        v_tail, v_chain);
 END;
 $$;
 
